@@ -1,0 +1,138 @@
+"""The store interface shared by the SQLite and Redis backends (SPEC section 10).
+
+The store knows nothing about payments beyond a few indexed fields: a payment is a
+JSON document (``dict``) with at least ``id``, ``merchant_id``, ``status``,
+``provider``, ``provider_reference`` and ``updated_at`` (unix seconds, float), plus a
+``version`` integer owned by the store.
+
+Atomicity (where money is concerned):
+
+* :meth:`Store.update_payment` is a compare-and-swap on ``version``: the new document
+  and its audit events are written together, or nothing is. Amount reservations
+  (capture / refund) are made by reading, checking and CAS-writing the document; a
+  concurrent writer makes the CAS fail and the caller re-reads.
+* :meth:`Store.claim_idempotency` atomically decides new / in progress / mismatch /
+  completed / lease taken over.
+* :meth:`Store.acquire_lease` is an atomic named lock with expiry (reconciliation).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class StoreError(Exception):
+    """The store could not be reached or answered unexpectedly."""
+
+
+class AlreadyExists(StoreError):
+    """insert_payment for an id that already exists."""
+
+
+class ClaimOutcome(StrEnum):
+    NEW = "new"  # no record: the caller now holds the lease
+    TAKEN_OVER = "taken_over"  # a previous holder's lease lapsed: the caller holds it now
+    IN_PROGRESS = "in_progress"  # another holder's lease is live
+    MISMATCH = "mismatch"  # same key, different fingerprint
+    COMPLETED = "completed"  # finished earlier: replay ``record.response``
+
+
+@dataclass
+class IdempotencyRecord:
+    fingerprint: str
+    state: str  # "in_progress" | "completed"
+    lease_until: float  # unix seconds; meaningful while in_progress
+    created_at: float
+    response: dict[str, Any] | None = None  # set by complete_idempotency
+
+
+@dataclass
+class Claim:
+    outcome: ClaimOutcome
+    record: IdempotencyRecord | None = None
+    retry_after: float = 0.0  # seconds, for IN_PROGRESS
+
+
+@dataclass
+class PaymentQuery:
+    statuses: list[str]
+    updated_before: float
+    limit: int = 100
+    provider: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Store(abc.ABC):
+    # lifecycle ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> bool:
+        """True when the backend answers."""
+
+    # payments ----------------------------------------------------------------
+    @abc.abstractmethod
+    async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        """Create a payment (``version`` becomes 1) and its first audit events.
+
+        Raises :class:`AlreadyExists` if ``doc["id"]`` exists.
+        """
+
+    @abc.abstractmethod
+    async def get_payment(self, payment_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def update_payment(
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+    ) -> bool:
+        """Replace the payment if its stored version is ``expected_version``.
+
+        On success the stored document has ``version = expected_version + 1`` (also set
+        on ``doc``) and ``events`` are appended to its audit trail, atomically. Returns
+        False (and writes nothing) on a version mismatch or a missing payment.
+        """
+
+    @abc.abstractmethod
+    async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
+        """The payment's audit events in the order they were appended."""
+
+    @abc.abstractmethod
+    async def find_by_provider_reference(self, provider: str, reference: str) -> str | None:
+        """Payment id whose (provider, provider_reference) matches, else None."""
+
+    @abc.abstractmethod
+    async def query_payments(self, query: PaymentQuery) -> list[dict[str, Any]]:
+        """Payments in ``statuses`` last updated before ``updated_before``, oldest first."""
+
+    # idempotency -------------------------------------------------------------
+    @abc.abstractmethod
+    async def claim_idempotency(
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+    ) -> Claim:
+        """Atomically claim (scope, key); see :class:`ClaimOutcome`."""
+
+    @abc.abstractmethod
+    async def complete_idempotency(
+        self, scope: str, key: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
+        """Mark the claim completed with ``response`` (kept at least ``ttl_s``)."""
+
+    @abc.abstractmethod
+    async def release_idempotency(self, scope: str, key: str) -> None:
+        """Forget an in-progress claim (safe failure: the client may retry)."""
+
+    # leases ------------------------------------------------------------------
+    @abc.abstractmethod
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Take (or renew, if ``owner`` holds it) the named lease."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Release the lease if ``owner`` holds it."""

@@ -1,0 +1,166 @@
+"""The provider contract shared by every adapter (SPEC section 5).
+
+An adapter turns one gateway operation (authorize, capture, void, refund, lookup)
+into one provider SDK call and reports exactly one :class:`Outcome`:
+
+* a definite answer is *returned* as :class:`ProviderResult`
+  (``SUCCEEDED`` or ``DECLINED``);
+* a transport or integration fault is *raised* as a :class:`ProviderFault`:
+
+      ProviderFault                 integration fault, never a decline
+      +-- RejectedSafe              provably not processed -> fail over is safe
+      +-- Ambiguous                 may have been processed -> retry same key, then lookup
+
+This split keeps "the card was declined" and "the provider is down" apart in the
+type system: an SDK exception can never be mistaken for a decline.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from gateway.state_machine import PaymentStatus, RefundStatus
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    DECLINED = "declined"
+    REJECTED_SAFE = "rejected_safe"
+    AMBIGUOUS = "ambiguous"
+
+
+class Operation(StrEnum):
+    AUTHORIZE = "authorize"
+    CAPTURE = "capture"
+    VOID = "void"
+    REFUND = "refund"
+    LOOKUP = "lookup"
+
+
+class ProviderFault(Exception):
+    """A provider call failed without a definite answer. Never a decline."""
+
+    outcome: Outcome
+
+    def __init__(self, error_code: str, message: str = "", *, status: int | None = None) -> None:
+        super().__init__(message or error_code)
+        self.error_code = error_code
+        self.message = message or error_code
+        self.http_status = status
+
+
+class RejectedSafe(ProviderFault):
+    """The request provably did not reach / was not processed by the provider."""
+
+    outcome = Outcome.REJECTED_SAFE
+
+
+class Ambiguous(ProviderFault):
+    """The request may have been processed: the outcome is unknown."""
+
+    outcome = Outcome.AMBIGUOUS
+
+
+@dataclass(frozen=True)
+class Failure:
+    code: str
+    message: str
+    decline_code: str | None = None
+    provider_code: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.decline_code is not None:
+            out["decline_code"] = self.decline_code
+        if self.provider_code is not None:
+            out["provider_code"] = self.provider_code
+        return out
+
+
+@dataclass(frozen=True)
+class ProviderResult:
+    """A definite answer about a payment from the provider."""
+
+    outcome: Outcome  # SUCCEEDED or DECLINED
+    status: PaymentStatus
+    provider_reference: str | None = None
+    raw_status: str | None = None
+    amount_authorized: int | None = None
+    amount_captured: int | None = None
+    failure: Failure | None = None
+    next_action: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RefundResult:
+    """A definite answer about one refund."""
+
+    outcome: Outcome  # SUCCEEDED (the refund exists, see status) or DECLINED
+    status: RefundStatus
+    provider_reference: str | None = None
+    raw_status: str | None = None
+    failure: Failure | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizeRequest:
+    payment_id: str
+    amount: int
+    currency: str
+    capture_manual: bool
+    token: str
+    idempotency_key: str
+    reference: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    customer_country: str | None = None
+
+
+@dataclass(frozen=True)
+class PaymentRef:
+    """What an adapter needs to act on an existing authorization."""
+
+    payment_id: str
+    provider_reference: str | None
+    amount: int
+    currency: str
+    capture_manual: bool = True
+
+
+class Provider(abc.ABC):
+    """One configured provider account (e.g. ``stripe_main``)."""
+
+    name: str
+    type: str
+    currencies: frozenset[str]
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Open connections / pools; called once before the first request."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` opened."""
+
+    @abc.abstractmethod
+    async def authorize(self, req: AuthorizeRequest) -> ProviderResult: ...
+
+    @abc.abstractmethod
+    async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult: ...
+
+    @abc.abstractmethod
+    async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult: ...
+
+    @abc.abstractmethod
+    async def refund(
+        self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
+    ) -> RefundResult: ...
+
+    @abc.abstractmethod
+    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+        """Find out the payment's state at the provider.
+
+        ``authorize`` is the original request (same idempotency key) for providers
+        whose only lookup is an idempotent replay. Raises :class:`RejectedSafe`
+        with ``error_code="not_found"`` when the provider proves nothing exists.
+        """
