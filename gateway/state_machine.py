@@ -81,7 +81,7 @@ RANK: dict[PaymentStatus, int] = {
     S.PENDING: 0,
     S.UNKNOWN: 1,
     S.PROCESSING: 1,
-    S.REQUIRES_ACTION: 2,
+    S.REQUIRES_ACTION: 1,
     S.AUTHORIZED: 3,
     S.CAPTURE_PENDING: 4,
     S.VOID_PENDING: 4,

@@ -1,0 +1,65 @@
+"""Request id, metrics, access log and the JSON error boundary for every request."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from aiohttp import web
+
+from gateway import logs, metrics
+from gateway.api.errors import ApiError
+
+log = logging.getLogger("gateway.http")
+
+_HTTP_ERRORS = {
+    404: ("not_found", "route_not_found", "no such endpoint"),
+    405: ("invalid_request", "method_not_allowed", "method not allowed on this endpoint"),
+    413: ("invalid_request", "body_too_large", "request body too large"),
+}
+
+
+def _route(request: web.Request) -> str:
+    info = request.match_info
+    route = info.route if info is not None else None
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_context(request: web.Request, handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")
+    if not (0 < len(rid) <= 64 and rid.isprintable()):
+        rid = "req_" + uuid.uuid4().hex[:20]
+    logs.request_id_var.set(rid)
+    logs.payment_id_var.set(request.match_info.get("payment_id"))
+    t0 = time.perf_counter()
+    route = _route(request)
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as err:
+            response = err.response()
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            typ, code, message = _HTTP_ERRORS.get(
+                exc.status, ("invalid_request", "http_error", exc.reason))
+            response = ApiError(exc.status, typ, code, message).response()
+        except Exception:
+            log.exception("unhandled error", extra={"route": route})
+            response = ApiError(500, "internal", "internal_error",
+                                "internal error; the request may be retried with the same "
+                                "Idempotency-Key").response()
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    finally:
+        elapsed = time.perf_counter() - t0
+        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
+        metrics.HTTP_DURATION.labels(route).observe(elapsed)
+        if route not in ("/metrics", "/healthz", "/readyz"):
+            log.info("request", extra={"method": request.method, "route": route,
+                                       "status": status, "duration_ms": round(elapsed * 1000, 1)})

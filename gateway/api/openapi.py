@@ -1,0 +1,122 @@
+"""OpenAPI 3 description of the merchant API (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_STATUSES = ["pending", "requires_action", "processing", "unknown", "authorized",
+             "capture_pending", "captured", "partially_refunded", "refunded", "void_pending",
+             "voided", "declined", "failed", "expired"]
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _error_responses(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid request", 401: "Bad or missing API key", 404: "No such payment",
+            409: "Invalid state, or a request with this key is in progress",
+            422: "Idempotency-Key reused with a different body",
+            503: "Provider unavailable; nothing changed (Retry-After)"}
+    return {str(c): {"description": text[c],
+                     "content": {"application/json": {"schema": _ref("Error")}}} for c in codes}
+
+
+_PAYMENT_ID = {"name": "payment_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_IDEM = {"name": "Idempotency-Key", "in": "header", "required": True,
+         "schema": {"type": "string", "minLength": 1, "maxLength": 255}}
+
+
+def _post(summary: str, body: str | None, ok: int, *errors: int) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": [_IDEM] if body == "CreatePayment" else [_PAYMENT_ID, _IDEM],
+        "responses": {str(ok): {"description": "The payment",
+                                "content": {"application/json": {"schema": _ref("Payment")}}},
+                      **_error_responses(*errors)},
+    }
+    if body:
+        op["requestBody"] = {"required": body == "CreatePayment",
+                             "content": {"application/json": {"schema": _ref(body)}}}
+    return {"post": op}
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "Payment routing gateway - merchant API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": {"type": "object", "required": ["error"], "properties": {"error": {
+                "type": "object", "required": ["type", "code", "message"],
+                "properties": {"type": {"type": "string", "enum": [
+                    "invalid_request", "authentication_failed", "not_found", "invalid_state",
+                    "idempotency_conflict", "provider_unavailable", "internal"]},
+                    "code": {"type": "string"}, "message": {"type": "string"},
+                    "param": {"type": "string"}}}}},
+            "CreatePayment": {
+                "type": "object", "required": ["amount", "currency", "payment_method"],
+                "additionalProperties": False,
+                "properties": {
+                    "amount": {"type": "integer", "minimum": 1,
+                               "description": "in the currency's minor unit"},
+                    "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+                    "capture": {"type": "string", "enum": ["automatic", "manual"],
+                                "default": "automatic"},
+                    "payment_method": {"type": "object", "properties": {
+                        "type": {"type": "string", "enum": ["card"]},
+                        "token": {"type": "string"}, "brand": {"type": "string"},
+                        "provider_tokens": {"type": "object",
+                                            "additionalProperties": {"type": "string"}}}},
+                    "reference": {"type": "string", "maxLength": 255},
+                    "customer": {"type": "object", "properties": {
+                        "country": {"type": "string", "pattern": "^[A-Z]{2}$"}}},
+                    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+                }},
+            "Capture": {"type": "object", "additionalProperties": False,
+                        "properties": {"amount": {"type": "integer", "minimum": 1}}},
+            "Refund": {"type": "object", "additionalProperties": False,
+                       "properties": {"amount": {"type": "integer", "minimum": 1},
+                                      "reason": {"type": "string"}}},
+            "Payment": {"type": "object", "properties": {
+                "id": {"type": "string"}, "object": {"type": "string", "enum": ["payment"]},
+                "status": {"type": "string", "enum": _STATUSES},
+                "amount": {"type": "integer"}, "currency": {"type": "string"},
+                "capture": {"type": "string"}, "amount_authorized": {"type": "integer"},
+                "amount_captured": {"type": "integer"}, "amount_refunded": {"type": "integer"},
+                "provider": {"type": "string", "nullable": True},
+                "provider_reference": {"type": "string", "nullable": True},
+                "reference": {"type": "string", "nullable": True},
+                "routing": {"type": "object", "nullable": True},
+                "attempts": {"type": "array", "items": {"type": "object"}},
+                "refunds": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "amount": {"type": "integer"},
+                    "status": {"type": "string",
+                               "enum": ["pending", "succeeded", "failed", "unknown"]},
+                    "provider_reference": {"type": "string", "nullable": True}}}},
+                "failure": {"type": "object", "nullable": True},
+                "next_action": {"type": "object", "nullable": True},
+                "metadata": {"type": "object"},
+                "created_at": {"type": "string", "format": "date-time"},
+                "updated_at": {"type": "string", "format": "date-time"}}},
+        },
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/v1/payments": _post("Create and authorize a payment", "CreatePayment", 201,
+                              400, 401, 409, 422),
+        "/v1/payments/{payment_id}": {"get": {
+            "summary": "Current state of a payment", "parameters": [_PAYMENT_ID],
+            "responses": {"200": {"description": "The payment", "content": {
+                "application/json": {"schema": _ref("Payment")}}}, **_error_responses(401, 404)}}},
+        "/v1/payments/{payment_id}/capture": _post("Capture all or part", "Capture", 200,
+                                                   400, 401, 404, 409, 422, 503),
+        "/v1/payments/{payment_id}/void": _post("Cancel an uncaptured authorization", None, 200,
+                                                400, 401, 404, 409, 422, 503),
+        "/v1/payments/{payment_id}/refunds": _post("Refund all or part", "Refund", 201,
+                                                   400, 401, 404, 409, 422, 503),
+        "/v1/payments/{payment_id}/events": {"get": {
+            "summary": "Audit trail", "parameters": [_PAYMENT_ID],
+            "responses": {"200": {"description": "Events"}, **_error_responses(401, 404)}}},
+    },
+}

@@ -1,0 +1,161 @@
+"""Merchant API v1 handlers: /v1/payments and its follow-ups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from gateway import logs
+from gateway.api import validation
+from gateway.api.auth import authenticate_merchant
+from gateway.api.errors import ApiError, not_found
+from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
+from gateway.idempotency import Execution, Outcome, fingerprint, require_key, run_idempotent
+from gateway.model import audit, derived_id, new_payment, public_view
+from gateway.orchestrator import OperationError, PaymentMissing
+from gateway.store import AlreadyExists
+
+routes = web.RouteTableDef()
+
+
+async def _owned_payment(request: web.Request, merchant_id: str) -> dict[str, Any]:
+    doc = await request.app[STORE].get_payment(request.match_info["payment_id"])
+    if doc is None or doc["merchant_id"] != merchant_id:
+        raise not_found()
+    logs.payment_id_var.set(doc["id"])
+    return doc
+
+
+def _payment_response(status: int, doc: dict[str, Any], replayed: bool) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else {}
+    return web.json_response(public_view(doc), status=status, headers=headers)
+
+
+def _operation_error(exc: OperationError) -> ApiError:
+    headers = {"Retry-After": "5"} if exc.http_status == 503 else None
+    return ApiError(exc.http_status, exc.type, exc.code, exc.message, headers=headers)
+
+
+async def _idempotent_post(
+    request: web.Request, merchant_id: str, body: dict[str, Any], execute
+) -> web.Response:
+    config, store = request.app[CONFIG], request.app[STORE]
+    key = require_key(request.headers.get("Idempotency-Key"))
+    fp = fingerprint(request.method, request.path, body)
+
+    async def replay(response: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "error" in response:
+            return response["status"], response["error"]
+        doc = await store.get_payment(response["payment_id"])
+        if doc is None:  # pragma: no cover - payments are never deleted
+            raise not_found()
+        return response["status"], public_view(doc)
+
+    async def guarded(ex: Execution) -> Outcome:
+        try:
+            return await execute(ex)
+        except OperationError as exc:
+            raise _operation_error(exc) from None
+        except PaymentMissing:
+            raise not_found() from None
+
+    status, result, replayed = await run_idempotent(
+        store, (merchant_id, key, fp), config.request_deadline_s, config.idempotency_ttl_s,
+        guarded, replay,
+    )
+    if isinstance(result, Outcome):
+        doc = await store.get_payment(result.payment_id)
+        assert doc is not None
+        return _payment_response(status, doc, replayed)
+    headers = {"Idempotent-Replayed": "true"}
+    return web.json_response(result, status=status, headers=headers)
+
+
+@routes.post("/v1/payments")
+async def create_payment(request: web.Request) -> web.Response:
+    config, store, orch = request.app[CONFIG], request.app[STORE], request.app[ORCHESTRATOR]
+    merchant_id = authenticate_merchant(request, config)
+    body = validation.parse_json_body(await request.read())
+    body = validation.validate_create(body)
+
+    async def execute(ex: Execution) -> Outcome:
+        payment_id = derived_id("pay_", ex.merchant_id, ex.key)
+        logs.payment_id_var.set(payment_id)
+        doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
+        try:
+            await store.insert_payment(doc, [audit("payment_created", "merchant",
+                                                   amount=doc["amount"], currency=doc["currency"])])
+        except AlreadyExists:
+            existing = await store.get_payment(payment_id)
+            assert existing is not None
+            if existing["_fingerprint"] != ex.fingerprint:
+                raise ApiError(422, "idempotency_conflict", "idempotency_key_reused",
+                               "this Idempotency-Key was used with a different request",
+                               param="Idempotency-Key") from None
+            # An earlier request with this key crashed (or its record expired): never
+            # start a second authorization; bring the recorded payment up to date.
+            await orch.resolve(existing)
+            return Outcome(201, payment_id)
+        await orch.authorize(doc)
+        return Outcome(201, payment_id)
+
+    return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.get("/v1/payments/{payment_id}")
+async def get_payment(request: web.Request) -> web.Response:
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    doc = await _owned_payment(request, merchant_id)
+    return web.json_response(public_view(doc))
+
+
+@routes.get("/v1/payments/{payment_id}/events")
+async def payment_events(request: web.Request) -> web.Response:
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    doc = await _owned_payment(request, merchant_id)
+    events = await request.app[STORE].list_events(doc["id"])
+    return web.json_response({"object": "list", "payment_id": doc["id"], "data": events})
+
+
+@routes.post("/v1/payments/{payment_id}/capture")
+async def capture_payment(request: web.Request) -> web.Response:
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    body = validation.parse_json_body(await request.read())
+    amount = validation.validate_capture(body)
+    doc = await _owned_payment(request, merchant_id)
+
+    async def execute(ex: Execution) -> Outcome:
+        await request.app[ORCHESTRATOR].capture(doc["id"], amount, ex.key)
+        return Outcome(200, doc["id"])
+
+    return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.post("/v1/payments/{payment_id}/void")
+async def void_payment(request: web.Request) -> web.Response:
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    body = validation.parse_json_body(await request.read())
+    validation.validate_void(body)
+    doc = await _owned_payment(request, merchant_id)
+
+    async def execute(ex: Execution) -> Outcome:
+        await request.app[ORCHESTRATOR].void(doc["id"], ex.key)
+        return Outcome(200, doc["id"])
+
+    return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.post("/v1/payments/{payment_id}/refunds")
+async def refund_payment(request: web.Request) -> web.Response:
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    body = validation.parse_json_body(await request.read())
+    amount, reason = validation.validate_refund(body)
+    doc = await _owned_payment(request, merchant_id)
+
+    async def execute(ex: Execution) -> Outcome:
+        refund_id = derived_id("ref_", ex.merchant_id, ex.key)
+        await request.app[ORCHESTRATOR].refund(doc["id"], refund_id, amount, reason)
+        return Outcome(201, doc["id"])
+
+    return await _idempotent_post(request, merchant_id, body, execute)

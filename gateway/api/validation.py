@@ -1,0 +1,152 @@
+"""Request body validation for the merchant API.
+
+Each failure raises :class:`ApiError` (400 ``invalid_request``) naming the ``param``.
+Raw card data is refused before anything else looks at the body: a ``number`` /
+``cvc`` / ``cvv`` key anywhere, or any 13-19 digit Luhn-valid string anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from gateway.api.errors import ApiError
+from gateway.logs import contains_card_number
+
+CURRENCY = re.compile(r"^[A-Z]{3}$")
+MAX_AMOUNT = 10**12
+_CARD_KEYS = {"number", "cvc", "cvv", "card_number", "cvv2", "pan"}
+
+def _bad(param: str, message: str, code: str = "parameter_invalid") -> ApiError:
+    return ApiError(400, "invalid_request", code, message, param=param)
+
+
+def _walk_for_card_data(value: Any) -> bool:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k.lower() in _CARD_KEYS:
+                return True
+            if _walk_for_card_data(k) or _walk_for_card_data(v):
+                return True
+        return False
+    if isinstance(value, list):
+        return any(_walk_for_card_data(v) for v in value)
+    if isinstance(value, str):
+        return contains_card_number(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 10**12:
+        return contains_card_number(str(value))
+    return False
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """Decode the body; refuse raw card data without echoing it."""
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        if contains_card_number(raw.decode("utf-8", "replace")):
+            raise ApiError(400, "invalid_request", "raw_card_data_rejected",
+                           "raw card data is not accepted; send a payment-method token") from None
+        raise _bad("body", "the request body must be a JSON object", "invalid_json") from None
+    if _walk_for_card_data(body):
+        raise ApiError(400, "invalid_request", "raw_card_data_rejected",
+                       "raw card data is not accepted; send a payment-method token")
+    if not isinstance(body, dict):
+        raise _bad("body", "the request body must be a JSON object", "invalid_json")
+    return body
+
+
+def _amount(body: dict[str, Any], param: str, required: bool) -> int | None:
+    if param not in body or body[param] is None:
+        if required:
+            raise _bad(param, f"{param} is required", "parameter_missing")
+        return None
+    v = body[param]
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _bad(param, f"{param} must be an integer in the currency's minor unit")
+    if v <= 0 or v > MAX_AMOUNT:
+        raise _bad(param, f"{param} must be between 1 and {MAX_AMOUNT}")
+    return v
+
+
+def _only(body: dict[str, Any], allowed: set[str], prefix: str = "") -> None:
+    for k in body:
+        if k not in allowed:
+            raise _bad(prefix + str(k), f"unknown parameter {prefix}{k}", "parameter_unknown")
+
+
+def _str_map(value: Any, param: str, max_items: int = 50) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > max_items:
+        raise _bad(param, f"{param} must be an object with at most {max_items} entries")
+    for k, v in value.items():
+        if not isinstance(v, str) or len(k) > 40 or len(v) > 500:
+            raise _bad(f"{param}.{k}",
+                       f"{param} values must be strings (keys <= 40, values <= 500)")
+    return value
+
+
+def validate_create(body: dict[str, Any]) -> dict[str, Any]:
+    _only(body, {"amount", "currency", "capture", "payment_method", "reference", "customer",
+                 "metadata"})
+    _amount(body, "amount", required=True)
+    cur = body.get("currency")
+    if not isinstance(cur, str) or not CURRENCY.match(cur):
+        raise _bad("currency", "currency must be an upper-case ISO 4217 code such as EUR")
+    capture = body.get("capture", "automatic")
+    if capture not in ("automatic", "manual"):
+        raise _bad("capture", "capture must be 'automatic' or 'manual'")
+    pm = body.get("payment_method")
+    if not isinstance(pm, dict):
+        raise _bad("payment_method", "payment_method is required", "parameter_missing")
+    _only(pm, {"type", "token", "brand", "provider_tokens"}, "payment_method.")
+    if pm.get("type", "card") != "card":
+        raise _bad("payment_method.type", "only payment_method.type 'card' is supported")
+    token = pm.get("token")
+    ptokens = pm.get("provider_tokens")
+    if token is not None and (not isinstance(token, str) or not 1 <= len(token) <= 255):
+        raise _bad("payment_method.token", "payment_method.token must be a string (1-255)")
+    if ptokens is not None:
+        _str_map(ptokens, "payment_method.provider_tokens")
+        if not ptokens:
+            raise _bad("payment_method.provider_tokens", "provider_tokens must not be empty")
+    if token is None and not ptokens:
+        raise _bad("payment_method.token", "payment_method.token (or provider_tokens) is required",
+                   "parameter_missing")
+    brand = pm.get("brand")
+    if brand is not None and (not isinstance(brand, str) or len(brand) > 32):
+        raise _bad("payment_method.brand", "payment_method.brand must be a short string")
+    ref = body.get("reference")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > 255):
+        raise _bad("reference", "reference must be a string of at most 255 characters")
+    customer = body.get("customer")
+    if customer is not None:
+        if not isinstance(customer, dict):
+            raise _bad("customer", "customer must be an object")
+        _only(customer, {"country"}, "customer.")
+        country = customer.get("country")
+        if country is not None and (not isinstance(country, str)
+                                    or not re.fullmatch(r"[A-Z]{2}", country)):
+            raise _bad("customer.country", "customer.country must be an ISO 3166 alpha-2 code")
+    _str_map(body.get("metadata"), "metadata")
+    return {**body, "capture": capture, "payment_method": {"type": "card", **pm}}
+
+
+def validate_capture(body: dict[str, Any]) -> int | None:
+    _only(body, {"amount"})
+    return _amount(body, "amount", required=False)
+
+
+def validate_void(body: dict[str, Any]) -> None:
+    _only(body, {"reason"})
+
+
+def validate_refund(body: dict[str, Any]) -> tuple[int | None, str | None]:
+    _only(body, {"amount", "reason"})
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
+        raise _bad("reason", "reason must be a string of at most 255 characters")
+    return _amount(body, "amount", required=False), reason

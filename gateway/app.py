@@ -1,0 +1,79 @@
+"""The aiohttp application factory: ``create_app(config)``.
+
+Owned resources are opened and closed by ``cleanup_ctx`` in order: the in-process
+simulators (only for providers marked ``sandbox: true``), the store, the provider
+adapters and the orchestrator.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from gateway.api import health, payments
+from gateway.api.middleware import request_context
+from gateway.appkeys import CONFIG, ORCHESTRATOR, PROVIDERS, SANDBOX_PORTS, STORE
+from gateway.config import GatewayConfig
+from gateway.orchestrator import Orchestrator
+from gateway.provider_registry import build_providers, sandbox_types
+from gateway.store import make_store
+
+log = logging.getLogger("gateway.app")
+
+
+async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    kinds = sandbox_types(config)
+    if not kinds:
+        app[SANDBOX_PORTS] = {}
+        yield
+        return
+    from providers.sandbox import start_in_process
+
+    handle = await start_in_process(
+        host=config.sandbox_host, providers=sorted(kinds), control_port=config.sandbox_control_port
+    )
+    app[SANDBOX_PORTS] = dict(handle.ports)
+    log.info("in-process sandbox listening", extra={"ports": handle.ports})
+    try:
+        yield
+    finally:
+        await handle.stop()
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = make_store(app[CONFIG].store_url)
+    await store.open()
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    providers = build_providers(config, app[SANDBOX_PORTS])
+    started = []
+    try:
+        for p in providers.values():
+            await p.start()
+            started.append(p)
+        app[PROVIDERS] = providers
+        app[ORCHESTRATOR] = Orchestrator(config, app[STORE], providers)
+        yield
+    finally:
+        for p in started:
+            await p.close()
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[request_context], client_max_size=256 * 1024)
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _providers_ctx])
+    app.router.add_routes(payments.routes)
+    app.router.add_routes(health.routes)
+    app.router.add_get("/metrics", health.metrics_handler)
+    return app

@@ -1,0 +1,19 @@
+"""Typed aiohttp application state keys (``app[CONFIG]`` etc.)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from gateway.orchestrator import Orchestrator
+    from gateway.store import Store
+    from providers.base import Provider
+
+CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
+STORE: web.AppKey[Store] = web.AppKey("store")
+ORCHESTRATOR: web.AppKey[Orchestrator] = web.AppKey("orchestrator")
+PROVIDERS: web.AppKey[dict[str, Provider]] = web.AppKey("providers")
+SANDBOX_PORTS: web.AppKey[dict[str, int]] = web.AppKey("sandbox_ports")

@@ -1,0 +1,99 @@
+"""The ``gateway`` command (SPEC section 13)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import logs
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+log = logging.getLogger("gateway.cli")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    if args.workers != 1:
+        print("gateway: --workers > 1 is not supported yet (run several replicas on the "
+              "Redis store instead)", file=sys.stderr)
+        return 2
+    app = create_app(config)
+    log.info("gateway starting", extra={"host": args.host, "port": args.port,
+                                        "config": str(config.path)})
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
+                handle_signals=True, shutdown_timeout=5)
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    from gateway.api.auth import new_key
+
+    key, digest = new_key()
+    print(f"api_key: {key}")
+    print(f"api_key_sha256: {digest}")
+    return 0
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"ok: {config.path} ({len(config.providers)} providers, "
+          f"{len(config.merchants)} merchants)")
+    return 0
+
+
+def _sandbox(argv: Sequence[str]) -> int:
+    from providers.sandbox import sandbox_main
+
+    return sandbox_main(list(argv))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="Payment routing gateway")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", default=DEFAULT_CONFIG)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=_serve)
+    check = sub.add_parser("check-config", help="validate gateway.yaml")
+    check.add_argument("--config", default=DEFAULT_CONFIG)
+    check.set_defaults(func=_check_config)
+    keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
+    keygen.set_defaults(func=_keygen)
+    sub.add_parser("sandbox", help="run the provider simulators and their control API",
+                   add_help=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logs.setup_logging()
+    if argv and argv[0] == "sandbox":
+        return _sandbox(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.getLogger().setLevel(args.log_level.upper())
+    return int(args.func(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,256 @@
+"""gateway.yaml: loading, secret references, validation (SPEC sections 12 and 14).
+
+Secrets are given as ``${ENV}`` or ``file:/path`` references (or literals for local
+sandboxes). Resolved secret values are registered with :mod:`gateway.logs` so they are
+redacted from every log line, and they never appear in error messages: errors name
+the key path, never the value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway import logs
+
+PROVIDER_TYPES = ("stripe", "braintree", "adyen")
+_ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """gateway.yaml is invalid; the message names the file and key, never a secret."""
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    fail_max: int = 5
+    reset_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class ProviderConfig:
+    name: str
+    type: str
+    base_url: str | None
+    currencies: frozenset[str]
+    timeout_s: float
+    connect_timeout_s: float
+    sandbox: bool
+    breaker: BreakerSettings
+    credentials: dict[str, str] = field(repr=False)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MerchantConfig:
+    id: str
+    api_key_sha256: tuple[str, ...]
+    webhook_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    attempts: int = 3  # tries of one provider attempt on an ambiguous outcome
+    backoff_s: float = 0.1
+    backoff_max_s: float = 1.0
+    jitter_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    path: Path
+    store_url: str
+    routing_file: Path | None
+    admin_token: str | None = field(repr=False)
+    merchants: dict[str, MerchantConfig]
+    providers: dict[str, ProviderConfig]
+    candidates: tuple[str, ...]  # static priority list until routing.yaml rules apply
+    request_deadline_s: float = 30.0
+    idempotency_ttl_s: float = 86400.0
+    failover_budget: int = 3
+    retry: RetrySettings = RetrySettings()
+    sandbox_host: str = "127.0.0.1"
+    sandbox_control_port: int = 0
+
+
+def resolve_secret(value: Any, where: str) -> str:
+    """Resolve ``${ENV}``, ``${ENV:-default}``, ``file:/path`` or a literal string."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a non-empty string or secret reference")
+    m = _ENV_REF.match(value)
+    if m:
+        name, default = m.group(1), m.group(2)
+        resolved = os.environ.get(name, default)
+        if resolved is None or resolved == "":
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+    elif value.startswith("file:"):
+        p = Path(value[5:])
+        try:
+            resolved = p.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read secret file {p}: {exc.strerror}") from None
+        if not resolved:
+            raise ConfigError(f"{where}: secret file {p} is empty")
+    else:
+        resolved = value
+    logs.register_secret(resolved)
+    return resolved
+
+
+def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any):
+    if key not in d or d[key] is None:
+        return default
+    v = d[key]
+    if typ in (float, (int, float)) and isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+        raise ConfigError(f"{where}.{key}: expected {getattr(typ, '__name__', typ)}")
+    return v
+
+
+def resolve_store_url(url: str, base: Path) -> str:
+    """``sqlite:///abs/path`` is absolute; ``sqlite://rel/path`` is relative to ``base``."""
+    if url.startswith("sqlite://"):
+        raw = url[len("sqlite://"):]
+        p = Path(raw) if raw.startswith("/") else (base / raw)
+        return "sqlite:///" + str(p.resolve())
+    if url.startswith(("redis://", "rediss://")):
+        return url
+    raise ConfigError(f"store: unsupported URL scheme in {url!r} (use sqlite:// or redis://)")
+
+
+def _provider(name: str, raw: Any, where: str) -> ProviderConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping")
+    ptype = raw.get("type")
+    if ptype not in PROVIDER_TYPES:
+        raise ConfigError(f"{where}.type: must be one of {', '.join(PROVIDER_TYPES)}")
+    sandbox = bool(_get(raw, "sandbox", bool, where, False))
+    secret_keys = {
+        "stripe": ("api_key", "webhook_secret"),
+        "braintree": ("merchant_id", "public_key", "private_key"),
+        "adyen": ("api_key", "hmac_key"),
+    }[ptype]
+    creds: dict[str, str] = {}
+    for key in secret_keys:
+        if key in raw:
+            creds[key] = resolve_secret(raw[key], f"{where}.{key}")
+    currencies = _get(raw, "currencies", list, where, ["USD", "EUR", "GBP", "JPY"])
+    for c in currencies:
+        if not isinstance(c, str) or not re.fullmatch(r"[A-Z]{3}", c):
+            raise ConfigError(f"{where}.currencies: {c!r} is not an ISO 4217 code")
+    breaker_raw = _get(raw, "breaker", dict, where, {})
+    breaker = BreakerSettings(
+        fail_max=_get(breaker_raw, "fail_max", int, f"{where}.breaker", 5),
+        reset_timeout_s=_get(breaker_raw, "reset_timeout_s", (int, float), f"{where}.breaker",
+                             30.0),
+    )
+    base_url = _get(raw, "base_url", str, where, None)
+    if base_url is None and not sandbox:
+        raise ConfigError(f"{where}.base_url: required unless sandbox: true")
+    known = {"type", "sandbox", "currencies", "breaker", "base_url", "timeout_s",
+             "connect_timeout_s", *secret_keys}
+    return ProviderConfig(
+        name=name,
+        type=ptype,
+        base_url=base_url,
+        currencies=frozenset(currencies),
+        timeout_s=_get(raw, "timeout_s", (int, float), where, 10.0),
+        connect_timeout_s=_get(raw, "connect_timeout_s", (int, float), where, 3.0),
+        sandbox=sandbox,
+        breaker=breaker,
+        credentials=creds,
+        options={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def _merchant(raw: Any, where: str) -> MerchantConfig:
+    if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"]:
+        raise ConfigError(f"{where}: needs an 'id' string")
+    hashes = raw.get("api_key_sha256")
+    if isinstance(hashes, str):
+        hashes = [hashes]
+    if not isinstance(hashes, list) or not hashes:
+        raise ConfigError(f"{where}.api_key_sha256: a list of SHA-256 hex digests is required")
+    for h in hashes:
+        if not isinstance(h, str) or not _SHA256_HEX.match(h.lower()):
+            raise ConfigError(f"{where}.api_key_sha256: entries must be 64 hex characters")
+    hook = _get(raw, "webhook", dict, where, {})
+    secret = hook.get("secret")
+    return MerchantConfig(
+        id=raw["id"],
+        api_key_sha256=tuple(h.lower() for h in hashes),
+        webhook_url=hook.get("url"),
+        webhook_secret=resolve_secret(secret, f"{where}.webhook.secret") if secret else None,
+    )
+
+
+def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    p = Path(path).resolve()
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{line}: invalid YAML") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: top level must be a mapping")
+    where = p.name
+    store = _get(raw, "store", str, where, None)
+    if not store:
+        raise ConfigError(f"{where}.store: required (sqlite:///path or redis://host:port/db)")
+    merchants_raw = _get(raw, "merchants", list, where, [])
+    merchants: dict[str, MerchantConfig] = {}
+    for i, m in enumerate(merchants_raw):
+        mc = _merchant(m, f"{where}.merchants[{i}]")
+        if mc.id in merchants:
+            raise ConfigError(f"{where}.merchants[{i}]: duplicate merchant id {mc.id!r}")
+        merchants[mc.id] = mc
+    providers_raw = _get(raw, "providers", dict, where, {})
+    if not providers_raw:
+        raise ConfigError(f"{where}.providers: at least one provider is required")
+    providers = {
+        n: _provider(n, pr, f"{where}.providers.{n}") for n, pr in providers_raw.items()
+    }
+    candidates = tuple(_get(raw, "candidates", list, where, list(providers)))
+    for c in candidates:
+        if c not in providers:
+            raise ConfigError(f"{where}.candidates: unknown provider {c!r}")
+    routing = _get(raw, "routing_file", str, where, None)
+    admin = raw.get("admin_token")
+    retry_raw = _get(raw, "retry", dict, where, {})
+    sandbox_raw = _get(raw, "sandbox", dict, where, {})
+    cfg = GatewayConfig(
+        path=p,
+        store_url=resolve_store_url(store, p.parent),
+        routing_file=(p.parent / routing).resolve() if routing else None,
+        admin_token=resolve_secret(admin, f"{where}.admin_token") if admin else None,
+        merchants=merchants,
+        providers=providers,
+        candidates=candidates,
+        request_deadline_s=_get(raw, "request_deadline_s", (int, float), where, 30.0),
+        idempotency_ttl_s=_get(raw, "idempotency_ttl_s", (int, float), where, 86400.0),
+        failover_budget=_get(raw, "failover_budget", int, where, 3),
+        retry=RetrySettings(
+            attempts=_get(retry_raw, "attempts", int, f"{where}.retry", 3),
+            backoff_s=_get(retry_raw, "backoff_s", (int, float), f"{where}.retry", 0.1),
+            backoff_max_s=_get(retry_raw, "backoff_max_s", (int, float), f"{where}.retry", 1.0),
+            jitter_s=_get(retry_raw, "jitter_s", (int, float), f"{where}.retry", 0.1),
+        ),
+        sandbox_host=_get(sandbox_raw, "host", str, f"{where}.sandbox", "127.0.0.1"),
+        sandbox_control_port=_get(sandbox_raw, "control_port", int, f"{where}.sandbox", 0),
+    )
+    if cfg.idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
+        raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")
+    if cfg.request_deadline_s <= 0 or cfg.retry.attempts < 1 or cfg.failover_budget < 1:
+        raise ConfigError(f"{where}: request_deadline_s, retry.attempts, failover_budget > 0")
+    return cfg

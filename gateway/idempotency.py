@@ -1,0 +1,106 @@
+"""Idempotency-Key handling for every POST under /v1 (SPEC section 3).
+
+* key: required, 1-255 printable ASCII; scope is (merchant, key);
+* fingerprint: method + path + canonical JSON body;
+* same key + fingerprint, finished -> same HTTP status, resource's CURRENT state,
+  ``Idempotent-Replayed: true``; nothing is sent to a provider again;
+* different fingerprint -> 422 ``idempotency_key_reused``;
+* still running (live lease) -> 409 ``idempotency_request_in_progress`` + Retry-After;
+* a safe 503 failure is not remembered (the claim is released);
+* a crashed owner's lease lapses after the request deadline; the next retry takes
+  the claim over and resumes from the write-ahead payment record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import metrics
+from gateway.api.errors import ApiError
+from gateway.store import ClaimOutcome, Store
+
+_KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+
+
+def fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method.upper()}\n{path}\n{canonical}".encode()).hexdigest()
+
+
+def require_key(value: str | None) -> str:
+    if value is None:
+        raise ApiError(400, "invalid_request", "idempotency_key_missing",
+                       "the Idempotency-Key header is required on every POST",
+                       param="Idempotency-Key")
+    if not _KEY.match(value):
+        raise ApiError(400, "invalid_request", "idempotency_key_invalid",
+                       "Idempotency-Key must be 1-255 printable ASCII characters",
+                       param="Idempotency-Key")
+    return value
+
+
+@dataclass(frozen=True)
+class Execution:
+    merchant_id: str
+    key: str
+    fingerprint: str
+    recovered: bool  # the claim was taken over from a crashed/expired owner
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: int
+    payment_id: str
+
+
+async def run_idempotent(
+    store: Store,
+    execution_key: tuple[str, str, str],
+    lease_s: float,
+    ttl_s: float,
+    execute: Callable[[Execution], Awaitable[Outcome]],
+    replay: Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]],
+) -> tuple[int, dict[str, Any] | Outcome, bool]:
+    """Claim, then execute or replay. Returns (status, body-or-outcome, replayed)."""
+    merchant_id, key, fp = execution_key
+    claim = await store.claim_idempotency(merchant_id, key, fp, lease_s, ttl_s)
+    if claim.outcome == ClaimOutcome.MISMATCH:
+        metrics.IDEMPOTENCY.labels("mismatch").inc()
+        raise ApiError(422, "idempotency_conflict", "idempotency_key_reused",
+                       "this Idempotency-Key was used with a different request",
+                       param="Idempotency-Key")
+    if claim.outcome == ClaimOutcome.IN_PROGRESS:
+        metrics.IDEMPOTENCY.labels("conflict").inc()
+        raise ApiError(409, "idempotency_conflict", "idempotency_request_in_progress",
+                       "a request with this Idempotency-Key is still in progress",
+                       param="Idempotency-Key",
+                       headers={"Retry-After": str(max(1, math.ceil(claim.retry_after)))})
+    if claim.outcome == ClaimOutcome.COMPLETED:
+        metrics.IDEMPOTENCY.labels("replayed").inc()
+        assert claim.record is not None and claim.record.response is not None
+        status, body = await replay(claim.record.response)
+        return status, body, True
+    metrics.IDEMPOTENCY.labels("new").inc()
+    ex = Execution(merchant_id, key, fp, recovered=claim.outcome == ClaimOutcome.TAKEN_OVER)
+    try:
+        outcome = await execute(ex)
+    except ApiError as err:
+        if err.status in (409, 422):  # a definite answer about the resource: remember it
+            await store.complete_idempotency(
+                merchant_id, key, {"status": err.status, "error": err.body()}, ttl_s)
+        else:  # 503 safe failure, 404, ...: not remembered, the client may retry
+            await store.release_idempotency(merchant_id, key)
+        raise
+    except BaseException:
+        # Unexpected failure (or cancellation): keep the claim; its lease lapses and a
+        # retry resumes from the write-ahead payment record.
+        raise
+    await store.complete_idempotency(
+        merchant_id, key, {"status": outcome.status, "payment_id": outcome.payment_id}, ttl_s)
+    return outcome.status, outcome, ex.recovered

@@ -1,0 +1,78 @@
+"""Prometheus metrics (names fixed by SPEC section 11).
+
+Labels are bounded: provider names come from gateway.yaml, operations/outcomes/statuses
+from enums, routes from the router's templates. No ids or merchant strings as labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+HTTP_REQUESTS = Counter(
+    "gateway_http_requests_total", "HTTP requests served", ["method", "route", "status"],
+    registry=REGISTRY,
+)
+HTTP_DURATION = Histogram(
+    "gateway_http_request_duration_seconds", "HTTP request duration", ["route"],
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+PROVIDER_CALLS = Counter(
+    "gateway_provider_calls_total", "Provider calls by outcome",
+    ["provider", "operation", "outcome"], registry=REGISTRY,
+)
+PROVIDER_DURATION = Histogram(
+    "gateway_provider_call_duration_seconds", "Provider call duration",
+    ["provider", "operation"], buckets=_LATENCY_BUCKETS, registry=REGISTRY,
+)
+CIRCUIT_STATE = Gauge(
+    "gateway_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
+    ["provider"], registry=REGISTRY,
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "gateway_circuit_transitions_total", "Circuit breaker transitions", ["provider", "state"],
+    registry=REGISTRY,
+)
+FAILOVERS = Counter(
+    "gateway_failovers_total", "Failovers to another provider",
+    ["from_provider", "to_provider", "reason"], registry=REGISTRY,
+)
+RETRIES = Counter(
+    "gateway_retries_total", "Retries of the same provider call with the same key",
+    ["provider", "operation"], registry=REGISTRY,
+)
+PAYMENTS = Counter(
+    "gateway_payments_total", "Payments by the status a request left them in",
+    ["provider", "status"], registry=REGISTRY,
+)
+PAYMENTS_UNRESOLVED = Gauge(
+    "gateway_payments_unresolved", "Payments in an unresolved status", ["provider"],
+    registry=REGISTRY,
+)
+WEBHOOKS = Counter(
+    "gateway_webhooks_total", "Provider webhooks received", ["provider", "result"],
+    registry=REGISTRY,
+)
+RECONCILIATION_CORRECTIONS = Counter(
+    "gateway_reconciliation_corrections_total", "Corrections made by reconciliation",
+    ["provider", "from_status", "to_status"], registry=REGISTRY,
+)
+ROUTING_CONFIG_INFO = Gauge(
+    "gateway_routing_config_info", "Active routing configuration version", ["version"],
+    registry=REGISTRY,
+)
+CONFIG_RELOADS = Counter(
+    "gateway_config_reloads_total", "Routing configuration reloads", ["result"],
+    registry=REGISTRY,
+)
+IDEMPOTENCY = Counter(
+    "gateway_idempotency_total", "Idempotency-Key handling", ["result"], registry=REGISTRY,
+)
+UNMAPPED_STATUSES = Counter(
+    "gateway_provider_unmapped_status_total",
+    "Provider statuses with no entry in the status table (mapped to unknown)",
+    ["provider"], registry=REGISTRY,
+)

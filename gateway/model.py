@@ -1,0 +1,134 @@
+"""The payment document: ids, construction, public view, and state changes with audit.
+
+A payment is stored as one JSON document. Fields starting with ``_`` are internal
+(fingerprint, payment-method token, in-flight operation, provider keys) and never
+leave the gateway: :func:`public_view` drops them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.state_machine import (
+    Applied,
+    Ledger,
+    PaymentStatus,
+    Snapshot,
+    StatusEvent,
+    apply_event,
+)
+
+
+def now() -> float:
+    return time.time()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def derived_id(prefix: str, *parts: str) -> str:
+    """Deterministic id from (merchant, idempotency key): a retry finds the same resource."""
+    digest = hashlib.sha256("\x00".join(parts).encode()).digest()
+    return prefix + base64.b32encode(digest[:15]).decode().lower()
+
+
+def new_payment(
+    payment_id: str, merchant_id: str, body: dict[str, Any], fingerprint: str
+) -> dict[str, Any]:
+    ts = now()
+    pm = body["payment_method"]
+    return {
+        "id": payment_id,
+        "object": "payment",
+        "merchant_id": merchant_id,
+        "status": PaymentStatus.PENDING.value,
+        "amount": body["amount"],
+        "currency": body["currency"],
+        "capture": body.get("capture", "automatic"),
+        "amount_authorized": 0,
+        "amount_captured": 0,
+        "amount_refunded": 0,
+        "provider": None,
+        "provider_reference": None,
+        "reference": body.get("reference"),
+        "routing": None,
+        "attempts": [],
+        "refunds": [],
+        "failure": None,
+        "next_action": None,
+        "metadata": body.get("metadata") or {},
+        "customer": body.get("customer") or {},
+        "payment_method": {k: v for k, v in pm.items() if k in ("type", "brand")},
+        "created_at": ts,
+        "updated_at": ts,
+        "_fingerprint": fingerprint,
+        "_token": pm.get("token"),
+        "_provider_tokens": pm.get("provider_tokens") or {},
+        "_refund_pending": 0,
+        "_operation": None,
+    }
+
+
+def public_view(doc: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in doc.items() if not k.startswith("_") and k not in ("version",)}
+    out["created_at"] = iso(doc["created_at"])
+    out["updated_at"] = iso(doc["updated_at"])
+    out["attempts"] = [
+        {k: v for k, v in a.items() if not k.startswith("_")} for a in doc["attempts"]
+    ]
+    out["refunds"] = [
+        {k: v for k, v in r.items() if not k.startswith("_")} for r in doc["refunds"]
+    ]
+    out.pop("merchant_id", None)
+    out.pop("customer", None)
+    return out
+
+
+def snapshot(doc: dict[str, Any]) -> Snapshot:
+    return Snapshot(
+        PaymentStatus(doc["status"]),
+        Ledger(
+            amount=doc["amount"],
+            authorized=doc["amount_authorized"],
+            captured=doc["amount_captured"],
+            refunded=doc["amount_refunded"],
+            refund_pending=doc["_refund_pending"],
+        ),
+    )
+
+
+def store_snapshot(doc: dict[str, Any], snap: Snapshot) -> None:
+    doc["status"] = snap.status.value
+    doc["amount_authorized"] = snap.ledger.authorized
+    doc["amount_captured"] = snap.ledger.captured
+    doc["amount_refunded"] = snap.ledger.refunded
+    doc["_refund_pending"] = snap.ledger.refund_pending
+
+
+def audit(kind: str, source: str, **fields: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {"type": kind, "source": source, "at": iso(now())}
+    event.update({k: v for k, v in fields.items() if v is not None})
+    return event
+
+
+def apply_status(
+    doc: dict[str, Any], event: StatusEvent, source: str, detail: str | None = None
+) -> dict[str, Any]:
+    """Apply a status report to ``doc`` in place; return the audit event (applied or ignored)."""
+    result = apply_event(snapshot(doc), event)
+    if isinstance(result, Applied):
+        store_snapshot(doc, result.snapshot)
+        doc["updated_at"] = now()
+        return audit(
+            "status_changed", source, from_status=result.previous.value,
+            to_status=event.status.value, detail=detail,
+        )
+    return audit(
+        "event_ignored", source, status=doc["status"], reported_status=event.status.value,
+        reason=result.reason, detail=detail,
+    )

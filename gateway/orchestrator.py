@@ -1,0 +1,526 @@
+"""Payment orchestration: authorize across candidates, follow-ups on the authorizing provider.
+
+Rules (SPEC section 5):
+
+* The payment document (and each attempt, with its provider idempotency key) is
+  written BEFORE the provider is called, so a crash leaves enough to resume.
+* ``rejected_safe`` -> next candidate (failover); ``declined`` -> terminal, no failover;
+  ``ambiguous`` -> retried with the same key, then an idempotent replay / lookup; still
+  unresolved -> ``unknown``. Failover after ambiguity only if the lookup proves the
+  provider created nothing.
+* Capture / void / refund go to the authorizing provider only. A safe failure changes
+  nothing (:class:`ProviderUnavailable`, HTTP 503); an ambiguous one leaves the payment
+  ``capture_pending`` / ``void_pending`` or the refund ``unknown`` until resolved.
+* Amount reservations and the one-operation-at-a-time lock are compare-and-swap writes
+  of the payment document (:func:`mutate`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from gateway import metrics
+from gateway.config import GatewayConfig
+from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
+from gateway.provider_calls import CallRecord, call_provider
+from gateway.state_machine import (
+    UNRESOLVED,
+    InvariantError,
+    PaymentStatus,
+    RefundStatus,
+    StatusEvent,
+    check_capture,
+    reserve_refund,
+    settle_refund,
+)
+from gateway.store import Store
+from providers.base import (
+    Ambiguous,
+    AuthorizeRequest,
+    Outcome,
+    PaymentRef,
+    Provider,
+    ProviderFault,
+    ProviderResult,
+    RefundResult,
+    RejectedSafe,
+)
+
+log = logging.getLogger("gateway.orchestrator")
+S = PaymentStatus
+Events = list[dict[str, Any]]
+
+
+class OperationError(Exception):
+    """A follow-up operation cannot be done; maps to an HTTP error."""
+
+    http_status = 409
+    type = "invalid_state"
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ProviderUnavailable(OperationError):
+    """The provider failed safely; nothing changed. HTTP 503 with Retry-After."""
+
+    http_status = 503
+    type = "provider_unavailable"
+
+
+class PaymentMissing(Exception):
+    pass
+
+
+async def mutate(
+    store: Store, payment_id: str, fn: Callable[[dict[str, Any]], Events]
+) -> dict[str, Any]:
+    """Read-modify-CAS-write loop. ``fn`` edits the doc and returns audit events,
+    or raises to abort without writing."""
+    while True:
+        doc = await store.get_payment(payment_id)
+        if doc is None:
+            raise PaymentMissing(payment_id)
+        version = doc["version"]
+        events = fn(doc)
+        doc["updated_at"] = now()
+        if await store.update_payment(doc, version, events):
+            return doc
+
+
+def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
+    """Provider idempotency key of a follow-up, stable across retries of one merchant request."""
+    h = hashlib.sha256(merchant_key.encode()).hexdigest()[:16]
+    return f"{payment_id}:{operation}:{h}"
+
+
+class Orchestrator:
+    def __init__(self, config: GatewayConfig, store: Store, providers: dict[str, Provider]):
+        self.config = config
+        self.store = store
+        self.providers = providers
+        self.routing_version = hashlib.sha256(
+            ",".join(config.candidates).encode()
+        ).hexdigest()[:12]
+
+    # ----------------------------------------------------------- helpers
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.config.request_deadline_s
+
+    def candidates(self, doc: dict[str, Any]) -> list[Provider]:
+        tokens = doc.get("_provider_tokens") or {}
+        out = []
+        for name in self.config.candidates:
+            p = self.providers[name]
+            if doc["currency"] not in p.currencies:
+                continue
+            if tokens and name not in tokens:
+                continue
+            out.append(p)
+        return out
+
+    @staticmethod
+    def _auth_request(doc: dict[str, Any], provider: str, key: str) -> AuthorizeRequest:
+        tokens = doc.get("_provider_tokens") or {}
+        return AuthorizeRequest(
+            payment_id=doc["id"],
+            amount=doc["amount"],
+            currency=doc["currency"],
+            capture_manual=doc["capture"] == "manual",
+            token=tokens.get(provider) or doc["_token"],
+            idempotency_key=key,
+            reference=doc.get("reference"),
+            metadata={str(k): str(v) for k, v in (doc.get("metadata") or {}).items()},
+            customer_country=(doc.get("customer") or {}).get("country"),
+        )
+
+    @staticmethod
+    def _ref(doc: dict[str, Any]) -> PaymentRef:
+        return PaymentRef(
+            payment_id=doc["id"],
+            provider_reference=doc.get("provider_reference"),
+            amount=doc["amount"],
+            currency=doc["currency"],
+            capture_manual=doc["capture"] == "manual",
+        )
+
+    @staticmethod
+    def _apply_result(
+        doc: dict[str, Any], result: ProviderResult, source: str, amount_captured: int | None = None
+    ) -> Events:
+        if result.provider_reference:
+            doc["provider_reference"] = result.provider_reference
+        event = StatusEvent(
+            result.status,
+            authorized=result.amount_authorized,
+            captured=amount_captured if amount_captured is not None else result.amount_captured,
+        )
+        events = [apply_status(doc, event, source, detail=result.raw_status)]
+        if result.failure is not None:
+            doc["failure"] = result.failure.to_dict()
+        if doc["status"] == S.REQUIRES_ACTION:
+            doc["next_action"] = result.next_action
+        elif doc["status"] != S.REQUIRES_ACTION and events[0]["type"] == "status_changed":
+            doc["next_action"] = None
+        return events
+
+    async def _finish_attempt(
+        self, doc_id: str, index: int, outcome: str, rec: CallRecord, error_code: str | None,
+        result: ProviderResult | None = None, status: PaymentStatus | None = None,
+        failure: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        def fn(d: dict[str, Any]) -> Events:
+            att = d["attempts"][index]
+            att.update(outcome=outcome, duration_ms=rec.duration_ms)
+            if error_code:
+                att["error_code"] = error_code
+            events = [audit("attempt_finished", "provider_response", provider=att["provider"],
+                            outcome=outcome, error_code=error_code)]
+            if result is not None:
+                events += self._apply_result(d, result, "provider_response")
+            if status is not None:
+                events.append(apply_status(d, StatusEvent(status), "gateway"))
+                if failure is not None:
+                    d["failure"] = failure
+            return events
+
+        return await mutate(self.store, doc_id, fn)
+
+    # ----------------------------------------------------------- authorize
+
+    async def authorize(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Run the candidate list for a freshly recorded (``pending``) payment."""
+        deadline = self._deadline()
+        cands = self.candidates(doc)[: self.config.failover_budget]
+        start = len(doc["attempts"])
+        for offset, provider in enumerate(cands):
+            if time.monotonic() >= deadline:
+                break
+            index = start + offset
+            key = f"{doc['id']}:{index + 1}:authorize"
+
+            def begin(d: dict[str, Any], p: Provider = provider, k: str = key) -> Events:
+                d["attempts"].append({"provider": p.name, "outcome": "in_flight",
+                                      "started_at": model_iso(), "duration_ms": 0, "_key": k})
+                d["provider"] = p.name
+                d["routing"] = {"rule": "static", "config_version": self.routing_version}
+                return [audit("attempt_started", "gateway", provider=p.name)]
+
+            doc = await mutate(self.store, doc["id"], begin)
+            req = self._auth_request(doc, provider.name, key)
+            rec = CallRecord()
+            try:
+                result = await call_provider(
+                    provider.name, "authorize", lambda p=provider, r=req: p.authorize(r),
+                    self.config.retry, deadline, rec,
+                )
+            except RejectedSafe as fault:
+                doc = await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE,
+                                                 rec, fault.error_code)
+                self._count_failover(provider, cands, offset, fault.error_code)
+                continue
+            except Ambiguous as fault:
+                resolved = await self._lookup_after_ambiguity(doc, index, provider, req, rec,
+                                                              fault, deadline)
+                if resolved is None:  # proven: nothing created -> failover is safe
+                    self._count_failover(provider, cands, offset, "not_created")
+                    doc = await self.store.get_payment(doc["id"]) or doc
+                    continue
+                return resolved
+            doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result)
+            self._count_payment(doc)
+            return doc
+        doc = await self._finish_attempt_none(doc)
+        self._count_payment(doc)
+        return doc
+
+    async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
+        def fn(d: dict[str, Any]) -> Events:
+            ev = apply_status(d, StatusEvent(S.FAILED), "gateway", detail="no provider available")
+            if ev["type"] == "status_changed":
+                d["failure"] = {"code": "no_provider_available",
+                                "message": "no provider could process the payment; no money moved"}
+            return [ev]
+
+        return await mutate(self.store, doc["id"], fn)
+
+    def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
+        if i + 1 < len(cands):
+            metrics.FAILOVERS.labels(provider.name, cands[i + 1].name, reason).inc()
+
+    @staticmethod
+    def _count_payment(doc: dict[str, Any]) -> None:
+        metrics.PAYMENTS.labels(doc.get("provider") or "none", doc["status"]).inc()
+
+    async def _lookup_after_ambiguity(
+        self, doc: dict[str, Any], index: int, provider: Provider, req: AuthorizeRequest,
+        rec: CallRecord, fault: Ambiguous, deadline: float,
+    ) -> dict[str, Any] | None:
+        """Resolve an ambiguous authorization; None means "proven not created"."""
+        try:
+            result = await call_provider(
+                provider.name, "lookup", lambda: provider.lookup(self._ref(doc), req),
+                self.config.retry, max(deadline, time.monotonic() + 1.0),
+            )
+        except RejectedSafe as lf:
+            if lf.error_code == "not_found":
+                await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
+                                           "not_created")
+                return None
+            return await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
+                                              fault.error_code, status=S.UNKNOWN)
+        except ProviderFault:
+            done = await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
+                                              fault.error_code, status=S.UNKNOWN)
+            self._count_payment(done)
+            return done
+        done = await self._finish_attempt(doc["id"], index, result.outcome, rec,
+                                          fault.error_code, result)
+        self._count_payment(done)
+        return done
+
+    # ----------------------------------------------------------- resolve (lookup)
+
+    async def resolve(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Bring an unresolved payment up to date with its provider (crash recovery)."""
+        status = PaymentStatus(doc["status"])
+        if status not in UNRESOLVED:
+            return doc
+        if status in (S.CAPTURE_PENDING, S.VOID_PENDING) or doc.get("_operation"):
+            return await self._resume_operation(doc)
+        if not doc["attempts"]:
+            return await self.authorize(doc)  # crashed before any provider was called
+        index = len(doc["attempts"]) - 1
+        att = doc["attempts"][index]
+        provider = self.providers.get(att["provider"])
+        if provider is None:
+            return doc
+        req = self._auth_request(doc, provider.name, att["_key"])
+        try:
+            result = await call_provider(
+                provider.name, "lookup", lambda: provider.lookup(self._ref(doc), req),
+                self.config.retry, self._deadline(),
+            )
+        except ProviderFault:
+            return doc
+
+        def fn(d: dict[str, Any]) -> Events:
+            if d["attempts"][index]["outcome"] in ("in_flight", Outcome.AMBIGUOUS):
+                d["attempts"][index]["outcome"] = result.outcome.value
+            return self._apply_result(d, result, "status_lookup")
+
+        return await mutate(self.store, doc["id"], fn)
+
+    # ----------------------------------------------------------- capture / void
+
+    def _provider_of(self, doc: dict[str, Any]) -> Provider:
+        provider = self.providers.get(doc.get("provider") or "")
+        if provider is None or not doc.get("provider_reference"):
+            raise OperationError("no_authorization", "the payment has no authorization to act on")
+        return provider
+
+    async def capture(self, payment_id: str, amount: int | None, merchant_key: str):
+        return await self._modify(payment_id, "capture", amount, merchant_key)
+
+    async def void(self, payment_id: str, merchant_key: str) -> dict[str, Any]:
+        return await self._modify(payment_id, "void", None, merchant_key)
+
+    async def _modify(
+        self, payment_id: str, op: str, amount: int | None, merchant_key: str
+    ) -> dict[str, Any]:
+        key = _op_key(payment_id, op, merchant_key)
+
+        def reserve(d: dict[str, Any]) -> Events:
+            current = d.get("_operation")
+            if current is not None:
+                if current["key"] == key:
+                    return []  # our own earlier try (crash/retry): resume it
+                raise OperationError("operation_in_progress",
+                                     f"another {current['op']} is in progress for this payment")
+            self._provider_of(d)
+            snap_status = PaymentStatus(d["status"])
+            if op == "capture":
+                amt = d["amount_authorized"] if amount is None else amount
+                try:
+                    check_capture(snapshot(d), amt)
+                except InvariantError as exc:
+                    raise OperationError("invalid_state" if snap_status != S.AUTHORIZED
+                                         else "amount_exceeds_authorized", str(exc)) from None
+            else:
+                amt = 0
+                if snap_status != S.AUTHORIZED:
+                    raise OperationError("invalid_state",
+                                         f"cannot void a payment in status {snap_status}")
+            d["_operation"] = {"op": op, "amount": amt, "key": key, "started_at": now()}
+            return [audit(f"{op}_requested", "merchant", amount=amt or None)]
+
+        doc = await mutate(self.store, payment_id, reserve)
+        return await self._resume_operation(doc)
+
+    async def _resume_operation(self, doc: dict[str, Any]) -> dict[str, Any]:
+        op = doc.get("_operation")
+        if op is None:
+            return doc
+        provider = self._provider_of(doc)
+        ref = self._ref(doc)
+        name = op["op"]
+        if name == "capture":
+            factory = lambda: provider.capture(ref, op["amount"], op["key"])  # noqa: E731
+        else:
+            factory = lambda: provider.void(ref, op["key"])  # noqa: E731
+        try:
+            result = await call_provider(provider.name, name, factory, self.config.retry,
+                                         self._deadline())
+        except RejectedSafe as exc:
+            fault: ProviderFault = exc
+
+            def release(d: dict[str, Any]) -> Events:
+                d["_operation"] = None
+                return [audit(f"{name}_failed_safe", "provider_response",
+                              error_code=fault.error_code)]
+
+            await mutate(self.store, doc["id"], release)
+            raise ProviderUnavailable(
+                "provider_unavailable",
+                f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
+            ) from None
+        except Ambiguous:
+            pending = S.CAPTURE_PENDING if name == "capture" else S.VOID_PENDING
+
+            def park(d: dict[str, Any]) -> Events:
+                return [apply_status(d, StatusEvent(pending), "gateway",
+                                     detail=f"outcome unknown: {fault.error_code}")]
+
+            return await mutate(self.store, doc["id"], park)
+
+        def finish(d: dict[str, Any]) -> Events:
+            d["_operation"] = None
+            if result.outcome == Outcome.DECLINED:
+                events = [audit(f"{name}_refused", "provider_response",
+                                reason=result.failure.message if result.failure else None)]
+                if d["status"] in (S.CAPTURE_PENDING, S.VOID_PENDING):
+                    events.append(apply_status(d, StatusEvent(S.AUTHORIZED), "provider_response"))
+                return events
+            captured = op["amount"] if name == "capture" else None
+            return self._apply_result(d, result, "provider_response", amount_captured=captured)
+
+        doc = await mutate(self.store, doc["id"], finish)
+        if result.outcome == Outcome.DECLINED:
+            failure = result.failure
+            raise OperationError(
+                "provider_refused",
+                f"{provider.name} refused the {name}: {failure.message if failure else ''}".strip(),
+            )
+        self._count_payment(doc)
+        return doc
+
+    # ----------------------------------------------------------- refunds
+
+    async def refund(
+        self, payment_id: str, refund_id: str, amount: int | None, reason: str | None
+    ) -> dict[str, Any]:
+        key = f"{payment_id}:refund:{refund_id}"
+
+        def reserve(d: dict[str, Any]) -> Events:
+            if any(r["id"] == refund_id for r in d["refunds"]):
+                return []  # retry of the same refund request: resume / replay
+            self._provider_of(d)
+            snap = snapshot(d)
+            amt = snap.ledger.refundable if amount is None else amount
+            try:
+                store_snapshot(d, reserve_refund(snap, amt))
+            except InvariantError as exc:
+                code = ("amount_exceeds_refundable"
+                        if snap.status in (S.CAPTURED, S.PARTIALLY_REFUNDED) else "invalid_state")
+                raise OperationError(code, str(exc)) from None
+            d["refunds"].append({"id": refund_id, "amount": amt,
+                                 "status": RefundStatus.PENDING.value, "provider_reference": None,
+                                 "reason": reason,
+                                 "created_at": model_iso(), "_key": key, "_in_flight": True})
+            return [audit("refund_requested", "merchant", refund_id=refund_id, amount=amt)]
+
+        doc = await mutate(self.store, payment_id, reserve)
+        refund = next(r for r in doc["refunds"] if r["id"] == refund_id)
+        if not refund.get("_in_flight") and refund["status"] != RefundStatus.UNKNOWN:
+            return doc
+        return await self._send_refund(doc, refund)
+
+    async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any]) -> dict[str, Any]:
+        provider = self._provider_of(doc)
+        ref = self._ref(doc)
+        rid = refund["id"]
+        try:
+            result: RefundResult = await call_provider(
+                provider.name, "refund",
+                lambda: provider.refund(ref, rid, refund["amount"], refund["_key"]),
+                self.config.retry, self._deadline(),
+            )
+        except RejectedSafe as exc:
+            fault = exc
+
+            def drop(d: dict[str, Any]) -> Events:
+                r = next(x for x in d["refunds"] if x["id"] == rid)
+                if r["status"] == RefundStatus.PENDING and r.get("_in_flight"):
+                    d["refunds"].remove(r)
+                    store_snapshot(d, settle_refund(snapshot(d), r["amount"], succeeded=False))
+                return [audit("refund_failed_safe", "provider_response", refund_id=rid,
+                              error_code=fault.error_code)]
+
+            await mutate(self.store, doc["id"], drop)
+            raise ProviderUnavailable(
+                "provider_unavailable",
+                f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
+            ) from None
+        except Ambiguous:
+            def unknown(d: dict[str, Any]) -> Events:
+                r = next(x for x in d["refunds"] if x["id"] == rid)
+                r["status"] = RefundStatus.UNKNOWN.value
+                r["_in_flight"] = False
+                return [audit("refund_unknown", "provider_response", refund_id=rid,
+                              error_code=fault.error_code)]
+
+            return await mutate(self.store, doc["id"], unknown)
+
+        def settle(d: dict[str, Any]) -> Events:
+            return apply_refund_result(d, rid, result, "provider_response")
+
+        return await mutate(self.store, doc["id"], settle)
+
+
+def apply_refund_result(
+    d: dict[str, Any], refund_id: str, result: RefundResult, source: str
+) -> Events:
+    """Settle one refund from a definite provider answer (used by API, webhooks, reconciliation)."""
+
+    r = next(x for x in d["refunds"] if x["id"] == refund_id)
+    r["_in_flight"] = False
+    if result.provider_reference:
+        r["provider_reference"] = result.provider_reference
+    old = r["status"]
+    if old in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+        return [audit("event_ignored", source, refund_id=refund_id, reason=f"refund already {old}")]
+    new = RefundStatus.FAILED if result.outcome == Outcome.DECLINED else result.status
+    events = []
+    if new in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+        before = d["status"]
+        store_snapshot(d, settle_refund(snapshot(d), r["amount"], new == RefundStatus.SUCCEEDED))
+        if d["status"] != before:
+            events.append(audit("status_changed", source, from_status=before,
+                                to_status=d["status"]))
+    r["status"] = new.value
+    if result.failure is not None:
+        r["failure"] = result.failure.to_dict()
+    events.insert(0, audit("refund_updated", source, refund_id=refund_id, from_status=old,
+                           to_status=new.value))
+    return events
+
+
+def model_iso() -> str:
+    return iso(now())

@@ -1,0 +1,113 @@
+"""One provider call, measured and retried by the SPEC section 5 rules.
+
+:func:`call_provider` runs an adapter coroutine factory and
+
+* records ``gateway_provider_calls_total`` / ``..._duration_seconds`` per try;
+* turns any stray exception into a :class:`ProviderFault` via the cause-chain
+  classifier (an SDK or transport error is never a decline);
+* retries an ``Ambiguous`` outcome on the SAME provider with the SAME provider
+  idempotency key (the factory closes over it), bounded by attempts and a deadline,
+  with exponential backoff and jitter (tenacity);
+* once a try was ambiguous, a later ``RejectedSafe`` does not make the call safe: the
+  first try may have been processed, so the call stays ``Ambiguous``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
+
+from gateway import metrics
+from gateway.config import RetrySettings
+from providers.base import Ambiguous, Outcome, ProviderFault, RejectedSafe
+from providers.faults import classify_transport_error
+
+T = TypeVar("T")
+
+
+@dataclass
+class CallRecord:
+    """What happened across the tries of one call (for the attempt record)."""
+
+    started_at: float = 0.0
+    duration_ms: int = 0
+    tries: int = 0
+
+
+def _outcome_of(result: object) -> str:
+    outcome = getattr(result, "outcome", Outcome.SUCCEEDED)
+    return str(outcome)
+
+
+async def _one_try(provider: str, operation: str, factory: Callable[[], Awaitable[T]]) -> T:
+    t0 = time.perf_counter()
+    outcome = "ambiguous"
+    try:
+        result = await factory()
+        outcome = _outcome_of(result)
+        return result
+    except ProviderFault as fault:
+        outcome = fault.outcome.value
+        raise
+    except Exception as exc:  # an adapter let an SDK/transport error through
+        fault = classify_transport_error(exc)
+        outcome = fault.outcome.value
+        raise fault from exc
+    finally:
+        metrics.PROVIDER_DURATION.labels(provider, operation).observe(time.perf_counter() - t0)
+        metrics.PROVIDER_CALLS.labels(provider, operation, outcome).inc()
+
+
+async def call_provider(
+    provider: str,
+    operation: str,
+    factory: Callable[[], Awaitable[T]],
+    retry: RetrySettings,
+    deadline: float,
+    record: CallRecord | None = None,
+) -> T:
+    """Run ``factory`` with the retry rules; ``deadline`` is a ``time.monotonic()`` value."""
+    rec = record or CallRecord()
+    rec.started_at = time.time()
+    t0 = time.perf_counter()
+    seen_ambiguous: list[Ambiguous] = []
+    remaining = max(0.0, deadline - time.monotonic())
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(retry.attempts) | stop_before_delay(remaining),
+        wait=wait_exponential_jitter(
+            multiplier=retry.backoff_s, max=retry.backoff_max_s, jitter=retry.jitter_s
+        ),
+        retry=retry_if_exception_type(Ambiguous),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                rec.tries = attempt.retry_state.attempt_number
+                if rec.tries > 1:
+                    metrics.RETRIES.labels(provider, operation).inc()
+                try:
+                    return await _one_try(provider, operation, factory)
+                except Ambiguous as exc:
+                    seen_ambiguous.append(exc)
+                    raise
+                except RejectedSafe as exc:
+                    if seen_ambiguous:
+                        first = seen_ambiguous[0]
+                        raise Ambiguous(
+                            first.error_code, f"{first.message}; then {exc.error_code}"
+                        ) from exc
+                    raise
+        raise AssertionError("unreachable: tenacity stops by raising")  # pragma: no cover
+    finally:
+        rec.duration_ms = int((time.perf_counter() - t0) * 1000)
