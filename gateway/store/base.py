@@ -62,7 +62,19 @@ class PaymentQuery:
     updated_before: float
     limit: int = 100
     provider: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # doc[k] == v for every item
+
+
+#: Statuses covered by the reconciliation index that :meth:`Store.query_payments` searches.
+RECONCILE_STATUSES: frozenset[str] = frozenset(
+    {"pending", "unknown", "processing", "capture_pending", "void_pending"}
+)
+
+
+def in_reconcile_index(doc: dict[str, Any]) -> bool:
+    """True if ``query_payments`` can see ``doc``: its status is in
+    :data:`RECONCILE_STATUSES` or the doc carries ``"needs_reconcile": true``."""
+    return doc.get("status") in RECONCILE_STATUSES or doc.get("needs_reconcile") is True
 
 
 class Store(abc.ABC):
@@ -109,7 +121,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def query_payments(self, query: PaymentQuery) -> list[dict[str, Any]]:
-        """Payments in ``statuses`` last updated before ``updated_before``, oldest first."""
+        """Payments in ``statuses`` last updated before ``updated_before``, oldest first.
+
+        Only payments in the reconciliation index are searched (see
+        :func:`in_reconcile_index`), on every backend. ``provider`` and ``extra`` narrow
+        the result further; at most ``limit`` docs are returned.
+        """
 
     # idempotency -------------------------------------------------------------
     @abc.abstractmethod

@@ -1,0 +1,444 @@
+"""Redis backend: payments, idempotency records and leases shared by several replicas.
+
+Key layout (every Lua script touches keys of ONE hash slot, so this works on Redis
+Cluster too):
+
+* ``gw:{<payment_id>}:doc`` - hash ``{v: <version>, doc: <JSON>}``
+* ``gw:{<payment_id>}:events`` - list of JSON events, append order
+* ``gw:pref:{<provider>}:<reference>`` - payment id (derived index, see below)
+* ``gw:unresolved`` - sorted set, member payment id, score ``updated_at`` (derived index)
+* ``gw:idem:{<sha256 hex of scope + "\\0" + key>}`` - hash of the idempotency record
+  (``fp``, ``state``, ``lease_until``/``created_at`` in server milliseconds,
+  ``response``), expired by Redis (PEXPIRE) after its ttl
+* ``gw:lease:{<name>}`` - string holding the owner, expired by Redis (PX)
+
+Atomic steps are Lua scripts: insert (fail if exists), update (CAS on ``v`` + RPUSH of
+the events), the idempotency claim / completion, lease renew / release.
+
+The two derived indexes are written with separate commands (cross-slot atomicity is not
+needed) in an order that never loses an entry, at worst leaves a stale one:
+
+* before a write whose new doc belongs in the reconciliation index: ``ZADD GT`` (and
+  the provider reference pointer is set before every write that has one);
+* after a successful write whose doc does not belong there: remove the member only if
+  its score is not newer than this doc's ``updated_at`` (a concurrent newer writer's
+  entry survives).
+
+Readers re-check every candidate against the current doc, so stale entries (a failed
+CAS, a crash between steps, an old reference) are filtered out. Ordering relies on
+``updated_at`` growing with each version of a payment.
+
+No automatic command retries: a lost reply to a CAS or claim must surface as
+:class:`StoreError`, never be silently re-sent (a re-sent reservation could be applied
+twice by a caller that re-reads). Connection and protocol errors become
+:class:`StoreError`; ``ping()`` returns False instead.
+
+The semantics both backends share are written down in :mod:`gateway.store`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.store.base import (
+    AlreadyExists,
+    Claim,
+    ClaimOutcome,
+    IdempotencyRecord,
+    PaymentQuery,
+    Store,
+    StoreError,
+    in_reconcile_index,
+)
+
+log = logging.getLogger(__name__)
+
+UNRESOLVED_KEY = "gw:unresolved"
+
+_INSERT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', '1', 'doc', ARGV[1])
+redis.call('DEL', KEYS[2])
+for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+return 1
+"""
+
+# ARGV: expected version, new version, doc JSON, events...
+_UPDATE = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'v', ARGV[2], 'doc', ARGV[3])
+for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+return 1
+"""
+
+# ARGV: fingerprint, lease ms, ttl ms.
+# Returns {outcome, fp, state, lease_until ms, created_at ms, response or '', now ms}.
+_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+local keep = math.max(tonumber(ARGV[3]), lease)
+local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'lease_until', 'created_at', 'response')
+if not r[1] then
+  local lu = now + lease
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'in_progress',
+             'lease_until', tostring(lu), 'created_at', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], keep)
+  return {'new', ARGV[1], 'in_progress', tostring(lu), tostring(now), '', tostring(now)}
+end
+local resp = r[5] or ''
+if r[1] ~= ARGV[1] then
+  return {'mismatch', r[1], r[2], r[3], r[4], resp, tostring(now)}
+end
+if r[2] == 'completed' then
+  return {'completed', r[1], r[2], r[3], r[4], resp, tostring(now)}
+end
+if tonumber(r[3]) > now then
+  return {'in_progress', r[1], r[2], r[3], r[4], resp, tostring(now)}
+end
+local lu = now + lease
+redis.call('HSET', KEYS[1], 'lease_until', tostring(lu))
+if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
+return {'taken_over', r[1], r[2], tostring(lu), r[4], resp, tostring(now)}
+"""
+
+# ARGV: response JSON, ttl ms
+_COMPLETE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'completed', 'response', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+_LEASE_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_LEASE_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# ARGV: member, updated_at. Remove the member unless its score is newer.
+_ZREM_IF_NOT_NEWER = """
+local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+_SCRIPTS = {
+    "insert": _INSERT,
+    "update": _UPDATE,
+    "claim": _CLAIM,
+    "complete": _COMPLETE,
+    "lease_renew": _LEASE_RENEW,
+    "lease_release": _LEASE_RELEASE,
+    "zrem_if_not_newer": _ZREM_IF_NOT_NEWER,
+}
+
+_STALE_MISSING_S = 3600.0  # an index entry without a doc this old is dropped by queries
+
+
+def doc_key(payment_id: str) -> str:
+    return f"gw:{{{payment_id}}}:doc"
+
+
+def events_key(payment_id: str) -> str:
+    return f"gw:{{{payment_id}}}:events"
+
+
+def pref_key(provider: str, reference: str) -> str:
+    return f"gw:pref:{{{provider}}}:{reference}"
+
+
+def idem_key(scope: str, key: str) -> str:
+    digest = hashlib.sha256(f"{scope}\0{key}".encode()).hexdigest()
+    return f"gw:idem:{{{digest}}}"
+
+
+def lease_key(name: str) -> str:
+    return f"gw:lease:{{{name}}}"
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(float(seconds) * 1000))
+
+
+def _payment_fields(doc: dict[str, Any]) -> tuple[str, float]:
+    pid = doc.get("id")
+    if not isinstance(pid, str) or not pid:
+        raise ValueError("payment doc needs a non-empty string 'id'")
+    updated_at = doc.get("updated_at")
+    if isinstance(updated_at, bool) or not isinstance(updated_at, int | float):
+        raise ValueError("payment doc needs a numeric 'updated_at' (unix seconds)")
+    if not isinstance(doc.get("status"), str):
+        raise ValueError("payment doc needs a string 'status'")
+    return pid, float(updated_at)
+
+
+def _query_match(doc: dict[str, Any], query: PaymentQuery) -> bool:
+    updated_at = doc.get("updated_at")
+    if not isinstance(updated_at, int | float) or updated_at >= query.updated_before:
+        return False
+    if doc.get("status") not in query.statuses or not in_reconcile_index(doc):
+        return False
+    if query.provider is not None and doc.get("provider") != query.provider:
+        return False
+    return all(doc.get(k) == v for k, v in query.extra.items())
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise StoreError(f"redis: {type(exc).__name__}: {exc}") from exc
+    except OSError as exc:
+        raise StoreError(f"redis: {exc}") from exc
+
+
+class RedisStore(Store):
+    """Store on one Redis database; see the module docstring for the key layout."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 2.0,
+        max_connections: int | None = None,
+    ) -> None:
+        self._url = url
+        self._socket_timeout_s = socket_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._max_connections = max_connections
+        self._client: aredis.Redis | None = None
+        self._scripts: dict[str, Any] = {}
+
+    # lifecycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        """Create the client. Connects lazily: a down Redis shows in ``ping()``."""
+        if self._client is not None:
+            return
+        kwargs: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": self._socket_timeout_s,
+            "socket_connect_timeout": self._connect_timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 30,
+        }
+        if self._max_connections is not None:
+            kwargs["max_connections"] = self._max_connections
+        client = aredis.from_url(self._url, **kwargs)
+        self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except (RedisError, OSError):
+                pass
+
+    @property
+    def _r(self) -> aredis.Redis:
+        if self._client is None:
+            raise StoreError("Redis store is not open")
+        return self._client
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any]) -> Any:
+        if self._client is None:
+            raise StoreError("Redis store is not open")
+        return await self._scripts[script](keys=keys, args=args)
+
+    async def ping(self) -> bool:
+        if self._client is None:
+            return False
+        try:
+            return bool(await self._client.ping())
+        except Exception:
+            return False
+
+    # derived indexes -----------------------------------------------------------
+    async def _index_before_write(self, pid: str, doc: dict[str, Any], updated_at: float) -> None:
+        provider, reference = doc.get("provider"), doc.get("provider_reference")
+        has_ref = isinstance(provider, str) and isinstance(reference, str) and reference != ""
+        indexed = in_reconcile_index(doc)
+        if not has_ref and not indexed:
+            return
+        async with self._r.pipeline(transaction=False) as pipe:
+            if has_ref:
+                pipe.set(pref_key(str(provider), str(reference)), pid)
+            if indexed:
+                pipe.zadd(UNRESOLVED_KEY, {pid: updated_at}, gt=True)
+            await pipe.execute()
+
+    async def _index_after_write(self, pid: str, doc: dict[str, Any], updated_at: float) -> None:
+        """Best effort: the write already happened, a failure only leaves a stale entry."""
+        if in_reconcile_index(doc):
+            return
+        try:
+            await self._eval("zrem_if_not_newer", [UNRESOLVED_KEY], [pid, repr(updated_at)])
+        except (RedisError, OSError, StoreError) as exc:
+            log.warning("redis store: reconciliation index not updated for %s: %s", pid, exc)
+
+    # payments ------------------------------------------------------------------
+    async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        pid, updated_at = _payment_fields(doc)
+        stored = {**doc, "version": 1}
+        args = [_dumps(stored), *(_dumps(e) for e in events)]
+        with _errors():
+            await self._index_before_write(pid, stored, updated_at)
+            ok = await self._eval("insert", [doc_key(pid), events_key(pid)], args)
+            if not ok:
+                raise AlreadyExists(f"payment {pid} already exists")
+            await self._index_after_write(pid, stored, updated_at)
+        doc["version"] = 1
+
+    async def get_payment(self, payment_id: str) -> dict[str, Any] | None:
+        with _errors():
+            raw = await self._r.hget(doc_key(payment_id), "doc")
+        return None if raw is None else json.loads(raw)
+
+    async def update_payment(
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+    ) -> bool:
+        pid, updated_at = _payment_fields(doc)
+        new_version = int(expected_version) + 1
+        stored = {**doc, "version": new_version}
+        args = [str(int(expected_version)), str(new_version), _dumps(stored)]
+        args.extend(_dumps(e) for e in events)
+        with _errors():
+            await self._index_before_write(pid, stored, updated_at)
+            ok = await self._eval("update", [doc_key(pid), events_key(pid)], args)
+            if not ok:
+                return False
+            doc["version"] = new_version
+            await self._index_after_write(pid, stored, updated_at)
+        return True
+
+    async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
+        with _errors():
+            raws = await self._r.lrange(events_key(payment_id), 0, -1)
+        return [json.loads(r) for r in raws]
+
+    async def find_by_provider_reference(self, provider: str, reference: str) -> str | None:
+        with _errors():
+            raw_id = await self._r.get(pref_key(provider, reference))
+            if raw_id is None:
+                return None
+            pid = str(raw_id)
+            doc = await self.get_payment(pid)
+        if doc is None or doc.get("provider") != provider:
+            return None
+        return pid if doc.get("provider_reference") == reference else None
+
+    async def query_payments(self, query: PaymentQuery) -> list[dict[str, Any]]:
+        if query.limit <= 0 or not query.statuses:
+            return []
+        batch = max(100, 2 * query.limit)
+        found: dict[str, dict[str, Any]] = {}
+        offset = 0
+        with _errors():
+            while len(found) < query.limit:
+                members = await self._r.zrangebyscore(
+                    UNRESOLVED_KEY,
+                    "-inf",
+                    f"({float(query.updated_before)!r}",
+                    start=offset,
+                    num=batch,
+                    withscores=False,
+                )
+                ids = [str(m) for m in members]
+                if not ids:
+                    break
+                offset += len(ids)
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for pid in ids:
+                        pipe.hget(doc_key(pid), "doc")
+                    raws = await pipe.execute()
+                for pid, raw in zip(ids, raws, strict=True):
+                    if raw is None:
+                        await self._drop_orphan(pid)
+                        continue
+                    doc = json.loads(raw)
+                    if _query_match(doc, query):
+                        found[pid] = doc
+        docs = sorted(found.values(), key=lambda d: (float(d["updated_at"]), str(d["id"])))
+        return docs[: query.limit]
+
+    async def _drop_orphan(self, pid: str) -> None:
+        """Drop an index entry whose doc never got written (failed insert), once old."""
+        await self._eval(
+            "zrem_if_not_newer", [UNRESOLVED_KEY], [pid, repr(time.time() - _STALE_MISSING_S)]
+        )
+
+    # idempotency ---------------------------------------------------------------
+    async def claim_idempotency(
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+    ) -> Claim:
+        with _errors():
+            res = await self._eval(
+                "claim", [idem_key(scope, key)], [fingerprint, _ms(lease_s), _ms(ttl_s)]
+            )
+        outcome, fp, state, lease_until_ms, created_ms, response, now_ms = (str(x) for x in res)
+        record = IdempotencyRecord(
+            fingerprint=fp,
+            state=state,
+            lease_until=float(lease_until_ms) / 1000,
+            created_at=float(created_ms) / 1000,
+            response=json.loads(response) if response else None,
+        )
+        claim = Claim(ClaimOutcome(outcome), record)
+        if claim.outcome is ClaimOutcome.IN_PROGRESS:
+            remaining = (float(lease_until_ms) - float(now_ms)) / 1000
+            claim.retry_after = float(max(1, math.ceil(remaining)))
+        return claim
+
+    async def complete_idempotency(
+        self, scope: str, key: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
+        with _errors():
+            await self._eval("complete", [idem_key(scope, key)], [_dumps(response), _ms(ttl_s)])
+
+    async def release_idempotency(self, scope: str, key: str) -> None:
+        with _errors():
+            await self._r.delete(idem_key(scope, key))
+
+    # leases --------------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        k, ms = lease_key(name), _ms(ttl_s)
+        with _errors():
+            if await self._r.set(k, owner, nx=True, px=ms):
+                return True
+            return bool(await self._eval("lease_renew", [k], [owner, ms]))
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        with _errors():
+            await self._eval("lease_release", [lease_key(name)], [owner])
+
+
+__all__ = ["RedisStore", "doc_key", "events_key", "idem_key", "lease_key", "pref_key"]

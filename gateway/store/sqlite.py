@@ -1,0 +1,469 @@
+"""SQLite backend: durable, single node (SPEC section 10).
+
+Design:
+
+* One ``sqlite3`` connection, used only from ONE dedicated single-thread executor, so
+  the event loop never blocks on disk I/O and calls on one store are serialised.
+* ``journal_mode=WAL`` and ``synchronous=FULL``: a commit is on disk when the call
+  returns.
+* Every read-then-write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the
+  database write lock up front; several processes (or several store instances) on one
+  file therefore stay atomic too (``busy_timeout`` makes the others wait).
+* Times are ``time.time()`` of this host.
+
+The semantics both backends share are written down in :mod:`gateway.store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.store.base import (
+    AlreadyExists,
+    Claim,
+    ClaimOutcome,
+    IdempotencyRecord,
+    PaymentQuery,
+    Store,
+    StoreError,
+    in_reconcile_index,
+)
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS payments (
+    id TEXT PRIMARY KEY,
+    merchant_id TEXT,
+    status TEXT NOT NULL,
+    provider TEXT,
+    provider_reference TEXT,
+    updated_at REAL NOT NULL,
+    version INTEGER NOT NULL,
+    reconcile INTEGER NOT NULL DEFAULT 0,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS payments_reconcile ON payments (reconcile, updated_at);
+CREATE INDEX IF NOT EXISTS payments_provider_ref ON payments (provider, provider_reference);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    payment_id TEXT NOT NULL,
+    event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, id);
+CREATE TABLE IF NOT EXISTS idempotency (
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lease_until REAL NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    response TEXT,
+    PRIMARY KEY (scope, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
+CREATE TABLE IF NOT EXISTS leases (
+    name TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    expires_at REAL NOT NULL
+);
+"""
+
+_PURGE_EVERY_S = 60.0
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+def _payment_fields(doc: dict[str, Any]) -> tuple[str, float]:
+    pid = doc.get("id")
+    if not isinstance(pid, str) or not pid:
+        raise ValueError("payment doc needs a non-empty string 'id'")
+    updated_at = doc.get("updated_at")
+    if isinstance(updated_at, bool) or not isinstance(updated_at, int | float):
+        raise ValueError("payment doc needs a numeric 'updated_at' (unix seconds)")
+    if not isinstance(doc.get("status"), str):
+        raise ValueError("payment doc needs a string 'status'")
+    return pid, float(updated_at)
+
+
+def _matches(doc: dict[str, Any], query: PaymentQuery) -> bool:
+    if query.provider is not None and doc.get("provider") != query.provider:
+        return False
+    return all(doc.get(k) == v for k, v in query.extra.items())
+
+
+def _retry_after(lease_until: float, now: float) -> float:
+    return float(max(1, math.ceil(lease_until - now)))
+
+
+class SQLiteStore(Store):
+    """Store on one SQLite file; see the module docstring for the guarantees."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self._path = Path(path)
+        self._busy_timeout_ms = int(busy_timeout_s * 1000)
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._last_purge = 0.0
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    # plumbing ------------------------------------------------------------------
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StoreError("SQLite store is not open")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("SQLite store is not open")
+        return self._conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        conn = self._db()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # lifecycle -----------------------------------------------------------------
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+
+    def _open_sync(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"sqlite: could not enable WAL (journal_mode={mode})")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.executescript(_SCHEMA)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._purge(time.time())
+
+    async def close(self) -> None:
+        if self._executor is None:
+            return
+        try:
+            await self._run(self._close_sync)
+        finally:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+
+    def _close_sync(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def ping(self) -> bool:
+        if self._executor is None:
+            return False
+        try:
+            return await self._run(self._ping_sync)
+        except StoreError:
+            return False
+
+    def _ping_sync(self) -> bool:
+        return self._db().execute("SELECT 1").fetchone()[0] == 1
+
+    # payments ------------------------------------------------------------------
+    async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
+        pid, updated_at = _payment_fields(doc)
+        stored = {**doc, "version": 1}
+        ok = await self._run(
+            self._insert_sync, pid, stored, updated_at, [_dumps(e) for e in events]
+        )
+        if not ok:
+            raise AlreadyExists(f"payment {pid} already exists")
+        doc["version"] = 1
+
+    def _insert_sync(
+        self, pid: str, stored: dict[str, Any], updated_at: float, events: list[str]
+    ) -> bool:
+        with self._tx() as conn:
+            if conn.execute("SELECT 1 FROM payments WHERE id = ?", (pid,)).fetchone():
+                return False
+            conn.execute(
+                "INSERT INTO payments (id, merchant_id, status, provider, provider_reference,"
+                " updated_at, version, reconcile, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    pid,
+                    stored.get("merchant_id"),
+                    stored["status"],
+                    stored.get("provider"),
+                    stored.get("provider_reference"),
+                    updated_at,
+                    1,
+                    int(in_reconcile_index(stored)),
+                    _dumps(stored),
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO events (payment_id, event) VALUES (?, ?)", [(pid, e) for e in events]
+            )
+            return True
+
+    async def get_payment(self, payment_id: str) -> dict[str, Any] | None:
+        raw = await self._run(self._get_sync, payment_id)
+        return None if raw is None else json.loads(raw)
+
+    def _get_sync(self, payment_id: str) -> str | None:
+        row = self._db().execute("SELECT doc FROM payments WHERE id = ?", (payment_id,)).fetchone()
+        return None if row is None else str(row["doc"])
+
+    async def update_payment(
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+    ) -> bool:
+        pid, updated_at = _payment_fields(doc)
+        new_version = int(expected_version) + 1
+        stored = {**doc, "version": new_version}
+        ok = await self._run(
+            self._update_sync,
+            pid,
+            int(expected_version),
+            stored,
+            updated_at,
+            [_dumps(e) for e in events],
+        )
+        if ok:
+            doc["version"] = new_version
+        return ok
+
+    def _update_sync(
+        self,
+        pid: str,
+        expected_version: int,
+        stored: dict[str, Any],
+        updated_at: float,
+        events: list[str],
+    ) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "UPDATE payments SET merchant_id = ?, status = ?, provider = ?,"
+                " provider_reference = ?, updated_at = ?, version = ?, reconcile = ?, doc = ?"
+                " WHERE id = ? AND version = ?",
+                (
+                    stored.get("merchant_id"),
+                    stored["status"],
+                    stored.get("provider"),
+                    stored.get("provider_reference"),
+                    updated_at,
+                    stored["version"],
+                    int(in_reconcile_index(stored)),
+                    _dumps(stored),
+                    pid,
+                    expected_version,
+                ),
+            )
+            if cur.rowcount != 1:
+                return False
+            conn.executemany(
+                "INSERT INTO events (payment_id, event) VALUES (?, ?)", [(pid, e) for e in events]
+            )
+            return True
+
+    async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
+        rows = await self._run(self._events_sync, payment_id)
+        return [json.loads(r) for r in rows]
+
+    def _events_sync(self, payment_id: str) -> list[str]:
+        cur = self._db().execute(
+            "SELECT event FROM events WHERE payment_id = ? ORDER BY id", (payment_id,)
+        )
+        return [str(r["event"]) for r in cur.fetchall()]
+
+    async def find_by_provider_reference(self, provider: str, reference: str) -> str | None:
+        return await self._run(self._find_ref_sync, provider, reference)
+
+    def _find_ref_sync(self, provider: str, reference: str) -> str | None:
+        row = (
+            self._db()
+            .execute(
+                "SELECT id FROM payments WHERE provider = ? AND provider_reference = ?"
+                " ORDER BY updated_at DESC LIMIT 1",
+                (provider, reference),
+            )
+            .fetchone()
+        )
+        return None if row is None else str(row["id"])
+
+    async def query_payments(self, query: PaymentQuery) -> list[dict[str, Any]]:
+        if query.limit <= 0 or not query.statuses:
+            return []
+        return await self._run(self._query_sync, query)
+
+    def _query_sync(self, query: PaymentQuery) -> list[dict[str, Any]]:
+        marks = ",".join("?" * len(query.statuses))
+        sql = (
+            f"SELECT doc FROM payments WHERE reconcile = 1 AND status IN ({marks})"
+            " AND updated_at < ?"
+        )
+        params: list[Any] = [*query.statuses, float(query.updated_before)]
+        if query.provider is not None:
+            sql += " AND provider = ?"
+            params.append(query.provider)
+        sql += " ORDER BY updated_at, id"
+        if not query.extra:
+            sql += " LIMIT ?"
+            params.append(int(query.limit))
+        out: list[dict[str, Any]] = []
+        cur = self._db().execute(sql, params)
+        try:  # closing the cursor ends the read transaction of an unfinished SELECT
+            for row in cur:
+                doc = json.loads(row["doc"])
+                if _matches(doc, query):
+                    out.append(doc)
+                    if len(out) >= query.limit:
+                        break
+        finally:
+            cur.close()
+        return out
+
+    # idempotency ---------------------------------------------------------------
+    async def claim_idempotency(
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+    ) -> Claim:
+        return await self._run(
+            self._claim_sync, scope, key, fingerprint, float(lease_s), float(ttl_s)
+        )
+
+    def _purge(self, now: float) -> None:
+        """Delete expired idempotency records and leases (they already behave as absent)."""
+        self._last_purge = now
+        with self._tx() as conn:
+            conn.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+
+    def _claim_sync(
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+    ) -> Claim:
+        now = time.time()
+        if now - self._last_purge >= _PURGE_EVERY_S:
+            self._purge(now)
+        keep_s = max(ttl_s, lease_s)
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT fingerprint, state, lease_until, created_at, expires_at, response"
+                " FROM idempotency WHERE scope = ? AND key = ?",
+                (scope, key),
+            ).fetchone()
+            if row is not None and row["expires_at"] <= now:
+                conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
+                row = None
+            if row is None:
+                lease_until = now + lease_s
+                conn.execute(
+                    "INSERT INTO idempotency (scope, key, fingerprint, state, lease_until,"
+                    " created_at, expires_at, response) VALUES (?, ?, ?, 'in_progress', ?, ?, ?,"
+                    " NULL)",
+                    (scope, key, fingerprint, lease_until, now, now + keep_s),
+                )
+                rec = IdempotencyRecord(fingerprint, "in_progress", lease_until, now)
+                return Claim(ClaimOutcome.NEW, rec)
+            rec = IdempotencyRecord(
+                fingerprint=str(row["fingerprint"]),
+                state=str(row["state"]),
+                lease_until=float(row["lease_until"]),
+                created_at=float(row["created_at"]),
+                response=None if row["response"] is None else json.loads(row["response"]),
+            )
+            if rec.fingerprint != fingerprint:
+                return Claim(ClaimOutcome.MISMATCH, rec)
+            if rec.state == "completed":
+                return Claim(ClaimOutcome.COMPLETED, rec)
+            if rec.lease_until > now:
+                return Claim(ClaimOutcome.IN_PROGRESS, rec, _retry_after(rec.lease_until, now))
+            rec.lease_until = now + lease_s
+            conn.execute(
+                "UPDATE idempotency SET lease_until = ?, expires_at = MAX(expires_at, ?)"
+                " WHERE scope = ? AND key = ?",
+                (rec.lease_until, now + keep_s, scope, key),
+            )
+            return Claim(ClaimOutcome.TAKEN_OVER, rec)
+
+    async def complete_idempotency(
+        self, scope: str, key: str, response: dict[str, Any], ttl_s: float
+    ) -> None:
+        await self._run(self._complete_sync, scope, key, _dumps(response), float(ttl_s))
+
+    def _complete_sync(self, scope: str, key: str, response: str, ttl_s: float) -> None:
+        now = time.time()
+        with self._tx() as conn:
+            conn.execute(
+                "UPDATE idempotency SET state = 'completed', response = ?, expires_at = ?"
+                " WHERE scope = ? AND key = ? AND expires_at > ?",
+                (response, now + ttl_s, scope, key, now),
+            )
+
+    async def release_idempotency(self, scope: str, key: str) -> None:
+        await self._run(self._release_idem_sync, scope, key)
+
+    def _release_idem_sync(self, scope: str, key: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
+
+    # leases --------------------------------------------------------------------
+    async def acquire_lease(self, name: str, owner: str, ttl_s: float) -> bool:
+        return await self._run(self._acquire_sync, name, owner, float(ttl_s))
+
+    def _acquire_sync(self, name: str, owner: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT owner, expires_at FROM leases WHERE name = ?", (name,)
+            ).fetchone()
+            if row is not None and row["owner"] != owner and row["expires_at"] > now:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO leases (name, owner, expires_at) VALUES (?, ?, ?)",
+                (name, owner, now + ttl_s),
+            )
+            return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self._run(self._release_lease_sync, name, owner)
+
+    def _release_lease_sync(self, name: str, owner: str) -> None:
+        with self._tx() as conn:
+            conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+
+__all__ = ["SQLiteStore"]

@@ -1,0 +1,137 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from gateway.store import Store, make_store
+
+# ---------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------
+
+REDIS_START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def _start_private_redis(exe: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """Start redis-server in the foreground (we own its PID); wait until PING answers."""
+    last_log = ""
+    for _attempt in range(3):  # a port taken between free_port() and bind: try another
+        port = free_port()
+        url = f"redis://127.0.0.1:{port}/0"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [
+                    exe,
+                    "--port", str(port),
+                    "--bind", "127.0.0.1",
+                    "--save", "",
+                    "--appendonly", "no",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )  # fmt: skip
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            if _redis_answers(url):
+                return proc, url
+            time.sleep(0.02)  # poll interval, bounded by the deadline
+        _stop(proc)
+        last_log = log_path.read_text(errors="replace")[-2000:]
+    pytest.fail(f"private redis-server did not answer PING; its log:\n{last_log}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a Redis for the whole session: $REDIS_URL, or a private redis-server."""
+    env_url = os.environ.get("REDIS_URL")
+    if env_url:
+        if not _redis_answers(env_url):
+            pytest.fail(f"REDIS_URL={env_url} does not answer PING", pytrace=False)
+        yield env_url
+        return
+    exe = shutil.which("redis-server")
+    if exe is None:
+        pytest.fail(
+            "redis-server is not installed (apt-get install redis-server) "
+            "and REDIS_URL is not set: the Redis store tests cannot run",
+            pytrace=False,
+        )
+    log_path = tmp_path_factory.mktemp("redis") / "redis-server.log"
+    proc, url = _start_private_redis(exe, log_path)
+    try:
+        yield url
+    finally:
+        _stop(proc)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session Redis, with its database emptied (FLUSHDB) before the test."""
+    client = redis.Redis.from_url(redis_server)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return redis_server
+
+
+# ---------------------------------------------------------------------------
+# Stores: every test using these runs once per backend
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "redis"], ids=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL for each backend: a fresh SQLite file, or a flushed Redis database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store' / 'gateway.db'}"
+    return str(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    """An opened store built by make_store(store_url); closed afterwards."""
+    s = make_store(store_url)
+    await s.open()
+    try:
+        yield s
+    finally:
+        await s.close()

@@ -1,0 +1,618 @@
+"""One contract suite for the store, run against SQLite and Redis (SPEC section 10).
+
+Every test taking ``store`` / ``store_url`` runs once per backend. Timing tests use
+small leases / ttls and poll the condition with a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import socket
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import redis
+
+from gateway.store import (
+    AlreadyExists,
+    Claim,
+    ClaimOutcome,
+    PaymentQuery,
+    RedisStore,
+    SQLiteStore,
+    Store,
+    StoreError,
+    make_store,
+    sqlite_path,
+)
+
+T = TypeVar("T")
+
+SCOPE = "acme"
+DEADLINE_S = 5.0
+
+
+def payment(pid: str, status: str = "pending", updated_at: float = 100.0, **extra: Any) -> dict:
+    doc: dict[str, Any] = {
+        "id": pid,
+        "merchant_id": "acme",
+        "status": status,
+        "provider": "stripe_main",
+        "provider_reference": None,
+        "updated_at": updated_at,
+        "amount": 1000,
+        "currency": "USD",
+        "metadata": {"order": "o-1"},
+    }
+    doc.update(extra)
+    return doc
+
+
+async def wait_until(
+    probe: Callable[[], Awaitable[T]], done: Callable[[T], bool], within: float = DEADLINE_S
+) -> T:
+    """Call ``probe`` until ``done(result)``; fail at the deadline with the last result."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await probe()
+        if done(result):
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {within}s; last result: {result!r}")
+        await asyncio.sleep(0.02)
+
+
+async def second_store(url: str) -> Store:
+    """Another store on the same backing data (another connection / 'process')."""
+    s = make_store(url)
+    await s.open()
+    return s
+
+
+# ---------------------------------------------------------------------------
+# lifecycle / URLs
+# ---------------------------------------------------------------------------
+
+
+async def test_ping(store: Store) -> None:
+    assert await store.ping() is True
+
+
+def test_make_store_urls(tmp_path: Path) -> None:
+    s = make_store(f"sqlite:///{tmp_path}/a/b.db")
+    assert isinstance(s, SQLiteStore)
+    assert s.path == tmp_path / "a" / "b.db"
+    assert sqlite_path("sqlite:///data/gw.db") == Path("data/gw.db")
+    assert sqlite_path("sqlite:////var/lib/gw.db") == Path("/var/lib/gw.db")
+    assert isinstance(make_store("redis://127.0.0.1:6379/0"), RedisStore)
+    for bad in ("postgres://x/y", "memory://", "sqlite://relative.db", "sqlite:///", "gw.db"):
+        with pytest.raises(ValueError, match=r"sqlite|store URL"):
+            make_store(bad)
+
+
+# ---------------------------------------------------------------------------
+# payments
+# ---------------------------------------------------------------------------
+
+
+async def test_insert_then_get(store: Store) -> None:
+    doc = payment("pay_1")
+    await store.insert_payment(doc, [{"type": "created"}])
+    assert doc["version"] == 1
+    got = await store.get_payment("pay_1")
+    assert got == {**payment("pay_1"), "version": 1}
+    assert await store.get_payment("pay_missing") is None
+
+
+async def test_insert_existing_raises_and_changes_nothing(store: Store) -> None:
+    await store.insert_payment(payment("pay_1", amount=1000), [{"type": "created"}])
+    with pytest.raises(AlreadyExists):
+        await store.insert_payment(payment("pay_1", amount=5), [{"type": "dup"}])
+    got = await store.get_payment("pay_1")
+    assert got is not None
+    assert got["amount"] == 1000
+    assert got["version"] == 1
+    assert await store.list_events("pay_1") == [{"type": "created"}]
+
+
+async def test_get_returns_fresh_copies(store: Store) -> None:
+    doc = payment("pay_1")
+    await store.insert_payment(doc, [])
+    doc["amount"] = 1  # mutating the inserted dict does not reach the store
+    doc["metadata"]["order"] = "changed"
+    first = await store.get_payment("pay_1")
+    assert first is not None
+    first["status"] = "captured"
+    first["metadata"]["order"] = "mutated"
+    second = await store.get_payment("pay_1")
+    assert second is not None
+    assert second["status"] == "pending"
+    assert second["amount"] == 1000
+    assert second["metadata"] == {"order": "o-1"}
+    assert second is not first
+
+
+async def test_update_cas_success(store: Store) -> None:
+    await store.insert_payment(payment("pay_1"), [])
+    doc = await store.get_payment("pay_1")
+    assert doc is not None
+    doc["status"] = "authorized"
+    doc["updated_at"] = 200.0
+    assert await store.update_payment(doc, 1, [{"type": "authorized"}]) is True
+    assert doc["version"] == 2
+    stored = await store.get_payment("pay_1")
+    assert stored == doc
+    assert stored is not None and stored["version"] == 2
+    doc["status"] = "captured"
+    assert await store.update_payment(doc, 2, []) is True
+    stored = await store.get_payment("pay_1")
+    assert stored is not None
+    assert (stored["status"], stored["version"]) == ("captured", 3)
+
+
+async def test_update_version_mismatch_writes_nothing(store: Store) -> None:
+    await store.insert_payment(payment("pay_1"), [{"type": "created"}])
+    doc = await store.get_payment("pay_1")
+    assert doc is not None
+    doc["status"] = "authorized"
+    assert await store.update_payment(doc, 1, [{"type": "first"}]) is True
+    stale = payment("pay_1", status="declined")
+    stale["version"] = 1
+    assert await store.update_payment(stale, 1, [{"type": "stale"}]) is False
+    assert stale["version"] == 1  # caller's doc untouched on failure
+    assert await store.update_payment(payment("pay_1", status="failed"), 7, []) is False
+    stored = await store.get_payment("pay_1")
+    assert stored is not None
+    assert (stored["status"], stored["version"]) == ("authorized", 2)
+    assert await store.list_events("pay_1") == [{"type": "created"}, {"type": "first"}]
+
+
+async def test_update_missing_payment_returns_false(store: Store) -> None:
+    assert await store.update_payment(payment("pay_ghost"), 1, [{"type": "x"}]) is False
+    assert await store.update_payment(payment("pay_ghost"), 0, [{"type": "x"}]) is False
+    assert await store.get_payment("pay_ghost") is None
+    assert await store.list_events("pay_ghost") == []
+
+
+async def test_events_in_append_order(store: Store) -> None:
+    await store.insert_payment(payment("pay_1"), [{"n": 1}, {"n": 2}])
+    await store.insert_payment(payment("pay_2"), [{"other": True}])
+    version = 1
+    for n in range(3, 8):
+        doc = payment("pay_1", updated_at=100.0 + n)
+        assert await store.update_payment(doc, version, [{"n": n}, {"n": n, "detail": "x"}])
+        version = doc["version"]
+    events = await store.list_events("pay_1")
+    assert events[:2] == [{"n": 1}, {"n": 2}]
+    assert [e["n"] for e in events] == [1, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7]
+    assert await store.list_events("pay_2") == [{"other": True}]
+    assert await store.list_events("pay_unknown") == []
+
+
+async def test_provider_reference_index(store: Store) -> None:
+    await store.insert_payment(payment("pay_1", provider_reference="pi_1"), [])
+    await store.insert_payment(payment("pay_2", provider="adyen_eu", provider_reference="pi_1"), [])
+    await store.insert_payment(payment("pay_3"), [])  # no reference yet
+    assert await store.find_by_provider_reference("stripe_main", "pi_1") == "pay_1"
+    assert await store.find_by_provider_reference("adyen_eu", "pi_1") == "pay_2"
+    assert await store.find_by_provider_reference("stripe_main", "pi_nope") is None
+    assert await store.find_by_provider_reference("braintree_us", "pi_1") is None
+
+    # a reference learnt on update is found; a changed reference no longer resolves
+    assert await store.update_payment(payment("pay_3", provider_reference="pi_3"), 1, [])
+    assert await store.find_by_provider_reference("stripe_main", "pi_3") == "pay_3"
+    assert await store.update_payment(payment("pay_1", provider_reference="pi_1b"), 1, [])
+    assert await store.find_by_provider_reference("stripe_main", "pi_1b") == "pay_1"
+    assert await store.find_by_provider_reference("stripe_main", "pi_1") is None
+    # a failed CAS does not make its reference resolve
+    assert not await store.update_payment(payment("pay_3", provider_reference="pi_x"), 1, [])
+    assert await store.find_by_provider_reference("stripe_main", "pi_x") is None
+
+
+async def _ids(store: Store, **kw: Any) -> list[str]:
+    kw.setdefault("updated_before", 500.0)
+    return [d["id"] for d in await store.query_payments(PaymentQuery(**kw))]
+
+
+async def test_query_payments(store: Store) -> None:
+    await store.insert_payment(payment("p_new", "pending", 1000.0), [])  # too recent
+    await store.insert_payment(payment("p3", "pending", 300.0), [])
+    await store.insert_payment(payment("p1", "pending", 100.0), [])
+    await store.insert_payment(payment("p2", "unknown", 200.0, provider="adyen_eu"), [])
+    await store.insert_payment(payment("p_auth", "authorized", 50.0), [])
+    await store.insert_payment(payment("p_cap", "captured", 60.0), [])
+    await store.insert_payment(payment("p_flag", "captured", 70.0, needs_reconcile=True), [])
+    await store.insert_payment(payment("p_cp", "capture_pending", 80.0, merchant_id="globex"), [])
+
+    assert await _ids(store, statuses=["pending", "unknown"]) == ["p1", "p2", "p3"]
+    assert await _ids(store, statuses=["pending", "unknown"], limit=2) == ["p1", "p2"]
+    assert await _ids(store, statuses=["pending"]) == ["p1", "p3"]
+    assert await _ids(store, statuses=["pending"], updated_before=300.0) == ["p1"]
+    assert await _ids(store, statuses=["pending"], updated_before=2000.0) == ["p1", "p3", "p_new"]
+    assert await _ids(store, statuses=["unknown", "pending"], provider="adyen_eu") == ["p2"]
+    assert await _ids(
+        store, statuses=["capture_pending", "pending"], extra={"merchant_id": "globex"}
+    ) == ["p_cp"]
+    # captured is only visible when flagged; authorized is outside the index
+    assert await _ids(store, statuses=["captured"]) == ["p_flag"]
+    assert await _ids(store, statuses=["authorized"]) == []
+    assert await _ids(store, statuses=[]) == []
+    assert await _ids(store, statuses=["pending"], limit=0) == []
+
+    docs = await store.query_payments(PaymentQuery(statuses=["unknown"], updated_before=500.0))
+    assert docs == [{**payment("p2", "unknown", 200.0, provider="adyen_eu"), "version": 1}]
+
+    # a status change takes a payment out; a newer updated_at moves it past the cutoff
+    assert await store.update_payment(payment("p1", "authorized", 400.0), 1, [])
+    assert await _ids(store, statuses=["pending", "unknown"]) == ["p2", "p3"]
+    assert await store.update_payment(payment("p3", "pending", 600.0), 1, [])
+    assert await _ids(store, statuses=["pending", "unknown"]) == ["p2"]
+    # clearing the flag removes it; setting it on an authorized payment adds it
+    assert await store.update_payment(payment("p_flag", "captured", 90.0), 1, [])
+    assert await store.update_payment(
+        payment("p_auth", "authorized", 55.0, needs_reconcile=True), 1, []
+    )
+    assert await _ids(store, statuses=["captured", "authorized"]) == ["p_auth"]
+    # back to an indexed status: visible again, at its new time
+    assert await store.update_payment(payment("p1", "unknown", 250.0), 2, [])
+    assert await _ids(store, statuses=["pending", "unknown"]) == ["p2", "p1"]
+    # a failed CAS does not make a payment visible
+    assert not await store.update_payment(payment("p_cap", "unknown", 65.0), 9, [])
+    assert await _ids(store, statuses=["unknown"]) == ["p2", "p1"]
+
+
+async def test_query_payments_limit_with_many_candidates(store: Store) -> None:
+    # many index members that do not match the statuses asked for come first
+    for i in range(150):
+        await store.insert_payment(payment(f"u{i:03d}", "unknown", 10.0 + i), [])
+    for i in range(5):
+        await store.insert_payment(payment(f"p{i}", "pending", 200.0 + i), [])
+    assert await _ids(store, statuses=["pending"], limit=3) == ["p0", "p1", "p2"]
+    got = await _ids(store, statuses=["unknown"], limit=120)
+    assert got == [f"u{i:03d}" for i in range(120)]
+
+
+# ---------------------------------------------------------------------------
+# idempotency
+# ---------------------------------------------------------------------------
+
+
+async def test_claim_new_then_in_progress(store: Store) -> None:
+    before = time.time()
+    first = await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    assert first.outcome is ClaimOutcome.NEW
+    assert first.record is not None
+    assert first.record.state == "in_progress"
+    assert first.record.fingerprint == "fp-a"
+    assert abs(first.record.created_at - before) < 2.0
+    assert abs(first.record.lease_until - (before + 30.0)) < 2.0
+
+    again = await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    assert again.outcome is ClaimOutcome.IN_PROGRESS
+    assert 28.0 <= again.retry_after <= 30.0
+    assert again.record is not None
+    assert again.record.created_at == pytest.approx(first.record.created_at, abs=0.002)
+
+    # another scope, same key: independent
+    other = await store.claim_idempotency("globex", "k1", "fp-a", 30.0, 3600.0)
+    assert other.outcome is ClaimOutcome.NEW
+
+
+async def test_claim_in_progress_retry_after_at_least_one(store: Store) -> None:
+    assert (await store.claim_idempotency(SCOPE, "k", "fp", 0.5, 60)).outcome is ClaimOutcome.NEW
+    claim = await store.claim_idempotency(SCOPE, "k", "fp", 0.5, 60)
+    assert claim.outcome is ClaimOutcome.IN_PROGRESS
+    assert claim.retry_after == 1.0
+
+
+async def test_claim_mismatch(store: Store) -> None:
+    await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    claim = await store.claim_idempotency(SCOPE, "k1", "fp-b", 30.0, 3600.0)
+    assert claim.outcome is ClaimOutcome.MISMATCH
+    assert claim.record is not None and claim.record.fingerprint == "fp-a"
+    # a mismatch changes nothing: the owner still holds it
+    assert (await store.claim_idempotency(SCOPE, "k1", "fp-a", 30, 3600)).outcome is (
+        ClaimOutcome.IN_PROGRESS
+    )
+
+
+async def test_claim_completed_replays_response(store: Store) -> None:
+    await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    response = {"status": 201, "body": {"id": "pay_1", "status": "authorized"}}
+    await store.complete_idempotency(SCOPE, "k1", response, 3600.0)
+    claim = await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    assert claim.outcome is ClaimOutcome.COMPLETED
+    assert claim.record is not None
+    assert claim.record.state == "completed"
+    assert claim.record.response == response
+    # a different body with the same key is still a mismatch after completion
+    mismatch = await store.claim_idempotency(SCOPE, "k1", "fp-other", 30.0, 3600.0)
+    assert mismatch.outcome is ClaimOutcome.MISMATCH
+
+
+async def test_release_forgets_claim(store: Store) -> None:
+    await store.claim_idempotency(SCOPE, "k1", "fp-a", 30.0, 3600.0)
+    await store.release_idempotency(SCOPE, "k1")
+    claim = await store.claim_idempotency(SCOPE, "k1", "fp-b", 30.0, 3600.0)
+    assert claim.outcome is ClaimOutcome.NEW
+    assert claim.record is not None and claim.record.fingerprint == "fp-b"
+    await store.release_idempotency(SCOPE, "never-claimed")  # no error
+
+
+async def test_complete_without_claim_is_noop(store: Store) -> None:
+    await store.complete_idempotency(SCOPE, "ghost", {"status": 200}, 3600.0)
+    claim = await store.claim_idempotency(SCOPE, "ghost", "fp", 30.0, 3600.0)
+    assert claim.outcome is ClaimOutcome.NEW
+
+
+async def test_claim_lease_lapse_is_taken_over(store: Store) -> None:
+    first = await store.claim_idempotency(SCOPE, "k1", "fp-a", 0.2, 3600.0)
+    assert first.outcome is ClaimOutcome.NEW
+    assert first.record is not None
+    early = await store.claim_idempotency(SCOPE, "k1", "fp-a", 5.0, 3600.0)
+    assert early.outcome is ClaimOutcome.IN_PROGRESS
+
+    took = await wait_until(
+        lambda: store.claim_idempotency(SCOPE, "k1", "fp-a", 5.0, 3600.0),
+        lambda c: c.outcome is not ClaimOutcome.IN_PROGRESS,
+    )
+    assert took.outcome is ClaimOutcome.TAKEN_OVER
+    assert took.record is not None
+    assert took.record.state == "in_progress"
+    assert took.record.created_at == pytest.approx(first.record.created_at, abs=0.002)
+    assert took.record.lease_until > first.record.lease_until + 4.0
+    # the new holder's lease is live
+    after = await store.claim_idempotency(SCOPE, "k1", "fp-a", 5.0, 3600.0)
+    assert after.outcome is ClaimOutcome.IN_PROGRESS
+    assert after.retry_after >= 4.0
+    # a mismatching body never takes over
+    assert (await store.claim_idempotency(SCOPE, "k1", "fp-b", 5, 3600)).outcome is (
+        ClaimOutcome.MISMATCH
+    )
+
+
+async def test_claim_ttl_expiry_makes_record_absent(store: Store) -> None:
+    first = await store.claim_idempotency(SCOPE, "k1", "fp-a", 0.1, 0.4)
+    assert first.outcome is ClaimOutcome.NEW
+    assert first.record is not None
+    await store.complete_idempotency(SCOPE, "k1", {"status": 200}, 0.4)
+    assert (await store.claim_idempotency(SCOPE, "k1", "fp-a", 5, 0.4)).outcome is (
+        ClaimOutcome.COMPLETED
+    )
+    fresh = await wait_until(
+        lambda: store.claim_idempotency(SCOPE, "k1", "fp-b", 5.0, 60.0),
+        lambda c: c.outcome is not ClaimOutcome.MISMATCH,
+    )
+    assert fresh.outcome is ClaimOutcome.NEW
+    assert fresh.record is not None
+    assert fresh.record.fingerprint == "fp-b"
+    assert fresh.record.created_at > first.record.created_at
+
+
+async def test_concurrent_claims_exactly_one_new(store: Store, store_url: str) -> None:
+    other = await second_store(store_url)
+    try:
+        stores = [store, other]
+        claims: list[Claim] = await asyncio.gather(
+            *(stores[i % 2].claim_idempotency(SCOPE, "race", "fp", 30.0, 3600.0) for i in range(50))
+        )
+    finally:
+        await other.close()
+    outcomes = [c.outcome for c in claims]
+    assert outcomes.count(ClaimOutcome.NEW) == 1
+    assert outcomes.count(ClaimOutcome.IN_PROGRESS) == 49
+    created = {round(c.record.created_at, 3) for c in claims if c.record is not None}
+    assert len(created) == 1
+
+
+# ---------------------------------------------------------------------------
+# amount reservation: read, check, CAS write, retry on conflict
+# ---------------------------------------------------------------------------
+
+
+async def test_concurrent_reservations_never_overdraw(store: Store, store_url: str) -> None:
+    await store.insert_payment(payment("pay_bal", "authorized", balance=10), [{"type": "created"}])
+    other = await second_store(store_url)
+    seen: list[int] = []
+    conflicts = 0
+
+    async def withdraw(s: Store, worker: int) -> bool:
+        nonlocal conflicts
+        while True:
+            doc = await s.get_payment("pay_bal")
+            assert doc is not None
+            seen.append(doc["balance"])
+            if doc["balance"] < 1:
+                return False
+            version = doc["version"]
+            doc["balance"] -= 1
+            if await s.update_payment(doc, version, [{"type": "withdraw", "worker": worker}]):
+                return True
+            conflicts += 1
+
+    try:
+        stores = [store, other]
+        results = await asyncio.gather(*(withdraw(stores[i % 2], i) for i in range(20)))
+    finally:
+        await other.close()
+
+    assert results.count(True) == 10
+    assert results.count(False) == 10
+    assert min(seen) >= 0
+    assert conflicts > 0  # the race really happened
+    final = await store.get_payment("pay_bal")
+    assert final is not None
+    assert final["balance"] == 0
+    assert final["version"] == 11
+    events = await store.list_events("pay_bal")
+    assert events[0] == {"type": "created"}
+    withdrawals = [e["worker"] for e in events[1:]]
+    assert len(withdrawals) == 10
+    assert sorted(withdrawals) == sorted(i for i, ok in enumerate(results) if ok)
+
+
+# ---------------------------------------------------------------------------
+# leases
+# ---------------------------------------------------------------------------
+
+
+async def test_lease_acquire_contend_renew_release(store: Store) -> None:
+    assert await store.acquire_lease("reconcile", "node-a", 30.0) is True
+    assert await store.acquire_lease("reconcile", "node-b", 30.0) is False
+    assert await store.acquire_lease("reconcile", "node-a", 30.0) is True  # renew
+    assert await store.acquire_lease("other", "node-b", 30.0) is True  # independent name
+    await store.release_lease("reconcile", "node-b")  # not the owner: no-op
+    assert await store.acquire_lease("reconcile", "node-b", 30.0) is False
+    await store.release_lease("reconcile", "node-a")
+    assert await store.acquire_lease("reconcile", "node-b", 30.0) is True
+    assert await store.acquire_lease("reconcile", "node-a", 30.0) is False
+    await store.release_lease("never-held", "node-a")  # no error
+
+
+async def test_lease_expires(store: Store) -> None:
+    assert await store.acquire_lease("reconcile", "node-a", 0.2) is True
+    assert await store.acquire_lease("reconcile", "node-b", 5.0) is False
+    await wait_until(lambda: store.acquire_lease("reconcile", "node-b", 5.0), bool)
+    assert await store.acquire_lease("reconcile", "node-a", 5.0) is False
+
+
+async def test_lease_renewal_extends_expiry(store: Store) -> None:
+    assert await store.acquire_lease("reconcile", "node-a", 0.2) is True
+    assert await store.acquire_lease("reconcile", "node-a", 30.0) is True
+    await asyncio.sleep(0.5)  # past the first ttl: asserting that nothing lapsed
+    assert await store.acquire_lease("reconcile", "node-b", 5.0) is False
+
+
+async def test_concurrent_lease_acquire_one_winner(store: Store, store_url: str) -> None:
+    other = await second_store(store_url)
+    try:
+        stores = [store, other]
+        won = await asyncio.gather(
+            *(stores[i % 2].acquire_lease("reconcile", f"node-{i}", 30.0) for i in range(20))
+        )
+    finally:
+        await other.close()
+    assert won.count(True) == 1
+
+
+# ---------------------------------------------------------------------------
+# SQLite specifics
+# ---------------------------------------------------------------------------
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "gateway.db"
+    s = SQLiteStore(path)
+    await s.open()
+    await s.insert_payment(payment("pay_1", provider_reference="pi_1"), [{"type": "created"}])
+    assert await s.update_payment(
+        payment("pay_1", "unknown", 150.0, provider_reference="pi_1"), 1, [{"type": "x"}]
+    )
+    await s.claim_idempotency(SCOPE, "done", "fp", 30.0, 3600.0)
+    await s.complete_idempotency(SCOPE, "done", {"status": 201}, 3600.0)
+    await s.claim_idempotency(SCOPE, "running", "fp", 300.0, 3600.0)
+    assert await s.acquire_lease("reconcile", "node-a", 300.0)
+    await s.close()
+    assert path.exists()
+
+    s2 = make_store(f"sqlite:///{path}")
+    await s2.open()
+    try:
+        doc = await s2.get_payment("pay_1")
+        assert doc is not None
+        assert (doc["status"], doc["version"]) == ("unknown", 2)
+        assert await s2.list_events("pay_1") == [{"type": "created"}, {"type": "x"}]
+        assert await s2.find_by_provider_reference("stripe_main", "pi_1") == "pay_1"
+        q = PaymentQuery(statuses=["unknown"], updated_before=1000.0)
+        assert [d["id"] for d in await s2.query_payments(q)] == ["pay_1"]
+        done = await s2.claim_idempotency(SCOPE, "done", "fp", 30.0, 3600.0)
+        assert done.outcome is ClaimOutcome.COMPLETED
+        assert done.record is not None and done.record.response == {"status": 201}
+        running = await s2.claim_idempotency(SCOPE, "running", "fp", 30.0, 3600.0)
+        assert running.outcome is ClaimOutcome.IN_PROGRESS
+        assert await s2.acquire_lease("reconcile", "node-b", 30.0) is False
+    finally:
+        await s2.close()
+
+
+async def test_sqlite_wal_and_synchronous_full(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.db"
+    s = SQLiteStore(path)
+    await s.open()
+    try:
+        await s.insert_payment(payment("pay_1"), [])
+        # synchronous is per connection: ask the store's own connection
+        sync = await s._run(lambda: s._db().execute("PRAGMA synchronous").fetchone()[0])
+        assert sync == 2  # FULL
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            conn.close()
+        assert await asyncio.to_thread(Path(f"{path}-wal").exists)
+    finally:
+        await s.close()
+
+
+async def test_sqlite_closed_store(tmp_path: Path) -> None:
+    s = SQLiteStore(tmp_path / "gateway.db")
+    assert await s.ping() is False
+    with pytest.raises(StoreError):
+        await s.get_payment("pay_1")
+    await s.open()
+    assert await s.ping() is True
+    await s.close()
+    assert await s.ping() is False
+
+
+# ---------------------------------------------------------------------------
+# Redis specifics
+# ---------------------------------------------------------------------------
+
+
+async def test_redis_key_layout(redis_url: str) -> None:
+    s = RedisStore(redis_url)
+    await s.open()
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        await s.insert_payment(payment("pay_1", provider_reference="pi_1"), [{"type": "created"}])
+        assert raw.hget("gw:{pay_1}:doc", "v") == "1"
+        assert raw.type("gw:{pay_1}:events") == "list"
+        assert raw.get("gw:pref:{stripe_main}:pi_1") == "pay_1"
+        assert raw.zscore("gw:unresolved", "pay_1") == 100.0
+        await s.claim_idempotency(SCOPE, "k1", "fp", 30.0, 60.0)
+        digest = hashlib.sha256(b"acme\0k1").hexdigest()
+        key = f"gw:idem:{{{digest}}}"
+        assert raw.hget(key, "state") == "in_progress"
+        assert 0 < raw.pttl(key) <= 60_000
+        assert await s.update_payment(payment("pay_1", "authorized", 200.0), 1, [])
+        assert raw.zscore("gw:unresolved", "pay_1") is None
+    finally:
+        raw.close()
+        await s.close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def test_redis_down_ping_false_and_store_error() -> None:
+    s = RedisStore(f"redis://127.0.0.1:{_closed_port()}/0", connect_timeout_s=0.5)
+    await s.open()
+    try:
+        assert await s.ping() is False
+        with pytest.raises(StoreError):
+            await s.get_payment("pay_1")
+        with pytest.raises(StoreError):
+            await s.claim_idempotency(SCOPE, "k", "fp", 1.0, 1.0)
+        with pytest.raises(StoreError):
+            await s.insert_payment(payment("pay_1"), [])
+    finally:
+        await s.close()
