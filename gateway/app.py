@@ -30,17 +30,19 @@ async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SANDBOX_PORTS] = {}
         yield
         return
-    from providers.sandbox import start_in_process
+    from providers.sandbox import start_sandbox
 
-    handle = await start_in_process(
-        host=config.sandbox_host, providers=sorted(kinds), control_port=config.sandbox_control_port
+    sim_host = await start_sandbox(
+        config.sandbox_host, ports={k: 0 for k in kinds}, names=sorted(kinds),
+        control_port=config.sandbox_control_port,
     )
-    app[SANDBOX_PORTS] = dict(handle.ports)
-    log.info("in-process sandbox listening", extra={"ports": handle.ports})
+    app[SANDBOX_PORTS] = {k: v for k, v in sim_host.ports().items() if v is not None}
+    log.info("in-process sandbox listening", extra={"ports": app[SANDBOX_PORTS],
+                                                     "control_url": sim_host.control_url})
     try:
         yield
     finally:
-        await handle.stop()
+        await sim_host.stop()
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:

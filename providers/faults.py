@@ -58,10 +58,10 @@ def _register() -> None:
     except ImportError:  # pragma: no cover - requests ships with the sync SDKs
         pass
     try:
-        import braintree.exceptions.http as bthttp
+        from braintree.exceptions.http.timeout_error import ConnectTimeoutError, ReadTimeoutError
 
-        safe.append((bthttp.ConnectTimeoutError, "connect_timeout"))
-        amb.append((bthttp.ReadTimeoutError, "read_timeout"))
+        safe.append((ConnectTimeoutError, "connect_timeout"))
+        amb.append((ReadTimeoutError, "read_timeout"))
     except ImportError:  # pragma: no cover
         pass
     # Standard library last: these often sit under a more specific wrapper.

@@ -1,0 +1,110 @@
+"""The control API of a :class:`SimulatorHost` (SPEC section 15), on its own port.
+
+    GET  /_sim                              providers and their ports
+    GET  /_sim/{provider}/faults            current fault settings
+    POST /_sim/{provider}/faults            merge settings (omitted keys keep their value)
+    GET  /_sim/{provider}/charges?reference=<gateway payment id>
+    GET  /_sim/{provider}/requests          {"total": n, "by_operation": {...}}
+    POST /_sim/{provider}/reset             clear one simulator
+    POST /_sim/reset                        clear every simulator (state, counters, faults)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from providers.simulator.faults import FaultValidationError
+
+if TYPE_CHECKING:
+    from providers.simulator.host import SimulatorHost
+
+HOST_KEY: web.AppKey[SimulatorHost] = web.AppKey("simulator_host")
+
+
+def _error(status: int, code: str, message: str, param: str | None = None) -> web.Response:
+    err: dict[str, Any] = {"type": "invalid_request", "code": code, "message": message}
+    if param:
+        err["param"] = param
+    return web.json_response({"error": err}, status=status)
+
+
+def _provider(request: web.Request) -> str:
+    host = request.app[HOST_KEY]
+    name = request.match_info["provider"]
+    if name not in host.names:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": {"type": "not_found", "code": "unknown_provider",
+                                       "message": f"no simulator named {name!r}"}}),
+            content_type="application/json",
+        )
+    return name
+
+
+async def index(request: web.Request) -> web.Response:
+    host = request.app[HOST_KEY]
+    providers = {n: {"port": host.port(n), "base_url": host.base_url(n),
+                     "listening": host.is_listening(n)} for n in host.names}
+    return web.json_response({"providers": providers, "control_port": host.control_port})
+
+
+async def get_faults(request: web.Request) -> web.Response:
+    name = _provider(request)
+    return web.json_response(request.app[HOST_KEY].simulator(name).faults.to_dict())
+
+
+async def post_faults(request: web.Request) -> web.Response:
+    name = _provider(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "invalid_json", "body must be a JSON object")
+    try:
+        settings = await request.app[HOST_KEY].set_faults(name, body if body is not None else {})
+    except FaultValidationError as exc:
+        return _error(400, "invalid_fault_settings", str(exc), exc.param)
+    except OSError as exc:  # re-listening failed (port taken meanwhile)
+        return _error(500, "listen_failed", f"cannot listen again: {exc.strerror or exc}")
+    return web.json_response(settings.to_dict())
+
+
+async def get_charges(request: web.Request) -> web.Response:
+    name = _provider(request)
+    reference = request.query.get("reference")
+    if not reference:
+        return _error(400, "missing_reference", "query parameter reference is required",
+                      "reference")
+    charges = request.app[HOST_KEY].simulator(name).charges(reference)
+    return web.json_response({"charges": [c.to_dict() for c in charges]})
+
+
+async def get_requests(request: web.Request) -> web.Response:
+    name = _provider(request)
+    return web.json_response(request.app[HOST_KEY].simulator(name).requests.snapshot())
+
+
+async def reset_one(request: web.Request) -> web.Response:
+    name = _provider(request)
+    await request.app[HOST_KEY].reset(name)
+    return web.json_response({"reset": [name]})
+
+
+async def reset_all(request: web.Request) -> web.Response:
+    host = request.app[HOST_KEY]
+    await host.reset()
+    return web.json_response({"reset": host.names})
+
+
+def build_control_app(host: SimulatorHost) -> web.Application:
+    app = web.Application()
+    app[HOST_KEY] = host
+    app.router.add_get("/_sim", index)
+    app.router.add_post("/_sim/reset", reset_all)
+    app.router.add_get("/_sim/{provider}/faults", get_faults)
+    app.router.add_post("/_sim/{provider}/faults", post_faults)
+    app.router.add_get("/_sim/{provider}/charges", get_charges)
+    app.router.add_get("/_sim/{provider}/requests", get_requests)
+    app.router.add_post("/_sim/{provider}/reset", reset_one)
+    return app

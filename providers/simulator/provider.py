@@ -1,0 +1,131 @@
+"""Base class of one simulated provider and the fault-injection middleware.
+
+A concrete simulator (Stripe, Braintree, Adyen) adds its wire-protocol routes,
+renders errors in its own format and reports its charges. Every route gets a
+``name``: it is the *operation* under which ``GET /_sim/{provider}/requests``
+counts the request.
+
+Fault order for each request: (refuse: drop silently) -> count -> latency ->
+hang -> 429 -> 5xx -> process -> (drop_after_process: close with no response).
+Injected 429/5xx answers are produced before processing: nothing happened.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from providers.simulator.faults import FaultMode, FaultSettings
+from providers.simulator.ledger import ChargeView, RequestCounter
+from providers.simulator.webhooks import WebhookSender
+
+HANG_POLL_S = 0.05
+
+
+def operation_of(request: web.Request) -> str:
+    route = request.match_info.route
+    return getattr(route, "name", None) or "unmatched"
+
+
+def drop_connection(request: web.BaseRequest) -> None:
+    """Close the client connection without writing anything (FIN, no bytes)."""
+    protocol = request.protocol
+    if protocol is not None:
+        protocol.force_close()
+    elif request.transport is not None:
+        request.transport.close()
+
+
+class SimulatedProvider(abc.ABC):
+    """One provider's simulated API; the host serves :meth:`build_app` on its own port."""
+
+    name: str = "provider"
+
+    def __init__(self, *, seed: int | None = None, webhook_url: str | None = None) -> None:
+        self.faults = FaultSettings()
+        self.requests = RequestCounter()
+        self.rng = random.Random(seed)
+        self.webhooks = WebhookSender(webhook_url)
+        self.base_url: str | None = None  # set by the host once the port is bound
+        self._stopping = asyncio.Event()
+
+    # ---------------------------------------------------------------- hooks
+
+    @abc.abstractmethod
+    def add_routes(self, app: web.Application) -> None:
+        """Register the provider API routes (each with a ``name`` = operation)."""
+
+    @abc.abstractmethod
+    def fault_response(self, status: int) -> web.Response:
+        """An injected 429 or 5xx answer in the provider's wire format."""
+
+    @abc.abstractmethod
+    def charges(self, reference: str) -> list[ChargeView]:
+        """Every authorization held for a gateway payment id / reference."""
+
+    @abc.abstractmethod
+    def reset_state(self) -> None:
+        """Forget all payments, refunds and idempotency records."""
+
+    # ---------------------------------------------------------------- shared
+
+    def build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._fault_middleware])
+        self.add_routes(app)
+        return app
+
+    def reset(self) -> None:
+        self.reset_state()
+        self.faults = FaultSettings()
+        self.requests.clear()
+
+    def prepare(self) -> None:
+        """Called by the host on the event loop it serves from, before binding."""
+        self._stopping = asyncio.Event()
+
+    async def close(self) -> None:
+        self._stopping.set()
+        await self.webhooks.close()
+
+    async def _hang(self, request: web.Request) -> web.StreamResponse:
+        while not self._stopping.is_set():
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                break
+            try:
+                await asyncio.wait_for(self._stopping.wait(), HANG_POLL_S)
+            except TimeoutError:
+                continue
+        drop_connection(request)
+        return web.Response()  # never written: the transport is gone
+
+    @web.middleware
+    async def _fault_middleware(
+        self, request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        faults = self.faults
+        if faults.mode is FaultMode.REFUSE:  # a request on a connection opened before
+            drop_connection(request)
+            return web.Response()
+        self.requests.hit(operation_of(request))
+        # Read the whole body first: a real provider that received a request processes it
+        # even if the client goes away during the (simulated) processing latency.
+        await request.read()
+        if faults.latency_ms:
+            await asyncio.sleep(faults.latency_ms / 1000)
+        faults = self.faults  # the settings may have changed while sleeping
+        if faults.mode is FaultMode.HANG:
+            return await self._hang(request)
+        if faults.roll_rate_limit(self.rng):
+            return self.fault_response(429)
+        if faults.roll_error(self.rng):
+            return self.fault_response(faults.error_status)
+        response = await handler(request)
+        if self.faults.mode is FaultMode.DROP_AFTER_PROCESS:
+            drop_connection(request)
+        return response

@@ -1,0 +1,209 @@
+"""Stripe adapter: the official ``stripe`` SDK (async methods) behind :class:`Provider`.
+
+Amounts go through unchanged: Stripe and the gateway both count in the currency's
+minor unit (zero-decimal currencies such as JPY are whole units in both; Stripe
+wants three-decimal amounts rounded to a multiple of 10 and refuses others with an
+invalid-request error, which comes back as a decline with ``invalid_request``).
+
+Outcomes: see :mod:`providers.stripe.errors` for the exception table and
+:mod:`providers.stripe.parse` for how objects become results.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import aiohttp
+import stripe
+
+from gateway.state_machine import PaymentStatus
+from providers.base import (
+    Ambiguous,
+    AuthorizeRequest,
+    PaymentRef,
+    Provider,
+    ProviderFault,
+    ProviderResult,
+    RefundResult,
+    RejectedSafe,
+)
+from providers.stripe.errors import Refusal, translate
+from providers.stripe.parse import (
+    declined_payment,
+    declined_refund,
+    parse_payment_intent,
+    parse_refund,
+)
+from providers.stripe.status import map_payment_intent_status
+
+T = TypeVar("T")
+
+
+def _as_dict(obj: Any) -> dict[str, Any]:
+    return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
+class StripeProvider(Provider):
+    type = "stripe"
+
+    def __init__(
+        self, name: str, *, api_key: str, base_url: str, currencies: frozenset[str],
+        timeout_s: float = 10.0, connect_timeout_s: float = 3.0,
+    ) -> None:
+        self.name = name
+        self.currencies = frozenset(c.upper() for c in currencies)
+        self._api_key = api_key
+        self._base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=connect_timeout_s)
+        self._http: stripe.AIOHTTPClient | None = None
+        self._client: stripe.StripeClient | None = None
+
+    def __repr__(self) -> str:  # never show the key
+        return f"StripeProvider(name={self.name!r}, base_url={self._base_url!r})"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._client is not None:
+            return
+        stripe.enable_telemetry = False
+        self._http = stripe.AIOHTTPClient(timeout=self._timeout)
+        self._client = stripe.StripeClient(
+            self._api_key, base_addresses={"api": self._base_url}, http_client=self._http,
+            max_network_retries=0,
+        )
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()
+        self._http, self._client = None, None
+
+    async def _sdk(self) -> stripe.StripeClient:
+        if self._client is None:
+            await self.start()
+        assert self._client is not None
+        return self._client
+
+    @staticmethod
+    async def _call(fn: Callable[[], Awaitable[T]]) -> T | Refusal:
+        """Run one SDK call; faults are raised, definite refusals returned."""
+        try:
+            return await fn()
+        except Exception as exc:
+            outcome = translate(exc)
+            if isinstance(outcome, ProviderFault):
+                raise outcome from exc
+            return outcome
+
+    @staticmethod
+    def _require_reference(ref: PaymentRef) -> str:
+        if not ref.provider_reference:
+            raise RejectedSafe("missing_provider_reference",
+                               "no Stripe PaymentIntent id known for this payment")
+        return ref.provider_reference
+
+    # ------------------------------------------------------------ operations
+
+    def _create_params(self, req: AuthorizeRequest) -> dict[str, Any]:
+        metadata = {**req.metadata, "gateway_payment_id": req.payment_id}
+        if req.reference:
+            metadata["reference"] = req.reference
+        return {
+            "amount": req.amount,
+            "currency": req.currency.lower(),
+            "capture_method": "manual" if req.capture_manual else "automatic",
+            "confirm": True,
+            "payment_method": req.token,
+            "payment_method_types": ["card"],
+            "metadata": metadata,
+        }
+
+    async def _create(self, req: AuthorizeRequest) -> ProviderResult:
+        client = await self._sdk()
+        params: Any = self._create_params(req)
+        opts: Any = {"idempotency_key": req.idempotency_key}
+        got = await self._call(lambda: client.v1.payment_intents.create_async(params, opts))
+        if isinstance(got, Refusal):
+            failure = got.failure
+            if failure.code != "card_declined":  # bad token, unsupported currency, ...
+                failure = replace(failure, code="invalid_request")
+            return declined_payment(replace(got, failure=failure))
+        return parse_payment_intent(_as_dict(got))
+
+    async def authorize(self, req: AuthorizeRequest) -> ProviderResult:
+        return await self._create(req)
+
+    def _follow_up_refusal(self, refusal: Refusal) -> ProviderResult:
+        current = PaymentStatus.AUTHORIZED  # what capture/void require
+        pi = refusal.payment_intent
+        if pi is not None:
+            mapped, ok = map_payment_intent_status(pi.get("status"))
+            current = mapped if ok else current
+        return declined_payment(refusal, current)
+
+    async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult:
+        pi_id = self._require_reference(ref)
+        client = await self._sdk()
+        opts: Any = {"idempotency_key": idempotency_key}
+        got = await self._call(lambda: client.v1.payment_intents.capture_async(
+            pi_id, {"amount_to_capture": amount}, opts))
+        if isinstance(got, Refusal):
+            return self._follow_up_refusal(got)
+        return parse_payment_intent(_as_dict(got))
+
+    async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
+        pi_id = self._require_reference(ref)
+        client = await self._sdk()
+        opts: Any = {"idempotency_key": idempotency_key}
+        got = await self._call(lambda: client.v1.payment_intents.cancel_async(
+            pi_id, {"cancellation_reason": "requested_by_customer"}, opts))
+        if isinstance(got, Refusal):
+            return self._follow_up_refusal(got)
+        return parse_payment_intent(_as_dict(got))
+
+    async def refund(
+        self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
+    ) -> RefundResult:
+        pi_id = self._require_reference(ref)
+        client = await self._sdk()
+        params: Any = {"payment_intent": pi_id, "amount": amount, "metadata": {
+            "gateway_refund_id": refund_id, "gateway_payment_id": ref.payment_id}}
+        opts: Any = {"idempotency_key": idempotency_key}
+        got = await self._call(lambda: client.v1.refunds.create_async(params, opts))
+        if isinstance(got, Refusal):
+            return declined_refund(got)
+        return parse_refund(_as_dict(got))
+
+    async def retrieve_refund(self, refund_reference: str) -> RefundResult:
+        """Current state of a refund (reconciliation of pending refunds)."""
+        client = await self._sdk()
+        got = await self._call(lambda: client.v1.refunds.retrieve_async(refund_reference))
+        if isinstance(got, Refusal):
+            if got.not_found:
+                raise RejectedSafe("not_found", got.failure.message)
+            raise Ambiguous("lookup_refused", got.failure.message)
+        return parse_refund(_as_dict(got))
+
+    async def _retrieve(self, pi_id: str) -> ProviderResult:
+        client = await self._sdk()
+        got = await self._call(lambda: client.v1.payment_intents.retrieve_async(pi_id))
+        if isinstance(got, Refusal):
+            if got.not_found:
+                raise RejectedSafe("not_found", got.failure.message)
+            raise Ambiguous("lookup_refused", got.failure.message)
+        return parse_payment_intent(_as_dict(got))
+
+    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+        """Retrieve by PaymentIntent id; without one, replay the original create with
+        the SAME idempotency key (Stripe answers with the stored response, or runs the
+        request if it never arrived), then retrieve the intent's current state."""
+        if ref.provider_reference:
+            return await self._retrieve(ref.provider_reference)
+        if authorize is None:
+            raise Ambiguous("lookup_impossible", "no PaymentIntent id and no request to replay")
+        replayed = await self._create(authorize)
+        if replayed.provider_reference and replayed.status is not PaymentStatus.DECLINED:
+            return await self._retrieve(replayed.provider_reference)
+        return replayed

@@ -1,0 +1,247 @@
+"""State of the Stripe simulator: PaymentIntents and Refunds, no HTTP.
+
+Operations raise :class:`StripeApiError` with Stripe's status/type/code for every
+refusal, so the HTTP layer only renders ``{"error": {...}}`` envelopes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import string
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.simulator.tokens import CardBehavior, SandboxCard
+
+_ALPHABET = string.ascii_letters + string.digits
+DECLINE_MESSAGES = {
+    "generic_decline": "Your card was declined.",
+    "insufficient_funds": "Your card has insufficient funds.",
+}
+
+
+def new_id(prefix: str) -> str:
+    return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+class StripeApiError(Exception):
+    """A Stripe error answer: HTTP status + ``error`` object."""
+
+    def __init__(
+        self, status: int, type_: str, message: str, *, code: str | None = None,
+        param: str | None = None, decline_code: str | None = None,
+        payment_intent: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error: dict[str, Any] = {"type": type_, "message": message}
+        for key, value in (("code", code), ("param", param), ("decline_code", decline_code),
+                           ("payment_intent", payment_intent)):
+            if value is not None:
+                self.error[key] = value
+        if code:
+            self.error["doc_url"] = f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}"
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.error}
+
+
+def invalid(message: str, *, code: str | None = None, param: str | None = None,
+            status: int = 400, payment_intent: dict[str, Any] | None = None) -> StripeApiError:
+    return StripeApiError(status, "invalid_request_error", message, code=code, param=param,
+                          payment_intent=payment_intent)
+
+
+@dataclass
+class PaymentIntent:
+    id: str
+    amount: int
+    currency: str
+    capture_method: str
+    metadata: dict[str, str]
+    payment_method: str | None
+    payment_method_types: list[str]
+    card: SandboxCard | None
+    description: str | None = None
+    return_url: str | None = None
+    status: str = "requires_payment_method"
+    amount_capturable: int = 0
+    amount_received: int = 0
+    amount_refunded: int = 0  # kept on the charge in Stripe; used for refund checks
+    latest_charge: str | None = None
+    next_action: dict[str, Any] | None = None
+    last_payment_error: dict[str, Any] | None = None
+    canceled_at: int | None = None
+    cancellation_reason: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+    client_secret: str = ""
+
+    @property
+    def manual(self) -> bool:
+        return self.capture_method == "manual"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "payment_intent", "amount": self.amount,
+            "amount_capturable": self.amount_capturable, "amount_received": self.amount_received,
+            "currency": self.currency, "capture_method": self.capture_method,
+            "confirmation_method": "automatic", "status": self.status,
+            "metadata": dict(self.metadata), "latest_charge": self.latest_charge,
+            "next_action": self.next_action, "last_payment_error": self.last_payment_error,
+            "payment_method": self.payment_method,
+            "payment_method_types": list(self.payment_method_types),
+            "canceled_at": self.canceled_at, "cancellation_reason": self.cancellation_reason,
+            "client_secret": self.client_secret, "created": self.created,
+            "description": self.description, "livemode": False,
+        }
+
+    def charge_dict(self) -> dict[str, Any]:
+        """A minimal Charge object (webhooks ``charge.*``)."""
+        return {
+            "id": self.latest_charge, "object": "charge", "amount": self.amount,
+            "amount_captured": self.amount_received, "amount_refunded": self.amount_refunded,
+            "captured": self.amount_received > 0, "currency": self.currency,
+            "payment_intent": self.id, "metadata": dict(self.metadata),
+            "refunded": self.amount_received > 0 and self.amount_refunded >= self.amount_received,
+            "status": "failed" if self.last_payment_error else "succeeded",
+            "livemode": False,
+        }
+
+
+@dataclass
+class Refund:
+    id: str
+    amount: int
+    currency: str
+    payment_intent: str
+    charge: str | None
+    metadata: dict[str, str]
+    reason: str | None
+    status: str = "succeeded"
+    failure_reason: str | None = None
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "object": "refund", "amount": self.amount, "currency": self.currency,
+            "payment_intent": self.payment_intent, "charge": self.charge,
+            "metadata": dict(self.metadata), "reason": self.reason, "status": self.status,
+            "failure_reason": self.failure_reason, "created": self.created,
+        }
+
+
+def _approve(pi: PaymentIntent) -> None:
+    pi.next_action, pi.last_payment_error = None, None
+    if pi.manual:
+        pi.status, pi.amount_capturable = "requires_capture", pi.amount
+    else:
+        pi.status, pi.amount_received = "succeeded", pi.amount
+
+
+def _decline(pi: PaymentIntent, decline_code: str, code: str = "card_declined") -> StripeApiError:
+    message = DECLINE_MESSAGES.get(decline_code, "Your card was declined.")
+    if code == "payment_intent_authentication_failure":
+        message = "The provided PaymentMethod has failed authentication."
+    pi.status, pi.next_action = "requires_payment_method", None
+    pi.last_payment_error = {
+        "type": "card_error", "code": code, "decline_code": decline_code, "message": message,
+        "charge": pi.latest_charge, "payment_method": {"id": pi.payment_method, "type": "card"},
+    }
+    return StripeApiError(402, "card_error", message, code=code, decline_code=decline_code,
+                          payment_intent=pi.to_dict())
+
+
+def confirm(pi: PaymentIntent, three_ds_url: str) -> None:
+    """Run the card's sandbox behaviour; raises the 402 envelope for a decline."""
+    card = pi.card
+    if card is None:
+        raise invalid("You cannot confirm this PaymentIntent because it's missing a payment "
+                      "method.", code="payment_intent_unexpected_state",
+                      payment_intent=pi.to_dict())
+    behavior = card.behavior
+    if behavior in (CardBehavior.APPROVE, CardBehavior.DECLINE, CardBehavior.INSUFFICIENT_FUNDS):
+        pi.latest_charge = new_id("ch")
+    if behavior is CardBehavior.APPROVE:
+        _approve(pi)
+    elif behavior is CardBehavior.DECLINE:
+        raise _decline(pi, "generic_decline")
+    elif behavior is CardBehavior.INSUFFICIENT_FUNDS:
+        raise _decline(pi, "insufficient_funds")
+    elif behavior is CardBehavior.REQUIRES_ACTION:
+        pi.status = "requires_action"
+        pi.next_action = {"type": "redirect_to_url", "redirect_to_url": {
+            "url": three_ds_url, "return_url": pi.return_url}}
+    else:  # PENDING
+        pi.latest_charge = new_id("ch")
+        pi.status = "processing"
+
+
+def complete_action(pi: PaymentIntent, succeed: bool) -> None:
+    """The customer finished (or failed) 3-D Secure."""
+    if pi.status != "requires_action":
+        raise invalid(f"This PaymentIntent's status is {pi.status}; no action to complete.",
+                      code="payment_intent_unexpected_state", payment_intent=pi.to_dict())
+    pi.latest_charge = new_id("ch")
+    if succeed:
+        _approve(pi)
+    else:
+        _decline(pi, "authentication_required", code="payment_intent_authentication_failure")
+
+
+def settle_processing(pi: PaymentIntent) -> bool:
+    """Resolve an asynchronous (``processing``) PaymentIntent; False if not processing."""
+    if pi.status != "processing":
+        return False
+    _approve(pi)
+    return True
+
+
+def capture(pi: PaymentIntent, amount: int | None) -> None:
+    if pi.status != "requires_capture":
+        raise invalid(
+            f"This PaymentIntent could not be captured because it has a status of {pi.status}. "
+            "Only a PaymentIntent with one of the following statuses may be captured: "
+            "requires_capture.", code="payment_intent_unexpected_state",
+            payment_intent=pi.to_dict())
+    amount = pi.amount_capturable if amount is None else amount
+    if amount < 1 or amount > pi.amount_capturable:
+        raise invalid("The amount_to_capture must be less than or equal to the "
+                      f"amount_capturable ({pi.amount_capturable}).", code="amount_too_large",
+                      param="amount_to_capture")
+    pi.status, pi.amount_received, pi.amount_capturable = "succeeded", amount, 0
+
+
+def cancel(pi: PaymentIntent, reason: str | None) -> None:
+    if pi.status in ("succeeded", "canceled"):
+        raise invalid(
+            f"You cannot cancel this PaymentIntent because it has a status of {pi.status}. "
+            "Only a PaymentIntent with one of the following statuses may be canceled: "
+            "requires_payment_method, requires_capture, requires_confirmation, "
+            "requires_action, processing.", code="payment_intent_unexpected_state",
+            payment_intent=pi.to_dict())
+    pi.status, pi.amount_capturable, pi.next_action = "canceled", 0, None
+    pi.canceled_at, pi.cancellation_reason = int(time.time()), reason
+
+
+def refund(pi: PaymentIntent, amount: int | None, metadata: dict[str, str],
+           reason: str | None) -> Refund:
+    if pi.status != "succeeded" or pi.amount_received == 0:
+        raise invalid(f"This PaymentIntent ({pi.id}) does not have a successful charge to "
+                      "refund.", code="charge_not_refundable" if pi.status != "canceled"
+                      else "payment_intent_unexpected_state", param="payment_intent")
+    remaining = pi.amount_received - pi.amount_refunded
+    if remaining <= 0:
+        raise invalid(f"Charge {pi.latest_charge} has already been refunded.",
+                      code="charge_already_refunded", param="payment_intent")
+    amount = remaining if amount is None else amount
+    if amount < 1:
+        raise invalid("Refund amount must be at least 1.", code="parameter_invalid_integer",
+                      param="amount")
+    if amount > remaining:
+        raise invalid(f"Refund amount ({amount}) is greater than unrefunded amount on charge "
+                      f"({remaining})", code="amount_too_large", param="amount")
+    pi.amount_refunded += amount
+    async_result = pi.card is not None and pi.card.behavior is CardBehavior.PENDING
+    return Refund(new_id("re"), amount, pi.currency, pi.id, pi.latest_charge, metadata, reason,
+                  status="pending" if async_result else "succeeded")

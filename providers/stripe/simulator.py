@@ -1,0 +1,416 @@
+"""Stripe API simulator: PaymentIntents + Refunds in Stripe's wire format.
+
+The unmodified ``stripe`` SDK works against it (form-encoded bracket bodies, JSON
+answers with ``object``, Stripe error envelopes, ``Idempotency-Key`` semantics).
+
+Idempotency (like Stripe): a POST's key is claimed before it runs; the first answer
+(2xx, 400, 402, 404) is stored and replayed byte for byte with
+``Idempotent-Replayed: true``; same key with other parameters -> 400
+``idempotency_error``; same key while the first is still running -> 409
+``idempotency_key_in_use``. 401, 429 and 5xx are not stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
+from providers.simulator.ledger import ChargeView
+from providers.simulator.provider import SimulatedProvider
+from providers.simulator.tokens import CardBehavior, SandboxCard, resolve_token
+from providers.stripe import sim_model as m
+from providers.stripe.form import (
+    FormError,
+    decode_form,
+    fingerprint,
+    get_bool,
+    get_dict,
+    get_int,
+    get_str,
+    parse_pairs,
+)
+from providers.stripe.sim_events import PI_STATUS_EVENTS, build_event, sign
+
+B = CardBehavior
+DEFAULT_WEBHOOK_SECRET = "whsec_sandbox_stripe"
+
+#: Stripe's own well-known test payment methods / tokens.
+STRIPE_TEST_TOKENS: Mapping[str, SandboxCard] = {
+    "pm_card_visa": SandboxCard(B.APPROVE, "visa", "4242"),
+    "pm_card_visa_debit": SandboxCard(B.APPROVE, "visa", "5556"),
+    "pm_card_mastercard": SandboxCard(B.APPROVE, "mastercard", "4444"),
+    "pm_card_amex": SandboxCard(B.APPROVE, "amex", "8431"),
+    "tok_amex": SandboxCard(B.APPROVE, "amex", "8431"),
+    "pm_card_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
+    "tok_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
+    "pm_card_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
+    "tok_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
+    "pm_card_threeDSecure2Required": SandboxCard(B.REQUIRES_ACTION, "visa", "3220"),
+    "pm_card_threeDSecureRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3063"),
+    "pm_card_authenticationRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3184"),
+}
+
+CREATE_PARAMS = frozenset({
+    "amount", "currency", "capture_method", "confirm", "payment_method", "payment_method_types",
+    "metadata", "description", "return_url", "customer", "statement_descriptor",
+    "statement_descriptor_suffix", "receipt_email", "setup_future_usage", "off_session",
+    "confirmation_method", "expand", "error_on_requires_action", "use_stripe_sdk",
+    "payment_method_options", "automatic_payment_methods", "shipping", "transfer_group",
+})
+CONFIRM_PARAMS = frozenset({"payment_method", "return_url", "capture_method", "expand",
+                            "error_on_requires_action", "use_stripe_sdk", "off_session",
+                            "payment_method_options"})
+CAPTURE_PARAMS = frozenset({"amount_to_capture", "final_capture", "metadata", "expand",
+                            "statement_descriptor", "statement_descriptor_suffix"})
+CANCEL_PARAMS = frozenset({"cancellation_reason", "expand"})
+REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "metadata", "reason", "expand",
+                           "instructions_email"})
+CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
+
+Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+def _json(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def _check_params(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
+    for key in params:
+        if key not in allowed:
+            raise m.invalid(f"Received unknown parameter: {key}", code="parameter_unknown",
+                            param=key)
+
+
+class StripeSimulator(SimulatedProvider):
+    name = "stripe"
+
+    def __init__(
+        self, *, api_key: str | None = None, webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
+        webhook_url: str | None = None, seed: int | None = None, async_delay_s: float = 1.0,
+        processing_delay_s: float = 0.0,
+    ) -> None:
+        """``api_key=None`` accepts any ``sk_test_...`` key. ``async_delay_s``: how long
+        ``tok_pending`` payments (and their refunds) stay ``processing``/``pending``.
+        ``processing_delay_s``: time a POST holds its idempotency key (tests of 409)."""
+        super().__init__(seed=seed, webhook_url=webhook_url)
+        self.api_key = api_key
+        self.webhook_secret = webhook_secret
+        self.async_delay_s = async_delay_s
+        self.processing_delay_s = processing_delay_s
+        self.intents: dict[str, m.PaymentIntent] = {}
+        self.refunds: dict[str, m.Refund] = {}
+        self.idempotency = IdempotencyStore()
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # ------------------------------------------------------------ framework hooks
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post("/v1/payment_intents", self._api(self._create, CREATE_PARAMS),
+                   name="create_payment_intent")
+        r.add_get("/v1/payment_intents/{id}", self._api(self._retrieve, None),
+                  name="retrieve_payment_intent")
+        r.add_post("/v1/payment_intents/{id}/confirm", self._api(self._confirm, CONFIRM_PARAMS),
+                   name="confirm_payment_intent")
+        r.add_post("/v1/payment_intents/{id}/capture", self._api(self._capture, CAPTURE_PARAMS),
+                   name="capture_payment_intent")
+        r.add_post("/v1/payment_intents/{id}/cancel", self._api(self._cancel, CANCEL_PARAMS),
+                   name="cancel_payment_intent")
+        r.add_post("/v1/refunds", self._api(self._create_refund, REFUND_PARAMS),
+                   name="create_refund")
+        r.add_get("/v1/refunds/{id}", self._api(self._retrieve_refund, None),
+                  name="retrieve_refund")
+        r.add_route("*", "/_sim/3ds/{id}", self._complete_3ds, name="complete_3ds")
+        r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
+
+    def fault_response(self, status: int) -> web.Response:
+        if status == 429:
+            return _json(429, {"error": {
+                "type": "invalid_request_error", "code": "rate_limit",
+                "message": "Too many requests hit the API too quickly."}})
+        return _json(status, {"error": {
+            "type": "api_error", "message": "An unknown error occurred while processing your "
+            "request (simulated fault)."}}, {"Stripe-Should-Retry": "true"})
+
+    def charges(self, reference: str) -> list[ChargeView]:
+        return [
+            ChargeView(pi.id, pi.amount, pi.currency.upper(), pi.status, pi.amount_received,
+                       pi.amount_refunded)
+            for pi in self.intents.values()
+            if reference in (pi.metadata.get("gateway_payment_id"), pi.metadata.get("reference"))
+        ]
+
+    def reset_state(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.intents.clear()
+        self.refunds.clear()
+        self.idempotency.clear()
+
+    async def close(self) -> None:
+        self.reset_state()
+        await super().close()
+
+    # ------------------------------------------------------------ request plumbing
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        key = ""
+        if header.startswith("Bearer "):
+            key = header[7:].strip()
+        elif header.startswith("Basic "):
+            try:
+                key = base64.b64decode(header[6:]).decode().split(":", 1)[0]
+            except ValueError:
+                key = ""
+        if not key:
+            message = ("You did not provide an API key. You need to provide your API key in "
+                       "the Authorization header, using Bearer auth.")
+        elif (self.api_key is None and key.startswith("sk_test_")) or key == self.api_key:
+            return None
+        else:
+            message = f"Invalid API Key provided: {key[:8]}{'*' * 4}{key[-4:]}"
+        return _json(401, {"error": {"type": "invalid_request_error", "message": message}},
+                     {"WWW-Authenticate": 'Bearer realm="Stripe"'})
+
+    def _api(self, op: Operation, allowed: frozenset[str] | None
+             ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            if (denied := self._auth_error(request)) is not None:
+                return denied
+            request_id = m.new_id("req")
+            headers = {"Request-Id": request_id}
+            try:
+                pairs = (parse_pairs(await request.read()) if request.method == "POST"
+                         else list(request.query.items()))
+                params = decode_form(pairs)
+            except FormError as exc:
+                return _json(400, m.invalid(str(exc), param=exc.param).body(), headers)
+            key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+            scope = f"{request.headers.get('Authorization', '')}\x00{key}"
+            if key:
+                claim = self.idempotency.claim(
+                    scope, fingerprint(request.method, request.path, pairs))
+                if claim.claim is Claim.REPLAY and claim.stored is not None:
+                    return web.Response(body=claim.stored.body, status=claim.stored.status,
+                                        headers={**claim.stored.headers, **headers,
+                                                 "Idempotent-Replayed": "true"})
+                if claim.claim is Claim.MISMATCH:
+                    return _json(400, {"error": {
+                        "type": "idempotency_error", "message":
+                        f"Keys for idempotent requests can only be used with the same "
+                        f"parameters they were first used with. Try using a key other than "
+                        f"'{key}' if you meant to execute a different request."}}, headers)
+                if claim.claim is Claim.IN_FLIGHT:
+                    return _json(409, {"error": {
+                        "type": "idempotency_error", "code": "idempotency_key_in_use",
+                        "message": "There is currently another in-progress request using this "
+                        "Idempotent Key (probably a retry). Retry after a short delay."}},
+                        headers)
+            stored: StoredResponse | None = None
+            try:
+                if self.processing_delay_s:
+                    await asyncio.sleep(self.processing_delay_s)
+                try:
+                    if allowed is not None:
+                        _check_params(params, allowed)
+                    status, body = op(request, params)
+                except FormError as exc:
+                    status, body = 400, m.invalid(str(exc), param=exc.param).body()
+                except m.StripeApiError as exc:
+                    status, body = exc.status, exc.body()
+                stored = StoredResponse(status, json.dumps(body).encode(),
+                                        {"Content-Type": "application/json",
+                                         "Original-Request": request_id})
+            finally:
+                if key:
+                    self.idempotency.finish(scope, stored if stored and stored.status < 500
+                                            else None)
+            return web.Response(body=stored.body, status=stored.status,
+                                headers={**stored.headers, **headers})
+        return handler
+
+    async def _unrecognized(self, request: web.Request) -> web.Response:
+        return _json(404, m.invalid(
+            f"Unrecognized request URL ({request.method}: {request.path}).").body())
+
+    def _intent(self, request: web.Request) -> m.PaymentIntent:
+        pi_id = request.match_info["id"]
+        pi = self.intents.get(pi_id)
+        if pi is None:
+            raise m.invalid(f"No such payment_intent: '{pi_id}'", code="resource_missing",
+                            param="intent", status=404)
+        return pi
+
+    def _three_ds_url(self, pi: m.PaymentIntent) -> str:
+        return f"{self.base_url or ''}/_sim/3ds/{pi.id}"
+
+    # ------------------------------------------------------------ webhooks
+
+    def _emit(self, event_type: str, obj: dict[str, Any], request: web.Request | None) -> None:
+        if not self.webhooks.enabled:
+            return
+        key = request.headers.get("Idempotency-Key") if request is not None else None
+        payload = build_event(event_type, obj, idempotency_key=key)
+        self.webhooks.send(payload, {"Content-Type": "application/json; charset=utf-8",
+                                     "Stripe-Signature": sign(payload, self.webhook_secret)})
+
+    def _emit_pi(self, pi: m.PaymentIntent, request: web.Request | None) -> None:
+        event_type = PI_STATUS_EVENTS.get(pi.status)
+        if event_type:
+            self._emit(event_type, pi.to_dict(), request)
+
+    def _after(self, delay: float, fn: Callable[[], None]) -> None:
+        loop = asyncio.get_running_loop()
+        holder: list[asyncio.TimerHandle] = []
+
+        def run() -> None:
+            self._timers.discard(holder[0])
+            fn()
+
+        holder.append(loop.call_later(delay, run))
+        self._timers.add(holder[0])
+
+    def _settle(self, pi_id: str) -> None:
+        pi = self.intents.get(pi_id)
+        if pi is not None and m.settle_processing(pi):
+            self._emit_pi(pi, None)
+
+    def _settle_refund(self, refund_id: str) -> None:
+        refund = self.refunds.get(refund_id)
+        if refund is not None and refund.status == "pending":
+            refund.status = "succeeded"
+            self._emit("refund.updated", refund.to_dict(), None)
+
+    # ------------------------------------------------------------ operations
+
+    def _create(self, request: web.Request, params: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        amount = get_int(params, "amount", minimum=1)
+        if amount is None:
+            raise m.invalid("Missing required param: amount.", code="parameter_missing",
+                            param="amount")
+        currency = (get_str(params, "currency") or "").lower()
+        if len(currency) != 3 or not currency.isalpha():
+            raise m.invalid(f"Invalid currency: {currency or '(missing)'}.",
+                            code="parameter_invalid_empty" if not currency else None,
+                            param="currency")
+        capture_method = get_str(params, "capture_method") or "automatic_async"
+        if capture_method not in CAPTURE_METHODS:
+            raise m.invalid(f"Invalid capture_method: must be one of {', '.join(CAPTURE_METHODS)}",
+                            param="capture_method")
+        token = get_str(params, "payment_method")
+        card = resolve_token(token, STRIPE_TEST_TOKENS)
+        if token is not None and card is None:
+            raise m.invalid(f"No such PaymentMethod: '{token}'", code="resource_missing",
+                            param="payment_method")
+        types = params.get("payment_method_types", ["card"])
+        pi = m.PaymentIntent(
+            id=m.new_id("pi"), amount=amount, currency=currency, capture_method=capture_method,
+            metadata=get_dict(params, "metadata"), payment_method=token,
+            payment_method_types=types if isinstance(types, list) else ["card"], card=card,
+            description=get_str(params, "description"), return_url=get_str(params, "return_url"),
+        )
+        pi.client_secret = f"{pi.id}_secret_{m.new_id('cs')[3:]}"
+        if card is not None:
+            pi.status = "requires_confirmation"
+        self.intents[pi.id] = pi
+        self._emit("payment_intent.created", pi.to_dict(), request)
+        if get_bool(params, "confirm"):
+            self._run_confirm(pi, request)
+        return 200, pi.to_dict()
+
+    def _run_confirm(self, pi: m.PaymentIntent, request: web.Request) -> None:
+        try:
+            m.confirm(pi, self._three_ds_url(pi))
+        finally:
+            self._emit_pi(pi, request)
+        if pi.status == "processing":
+            self._after(self.async_delay_s, lambda: self._settle(pi.id))
+
+    def _retrieve(self, request: web.Request, params: dict[str, Any]
+                  ) -> tuple[int, dict[str, Any]]:
+        return 200, self._intent(request).to_dict()
+
+    def _confirm(self, request: web.Request, params: dict[str, Any]
+                 ) -> tuple[int, dict[str, Any]]:
+        pi = self._intent(request)
+        if pi.status not in ("requires_confirmation", "requires_payment_method"):
+            raise m.invalid(f"This PaymentIntent's status is {pi.status}; it cannot be "
+                            "confirmed.", code="payment_intent_unexpected_state",
+                            payment_intent=pi.to_dict())
+        token = get_str(params, "payment_method")
+        if token is not None:
+            card = resolve_token(token, STRIPE_TEST_TOKENS)
+            if card is None:
+                raise m.invalid(f"No such PaymentMethod: '{token}'", code="resource_missing",
+                                param="payment_method")
+            pi.payment_method, pi.card, pi.last_payment_error = token, card, None
+        pi.return_url = get_str(params, "return_url") or pi.return_url
+        self._run_confirm(pi, request)
+        return 200, pi.to_dict()
+
+    def _capture(self, request: web.Request, params: dict[str, Any]
+                 ) -> tuple[int, dict[str, Any]]:
+        pi = self._intent(request)
+        m.capture(pi, get_int(params, "amount_to_capture", minimum=1))
+        self._emit_pi(pi, request)
+        return 200, pi.to_dict()
+
+    def _cancel(self, request: web.Request, params: dict[str, Any]
+                ) -> tuple[int, dict[str, Any]]:
+        pi = self._intent(request)
+        m.cancel(pi, get_str(params, "cancellation_reason"))
+        self._emit_pi(pi, request)
+        return 200, pi.to_dict()
+
+    def _create_refund(self, request: web.Request, params: dict[str, Any]
+                       ) -> tuple[int, dict[str, Any]]:
+        pi_id, charge_id = get_str(params, "payment_intent"), get_str(params, "charge")
+        pi = self.intents.get(pi_id or "")
+        if pi is None and charge_id:
+            pi = next((p for p in self.intents.values() if p.latest_charge == charge_id), None)
+        if pi is None:
+            what = f"payment_intent: '{pi_id}'" if pi_id else f"charge: '{charge_id}'"
+            if not pi_id and not charge_id:
+                raise m.invalid("One of the following params should be provided for this "
+                                "request: payment_intent or charge.", code="parameter_missing")
+            raise m.invalid(f"No such {what}", code="resource_missing",
+                            param="payment_intent" if pi_id else "charge", status=404)
+        refund = m.refund(pi, get_int(params, "amount", minimum=0),
+                          get_dict(params, "metadata"), get_str(params, "reason"))
+        self.refunds[refund.id] = refund
+        self._emit("refund.created", refund.to_dict(), request)
+        self._emit("charge.refunded", pi.charge_dict(), request)
+        if refund.status == "pending":
+            self._after(self.async_delay_s, lambda: self._settle_refund(refund.id))
+        return 200, refund.to_dict()
+
+    def _retrieve_refund(self, request: web.Request, params: dict[str, Any]
+                         ) -> tuple[int, dict[str, Any]]:
+        refund = self.refunds.get(request.match_info["id"])
+        if refund is None:
+            raise m.invalid(f"No such refund: '{request.match_info['id']}'",
+                            code="resource_missing", param="id", status=404)
+        return 200, refund.to_dict()
+
+    async def _complete_3ds(self, request: web.Request) -> web.Response:
+        """The customer's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""
+        try:
+            pi = self._intent(request)
+            m.complete_action(pi, request.query.get("result", "succeed") != "fail")
+        except m.StripeApiError as exc:
+            return _json(exc.status, exc.body())
+        self._emit_pi(pi, None)
+        if pi.return_url:
+            sep = "&" if "?" in pi.return_url else "?"
+            raise web.HTTPFound(f"{pi.return_url}{sep}payment_intent={pi.id}")
+        return _json(200, pi.to_dict())

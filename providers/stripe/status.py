@@ -1,0 +1,69 @@
+"""Stripe status tables -> canonical statuses (SPEC section 4).
+
+Every documented PaymentIntent / Refund status has an explicit row. A value that is
+not in the table maps to ``unknown`` (never success) and is reported through
+:data:`on_unmapped` so the gateway can count it in a metric.
+
+PaymentIntent notes:
+
+* ``requires_payment_method`` is what a PaymentIntent falls back to after a failed
+  confirmation (decline, failed 3-D Secure): ``declined``. The adapter only creates
+  PaymentIntents with ``confirm=true``, so it never sees the "not yet confirmed" meaning.
+* ``requires_confirmation`` (created, not confirmed) -> ``pending``.
+* ``canceled`` -> ``voided``. Stripe uses the same status for a cancelled
+  authorization and an abandoned/declined intent; the state machine only accepts
+  ``voided`` from authorized/processing/unknown, so a canceled intent after a decline
+  is simply ignored there (the payment already is ``declined``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.state_machine import PaymentStatus, RefundStatus
+
+P, R = PaymentStatus, RefundStatus
+
+PAYMENT_INTENT_STATUS: dict[str, PaymentStatus] = {
+    "requires_payment_method": P.DECLINED,
+    "requires_confirmation": P.PENDING,
+    "requires_action": P.REQUIRES_ACTION,
+    "processing": P.PROCESSING,
+    "requires_capture": P.AUTHORIZED,
+    "succeeded": P.CAPTURED,
+    "canceled": P.VOIDED,
+}
+
+REFUND_STATUS: dict[str, RefundStatus] = {
+    "pending": R.PENDING,
+    "requires_action": R.PENDING,  # customer must supply details; not settled yet
+    "succeeded": R.SUCCEEDED,
+    "failed": R.FAILED,
+    "canceled": R.FAILED,  # the refund will not happen
+}
+
+#: Called with ``(kind, raw_value)`` for every unmapped status ("payment_intent" / "refund").
+on_unmapped: Callable[[str, str], None] | None = None
+
+
+def _report(kind: str, raw: object) -> None:
+    if on_unmapped is not None:
+        on_unmapped(kind, str(raw))
+
+
+def map_payment_intent_status(raw: str | None) -> tuple[PaymentStatus, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
+    status = PAYMENT_INTENT_STATUS.get(raw) if isinstance(raw, str) else None
+    if status is None:
+        _report("payment_intent", raw)
+        return P.UNKNOWN, False
+    return status, True
+
+
+def map_refund_status(raw: str | None) -> tuple[RefundStatus, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
+    status = REFUND_STATUS.get(raw) if isinstance(raw, str) else None
+    if status is None:
+        _report("refund", raw)
+        return R.UNKNOWN, False
+    return status, True
