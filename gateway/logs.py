@@ -103,4 +103,5 @@ def setup_logging(level: str = "INFO", stream: Any = None) -> None:
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("stripe").setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime

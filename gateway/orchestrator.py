@@ -17,6 +17,7 @@ Rules (SPEC section 5):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -218,7 +219,7 @@ class Orchestrator:
             rec = CallRecord()
             try:
                 result = await call_provider(
-                    provider.name, "authorize", lambda p=provider, r=req: p.authorize(r),
+                    provider.name, "authorize", functools.partial(provider.authorize, req),
                     self.config.retry, deadline, rec,
                 )
             except RejectedSafe as fault:

@@ -60,9 +60,9 @@ async def _one_try(provider: str, operation: str, factory: Callable[[], Awaitabl
         outcome = fault.outcome.value
         raise
     except Exception as exc:  # an adapter let an SDK/transport error through
-        fault = classify_transport_error(exc)
-        outcome = fault.outcome.value
-        raise fault from exc
+        classified = classify_transport_error(exc)
+        outcome = classified.outcome.value
+        raise classified from exc
     finally:
         metrics.PROVIDER_DURATION.labels(provider, operation).observe(time.perf_counter() - t0)
         metrics.PROVIDER_CALLS.labels(provider, operation, outcome).inc()

@@ -1,0 +1,55 @@
+"""Central redaction in JSON logs: secrets and card-like numbers never reach the output."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from gateway import logs
+
+
+def _capture(message: str, **extra: object) -> dict:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonFormatter())
+    logger = logging.getLogger("test.redaction")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info(message, extra=extra)
+    finally:
+        logger.removeHandler(handler)
+    return json.loads(stream.getvalue())
+
+
+def test_registered_secret_is_redacted_in_message_and_extra() -> None:
+    logs.register_secret("sk_live_supersecret_987")
+    line = _capture("calling with sk_live_supersecret_987", header="Bearer sk_live_supersecret_987")
+    assert "supersecret" not in json.dumps(line)
+    assert line["msg"] == "calling with [REDACTED]"
+
+
+def test_luhn_valid_numbers_are_redacted_others_kept() -> None:
+    line = _capture("card 4242 4242 4242 4242 and order 1234567890123456 and 4111111111111111")
+    assert "4242 4242" not in line["msg"]
+    assert "4111111111111111" not in line["msg"]
+    assert "1234567890123456" in line["msg"]  # not Luhn-valid: an order number
+
+
+def test_luhn() -> None:
+    assert logs.luhn_valid("4242424242424242")
+    assert not logs.luhn_valid("4242424242424241")
+    assert logs.contains_card_number("x 5555-5555-5555-4444 y")
+    assert not logs.contains_card_number("123456789012")  # 12 digits
+
+
+def test_context_ids_on_every_line() -> None:
+    logs.request_id_var.set("req_abc")
+    logs.payment_id_var.set("pay_xyz")
+    try:
+        line = _capture("hello")
+    finally:
+        logs.request_id_var.set(None)
+        logs.payment_id_var.set(None)
+    assert line["request_id"] == "req_abc" and line["payment_id"] == "pay_xyz"
