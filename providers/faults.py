@@ -19,6 +19,7 @@ import asyncio
 import http.client
 import socket
 import ssl
+import warnings
 from collections.abc import Iterator
 
 from providers.base import Ambiguous, ProviderFault, RejectedSafe
@@ -48,9 +49,10 @@ def _register() -> None:
 
         safe.append((rexc.ConnectTimeout, "connect_timeout"))
         safe.append((rexc.SSLError, "tls_failure"))
+        # NameResolutionError < NewConnectionError < ConnectTimeoutError: subclasses first.
         safe.append((uexc.NameResolutionError, "dns_failure"))
-        safe.append((uexc.ConnectTimeoutError, "connect_timeout"))
         safe.append((uexc.NewConnectionError, "connection_refused"))
+        safe.append((uexc.ConnectTimeoutError, "connect_timeout"))
         amb.append((rexc.ReadTimeout, "read_timeout"))
         amb.append((rexc.ChunkedEncodingError, "connection_lost"))
         amb.append((uexc.ReadTimeoutError, "read_timeout"))
@@ -58,7 +60,12 @@ def _register() -> None:
     except ImportError:  # pragma: no cover - requests ships with the sync SDKs
         pass
     try:
-        from braintree.exceptions.http.timeout_error import ConnectTimeoutError, ReadTimeoutError
+        with warnings.catch_warnings():  # braintree warns (DeprecationWarning) at import
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from braintree.exceptions.http.timeout_error import (
+                ConnectTimeoutError,
+                ReadTimeoutError,
+            )
 
         safe.append((ConnectTimeoutError, "connect_timeout"))
         amb.append((ReadTimeoutError, "read_timeout"))

@@ -95,7 +95,7 @@ async def run_sandbox(
 ) -> None:
     """Serve until ``stop`` is set (or SIGTERM/SIGINT when no event is given)."""
     loop = asyncio.get_running_loop()
-    installed: list[int] = []
+    installed: list[signal.Signals] = []
     if stop is None:
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

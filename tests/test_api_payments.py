@@ -352,3 +352,30 @@ async def test_health_endpoints_and_openapi(gw: Gateway) -> None:
     assert "/v1/payments/{payment_id}/refunds" in spec["paths"]
     text = await (await gw.client.get("/metrics")).text()
     assert "gateway_http_requests_total" in text
+
+
+async def test_metrics_count_provider_calls_payments_and_idempotency(gw: Gateway) -> None:
+    from gateway.metrics import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    calls = value("gateway_provider_calls_total", provider="stripe_main",
+                  operation="authorize", outcome="succeeded")
+    declines = value("gateway_provider_calls_total", provider="stripe_main",
+                     operation="authorize", outcome="declined")
+    replayed = value("gateway_idempotency_total", result="replayed")
+    authorized = value("gateway_payments_total", provider="stripe_main", status="authorized")
+    await gw.create("m-1")
+    await gw.create("m-1")
+    await gw.create("m-2", payment_method={"type": "card", "token": "tok_decline"})
+    assert value("gateway_provider_calls_total", provider="stripe_main",
+                 operation="authorize", outcome="succeeded") == calls + 1
+    assert value("gateway_provider_calls_total", provider="stripe_main",
+                 operation="authorize", outcome="declined") == declines + 1
+    assert value("gateway_idempotency_total", result="replayed") == replayed + 1
+    assert value("gateway_payments_total", provider="stripe_main",
+                 status="authorized") == authorized + 1
+    text = await (await gw.client.get("/metrics")).text()
+    assert 'gateway_provider_call_duration_seconds_bucket{' in text
+    assert "pay_" not in text  # no payment ids as label values

@@ -24,6 +24,7 @@ from providers.simulator.faults import FaultMode, FaultSettings, merge_faults
 from providers.simulator.provider import SimulatedProvider
 
 SHUTDOWN_TIMEOUT_S = 2.0
+CLOSE_SETTLE_ITERATIONS = 5
 
 
 def url_host(host: str) -> str:
@@ -137,8 +138,12 @@ class SimulatorHost:
             await slot.site.stop()
             slot.site = None
         server = slot.runner.server if slot.runner is not None else None
-        for conn in server.connections if server is not None else []:
+        conns = server.connections if server is not None else []
+        for conn in conns:
             conn.force_close()  # like a crashed process: open connections go too
+        if conns:  # let in-process clients see the FIN before anyone sends again
+            for _ in range(CLOSE_SETTLE_ITERATIONS):
+                await asyncio.sleep(0)
 
     async def _sync_listening(self, slot: _Slot) -> None:
         if not self._started:

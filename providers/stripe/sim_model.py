@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,40 @@ DECLINE_MESSAGES = {
     "generic_decline": "Your card was declined.",
     "insufficient_funds": "Your card has insufficient funds.",
 }
+
+B = CardBehavior
+
+#: Stripe's own well-known test payment methods / tokens.
+STRIPE_TEST_TOKENS: Mapping[str, SandboxCard] = {
+    "pm_card_visa": SandboxCard(B.APPROVE, "visa", "4242"),
+    "pm_card_visa_debit": SandboxCard(B.APPROVE, "visa", "5556"),
+    "pm_card_mastercard": SandboxCard(B.APPROVE, "mastercard", "4444"),
+    "pm_card_amex": SandboxCard(B.APPROVE, "amex", "8431"),
+    "tok_amex": SandboxCard(B.APPROVE, "amex", "8431"),
+    "pm_card_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
+    "tok_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
+    "pm_card_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
+    "tok_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
+    "pm_card_threeDSecure2Required": SandboxCard(B.REQUIRES_ACTION, "visa", "3220"),
+    "pm_card_threeDSecureRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3063"),
+    "pm_card_authenticationRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3184"),
+}
+
+CREATE_PARAMS = frozenset({
+    "amount", "currency", "capture_method", "confirm", "payment_method", "payment_method_types",
+    "metadata", "description", "return_url", "customer", "statement_descriptor",
+    "statement_descriptor_suffix", "receipt_email", "setup_future_usage", "off_session",
+    "confirmation_method", "expand", "error_on_requires_action", "use_stripe_sdk",
+    "payment_method_options", "automatic_payment_methods", "shipping", "transfer_group",
+})
+CONFIRM_PARAMS = frozenset({"payment_method", "return_url", "capture_method", "expand",
+                            "error_on_requires_action", "use_stripe_sdk", "off_session",
+                            "payment_method_options"})
+CAPTURE_PARAMS = frozenset({"amount_to_capture", "final_capture", "metadata", "expand",
+                            "statement_descriptor", "statement_descriptor_suffix"})
+CANCEL_PARAMS = frozenset({"cancellation_reason", "expand"})
+REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "metadata", "reason", "expand",
+                           "instructions_email"})
 
 
 def new_id(prefix: str) -> str:

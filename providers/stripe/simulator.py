@@ -23,7 +23,7 @@ from aiohttp import web
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
-from providers.simulator.tokens import CardBehavior, SandboxCard, resolve_token
+from providers.simulator.tokens import resolve_token
 from providers.stripe import sim_model as m
 from providers.stripe.form import (
     FormError,
@@ -36,41 +36,17 @@ from providers.stripe.form import (
     parse_pairs,
 )
 from providers.stripe.sim_events import PI_STATUS_EVENTS, build_event, sign
+from providers.stripe.sim_model import (
+    CANCEL_PARAMS,
+    CAPTURE_PARAMS,
+    CONFIRM_PARAMS,
+    CREATE_PARAMS,
+    REFUND_PARAMS,
+    STRIPE_TEST_TOKENS,
+)
 
-B = CardBehavior
 DEFAULT_WEBHOOK_SECRET = "whsec_sandbox_stripe"
 
-#: Stripe's own well-known test payment methods / tokens.
-STRIPE_TEST_TOKENS: Mapping[str, SandboxCard] = {
-    "pm_card_visa": SandboxCard(B.APPROVE, "visa", "4242"),
-    "pm_card_visa_debit": SandboxCard(B.APPROVE, "visa", "5556"),
-    "pm_card_mastercard": SandboxCard(B.APPROVE, "mastercard", "4444"),
-    "pm_card_amex": SandboxCard(B.APPROVE, "amex", "8431"),
-    "tok_amex": SandboxCard(B.APPROVE, "amex", "8431"),
-    "pm_card_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
-    "tok_chargeDeclined": SandboxCard(B.DECLINE, "visa", "0002"),
-    "pm_card_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
-    "tok_chargeDeclinedInsufficientFunds": SandboxCard(B.INSUFFICIENT_FUNDS, "visa", "9995"),
-    "pm_card_threeDSecure2Required": SandboxCard(B.REQUIRES_ACTION, "visa", "3220"),
-    "pm_card_threeDSecureRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3063"),
-    "pm_card_authenticationRequired": SandboxCard(B.REQUIRES_ACTION, "visa", "3184"),
-}
-
-CREATE_PARAMS = frozenset({
-    "amount", "currency", "capture_method", "confirm", "payment_method", "payment_method_types",
-    "metadata", "description", "return_url", "customer", "statement_descriptor",
-    "statement_descriptor_suffix", "receipt_email", "setup_future_usage", "off_session",
-    "confirmation_method", "expand", "error_on_requires_action", "use_stripe_sdk",
-    "payment_method_options", "automatic_payment_methods", "shipping", "transfer_group",
-})
-CONFIRM_PARAMS = frozenset({"payment_method", "return_url", "capture_method", "expand",
-                            "error_on_requires_action", "use_stripe_sdk", "off_session",
-                            "payment_method_options"})
-CAPTURE_PARAMS = frozenset({"amount_to_capture", "final_capture", "metadata", "expand",
-                            "statement_descriptor", "statement_descriptor_suffix"})
-CANCEL_PARAMS = frozenset({"cancellation_reason", "expand"})
-REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "metadata", "reason", "expand",
-                           "instructions_email"})
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 
 Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]

@@ -1,0 +1,1 @@
+"""Stripe: adapter (official SDK), status tables, error mapping and simulator."""
