@@ -6,6 +6,12 @@ from gateway.config import GatewayConfig, ProviderConfig
 from providers.base import Provider
 
 SANDBOX_STRIPE_KEY = "sk_test_sandbox"
+SANDBOX_CREDENTIALS = {
+    "braintree": {"merchant_id": "sandbox_merchant", "public_key": "sandbox_public_key",
+                  "private_key": "sandbox_private_key"},
+    "adyen": {"api_key": "sandbox_adyen_key"},
+}
+ADYEN_SANDBOX_PATH = "/checkout/v71"
 
 
 def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str) -> Provider:
@@ -15,7 +21,10 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
         if port is None:
             raise ValueError(f"provider {cfg.name}: no in-process {cfg.type} simulator running")
         base_url = f"http://{host}:{port}"
+        if cfg.type == "adyen":
+            base_url += ADYEN_SANDBOX_PATH
     assert base_url is not None
+    creds = {**(SANDBOX_CREDENTIALS.get(cfg.type, {}) if cfg.sandbox else {}), **cfg.credentials}
     if cfg.type == "stripe":
         from providers.stripe.adapter import StripeProvider
 
@@ -27,14 +36,61 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
             timeout_s=cfg.timeout_s,
             connect_timeout_s=cfg.connect_timeout_s,
         )
-    raise ValueError(f"provider {cfg.name}: type {cfg.type!r} is not supported yet")
+    if cfg.type == "braintree":
+        from providers.braintree.adapter import BraintreeProvider
+
+        return BraintreeProvider(
+            cfg.name,
+            merchant_id=_need(creds, "merchant_id", cfg),
+            public_key=_need(creds, "public_key", cfg),
+            private_key=_need(creds, "private_key", cfg),
+            base_url=base_url,
+            currencies=cfg.currencies,
+            timeout_s=cfg.timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+            # Braintree takes the currency from the merchant account: one per currency.
+            merchant_account_ids=cfg.options.get("merchant_account_ids")
+            or ({c: f"sandbox_{c.lower()}" for c in cfg.currencies} if cfg.sandbox else None),
+        )
+    if cfg.type == "adyen":
+        from providers.adyen.adapter import AdyenProvider
+
+        return AdyenProvider(
+            cfg.name,
+            api_key=_need(creds, "api_key", cfg),
+            merchant_account=str(cfg.options.get("merchant_account", "SandboxECOM")),
+            base_url=base_url,
+            currencies=cfg.currencies,
+            timeout_s=cfg.timeout_s,
+            connect_timeout_s=cfg.connect_timeout_s,
+        )
+    raise ValueError(f"provider {cfg.name}: type {cfg.type!r} is not supported")
+
+
+def _need(creds: dict[str, str], key: str, cfg: ProviderConfig) -> str:
+    if key not in creds:
+        raise ValueError(f"provider {cfg.name}: {key} is required")
+    return creds[key]
 
 
 def sandbox_types(config: GatewayConfig) -> set[str]:
     return {p.type for p in config.providers.values() if p.sandbox}
 
 
+def _count_unmapped(provider_type: str) -> None:
+    """Point the provider package's unmapped-status hook at the metric."""
+    import importlib
+
+    from gateway import metrics
+
+    module = importlib.import_module(f"providers.{provider_type}.status")
+    counter = metrics.UNMAPPED_STATUSES.labels(provider_type)
+    setattr(module, "on_unmapped", lambda kind, raw: counter.inc())  # noqa: B010
+
+
 def build_providers(config: GatewayConfig, sandbox_ports: dict[str, int]) -> dict[str, Provider]:
+    for ptype in {p.type for p in config.providers.values()}:
+        _count_unmapped(ptype)
     return {
         name: build_provider(cfg, sandbox_ports, config.sandbox_host)
         for name, cfg in config.providers.items()

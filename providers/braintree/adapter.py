@@ -1,0 +1,227 @@
+"""Braintree adapter: the official synchronous ``braintree`` SDK behind :class:`Provider`.
+
+Every SDK call runs in a bounded thread pool owned by the adapter (created in
+:meth:`start`, shut down in :meth:`close`) or in an executor the caller passes in --
+never on the event loop. The SDK keeps one ``requests`` session per thread.
+
+* amounts: minor units <-> decimal strings by currency exponent (:mod:`.amounts`);
+* currency: Braintree takes it from the merchant account, so ``merchant_account_ids``
+  maps currency -> merchant account id; without a mapping nothing is sent and the
+  merchant's default account (and its currency) applies;
+* idempotency: ``api_request_key`` = the gateway's per-attempt idempotency key on
+  sale, submit_for_settlement, void and refund;
+* lookup: ``find(id)``; without an id (lost response) a search by ``order_id`` (= the
+  gateway payment id): none -> RejectedSafe not_found, one -> its state, several ->
+  Ambiguous;
+* outcomes: exceptions -> :mod:`.errors` (never a decline); results -> :mod:`.parse`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import braintree
+
+from providers.base import (
+    Ambiguous,
+    AuthorizeRequest,
+    PaymentRef,
+    Provider,
+    ProviderResult,
+    RefundResult,
+    RejectedSafe,
+)
+from providers.braintree.amounts import AmountError, to_decimal_string
+from providers.braintree.errors import translate
+from providers.braintree.parse import (
+    parse_payment_result,
+    parse_refund_result,
+    parse_refund_transaction,
+    parse_transaction,
+)
+
+T = TypeVar("T")
+DEFAULT_WORKERS = 8
+#: Most transactions a search by order_id may return before we stop reading.
+SEARCH_LIMIT = 10
+
+
+class _Environment(braintree.Environment):
+    """A custom environment whose protocol follows the URL scheme, not the port."""
+
+    def __init__(self, scheme: str, host: str, port: str) -> None:
+        super().__init__("custom", host, port, f"{scheme}://{host}", scheme == "https",
+                         True if scheme == "https" else None)
+        self._scheme = scheme
+
+    @property
+    def protocol(self) -> str:
+        return f"{self._scheme}://"
+
+
+def make_environment(base_url: str) -> braintree.Environment:
+    """``http://127.0.0.1:8081`` -> an Environment the SDK sends to (port as a str)."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"base_url must be http(s)://host[:port], got {base_url!r}")
+    if parts.path not in ("", "/"):
+        raise ValueError("the Braintree SDK cannot use a path prefix in base_url")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    return _Environment(parts.scheme, host, str(port))
+
+
+class BraintreeProvider(Provider):
+    type = "braintree"
+
+    def __init__(
+        self, name: str, *, merchant_id: str, public_key: str, private_key: str,
+        base_url: str, currencies: frozenset[str], timeout_s: float = 10.0,
+        connect_timeout_s: float = 3.0, executor: concurrent.futures.Executor | None = None,
+        merchant_account_ids: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.currencies = frozenset(c.upper() for c in currencies)
+        self._base_url = base_url.rstrip("/")
+        self._merchant_accounts = {k.upper(): v for k, v in (merchant_account_ids or {}).items()}
+        self._given_executor = executor
+        self._executor: concurrent.futures.Executor | None = executor
+        self._own_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._config = braintree.Configuration(
+            environment=make_environment(self._base_url), merchant_id=merchant_id,
+            public_key=public_key, private_key=private_key,
+            timeout=(connect_timeout_s, timeout_s), wrap_http_exceptions=True,
+        )
+        self._gateway = braintree.BraintreeGateway(self._config)
+
+    def __repr__(self) -> str:  # never show the keys
+        return f"BraintreeProvider(name={self.name!r}, base_url={self._base_url!r})"
+
+    @property
+    def gateway(self) -> braintree.BraintreeGateway:
+        """The SDK gateway (e.g. ``gateway.webhook_notification.parse`` for webhooks)."""
+        return self._gateway
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._executor is None:
+            self._own_executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=DEFAULT_WORKERS, thread_name_prefix=f"braintree-{self.name}")
+            self._executor = self._own_executor
+
+    async def close(self) -> None:
+        own, self._own_executor = self._own_executor, None
+        self._executor = self._given_executor
+        if own is not None:
+            # Threads stuck in a request end at the SDK timeout; do not block the loop.
+            await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(own.shutdown, wait=True, cancel_futures=True))
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one SDK call in the pool; every exception becomes a fault."""
+        if self._executor is None:
+            await self.start()
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _amount(amount: int, currency: str) -> str:
+        try:
+            return to_decimal_string(amount, currency)
+        except AmountError as exc:
+            raise RejectedSafe("invalid_amount", str(exc)) from None
+
+    @staticmethod
+    def _require_reference(ref: PaymentRef) -> str:
+        if not ref.provider_reference:
+            raise RejectedSafe("missing_provider_reference",
+                               "no Braintree transaction id known for this payment")
+        return ref.provider_reference
+
+    def _sale_params(self, req: AuthorizeRequest) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "amount": self._amount(req.amount, req.currency),
+            "payment_method_nonce": req.token,
+            "order_id": req.payment_id,
+            "options": {"submit_for_settlement": not req.capture_manual},
+            "api_request_key": req.idempotency_key,
+        }
+        account = self._merchant_accounts.get(req.currency.upper())
+        if account:
+            params["merchant_account_id"] = account
+        elif self._merchant_accounts:
+            raise RejectedSafe("currency_not_configured",
+                               f"no Braintree merchant account for {req.currency.upper()}")
+        return params
+
+    # ------------------------------------------------------------ operations
+
+    async def authorize(self, req: AuthorizeRequest) -> ProviderResult:
+        params = self._sale_params(req)
+        result = await self._run(self._gateway.transaction.sale, params)
+        return parse_payment_result(result, authorize=True, currency=req.currency)
+
+    async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult:
+        txn_id = self._require_reference(ref)
+        result = await self._run(
+            self._gateway.transaction.submit_for_settlement, txn_id,
+            self._amount(amount, ref.currency), {"api_request_key": idempotency_key})
+        return parse_payment_result(result, authorize=False, currency=ref.currency)
+
+    async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
+        txn_id = self._require_reference(ref)
+        result = await self._run(self._gateway.transaction.void, txn_id,
+                                 {"api_request_key": idempotency_key})
+        return parse_payment_result(result, authorize=False, currency=ref.currency)
+
+    async def refund(
+        self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
+    ) -> RefundResult:
+        txn_id = self._require_reference(ref)
+        options = {"amount": self._amount(amount, ref.currency),
+                   "api_request_key": idempotency_key}
+        result = await self._run(self._gateway.transaction.refund, txn_id, options)
+        return parse_refund_result(result)
+
+    async def retrieve_refund(self, refund_reference: str) -> RefundResult:
+        """Current state of a refund (its credit transaction), for reconciliation."""
+        txn = await self._run(self._gateway.transaction.find, refund_reference)
+        return parse_refund_transaction(txn)
+
+    def _search_order(self, payment_id: str) -> list[Any]:
+        """Runs in the pool: sale transactions whose order_id is ``payment_id``."""
+        search = braintree.TransactionSearch
+        collection = self._gateway.transaction.search(search.order_id == payment_id)
+        found: list[Any] = []
+        for txn in collection.items:
+            is_sale = getattr(txn, "type", "sale") != "credit"
+            if is_sale and getattr(txn, "order_id", None) == payment_id:
+                found.append(txn)
+            if len(found) > SEARCH_LIMIT:
+                break
+        return found
+
+    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+        if ref.provider_reference:
+            txn = await self._run(self._gateway.transaction.find, ref.provider_reference)
+            return parse_transaction(txn, ref.currency)
+        found = await self._run(self._search_order, ref.payment_id)
+        if not found:
+            raise RejectedSafe("not_found",
+                               f"no Braintree transaction with order_id {ref.payment_id}")
+        if len(found) > 1:
+            raise Ambiguous("multiple_transactions",
+                            f"{len(found)} Braintree transactions with order_id "
+                            f"{ref.payment_id}")
+        return parse_transaction(found[0], ref.currency)

@@ -1,0 +1,228 @@
+"""The Braintree simulator's transactions and the rules of its operations.
+
+Operations raise :class:`ValidationFailure` with Braintree's documented error codes
+(rendered as an ``<api-error-response>``); a declined sale is *not* an exception:
+it is a stored transaction whose status is a decline.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+from providers.braintree.amounts import AmountError, to_decimal_string, to_minor_units
+from providers.braintree.xml import Array
+from providers.simulator.tokens import CardBehavior, SandboxCard
+
+B = CardBehavior
+
+SETTLED_LIKE = frozenset({"settling", "settled"})
+CAPTURED_LIKE = frozenset({"submitted_for_settlement", "settling", "settled",
+                           "settlement_pending", "settlement_confirmed"})
+REFUND_COUNTS = frozenset({"authorized", "authorizing", "submitted_for_settlement", "settling",
+                           "settled", "settlement_pending", "settlement_confirmed"})
+
+#: card behaviour -> (status, processor code, processor text, response type, rejection reason)
+OUTCOMES: dict[CardBehavior, tuple[str, str | None, str | None, str | None, str | None]] = {
+    B.APPROVE: ("authorized", "1000", "Approved", "approved", None),
+    B.PENDING: ("authorizing", "1000", "Approved", "approved", None),
+    B.DECLINE: ("processor_declined", "2000", "Do Not Honor", "soft_declined", None),
+    B.INSUFFICIENT_FUNDS: ("processor_declined", "2001", "Insufficient Funds", "soft_declined",
+                           None),
+    # Braintree's transaction API has no "requires action": 3-D Secure runs client-side
+    # before the nonce exists; a required/failed 3DS is a gateway rejection.
+    B.REQUIRES_ACTION: ("gateway_rejected", None, None, None, "three_d_secure"),
+}
+
+
+class ValidationFailure(Exception):
+    """A Braintree validation error (HTTP 422 ``<api-error-response>``)."""
+
+    def __init__(self, code: str, message: str, attribute: str = "base",
+                 scope: str = "transaction") -> None:
+        super().__init__(message)
+        self.code, self.message, self.attribute, self.scope = code, message, attribute, scope
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def new_id() -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+@dataclass
+class StatusEvent:
+    status: str
+    amount: int
+    timestamp: dt.datetime
+
+
+@dataclass
+class Transaction:
+    id: str
+    type: str  # "sale" | "credit"
+    amount: int  # minor units; for a sale: the settlement amount once submitted
+    currency: str
+    merchant_account_id: str
+    order_id: str | None
+    card: SandboxCard | None
+    status: str = "authorizing"
+    authorized_amount: int = 0
+    processor_response_code: str | None = None
+    processor_response_text: str | None = None
+    processor_response_type: str | None = None
+    gateway_rejection_reason: str | None = None
+    refunded_transaction_id: str | None = None
+    refund_ids: list[str] = field(default_factory=list)
+    created_at: dt.datetime = field(default_factory=now)
+    updated_at: dt.datetime = field(default_factory=now)
+    history: list[StatusEvent] = field(default_factory=list)
+
+    def set_status(self, status: str) -> None:
+        self.status = status
+        self.updated_at = now()
+        self.history.append(StatusEvent(status, self.amount, self.updated_at))
+
+    @property
+    def declined(self) -> bool:
+        return self.status in ("processor_declined", "gateway_rejected", "failed")
+
+    def money(self, minor: int) -> str:
+        return to_decimal_string(minor, self.currency)
+
+    def to_xml(self) -> dict[str, Any]:
+        card = self.card
+        out: dict[str, Any] = {
+            "id": self.id,
+            "status": self.status,
+            "type": self.type,
+            "currency_iso_code": self.currency,
+            "amount": self.money(self.amount),
+            "merchant_account_id": self.merchant_account_id,
+            "order_id": self.order_id,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "processor_response_code": self.processor_response_code,
+            "processor_response_text": self.processor_response_text,
+            "processor_response_type": self.processor_response_type,
+            "processor_authorization_code": None if self.declined else self.id[:6].upper(),
+            "gateway_rejection_reason": self.gateway_rejection_reason,
+            "refunded_transaction_id": self.refunded_transaction_id,
+            "refund_ids": Array("item", list(self.refund_ids)),
+            "payment_instrument_type": "credit_card",
+            "status_history": Array("status_event", [
+                {"timestamp": e.timestamp, "status": e.status, "amount": self.money(e.amount),
+                 "transaction_source": "api", "user": "sandbox"} for e in self.history]),
+        }
+        if card is not None:
+            out["credit_card"] = {
+                "bin": "411111" if card.brand == "visa" else "555555",
+                "last_4": card.last4, "card_type": card.brand.title(),
+                "expiration_month": "12", "expiration_year": "2030", "expired": False,
+                "token": None,
+            }
+        return out
+
+
+def parse_amount(raw: Any, currency: str, *, required: bool) -> int | None:
+    """A request amount in minor units; ``None`` when empty and not required."""
+    if raw is None or raw == "" or raw == {}:
+        if required:
+            raise ValidationFailure("81502", "Amount is required.", "amount")
+        return None
+    if not isinstance(raw, str):
+        raise ValidationFailure("81503", "Amount is an invalid format.", "amount")
+    try:
+        minor = to_minor_units(raw, currency)
+    except AmountError:
+        raise ValidationFailure("81503", "Amount is an invalid format.", "amount") from None
+    if minor <= 0:
+        raise ValidationFailure("81531", "Amount must be greater than zero.", "amount")
+    return minor
+
+
+def sale(*, amount: int, currency: str, merchant_account_id: str, order_id: str | None,
+         card: SandboxCard) -> Transaction:
+    """Authorize: the card's sandbox behaviour decides the status."""
+    status, code, text, rtype, reason = OUTCOMES[card.behavior]
+    txn = Transaction(new_id(), "sale", amount, currency, merchant_account_id, order_id, card,
+                      authorized_amount=amount, processor_response_code=code,
+                      processor_response_text=text, processor_response_type=rtype,
+                      gateway_rejection_reason=reason)
+    txn.set_status(status)
+    return txn
+
+
+def submit_for_settlement(txn: Transaction, amount: int | None) -> None:
+    if txn.type != "sale" or txn.status != "authorized":
+        raise ValidationFailure("91507", "Cannot submit for settlement unless status is "
+                                "authorized. (status is " + txn.status + ")")
+    if amount is not None and amount > txn.authorized_amount:
+        raise ValidationFailure("91522", "Settlement amount is too large.", "amount")
+    if amount is not None:
+        txn.amount = amount
+    txn.set_status("submitted_for_settlement")
+
+
+def void(txn: Transaction) -> None:
+    if txn.type == "sale" and txn.status in ("authorized", "submitted_for_settlement",
+                                             "settlement_pending"):
+        txn.set_status("voided")
+        return
+    if txn.type == "credit" and txn.status == "submitted_for_settlement":
+        txn.set_status("voided")
+        return
+    raise ValidationFailure("91504", "Transaction can only be voided if status is authorized, "
+                            "submitted_for_settlement, or - for PayPal - settlement_pending.")
+
+
+def refunded_total(txn: Transaction, transactions: dict[str, Transaction]) -> int:
+    return sum(t.amount for rid in txn.refund_ids
+               if (t := transactions.get(rid)) is not None and t.status in REFUND_COUNTS)
+
+
+def refund(txn: Transaction, amount: int | None, transactions: dict[str, Transaction]
+           ) -> Transaction:
+    if txn.type == "credit":
+        raise ValidationFailure("91505", "Cannot refund credit")
+    if txn.status not in SETTLED_LIKE:
+        raise ValidationFailure("91506", "Cannot refund transaction unless it is settled.")
+    remaining = txn.amount - refunded_total(txn, transactions)
+    if remaining <= 0:
+        raise ValidationFailure("91512", "Transaction has already been completely refunded.")
+    amount = remaining if amount is None else amount
+    if amount > remaining:
+        raise ValidationFailure("91521", "Refund amount is too large.", "amount")
+    credit = Transaction(new_id(), "credit", amount, txn.currency, txn.merchant_account_id,
+                         txn.order_id, txn.card, authorized_amount=amount,
+                         processor_response_code="1002", processor_response_text="Processed",
+                         processor_response_type="approved", refunded_transaction_id=txn.id)
+    credit.set_status("submitted_for_settlement")
+    txn.refund_ids.append(credit.id)
+    txn.updated_at = now()
+    return credit
+
+
+def settle(txn: Transaction) -> bool:
+    """submitted_for_settlement -> settled (the batch ran). True when it moved."""
+    if txn.status != "submitted_for_settlement":
+        return False
+    txn.set_status("settling")
+    txn.set_status("settled")
+    return True
+
+
+def complete_authorization(txn: Transaction, submit: bool) -> bool:
+    """authorizing -> authorized (or submitted_for_settlement when auto-capture)."""
+    if txn.status != "authorizing":
+        return False
+    txn.set_status("authorized")
+    if submit:
+        txn.set_status("submitted_for_settlement")
+    return True

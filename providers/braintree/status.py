@@ -1,0 +1,103 @@
+"""Braintree status tables -> canonical statuses (SPEC section 4).
+
+Every ``braintree.Transaction.Status`` has an explicit row. A value not in a table
+maps to ``unknown`` (never success) and is reported through :data:`on_unmapped` so
+the gateway can count it in a metric; the mapping functions also return a
+``mapped`` flag.
+
+Sale transactions (:data:`TRANSACTION_STATUS`):
+
+* ``authorizing`` -> processing: the processor has not answered yet.
+* ``submitted_for_settlement`` / ``settling`` / ``settled`` / ``settlement_pending`` /
+  ``settlement_confirmed`` -> captured: Braintree treats submission for settlement as
+  the capture; the rest is the funds moving.
+* ``settlement_declined`` / ``settlement_failed`` -> **failed** (documented choice).
+  Settlement was refused after the capture was accepted, so no money moved. From
+  pending / processing / unknown (e.g. a lookup after a lost response) ``failed`` is a
+  legal edge and tells the truth. From ``captured`` the state machine has no edge to
+  ``failed`` and will *ignore and audit* the event -- that is deliberate: the gateway
+  never silently un-captures, and :data:`NEEDS_ATTENTION` lists these raw statuses
+  so callers can alert on them. Mapping them to ``unknown`` instead would park the
+  payment in reconciliation forever, since Braintree never changes them again.
+* ``processor_declined`` / ``gateway_rejected`` / ``failed`` -> declined.
+* Braintree's card API has no "requires action" status: 3-D Secure happens
+  client-side before the nonce exists, and a failed/required 3DS shows up as
+  ``gateway_rejected`` with reason ``three_d_secure`` (-> declined).
+
+Refunds are credit transactions with their own status (:data:`REFUND_STATUS`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from gateway.state_machine import PaymentStatus, RefundStatus
+
+P, R = PaymentStatus, RefundStatus
+
+TRANSACTION_STATUS: dict[str, PaymentStatus] = {
+    "authorization_expired": P.EXPIRED,
+    "authorized": P.AUTHORIZED,
+    "authorizing": P.PROCESSING,
+    "submitted_for_settlement": P.CAPTURED,
+    "settling": P.CAPTURED,
+    "settled": P.CAPTURED,
+    "settlement_pending": P.CAPTURED,
+    "settlement_confirmed": P.CAPTURED,
+    "settlement_declined": P.FAILED,
+    "settlement_failed": P.FAILED,
+    "voided": P.VOIDED,
+    "processor_declined": P.DECLINED,
+    "gateway_rejected": P.DECLINED,
+    "failed": P.DECLINED,
+}
+
+#: Raw statuses that map to a canonical status but deserve an operator's attention.
+NEEDS_ATTENTION: frozenset[str] = frozenset({"settlement_declined", "settlement_failed"})
+
+#: Statuses of a transaction whose processor answer was a refusal (ErrorResult).
+DECLINE_STATUSES: frozenset[str] = frozenset({"processor_declined", "gateway_rejected", "failed"})
+
+#: A refund is a credit transaction; its status says how far the money has gone back.
+REFUND_STATUS: dict[str, RefundStatus] = {
+    "submitted_for_settlement": R.SUCCEEDED,
+    "settling": R.SUCCEEDED,
+    "settled": R.SUCCEEDED,
+    "settlement_confirmed": R.SUCCEEDED,
+    "authorized": R.PENDING,
+    "authorizing": R.PENDING,
+    "settlement_pending": R.PENDING,
+    "processor_declined": R.FAILED,
+    "gateway_rejected": R.FAILED,
+    "failed": R.FAILED,
+    "voided": R.FAILED,
+    "settlement_declined": R.FAILED,
+    "settlement_failed": R.FAILED,
+    "authorization_expired": R.FAILED,
+}
+
+#: Called with ``(kind, raw_value)`` for every unmapped status ("transaction" / "refund").
+on_unmapped: Callable[[str, str], None] | None = None
+
+
+def _report(kind: str, raw: object) -> None:
+    if on_unmapped is not None:
+        on_unmapped(kind, str(raw))
+
+
+def map_transaction_status(raw: str | None) -> tuple[PaymentStatus, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
+    status = TRANSACTION_STATUS.get(raw) if isinstance(raw, str) else None
+    if status is None:
+        _report("transaction", raw)
+        return P.UNKNOWN, False
+    return status, True
+
+
+def map_refund_status(raw: str | None) -> tuple[RefundStatus, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
+    status = REFUND_STATUS.get(raw) if isinstance(raw, str) else None
+    if status is None:
+        _report("refund", raw)
+        return R.UNKNOWN, False
+    return status, True
