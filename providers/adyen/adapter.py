@@ -1,0 +1,265 @@
+"""Adyen adapter: the official (synchronous) ``Adyen`` SDK behind :class:`Provider`.
+
+Threading
+    The SDK is blocking (``requests``), so every call runs in a bounded
+    :class:`ThreadPoolExecutor` owned by the adapter (created in :meth:`start`, shut
+    down in :meth:`close`) or in the executor passed in -- never on the event loop.
+    ``AdyenClient`` is not designed for concurrent use: it lazily creates its
+    ``http_client`` with an unsynchronised check-then-set (``http_init``) and holds
+    mutable settings, so each worker thread gets its own ``Adyen.Adyen`` instance
+    (``threading.local``). ``requests.request`` opens a fresh session per call, so
+    threads share no connections.
+
+Timeouts
+    ``http_timeout`` is handed to ``requests`` unchanged, so the adapter passes the
+    tuple ``(connect_timeout_s, timeout_s)``: a connect timeout (request never sent ->
+    RejectedSafe) is told apart from a read timeout (-> Ambiguous). ``http_force=
+    "requests"`` pins the HTTP backend so the exception types are the ones
+    :mod:`providers.adyen.errors` classifies.
+
+Wire choices
+    * ``reference`` = gateway payment id (the simulator's charges view is keyed by it);
+      ``merchantOrderReference`` = the merchant's own reference, if any.
+    * The gateway token is sent as a stored payment method:
+      ``paymentMethod = {"type": "scheme", "storedPaymentMethodId": token}`` with
+      ``shopperInteraction = "ContAuth"`` and ``recurringProcessingModel =
+      "CardOnFile"``; ``shopperReference`` comes from ``metadata["shopper_reference"]``
+      when given (Adyen needs it for real stored cards).
+    * Manual capture: ``additionalData.manualCapture = "true"``; automatic capture
+      sends no flag (the merchant-account default must be immediate capture), and an
+      ``Authorised`` answer then maps to ``captured``.
+    * Amounts are minor units in both systems and pass through unchanged.
+    * Modification ``reference``: the payment id for captures / cancels, the gateway
+      refund id for refunds, so webhooks carry them as ``merchantReference``.
+    * ``Idempotency-Key`` is sent on every call (``idempotency_key=``).
+
+Lookup
+    Checkout has no GET for a payment. :meth:`lookup` replays ``/payments`` with the
+    original request and the SAME idempotency key: Adyen answers with the stored
+    response (or processes the request if it never arrived). It therefore never
+    proves "nothing exists" (no ``not_found``), and it reflects the authorisation
+    result only: capture / void / refund completion arrives by webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
+from typing import Any
+
+import Adyen
+
+from gateway.state_machine import PaymentStatus
+from providers.adyen.errors import Refusal, translate
+from providers.adyen.parse import (
+    declined_payment,
+    declined_refund,
+    parse_payment,
+    parse_payment_modification,
+    parse_refund,
+)
+from providers.adyen.status import Modification
+from providers.base import (
+    Ambiguous,
+    AuthorizeRequest,
+    PaymentRef,
+    Provider,
+    ProviderResult,
+    RefundResult,
+    RejectedSafe,
+)
+
+DEFAULT_RETURN_URL = "https://gateway.invalid/adyen/return"
+DEFAULT_MAX_WORKERS = 8
+
+SdkCall = Callable[[Adyen.Adyen], Any]
+
+
+class AdyenProvider(Provider):
+    type = "adyen"
+
+    def __init__(
+        self, name: str, *, api_key: str, merchant_account: str, base_url: str,
+        currencies: frozenset[str], timeout_s: float = 10.0, connect_timeout_s: float = 3.0,
+        executor: Executor | None = None, max_workers: int = DEFAULT_MAX_WORKERS,
+        return_url: str = DEFAULT_RETURN_URL,
+    ) -> None:
+        """``base_url`` includes the API version path, e.g.
+        ``http://127.0.0.1:12113/checkout/v71`` or ``https://checkout-test.adyen.com/v71``."""
+        self.name = name
+        self.currencies = frozenset(c.upper() for c in currencies)
+        self._api_key = api_key
+        self._merchant_account = merchant_account
+        self._base_url = base_url.rstrip("/")
+        self._timeout = (connect_timeout_s, timeout_s)
+        self._given_executor = executor
+        self._own_executor: ThreadPoolExecutor | None = None
+        self._max_workers = max_workers
+        self._return_url = return_url
+        self._local = threading.local()
+
+    def __repr__(self) -> str:  # never show the key
+        return f"AdyenProvider(name={self.name!r}, base_url={self._base_url!r})"
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._given_executor is None and self._own_executor is None:
+            self._own_executor = ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix=f"adyen-{self.name}")
+
+    async def close(self) -> None:
+        pool, self._own_executor = self._own_executor, None
+        if pool is not None:
+            # wait=False: a thread stuck in a read returns within the SDK timeout
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _executor(self) -> Executor:
+        if self._given_executor is not None:
+            return self._given_executor
+        if self._own_executor is None:
+            self._own_executor = ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix=f"adyen-{self.name}")
+        return self._own_executor
+
+    def _client(self) -> Adyen.Adyen:
+        """This worker thread's own SDK instance."""
+        client: Adyen.Adyen | None = getattr(self._local, "client", None)
+        if client is None:
+            client = Adyen.Adyen(xapikey=self._api_key, platform="test",
+                                 http_timeout=self._timeout, http_force="requests")
+            client.checkout.payments_api.baseUrl = self._base_url
+            client.checkout.modifications_api.baseUrl = self._base_url
+            self._local.client = client
+        return client
+
+    def _in_thread(self, call: SdkCall) -> Any:
+        return call(self._client()).message
+
+    async def _call(self, call: SdkCall, *, modification: bool) -> dict[str, Any] | Refusal:
+        """Run one SDK call in the pool; faults are raised, definite refusals returned."""
+        loop = asyncio.get_running_loop()
+        try:
+            body = await loop.run_in_executor(self._executor(), self._in_thread, call)
+        except Exception as exc:
+            outcome = translate(exc, modification=modification)
+            if isinstance(outcome, Refusal):
+                return outcome
+            raise outcome from exc
+        if not isinstance(body, dict):
+            raise Ambiguous("invalid_response", "Adyen answered 2xx without a JSON object")
+        return body
+
+    @staticmethod
+    def _require_reference(ref: PaymentRef) -> str:
+        if not ref.provider_reference:
+            raise RejectedSafe("missing_provider_reference",
+                               "no Adyen pspReference known for this payment")
+        return ref.provider_reference
+
+    def _amount(self, value: int, currency: str) -> dict[str, Any]:
+        return {"value": value, "currency": currency.upper()}
+
+    # ------------------------------------------------------------ authorize / lookup
+
+    def payment_request(self, req: AuthorizeRequest) -> dict[str, Any]:
+        """The ``/payments`` body for ``req`` (public for tests and replay)."""
+        body: dict[str, Any] = {
+            "merchantAccount": self._merchant_account,
+            "reference": req.payment_id,
+            "amount": self._amount(req.amount, req.currency),
+            "paymentMethod": {"type": "scheme", "storedPaymentMethodId": req.token},
+            "shopperInteraction": "ContAuth",
+            "recurringProcessingModel": "CardOnFile",
+            "returnUrl": self._return_url,
+        }
+        if req.capture_manual:
+            body["additionalData"] = {"manualCapture": "true"}
+        if req.reference:
+            body["merchantOrderReference"] = req.reference
+        shopper = req.metadata.get("shopper_reference")
+        if shopper:
+            body["shopperReference"] = shopper
+        if req.customer_country:
+            body["countryCode"] = req.customer_country.upper()
+        metadata = {k: v for k, v in req.metadata.items() if k != "shopper_reference"}
+        if metadata:
+            body["metadata"] = dict(list(metadata.items())[:20])  # Adyen allows 20 keys
+        return body
+
+    async def authorize(self, req: AuthorizeRequest) -> ProviderResult:
+        body = self.payment_request(req)
+        key = req.idempotency_key
+        got = await self._call(
+            lambda c: c.checkout.payments_api.payments(body, idempotency_key=key),
+            modification=False)
+        if isinstance(got, Refusal):
+            return declined_payment(got, PaymentStatus.DECLINED)
+        if "resultCode" not in got:
+            raise Ambiguous("invalid_response", "Adyen /payments answer without resultCode")
+        return parse_payment(got, amount=req.amount, capture_manual=req.capture_manual)
+
+    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+        """Replay the original ``/payments`` with the same idempotency key."""
+        if authorize is None:
+            raise Ambiguous("lookup_impossible",
+                            "Adyen has no payment GET and no request to replay was given")
+        return await self.authorize(authorize)
+
+    # ------------------------------------------------------------ modifications
+
+    def _modification_body(self, ref: PaymentRef, reference: str,
+                           amount: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"merchantAccount": self._merchant_account,
+                                "reference": reference}
+        if amount is not None:
+            body["amount"] = self._amount(amount, ref.currency)
+        return body
+
+    async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult:
+        psp = self._require_reference(ref)
+        body = self._modification_body(ref, ref.payment_id, amount)
+        got = await self._call(
+            lambda c: c.checkout.modifications_api.capture_authorised_payment(
+                body, psp, idempotency_key=idempotency_key), modification=True)
+        if isinstance(got, Refusal):
+            return declined_payment(got, PaymentStatus.AUTHORIZED)
+        return self._modification_result(Modification.CAPTURE, got, psp)
+
+    async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
+        psp = self._require_reference(ref)
+        body = self._modification_body(ref, ref.payment_id, None)
+        got = await self._call(
+            lambda c: c.checkout.modifications_api.cancel_authorised_payment_by_psp_reference(
+                body, psp, idempotency_key=idempotency_key), modification=True)
+        if isinstance(got, Refusal):
+            return declined_payment(got, PaymentStatus.AUTHORIZED)
+        return self._modification_result(Modification.CANCEL, got, psp)
+
+    async def refund(
+        self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
+    ) -> RefundResult:
+        psp = self._require_reference(ref)
+        body = self._modification_body(ref, refund_id, amount)
+        got = await self._call(
+            lambda c: c.checkout.modifications_api.refund_captured_payment(
+                body, psp, idempotency_key=idempotency_key), modification=True)
+        if isinstance(got, Refusal):
+            return declined_refund(got)
+        if "status" not in got:
+            raise Ambiguous("invalid_response", "Adyen refund answer without status")
+        return parse_refund(got)
+
+    @staticmethod
+    def _modification_result(kind: Modification, got: Mapping[str, Any],
+                             psp: str) -> ProviderResult:
+        if "status" not in got:
+            raise Ambiguous("invalid_response", f"Adyen {kind} answer without status")
+        result = parse_payment_modification(kind, got, payment_psp=psp)
+        if result.status is PaymentStatus.UNKNOWN:
+            # unmapped (counted via status.on_unmapped): never success; the gateway
+            # parks the payment in *_pending and the webhook decides
+            raise Ambiguous("unmapped_status", f"unmapped {kind} status {result.raw_status!r}")
+        return result

@@ -1,0 +1,350 @@
+"""Adyen Checkout API simulator (JSON), for the unmodified ``Adyen`` SDK.
+
+Routes (any ``/checkout/v{N}`` prefix; the adapter's base URL is
+``http://host:port/checkout/v71``), each named after the operation the control API
+counts under ``GET /_sim/adyen/requests``:
+
+| route                                       | name     |
+|---------------------------------------------|----------|
+| POST /checkout/v{N}/payments                | payments |
+| POST /checkout/v{N}/payments/{psp}/captures | captures |
+| POST /checkout/v{N}/payments/{psp}/cancels  | cancels  |
+| POST /checkout/v{N}/payments/{psp}/refunds  | refunds  |
+| GET  /_sim/3ds/{psp}?result=succeed|fail    | complete_3ds (the shopper's redirect) |
+
+Auth: ``x-api-key`` (``api_key=None`` accepts any non-empty key); a wrong key gets
+Adyen's 401 security error. ``merchant_account`` (when set) must match, else 403
+``901 Invalid Merchant Account``.
+
+Idempotency (Adyen semantics, scoped per API key): the first answer to a key
+(2xx, 400, 403, 404, 422) is stored and replayed byte for byte with the
+``idempotency-key`` response header; the same key with a different body (or path)
+gets 422 ``704``; the same key while the first request still runs gets 422 ``704``
+with ``transient-error: true``. 401, 429 and 5xx answers (and injected faults) are
+not stored.
+
+Sandbox tokens (:mod:`providers.simulator.tokens`) and Adyen test card numbers
+(:data:`providers.adyen.sim_model.ADYEN_TEST_CARDS`) are accepted as
+``storedPaymentMethodId``, ``encryptedCardNumber`` (``test_<number>``) or ``number``:
+approve -> ``Authorised``; decline -> ``Refused`` "Refused" (2); insufficient funds
+-> ``Refused`` "Not enough balance" (12); 3DS -> ``RedirectShopper`` with a redirect
+``action``; pending -> ``Received`` (``Authorised`` after ``async_delay_s``).
+
+Modifications answer 201 ``{"merchantAccount", "paymentPspReference", "pspReference",
+"reference", "status": "received", "amount"}``; they are applied to the ledger at
+once (over-capture / over-refund / wrong state -> 422) and confirmed by a CAPTURE /
+CANCELLATION / REFUND notification after ``notification_delay_s``. /payments emits
+AUTHORISATION (success "true"/"false"). Notifications are HMAC-signed with
+``webhook_secret`` (a hex HMAC key) and POSTed to ``webhook_url``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from providers.adyen import sim_model as m
+from providers.adyen.sim_notify import build_body, build_item, check_hmac_key
+from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
+from providers.simulator.ledger import ChargeView
+from providers.simulator.provider import SimulatedProvider
+from providers.simulator.tokens import CardBehavior
+
+B = CardBehavior
+DEFAULT_HMAC_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
+PREFIX = r"/checkout/v{version:\d+}"
+
+Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
+
+
+def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+          ) -> web.Response:
+    return web.Response(body=json.dumps(body).encode(), status=status,
+                        content_type="application/json", headers=headers)
+
+
+def fingerprint(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+class AdyenSimulator(SimulatedProvider):
+    name = "adyen"
+
+    def __init__(
+        self, *, api_key: str | None = None, merchant_account: str | None = None,
+        webhook_secret: str = DEFAULT_HMAC_KEY, webhook_url: str | None = None,
+        seed: int | None = None, async_delay_s: float = 1.0, notification_delay_s: float = 0.0,
+        processing_delay_s: float = 0.0,
+    ) -> None:
+        """``webhook_secret`` is the hex HMAC key the gateway verifies with."""
+        super().__init__(seed=seed, webhook_url=webhook_url)
+        check_hmac_key(webhook_secret)
+        self.api_key = api_key
+        self.merchant_account = merchant_account
+        self.webhook_secret = webhook_secret
+        self.async_delay_s = async_delay_s
+        self.notification_delay_s = notification_delay_s
+        self.processing_delay_s = processing_delay_s
+        self.payments: dict[str, m.SimPayment] = {}
+        self.idempotency = IdempotencyStore()
+        self.notifications: list[dict[str, Any]] = []  # every item emitted (tests)
+        self._timers: set[asyncio.TimerHandle] = set()
+
+    # ------------------------------------------------------------ framework hooks
+
+    def add_routes(self, app: web.Application) -> None:
+        r = app.router
+        r.add_post(f"{PREFIX}/payments", self._api(self._payments), name="payments")
+        r.add_post(f"{PREFIX}/payments/{{psp}}/captures", self._api(self._capture),
+                   name="captures")
+        r.add_post(f"{PREFIX}/payments/{{psp}}/cancels", self._api(self._cancel),
+                   name="cancels")
+        r.add_post(f"{PREFIX}/payments/{{psp}}/refunds", self._api(self._refund),
+                   name="refunds")
+        r.add_get("/_sim/3ds/{psp}", self._complete_3ds, name="complete_3ds")
+        r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
+
+    def fault_response(self, status: int) -> web.Response:
+        if status == 429:
+            err = m.AdyenApiError(429, "000", "Too Many Requests", "security")
+        else:
+            err = m.AdyenApiError(status, "000", "Internal error (simulated fault)", "internal")
+        return _json(status, err.body())
+
+    def charges(self, reference: str) -> list[ChargeView]:
+        return [p.view() for p in self.payments.values() if p.reference == reference]
+
+    def reset_state(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self.payments.clear()
+        self.idempotency.clear()
+        self.notifications.clear()
+
+    async def close(self) -> None:
+        self.reset_state()
+        await super().close()
+
+    # ------------------------------------------------------------ request plumbing
+
+    def _auth_error(self, request: web.Request) -> web.Response | None:
+        key = request.headers.get("x-api-key", "")
+        if key and (self.api_key is None or key == self.api_key):
+            return None
+        return _json(401, m.UNAUTHORIZED.body())
+
+    def _api(self, op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(request: web.Request) -> web.Response:
+            if (denied := self._auth_error(request)) is not None:
+                return denied
+            psp_header = m.new_psp(self.rng)
+            try:
+                body = json.loads(await request.read() or b"null")
+            except ValueError:
+                err = m.invalid("Unexpected input: the body is not valid JSON", "702", 400)
+                return _json(400, err.body(psp_header), {"pspReference": psp_header})
+            key = request.headers.get("Idempotency-Key")
+            scope = f"{request.headers.get('x-api-key', '')}\x00{key}"
+            echo = {"idempotency-key": key} if key else {}
+            if key:
+                claim = self.idempotency.claim(scope, fingerprint(request.method,
+                                                                  request.path, body))
+                if claim.claim is Claim.REPLAY and claim.stored is not None:
+                    return web.Response(body=claim.stored.body, status=claim.stored.status,
+                                        headers={**claim.stored.headers, **echo})
+                if claim.claim in (Claim.MISMATCH, Claim.IN_FLIGHT):
+                    in_flight = claim.claim is Claim.IN_FLIGHT
+                    err = m.invalid("request already processed or in progress" if in_flight
+                                    else "Idempotency key was used with a different request",
+                                    "704")
+                    extra = {"transient-error": "true"} if in_flight else {}
+                    return _json(422, err.body(psp_header), {**echo, **extra})
+            stored: StoredResponse | None = None
+            try:
+                if self.processing_delay_s:
+                    await asyncio.sleep(self.processing_delay_s)
+                try:
+                    if not isinstance(body, dict):
+                        raise m.invalid("Unexpected input: expected a JSON object", "702", 400)
+                    self._check_merchant(body)
+                    status, answer = op(request, body)
+                except m.AdyenApiError as exc:
+                    status, answer = exc.status, exc.body(psp_header)
+                psp = str(answer.get("pspReference") or psp_header)
+                stored = StoredResponse(status, json.dumps(answer).encode(),
+                                        {"Content-Type": "application/json;charset=UTF-8",
+                                         "pspReference": psp})
+            finally:
+                if key:
+                    keep = stored is not None and stored.status < 500 and stored.status != 429
+                    self.idempotency.finish(scope, stored if keep else None)
+            return web.Response(body=stored.body, status=stored.status,
+                                headers={**stored.headers, **echo})
+        return handler
+
+    def _check_merchant(self, body: dict[str, Any]) -> None:
+        account = body.get("merchantAccount")
+        if not isinstance(account, str) or not account:
+            raise m.invalid("Required field 'merchantAccount' is not provided.", "000")
+        if self.merchant_account is not None and account != self.merchant_account:
+            raise m.AdyenApiError(403, "901", "Invalid Merchant Account", "security")
+
+    async def _unrecognized(self, request: web.Request) -> web.Response:
+        return _json(404, m.AdyenApiError(404, "000", f"HTTP Status Response - Not Found "
+                                          f"({request.method} {request.path})",
+                                          "validation").body())
+
+    def _payment(self, request: web.Request) -> m.SimPayment:
+        payment = self.payments.get(request.match_info["psp"])
+        if payment is None:
+            raise m.invalid("Original pspReference required for this operation", "167")
+        return payment
+
+    # ------------------------------------------------------------ notifications
+
+    def _notify(self, payment: m.SimPayment, event_code: str, success: bool, *,
+                psp: str | None = None, value: int | None = None, reference: str | None = None,
+                reason: str = "") -> None:
+        item = build_item(
+            event_code=event_code, success=success, psp=psp or payment.psp,
+            original_reference=payment.psp if psp else None,
+            merchant_account=payment.merchant_account,
+            reference=reference or payment.reference,
+            value=payment.amount if value is None else value, currency=payment.currency,
+            payment_method=payment.card.brand, reason=reason, hex_key=self.webhook_secret)
+        self.notifications.append(item)
+        if self.webhooks.enabled:
+            self.webhooks.send(build_body([item]), {"Content-Type": "application/json"})
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> None:
+        if delay <= 0:
+            fn()
+            return
+        holder: list[asyncio.TimerHandle] = []
+
+        def run() -> None:
+            self._timers.discard(holder[0])
+            fn()
+
+        holder.append(asyncio.get_running_loop().call_later(delay, run))
+        self._timers.add(holder[0])
+
+    def _authorisation(self, payment: m.SimPayment) -> None:
+        success = payment.authorised
+        reason = (f"065696:{payment.card.last4}:03/2030" if success
+                  else payment.refusal_reason or "")
+        self._notify(payment, "AUTHORISATION", success, reason=reason)
+
+    def _settle_pending(self, psp: str) -> None:
+        payment = self.payments.get(psp)
+        if payment is not None and payment.result_code == "Received":
+            payment.result_code = "Authorised"
+            if not payment.manual:
+                payment.captured = payment.amount
+            self._authorisation(payment)
+
+    # ------------------------------------------------------------ operations
+
+    def _payments(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        amount = m.parse_amount(body.get("amount"))
+        assert amount is not None
+        reference = body.get("reference")
+        if not isinstance(reference, str) or not reference:
+            raise m.invalid("Required field 'reference' is not provided.", "130")
+        card, _token = m.card_for(body.get("paymentMethod"))
+        extra = body.get("additionalData")
+        manual = isinstance(extra, dict) and str(extra.get("manualCapture", "")).lower() == "true"
+        payment = m.SimPayment(
+            psp=m.new_psp(self.rng), merchant_account=str(body["merchantAccount"]),
+            reference=reference, amount=amount[0], currency=amount[1], card=card, manual=manual,
+            result_code="Authorised")
+        action: dict[str, Any] | None = None
+        if card.behavior in m.REFUSALS:
+            payment.result_code = "Refused"
+            payment.refusal_reason, payment.refusal_code = m.REFUSALS[card.behavior]
+        elif card.behavior is B.REQUIRES_ACTION:
+            payment.result_code = "RedirectShopper"
+            action = {"paymentMethodType": "scheme", "method": "GET", "type": "redirect",
+                      "url": f"{self.base_url or ''}/_sim/3ds/{payment.psp}"}
+        elif card.behavior is B.PENDING:
+            payment.result_code = "Received"
+        elif not manual:
+            payment.captured = payment.amount
+        self.payments[payment.psp] = payment
+        if payment.result_code in ("Authorised", "Refused"):
+            self._later(self.notification_delay_s, lambda: self._authorisation(payment))
+        elif payment.result_code == "Received":
+            self._later(self.async_delay_s, lambda: self._settle_pending(payment.psp))
+        return 200, payment.payment_response(action)
+
+    def _modification_answer(self, payment: m.SimPayment, body: dict[str, Any], psp: str,
+                             amount: int | None) -> dict[str, Any]:
+        out: dict[str, Any] = {"merchantAccount": body["merchantAccount"],
+                               "paymentPspReference": payment.psp, "pspReference": psp,
+                               "status": "received"}
+        if isinstance(body.get("reference"), str):
+            out["reference"] = body["reference"]
+        if amount is not None:
+            out["amount"] = payment.amount_dict(amount)
+        return out
+
+    def _capture(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        payment = self._payment(request)
+        amount = m.parse_amount(body.get("amount"))
+        assert amount is not None
+        if amount[1] != payment.currency:
+            raise m.invalid("Invalid currency: does not match the payment", "000")
+        payment.capture(amount[0])
+        psp = m.new_psp(self.rng)
+        payment.modifications.append(psp)
+        ref = body.get("reference") if isinstance(body.get("reference"), str) else None
+        self._later(self.notification_delay_s, lambda: self._notify(
+            payment, "CAPTURE", True, psp=psp, value=amount[0], reference=ref))
+        return 201, self._modification_answer(payment, body, psp, amount[0])
+
+    def _cancel(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        payment = self._payment(request)
+        payment.cancel()
+        psp = m.new_psp(self.rng)
+        payment.modifications.append(psp)
+        ref = body.get("reference") if isinstance(body.get("reference"), str) else None
+        self._later(self.notification_delay_s, lambda: self._notify(
+            payment, "CANCELLATION", True, psp=psp, reference=ref))
+        return 201, self._modification_answer(payment, body, psp, None)
+
+    def _refund(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        payment = self._payment(request)
+        amount = m.parse_amount(body.get("amount"))
+        assert amount is not None
+        if amount[1] != payment.currency:
+            raise m.invalid("Invalid currency: does not match the payment", "000")
+        payment.refund(amount[0])
+        psp = m.new_psp(self.rng)
+        payment.modifications.append(psp)
+        ref = body.get("reference") if isinstance(body.get("reference"), str) else None
+        self._later(self.notification_delay_s, lambda: self._notify(
+            payment, "REFUND", True, psp=psp, value=amount[0], reference=ref))
+        return 201, self._modification_answer(payment, body, psp, amount[0])
+
+    async def _complete_3ds(self, request: web.Request) -> web.Response:
+        """The shopper's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""
+        payment = self.payments.get(request.match_info["psp"])
+        if payment is None or payment.result_code != "RedirectShopper":
+            return _json(404, m.invalid("Unknown or completed 3-D Secure session", "000",
+                                        404).body())
+        if request.query.get("result", "succeed") == "fail":
+            payment.result_code = "Refused"
+            payment.refusal_reason, payment.refusal_code = "3D Not Authenticated", "11"
+        else:
+            payment.result_code = "Authorised"
+            if not payment.manual:
+                payment.captured = payment.amount
+        self._authorisation(payment)
+        return _json(200, payment.payment_response())
