@@ -7,17 +7,21 @@ adapters and the orchestrator.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import health, payments
+from gateway.api import admin, health, payments
 from gateway.api.middleware import request_context
-from gateway.appkeys import CONFIG, ORCHESTRATOR, PROVIDERS, SANDBOX_PORTS, STORE
+from gateway.appkeys import CONFIG, ORCHESTRATOR, PROVIDERS, ROUTING, SANDBOX_PORTS, STORE
 from gateway.config import GatewayConfig
 from gateway.orchestrator import Orchestrator
 from gateway.provider_registry import build_providers, sandbox_types
+from gateway.routing_runtime import RoutingRuntime
 from gateway.store import make_store
 
 log = logging.getLogger("gateway.app")
@@ -55,6 +59,32 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         await store.close()
 
 
+async def _routing_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Hot reload: a file watcher task and SIGHUP (when this loop can take signals)."""
+    runtime = app[ROUTING]
+    loop = asyncio.get_running_loop()
+    watcher = asyncio.create_task(runtime.watch(app[CONFIG].routing_poll_s))
+    tasks: set[asyncio.Task[object]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(runtime.reload("sighup"))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    hooked = False
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+        hooked = True
+    try:
+        yield
+    finally:
+        if hooked:
+            loop.remove_signal_handler(signal.SIGHUP)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+
+
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     providers = build_providers(config, app[SANDBOX_PORTS])
@@ -64,7 +94,7 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
             await p.start()
             started.append(p)
         app[PROVIDERS] = providers
-        app[ORCHESTRATOR] = Orchestrator(config, app[STORE], providers)
+        app[ORCHESTRATOR] = Orchestrator(config, app[STORE], providers, app[ROUTING])
         yield
     finally:
         for p in started:
@@ -74,7 +104,9 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=256 * 1024)
     app[CONFIG] = config
-    app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _providers_ctx])
+    app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
+    app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _providers_ctx])
+    app.router.add_routes(admin.routes)
     app.router.add_routes(payments.routes)
     app.router.add_routes(health.routes)
     app.router.add_get("/metrics", health.metrics_handler)

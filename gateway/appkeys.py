@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.orchestrator import Orchestrator
+    from gateway.routing_runtime import RoutingRuntime
     from gateway.store import Store
     from providers.base import Provider
 
@@ -17,3 +18,4 @@ STORE: web.AppKey[Store] = web.AppKey("store")
 ORCHESTRATOR: web.AppKey[Orchestrator] = web.AppKey("orchestrator")
 PROVIDERS: web.AppKey[dict[str, Provider]] = web.AppKey("providers")
 SANDBOX_PORTS: web.AppKey[dict[str, int]] = web.AppKey("sandbox_ports")
+ROUTING: web.AppKey[RoutingRuntime] = web.AppKey("routing")

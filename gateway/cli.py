@@ -18,17 +18,22 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.app import create_app
     from gateway.config import ConfigError, load_config
+    from routing.loader import RoutingConfigError
 
     try:
         config = load_config(args.config)
+        app = create_app(config)
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    except RoutingConfigError as exc:
+        for issue in exc.errors:
+            print(f"gateway: {issue}", file=sys.stderr)
         return 2
     if args.workers != 1:
         print("gateway: --workers > 1 is not supported yet (run several replicas on the "
               "Redis store instead)", file=sys.stderr)
         return 2
-    app = create_app(config)
     log.info("gateway starting", extra={"host": args.host, "port": args.port,
                                         "config": str(config.path)})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
@@ -46,16 +51,15 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, load_config
+    from routing.explain import check_main
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(f"ok: {config.path} ({len(config.providers)} providers, "
-          f"{len(config.merchants)} merchants)")
-    return 0
+    return check_main(args.config)
+
+
+def _route(args: argparse.Namespace) -> int:
+    from routing.explain import route_main
+
+    return route_main(args.config, args.request, args.merchant)
 
 
 def _sandbox(argv: Sequence[str]) -> int:
@@ -77,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate gateway.yaml")
     check.add_argument("--config", default=DEFAULT_CONFIG)
     check.set_defaults(func=_check_config)
+    route = sub.add_parser("route", help="explain the routing decision for a request")
+    route.add_argument("--config", default=DEFAULT_CONFIG)
+    route.add_argument("--request", required=True, help="JSON file with a create-payment body")
+    route.add_argument("--merchant", default=None)
+    route.set_defaults(func=_route)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
     sub.add_parser("sandbox", help="run the provider simulators and their control API",

@@ -78,6 +78,7 @@ class GatewayConfig:
     retry: RetrySettings = RetrySettings()
     sandbox_host: str = "127.0.0.1"
     sandbox_control_port: int = 0
+    routing_poll_s: float = 1.0
 
 
 def resolve_secret(value: Any, where: str) -> str:
@@ -248,6 +249,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         ),
         sandbox_host=_get(sandbox_raw, "host", str, f"{where}.sandbox", "127.0.0.1"),
         sandbox_control_port=_get(sandbox_raw, "control_port", int, f"{where}.sandbox", 0),
+        routing_poll_s=_get(raw, "routing_poll_s", (int, float), where, 1.0),
     )
     if cfg.idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
         raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")

@@ -28,6 +28,7 @@ from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
 from gateway.provider_calls import CallRecord, call_provider
+from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
     UNRESOLVED,
     InvariantError,
@@ -102,30 +103,30 @@ def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
 
 
 class Orchestrator:
-    def __init__(self, config: GatewayConfig, store: Store, providers: dict[str, Provider]):
+    def __init__(
+        self, config: GatewayConfig, store: Store, providers: dict[str, Provider],
+        routing: RoutingRuntime,
+    ) -> None:
         self.config = config
         self.store = store
         self.providers = providers
-        self.routing_version = hashlib.sha256(
-            ",".join(config.candidates).encode()
-        ).hexdigest()[:12]
+        self.routing = routing
 
     # ----------------------------------------------------------- helpers
 
     def _deadline(self) -> float:
         return time.monotonic() + self.config.request_deadline_s
 
+    def route(self, doc: dict[str, Any], body: dict[str, Any]) -> None:
+        """Stamp the routing decision on a new payment (before it is first stored), so the
+        payment finishes on the rules it started with, whatever reloads happen meanwhile."""
+        decision = self.routing.decide(body, doc["id"], doc["merchant_id"])
+        doc["routing"] = {"rule": decision.rule, "config_version": decision.version}
+        doc["_candidates"] = list(decision.candidates)
+        doc["_excluded"] = [list(x) for x in decision.excluded]
+
     def candidates(self, doc: dict[str, Any]) -> list[Provider]:
-        tokens = doc.get("_provider_tokens") or {}
-        out = []
-        for name in self.config.candidates:
-            p = self.providers[name]
-            if doc["currency"] not in p.currencies:
-                continue
-            if tokens and name not in tokens:
-                continue
-            out.append(p)
-        return out
+        return [self.providers[n] for n in doc.get("_candidates", []) if n in self.providers]
 
     @staticmethod
     def _auth_request(doc: dict[str, Any], provider: str, key: str) -> AuthorizeRequest:
@@ -211,7 +212,6 @@ class Orchestrator:
                 d["attempts"].append({"provider": p.name, "outcome": "in_flight",
                                       "started_at": model_iso(), "duration_ms": 0, "_key": k})
                 d["provider"] = p.name
-                d["routing"] = {"rule": "static", "config_version": self.routing_version}
                 return [audit("attempt_started", "gateway", provider=p.name)]
 
             doc = await mutate(self.store, doc["id"], begin)

@@ -83,6 +83,7 @@ async def create_payment(request: web.Request) -> web.Response:
         payment_id = derived_id("pay_", ex.merchant_id, ex.key)
         logs.payment_id_var.set(payment_id)
         doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
+        orch.route(doc, body)
         try:
             await store.insert_payment(doc, [audit("payment_created", "merchant",
                                                    amount=doc["amount"], currency=doc["currency"])])
