@@ -15,13 +15,22 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, health, payments
+from gateway.api import admin, health, payments, webhooks
 from gateway.api.middleware import request_context
-from gateway.appkeys import CONFIG, ORCHESTRATOR, PROVIDERS, ROUTING, SANDBOX_PORTS, STORE
+from gateway.appkeys import (
+    BREAKERS,
+    CONFIG,
+    ORCHESTRATOR,
+    PROVIDERS,
+    ROUTING,
+    SANDBOX_PORTS,
+    STORE,
+)
 from gateway.config import GatewayConfig
 from gateway.orchestrator import Orchestrator
 from gateway.provider_registry import build_providers, sandbox_types
 from gateway.routing_runtime import RoutingRuntime
+from routing.breaker import BreakerBoard
 from gateway.store import make_store
 
 log = logging.getLogger("gateway.app")
@@ -85,6 +94,23 @@ async def _routing_ctx(app: web.Application) -> AsyncIterator[None]:
             await watcher
 
 
+async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One breaker per provider; with the Redis store their state is shared by replicas."""
+    config = app[CONFIG]
+    sync = None
+    if config.store_url.startswith(("redis://", "rediss://")):
+        from routing.breaker import RedisBreakerSync
+
+        sync = RedisBreakerSync(config.store_url)
+    board = BreakerBoard({n: p.breaker for n, p in config.providers.items()}, sync=sync)
+    await board.start()
+    app[BREAKERS] = board
+    try:
+        yield
+    finally:
+        await board.close()
+
+
 async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     providers = build_providers(config, app[SANDBOX_PORTS])
@@ -94,7 +120,8 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
             await p.start()
             started.append(p)
         app[PROVIDERS] = providers
-        app[ORCHESTRATOR] = Orchestrator(config, app[STORE], providers, app[ROUTING])
+        app[ORCHESTRATOR] = Orchestrator(config, app[STORE], providers, app[ROUTING],
+                                         app[BREAKERS])
         yield
     finally:
         for p in started:
@@ -105,9 +132,11 @@ def create_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[request_context], client_max_size=256 * 1024)
     app[CONFIG] = config
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
-    app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _providers_ctx])
+    app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _breakers_ctx,
+                            _providers_ctx])
     app.router.add_routes(admin.routes)
     app.router.add_routes(payments.routes)
     app.router.add_routes(health.routes)
+    app.router.add_routes(webhooks.routes)
     app.router.add_get("/metrics", health.metrics_handler)
     return app

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from gateway.routing_runtime import RoutingRuntime
     from gateway.store import Store
     from providers.base import Provider
+    from routing.breaker import BreakerBoard
 
 CONFIG: web.AppKey[GatewayConfig] = web.AppKey("config")
 STORE: web.AppKey[Store] = web.AppKey("store")
@@ -19,3 +20,4 @@ ORCHESTRATOR: web.AppKey[Orchestrator] = web.AppKey("orchestrator")
 PROVIDERS: web.AppKey[dict[str, Provider]] = web.AppKey("providers")
 SANDBOX_PORTS: web.AppKey[dict[str, int]] = web.AppKey("sandbox_ports")
 ROUTING: web.AppKey[RoutingRuntime] = web.AppKey("routing")
+BREAKERS: web.AppKey[BreakerBoard] = web.AppKey("breakers")

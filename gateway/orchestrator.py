@@ -21,14 +21,15 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
+from routing.breaker import BreakerBoard
 from gateway.state_machine import (
     UNRESOLVED,
     InvariantError,
@@ -53,6 +54,7 @@ from providers.base import (
 )
 
 log = logging.getLogger("gateway.orchestrator")
+T = TypeVar("T")
 S = PaymentStatus
 Events = list[dict[str, Any]]
 
@@ -105,12 +107,13 @@ def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
 class Orchestrator:
     def __init__(
         self, config: GatewayConfig, store: Store, providers: dict[str, Provider],
-        routing: RoutingRuntime,
+        routing: RoutingRuntime, breakers: BreakerBoard,
     ) -> None:
         self.config = config
         self.store = store
         self.providers = providers
         self.routing = routing
+        self.breakers = breakers
 
     # ----------------------------------------------------------- helpers
 
@@ -195,6 +198,22 @@ class Orchestrator:
 
         return await mutate(self.store, doc_id, fn)
 
+    async def _guarded(
+        self, provider: Provider, operation: str, factory: Callable[[], Awaitable[T]],
+        deadline: float, record: CallRecord | None = None,
+    ) -> T:
+        """One provider call behind its circuit breaker. An open breaker raises
+        CircuitOpen (a RejectedSafe: nothing was sent) before anything is sent."""
+        ticket = self.breakers[provider.name].admit()
+        try:
+            result = await call_provider(provider.name, operation, factory, self.config.retry,
+                                         deadline, record)
+        except BaseException as exc:
+            ticket.settle(exc)
+            raise
+        ticket.settle(None)
+        return result
+
     # ----------------------------------------------------------- authorize
 
     async def authorize(self, doc: dict[str, Any]) -> dict[str, Any]:
@@ -218,9 +237,9 @@ class Orchestrator:
             req = self._auth_request(doc, provider.name, key)
             rec = CallRecord()
             try:
-                result = await call_provider(
-                    provider.name, "authorize", functools.partial(provider.authorize, req),
-                    self.config.retry, deadline, rec,
+                result = await self._guarded(
+                    provider, "authorize", functools.partial(provider.authorize, req),
+                    deadline, rec,
                 )
             except RejectedSafe as fault:
                 doc = await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE,
@@ -377,8 +396,7 @@ class Orchestrator:
         else:
             factory = lambda: provider.void(ref, op["key"])  # noqa: E731
         try:
-            result = await call_provider(provider.name, name, factory, self.config.retry,
-                                         self._deadline())
+            result = await self._guarded(provider, name, factory, self._deadline())
         except RejectedSafe as exc:
             fault: ProviderFault = exc
 
@@ -458,10 +476,10 @@ class Orchestrator:
         ref = self._ref(doc)
         rid = refund["id"]
         try:
-            result: RefundResult = await call_provider(
-                provider.name, "refund",
+            result: RefundResult = await self._guarded(
+                provider, "refund",
                 lambda: provider.refund(ref, rid, refund["amount"], refund["_key"]),
-                self.config.retry, self._deadline(),
+                self._deadline(),
             )
         except RejectedSafe as exc:
             fault = exc

@@ -164,3 +164,59 @@ async def test_decline_is_final_and_b_untouched(env: Env) -> None:
 
 async def _drive(n: int, make: Callable[[int], Awaitable[dict[str, Any]]]) -> list[dict]:
     return [await make(i) for i in range(n)]
+
+
+def _circuit_state(provider: str) -> float | None:
+    return REGISTRY.get_sample_value("gateway_circuit_state", {"provider": provider})
+
+
+async def test_breaker_opens_skips_a_then_one_probe_closes_it(env: Env) -> None:
+    from gateway.appkeys import BREAKERS
+
+    breaker = env.client.app[BREAKERS]["stripe_a"]
+    await env.sim.faults("stripe", rate_limit_rate=1.0)
+    for i in range(3):  # fail_max: 3
+        pay = await env.pay(f"br-fail-{i}")
+        assert pay["provider"] == "bt_b"
+        assert pay["attempts"][0]["error_code"] == "rate_limited"
+    assert breaker.state == "open" and _circuit_state("stripe_a") == 2
+    seen_by_a = await env.requests("stripe_a")
+
+    for i in range(3):
+        pay = await env.pay(f"br-open-{i}")
+        assert pay["provider"] == "bt_b" and pay["status"] == "authorized"
+        first = pay["attempts"][0]
+        assert (first["provider"], first["outcome"], first["error_code"], first["duration_ms"]) \
+            == ("stripe_a", "rejected_safe", "circuit_open", 0)
+    assert await env.requests("stripe_a") == seen_by_a  # A received nothing while open
+
+    await env.sim.faults("stripe", rate_limit_rate=0.0, latency_ms=300)
+
+    async def probe_allowed() -> bool:
+        return breaker.available
+
+    await wait_for(probe_allowed, timeout=5)
+    batch = await asyncio.gather(*[env.pay(f"br-probe-{i}") for i in range(6)])
+    assert await env.requests("stripe_a") == seen_by_a + 1  # exactly one probe
+    assert sorted(p["provider"] for p in batch) == ["bt_b"] * 5 + ["stripe_a"]
+    assert breaker.state == "closed" and _circuit_state("stripe_a") == 0
+    after = await env.pay("br-closed")
+    assert after["provider"] == "stripe_a" and len(after["attempts"]) == 1
+
+
+async def test_capture_on_open_breaker_is_503_and_changes_nothing(env: Env) -> None:
+    from gateway.appkeys import BREAKERS
+
+    pay = await env.pay("br-cap")
+    assert pay["provider"] == "stripe_a"
+    await env.sim.faults("stripe", mode="refuse")
+    for i in range(3):
+        await env.pay(f"br-cap-fail-{i}")
+    assert env.client.app[BREAKERS]["stripe_a"].state == "open"
+    r = await env.client.post(f"/v1/payments/{pay['id']}/capture", data="{}",
+                              headers=headers(idem="br-cap-1"))
+    assert r.status == 503 and "Retry-After" in r.headers
+    body = await r.json()
+    assert body["error"]["type"] == "provider_unavailable"
+    r = await env.client.get(f"/v1/payments/{pay['id']}", headers=headers())
+    assert (await r.json())["status"] == "authorized"

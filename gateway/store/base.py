@@ -153,3 +153,25 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def release_lease(self, name: str, owner: str) -> None:
         """Release the lease if ``owner`` holds it."""
+
+    # provider webhooks -------------------------------------------------------
+    @abc.abstractmethod
+    async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
+        """Atomically remember ``(provider, event_id)`` for ``ttl_s`` seconds.
+
+        True the first time (the caller applies the event), False while it is
+        remembered (a duplicate delivery). Shared by every replica of the backend.
+        """
+
+    @abc.abstractmethod
+    async def forget_webhook_event(self, provider: str, event_id: str) -> None:
+        """Drop the record (applying failed: the provider's redelivery must be applied)."""
+
+    @abc.abstractmethod
+    async def save_unmatched_webhook(self, provider: str, event: dict[str, Any]) -> None:
+        """Keep a verified event that matched no payment, for reconciliation."""
+
+    @abc.abstractmethod
+    async def list_unmatched_webhooks(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Unmatched events, oldest first, at most ``limit``; each is the saved dict plus
+        ``provider`` and ``received_at`` (unix seconds)."""

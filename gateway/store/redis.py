@@ -178,6 +178,16 @@ def lease_key(name: str) -> str:
     return f"gw:lease:{{{name}}}"
 
 
+def webhook_event_key(provider: str, event_id: str) -> str:
+    digest = hashlib.sha256(f"{provider}\0{event_id}".encode()).hexdigest()
+    return f"gw:whevt:{{{digest}}}"
+
+
+UNMATCHED_WEBHOOKS_KEY = "gw:webhooks:unmatched"
+#: Unmatched webhooks kept (the oldest beyond this are dropped).
+UNMATCHED_WEBHOOKS_MAX = 10_000
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
@@ -440,5 +450,31 @@ class RedisStore(Store):
         with _errors():
             await self._eval("lease_release", [lease_key(name)], [owner])
 
+    # provider webhooks -----------------------------------------------------------
+    async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
+        with _errors():
+            return bool(await self._r.set(webhook_event_key(provider, event_id), "1", nx=True,
+                                          px=_ms(ttl_s)))
 
-__all__ = ["RedisStore", "doc_key", "events_key", "idem_key", "lease_key", "pref_key"]
+    async def forget_webhook_event(self, provider: str, event_id: str) -> None:
+        with _errors():
+            await self._r.delete(webhook_event_key(provider, event_id))
+
+    async def save_unmatched_webhook(self, provider: str, event: dict[str, Any]) -> None:
+        entry = {**event, "provider": provider, "received_at": time.time()}
+        with _errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                pipe.rpush(UNMATCHED_WEBHOOKS_KEY, _dumps(entry))
+                pipe.ltrim(UNMATCHED_WEBHOOKS_KEY, -UNMATCHED_WEBHOOKS_MAX, -1)
+                await pipe.execute()
+
+    async def list_unmatched_webhooks(self, limit: int = 100) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        with _errors():
+            raws = await self._r.lrange(UNMATCHED_WEBHOOKS_KEY, 0, int(limit) - 1)
+        return [json.loads(r) for r in raws]
+
+
+__all__ = ["RedisStore", "doc_key", "events_key", "idem_key", "lease_key", "pref_key",
+           "webhook_event_key"]

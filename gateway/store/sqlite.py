@@ -78,7 +78,23 @@ CREATE TABLE IF NOT EXISTS leases (
     owner TEXT NOT NULL,
     expires_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS webhook_events (
+    provider TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (provider, event_id)
+);
+CREATE INDEX IF NOT EXISTS webhook_events_expires ON webhook_events (expires_at);
+CREATE TABLE IF NOT EXISTS unmatched_webhooks (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    provider TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    event TEXT NOT NULL
+);
 """
+
+#: Unmatched webhooks kept (the oldest beyond this are dropped).
+UNMATCHED_WEBHOOKS_MAX = 10_000
 
 _PURGE_EVERY_S = 60.0
 
@@ -464,6 +480,69 @@ class SQLiteStore(Store):
     def _release_lease_sync(self, name: str, owner: str) -> None:
         with self._tx() as conn:
             conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    # provider webhooks -----------------------------------------------------------
+    async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
+        return await self._run(self._record_webhook_sync, provider, event_id, float(ttl_s))
+
+    def _record_webhook_sync(self, provider: str, event_id: str, ttl_s: float) -> bool:
+        now = time.time()
+        with self._tx() as conn:
+            if now - getattr(self, "_last_webhook_purge", 0.0) >= _PURGE_EVERY_S:
+                self._last_webhook_purge = now
+                conn.execute("DELETE FROM webhook_events WHERE expires_at <= ?", (now,))
+            row = conn.execute(
+                "SELECT expires_at FROM webhook_events WHERE provider = ? AND event_id = ?",
+                (provider, event_id),
+            ).fetchone()
+            if row is not None and row["expires_at"] > now:
+                return False
+            conn.execute(
+                "INSERT OR REPLACE INTO webhook_events (provider, event_id, expires_at)"
+                " VALUES (?, ?, ?)",
+                (provider, event_id, now + max(ttl_s, 0.001)),
+            )
+            return True
+
+    async def forget_webhook_event(self, provider: str, event_id: str) -> None:
+        await self._run(self._forget_webhook_sync, provider, event_id)
+
+    def _forget_webhook_sync(self, provider: str, event_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(
+                "DELETE FROM webhook_events WHERE provider = ? AND event_id = ?",
+                (provider, event_id),
+            )
+
+    async def save_unmatched_webhook(self, provider: str, event: dict[str, Any]) -> None:
+        await self._run(self._save_unmatched_sync, provider, _dumps(event))
+
+    def _save_unmatched_sync(self, provider: str, event: str) -> None:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT INTO unmatched_webhooks (provider, received_at, event) VALUES (?, ?, ?)",
+                (provider, time.time(), event),
+            )
+            last = int(cur.lastrowid or 0)
+            conn.execute(
+                "DELETE FROM unmatched_webhooks WHERE id <= ?", (last - UNMATCHED_WEBHOOKS_MAX,)
+            )
+
+    async def list_unmatched_webhooks(self, limit: int = 100) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        rows = await self._run(self._list_unmatched_sync, int(limit))
+        out = []
+        for provider, received_at, raw in rows:
+            out.append({**json.loads(raw), "provider": provider, "received_at": received_at})
+        return out
+
+    def _list_unmatched_sync(self, limit: int) -> list[tuple[str, float, str]]:
+        cur = self._db().execute(
+            "SELECT provider, received_at, event FROM unmatched_webhooks ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [(str(r["provider"]), float(r["received_at"]), str(r["event"])) for r in cur]
 
 
 __all__ = ["SQLiteStore"]

@@ -1,0 +1,187 @@
+"""``POST /webhooks/{provider_name}``: provider webhooks in (SPEC section 8).
+
+``provider_name`` is a provider NAME from gateway.yaml (``stripe_main``...); an
+unknown name is 404. No merchant authentication: the provider's signature is the
+authentication, checked on the raw bytes by the provider package's
+``verify_and_parse`` with that provider's secret:
+
+* stripe: ``webhook_secret`` (option ``webhook_tolerance_s``, default 300 s);
+* adyen: ``hmac_key`` (hex);
+* braintree: ``public_key`` + ``private_key``.
+
+A ``sandbox: true`` provider without that credential uses the simulator's signing
+secret (:data:`SANDBOX_WEBHOOK_SECRETS`). A non-sandbox provider without it rejects
+every webhook (401).
+
+Answers: bad / missing signature -> 401 (``invalid_signature``); valid signature but
+stale timestamp -> 400 (``stale``); unparseable body -> 400 (``malformed``); else 200
+``{"received": true, "results": [...]}`` after each event was deduplicated
+(``duplicate``) and applied (see :mod:`gateway.webhook_apply`). Events that match no
+payment are kept via ``store.save_unmatched_webhook`` (``unmatched``). If applying
+fails (store down...), the dedupe record is dropped and the answer is 500, so the
+provider's redelivery is applied. Each outcome is counted in
+``gateway_webhooks_total{provider, result}``.
+
+``GET /webhooks/{provider_name}?bt_challenge=..`` answers Braintree's endpoint
+verification challenge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from gateway import metrics
+from gateway.api.errors import ApiError
+from gateway.appkeys import CONFIG, STORE
+from gateway.config import ProviderConfig
+from gateway.webhook_apply import apply_webhook_event, unmatched_record
+from providers.webhook_event import (
+    InvalidSignature,
+    MalformedWebhook,
+    StaleTimestamp,
+    WebhookEvent,
+)
+
+log = logging.getLogger("gateway.webhooks")
+
+routes = web.RouteTableDef()
+
+#: How long an event id is remembered (providers retry for up to a few days).
+DEDUPE_TTL_S = 30 * 86400.0
+#: Largest webhook body read (Adyen batches stay far below).
+MAX_BODY_BYTES = 256 * 1024
+
+#: Signing secrets of the in-process simulators (used for ``sandbox: true`` providers
+#: that do not configure their own): Stripe ``DEFAULT_WEBHOOK_SECRET``, Adyen
+#: ``DEFAULT_HMAC_KEY``, Braintree ``SANDBOX_PUBLIC_KEY`` / ``SANDBOX_PRIVATE_KEY``.
+SANDBOX_WEBHOOK_SECRETS: dict[str, dict[str, str]] = {
+    "stripe": {"webhook_secret": "whsec_sandbox_stripe"},
+    "adyen": {"hmac_key": "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"},
+    "braintree": {"public_key": "sandbox_public_key", "private_key": "sandbox_private_key"},
+}
+
+
+def webhook_credentials(cfg: ProviderConfig) -> dict[str, str]:
+    base = SANDBOX_WEBHOOK_SECRETS.get(cfg.type, {}) if cfg.sandbox else {}
+    return {**base, **cfg.credentials}
+
+
+def verify_and_parse(cfg: ProviderConfig, raw: bytes, headers: Mapping[str, str],
+                     now: float | None = None) -> list[WebhookEvent]:
+    """Dispatch to the provider package's verifier with ``cfg``'s secret(s)."""
+    creds = webhook_credentials(cfg)
+    if cfg.type == "stripe":
+        from providers.stripe import webhook as stripe_webhook
+
+        tolerance = float(cfg.options.get("webhook_tolerance_s",
+                                          stripe_webhook.DEFAULT_TOLERANCE_S))
+        return stripe_webhook.verify_and_parse(raw, headers, creds.get("webhook_secret"),
+                                               tolerance_s=tolerance, now=now)
+    if cfg.type == "adyen":
+        from providers.adyen import webhook as adyen_webhook
+
+        return adyen_webhook.verify_and_parse(raw, headers, creds.get("hmac_key"), now=now)
+    if cfg.type == "braintree":
+        from providers.braintree import webhook as braintree_webhook
+
+        return braintree_webhook.verify_and_parse(raw, headers, creds.get("public_key"),
+                                                  creds.get("private_key"), now=now)
+    raise InvalidSignature(f"no webhook verifier for provider type {cfg.type}")
+
+
+def _provider(request: web.Request) -> ProviderConfig:
+    name = request.match_info["provider_name"]
+    cfg = request.app[CONFIG].providers.get(name)
+    if cfg is None:
+        raise ApiError(404, "not_found", "unknown_provider", "no such provider")
+    return cfg
+
+
+def _count(name: str, result: str) -> None:
+    metrics.WEBHOOKS.labels(name, result).inc()
+
+
+async def _read(request: web.Request) -> bytes:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "invalid_request", "body_too_large", "webhook body too large")
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise ApiError(413, "invalid_request", "body_too_large", "webhook body too large")
+    return bytes(body)
+
+
+@routes.post("/webhooks/{provider_name}")
+async def receive_webhook(request: web.Request) -> web.Response:
+    cfg = _provider(request)
+    name = cfg.name
+    raw = await _read(request)
+    try:
+        events = verify_and_parse(cfg, raw, request.headers)
+    except InvalidSignature as exc:
+        _count(name, "invalid_signature")
+        log.warning("webhook rejected: invalid signature",
+                    extra={"provider": name, "reason": str(exc)})
+        raise ApiError(401, "authentication_failed", "invalid_signature",
+                       "webhook signature verification failed") from None
+    except StaleTimestamp:
+        _count(name, "stale")
+        raise ApiError(400, "invalid_request", "stale_timestamp",
+                       "webhook timestamp outside the tolerance") from None
+    except MalformedWebhook as exc:
+        _count(name, "malformed")
+        log.warning("webhook rejected: malformed", extra={"provider": name, "reason": str(exc)})
+        raise ApiError(400, "invalid_request", "malformed_webhook",
+                       "webhook body cannot be parsed") from None
+
+    store = request.app[STORE]
+    results: list[dict[str, Any]] = []
+    for event in events:
+        if not await store.record_webhook_event(name, event.event_id, DEDUPE_TTL_S):
+            _count(name, "duplicate")
+            results.append({"event_id": event.event_id, "result": "duplicate"})
+            continue
+        try:
+            result, payment_id = await apply_webhook_event(store, name, event)
+            if result == "unmatched":
+                await store.save_unmatched_webhook(name, unmatched_record(name, event))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await store.forget_webhook_event(name, event.event_id)
+            raise
+        _count(name, result)
+        log.info("webhook event", extra={"provider": name, "event_kind": event.kind,
+                                         "result": result, "payment_id": payment_id})
+        results.append({"event_id": event.event_id, "result": result})
+    return web.json_response({"received": True, "results": results})
+
+
+@routes.get("/webhooks/{provider_name}")
+async def webhook_challenge(request: web.Request) -> web.Response:
+    """Braintree's endpoint verification (``bt_challenge``)."""
+    cfg = _provider(request)
+    challenge = request.query.get("bt_challenge")
+    creds = webhook_credentials(cfg)
+    if cfg.type != "braintree" or not challenge:
+        raise ApiError(405, "invalid_request", "method_not_allowed",
+                       "webhooks are delivered with POST")
+    public, private = creds.get("public_key"), creds.get("private_key")
+    if not public or not private:
+        raise ApiError(404, "not_found", "unknown_provider", "no Braintree keys configured")
+    from providers.braintree.webhook import challenge_response
+
+    try:
+        answer = challenge_response(challenge, public, private)
+    except MalformedWebhook:
+        raise ApiError(400, "invalid_request", "malformed_webhook",
+                       "bt_challenge must be 20-32 hex characters") from None
+    return web.Response(text=answer, content_type="text/plain")
+
+
+__all__ = ["SANDBOX_WEBHOOK_SECRETS", "routes", "verify_and_parse", "webhook_credentials"]

@@ -1,0 +1,602 @@
+"""Per-provider circuit breakers (SPEC sections 5, 7, 11), shareable across replicas.
+
+One :class:`ProviderBreaker` per provider wraps a ``pybreaker.CircuitBreaker``: pybreaker
+keeps the state, the failure counter and ``opened_at`` and makes the transitions;
+this module adds what pybreaker lacks for asyncio payments:
+
+* **admission is separate from the outcome.** ``admit()`` decides *before* anything is
+  sent; the returned :class:`Ticket` is settled once the awaited provider call ended::
+
+      ticket = breakers[provider].admit()   # CircuitOpen (a RejectedSafe): nothing sent
+      try:
+          result = await adapter.authorize(req)
+      except (RejectedSafe, Ambiguous) as fault:
+          ticket.failure(fault)
+          raise
+      except BaseException:                   # CancelledError, bugs: neither
+          ticket.release()
+          raise
+      ticket.success()                        # a decline is a definite answer
+
+  or, with the same semantics (see :meth:`Ticket.settle`)::
+
+      async with breakers[provider].guard():
+          result = await adapter.authorize(req)
+
+* **a cancelled call is neither a success nor a failure** (pybreaker's ``exclude`` would
+  count it as a success, which would close a half-open circuit);
+* **half-open admits exactly one probe at a time** (pybreaker lets every call through);
+* the call that trips the breaker keeps its own fault (``throw_new_error_on_trip=False``);
+  only :class:`CircuitOpen`, raised by ``admit()``, means "not sent";
+* a ticket admitted before a transition is *stale*: its outcome is ignored, so late
+  answers of calls sent before the circuit opened neither extend nor close it.
+
+Listeners set ``gateway_circuit_state`` / ``gateway_circuit_transitions_total`` inline.
+
+:class:`BreakerBoard` holds the breakers of all providers. With a :class:`RedisBreakerSync`
+each local transition is written to Redis (``gw:breaker:{<provider>}``) by a
+fire-and-forget task, and a background task reads all keys every ``refresh_s``
+(default 0.2 s) and applies newer remote states: a circuit opened by one replica is
+honoured by the others within about ``refresh_s``, with no Redis round trip on the
+payment path. Redis being down is logged; breakers keep working locally.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, Protocol
+
+import pybreaker
+import redis.asyncio as aredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from gateway.config import BreakerSettings
+from gateway.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
+from providers.base import ProviderFault, RejectedSafe
+
+log = logging.getLogger(__name__)
+
+State = Literal["closed", "half_open", "open"]
+_FROM_PYBREAKER: dict[str, State] = {
+    pybreaker.STATE_CLOSED: "closed",
+    pybreaker.STATE_HALF_OPEN: "half_open",
+    pybreaker.STATE_OPEN: "open",
+}
+_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+#: A fault with one of these codes is a definite answer from the provider: success.
+DEFINITE_ANSWER_CODES = frozenset({"not_found"})
+#: A fault with one of these codes was raised before anything reached the provider and
+#: says nothing about its health: ``settle`` releases the ticket.
+NOT_SENT_CODES = frozenset(
+    {"circuit_open", "missing_provider_reference", "invalid_amount", "currency_not_configured"}
+)
+
+
+class CircuitOpen(RejectedSafe):
+    """The provider's circuit is open (or half-open with its probe in flight): not sent."""
+
+    def __init__(self, provider: str, retry_after_s: float = 0.0) -> None:
+        super().__init__("circuit_open", f"circuit breaker for provider {provider} is open")
+        self.provider = provider
+        self.retry_after_s = max(0.0, retry_after_s)
+
+
+@dataclass(frozen=True)
+class BreakerRecord:
+    """One breaker state as shared between replicas (times in epoch milliseconds)."""
+
+    state: State
+    opened_at_ms: int  # when the circuit last opened (0: never)
+    ts_ms: int  # when this state was entered; the newer record wins
+    origin: str = ""
+
+    @property
+    def version(self) -> int:
+        """Total order of records: newer wins; at the same ms, open > half_open > closed."""
+        return self.ts_ms * 3 + _GAUGE[self.state]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _to_ms(dt: datetime | None) -> int:
+    return int(dt.timestamp() * 1000) if dt is not None else 0
+
+
+def _is_definite_answer(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderFault) and exc.error_code in DEFINITE_ANSWER_CODES
+
+
+class _Failed(Exception):
+    """Stands for a failure reported without its exception."""
+
+
+class _Listener(pybreaker.CircuitBreakerListener):
+    def __init__(self, owner: ProviderBreaker) -> None:
+        self._owner = owner
+
+    def state_change(
+        self,
+        cb: pybreaker.CircuitBreaker,
+        old_state: pybreaker.CircuitBreakerState | None,
+        new_state: pybreaker.CircuitBreakerState,
+    ) -> None:
+        self._owner._on_state_change(_FROM_PYBREAKER[new_state.name])
+
+
+class Ticket:
+    """Admission of one provider call; settle it exactly once (later calls are ignored)."""
+
+    __slots__ = ("_breaker", "_done", "_state", "probe")
+
+    def __init__(
+        self, breaker: ProviderBreaker, state: pybreaker.CircuitBreakerState, probe: bool
+    ) -> None:
+        self._breaker = breaker
+        self._state = state
+        self._done = False
+        self.probe = probe  # True: this call is the half-open probe
+
+    def success(self) -> None:
+        """A definite answer (approved, declined, ...): resets the failure counter."""
+        self._finish("success", None)
+
+    def failure(self, fault: BaseException | None = None) -> None:
+        """A rejected_safe or ambiguous outcome: counts towards ``fail_max``."""
+        self._finish("failure", fault)
+
+    def release(self) -> None:
+        """Neither (cancelled, or nothing was sent): frees a half-open probe slot."""
+        self._finish("release", None)
+
+    def settle(self, exc: BaseException | None) -> None:
+        """Classify how the call ended: ``None`` -> success; a ProviderFault -> failure,
+        except codes in :data:`DEFINITE_ANSWER_CODES` (success) and :data:`NOT_SENT_CODES`
+        (release); anything else (CancelledError, bugs) -> release."""
+        if exc is None:
+            self.success()
+        elif isinstance(exc, ProviderFault):
+            if exc.error_code in NOT_SENT_CODES:
+                self.release()
+            else:
+                self.failure(exc)  # DEFINITE_ANSWER_CODES are excluded inside pybreaker
+        else:
+            self.release()
+
+    def _finish(self, kind: str, fault: BaseException | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._breaker._finish(self, kind, fault)
+
+
+class ProviderBreaker:
+    """The circuit breaker of one provider. Never blocks, never awaits."""
+
+    def __init__(
+        self,
+        name: str,
+        settings: BreakerSettings,
+        *,
+        on_transition: Callable[[str, BreakerRecord], None] | None = None,
+        origin: str = "",
+        probe_lease_s: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self._on_transition = on_transition
+        self._origin = origin
+        self._probe_lease_s = probe_lease_s  # a probe never settled frees its slot after this
+        self._probe: Ticket | None = None
+        self._probe_since = 0.0
+        self._remote: BreakerRecord | None = None  # set while applying a remote record
+        self.record = BreakerRecord("closed", 0, 0, origin)
+        # never counted as failures (pybreaker counts them as successes): cancellation
+        # and "not sent" never reach pybreaker (Ticket.release), listed for safety
+        exclude: list[Any] = [asyncio.CancelledError, CircuitOpen, _is_definite_answer]
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=settings.fail_max,
+            reset_timeout=settings.reset_timeout_s,
+            throw_new_error_on_trip=False,
+            exclude=exclude,
+            listeners=[_Listener(self)],
+            name=name,
+        )
+        CIRCUIT_STATE.labels(name).set(0)
+
+    # -- state -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        """``closed`` | ``half_open`` | ``open`` (open stays open until the next admit)."""
+        return _FROM_PYBREAKER[self._cb.current_state]
+
+    @property
+    def fail_counter(self) -> int:
+        return self._cb.fail_counter
+
+    @property
+    def opened_at(self) -> datetime | None:
+        return self._cb._state_storage.opened_at
+
+    def retry_after_s(self) -> float:
+        """Seconds until an open circuit lets a probe through (0 when not open)."""
+        if self.state != "open":
+            return 0.0
+        opened_at = self.opened_at
+        if opened_at is None:
+            return 0.0
+        left = opened_at + timedelta(seconds=self._cb.reset_timeout) - datetime.now(UTC)
+        return max(0.0, left.total_seconds())
+
+    @property
+    def available(self) -> bool:
+        """Would :meth:`admit` let a call through now? (changes nothing)"""
+        state = self.state
+        if state == "closed":
+            return True
+        if state == "open":
+            return self.retry_after_s() <= 0.0
+        return not self._probe_busy()
+
+    def _probe_busy(self) -> bool:
+        return (
+            self._probe is not None
+            and time.monotonic() - self._probe_since < self._probe_lease_s
+        )
+
+    # -- the payment path --------------------------------------------------------------
+
+    def admit(self) -> Ticket:
+        """Admit one call or raise :class:`CircuitOpen` (then nothing may be sent)."""
+        cb = self._cb
+        with cb._lock:
+            st = cb.state
+            if st.name == pybreaker.STATE_OPEN:
+                left = self.retry_after_s()
+                if left > 0.0:
+                    raise CircuitOpen(self.name, left)
+                cb.half_open()
+                st = cb.state
+            if st.name == pybreaker.STATE_HALF_OPEN:
+                if self._probe_busy():
+                    raise CircuitOpen(self.name)
+                ticket = Ticket(self, st, probe=True)
+                self._probe, self._probe_since = ticket, time.monotonic()
+                return ticket
+            return Ticket(self, st, probe=False)
+
+    @contextlib.asynccontextmanager
+    async def guard(self) -> AsyncIterator[Ticket]:
+        """``async with breaker.guard(): await call()`` - admit, then :meth:`Ticket.settle`."""
+        ticket = self.admit()
+        try:
+            yield ticket
+        except BaseException as exc:
+            ticket.settle(exc)
+            raise
+        ticket.settle(None)
+
+    def _finish(self, ticket: Ticket, kind: str, fault: BaseException | None) -> None:
+        cb = self._cb
+        with cb._lock:
+            if self._probe is ticket:
+                self._probe = None
+            if kind == "release" or cb.state is not ticket._state:
+                return  # neither, or stale: admitted before the last transition
+            if kind == "success":
+                ticket._state.call(_noop)
+                return
+            exc = fault if fault is not None else _Failed()
+            tb = exc.__traceback__
+            try:
+                ticket._state.call(_raise, exc)
+            except BaseException as raised:
+                if raised is not exc:
+                    raise
+            finally:
+                exc.__traceback__ = tb
+
+    # -- transitions -------------------------------------------------------------------
+
+    def _on_state_change(self, state: State) -> None:
+        """pybreaker listener: runs inline on every transition, keep it cheap."""
+        CIRCUIT_STATE.labels(self.name).set(_GAUGE[state])
+        CIRCUIT_TRANSITIONS.labels(self.name, state).inc()
+        self._probe = None
+        if self._remote is not None:
+            self.record = self._remote
+            return
+        opened = self._cb._state_storage.opened_at  # already set by cb.open()
+        now = max(_now_ms(), self.record.ts_ms + 1)  # strictly increasing per breaker
+        self.record = BreakerRecord(state, _to_ms(opened), now, self._origin)
+        if self._on_transition is not None:
+            try:
+                self._on_transition(self.name, self.record)
+            except Exception:  # never let sharing break the payment path
+                log.exception("breaker %s: publishing the transition failed", self.name)
+
+    def apply_remote(self, rec: BreakerRecord) -> bool:
+        """Adopt a newer state written by another replica; True when it was applied.
+
+        ``open`` opens the local circuit keeping the remote ``opened_at`` (the reset timeout
+        runs from the original open; an in-flight local probe becomes stale); ``closed``
+        closes it; ``half_open`` opens a closed breaker (with the remote ``opened_at``, so
+        it probes at once) and leaves an open or half-open one alone.
+        """
+        cb = self._cb
+        with cb._lock:
+            if rec.version <= self.record.version:
+                return False
+            self._remote = rec
+            try:
+                local = cb.current_state
+                if rec.state == "closed":
+                    if local != pybreaker.STATE_CLOSED:
+                        cb.close()
+                elif rec.state == "open" or local == pybreaker.STATE_CLOSED:
+                    # a remote half_open only matters to a closed breaker: an open or
+                    # half-open one already runs its own timer and its own single probe
+                    if local != pybreaker.STATE_OPEN:
+                        cb.open()
+                    if rec.opened_at_ms > 0:
+                        cb._state_storage.opened_at = datetime.fromtimestamp(
+                            rec.opened_at_ms / 1000, UTC
+                        )
+            finally:
+                self._remote = None
+            self.record = rec
+            return True
+
+
+def _noop() -> None:
+    return None
+
+
+def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+# ---------------------------------------------------------------------------------------
+# The board and replica sharing
+# ---------------------------------------------------------------------------------------
+
+
+class BreakerSync(Protocol):
+    """Shares breaker states between replicas; ``publish`` must return immediately."""
+
+    def attach(self, breakers: Mapping[str, ProviderBreaker], origin: str) -> None: ...
+
+    def publish(self, provider: str, record: BreakerRecord) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class BreakerBoard:
+    """All providers' breakers: ``board[provider]``, ``states()``, ``start()``/``close()``."""
+
+    def __init__(
+        self, settings: Mapping[str, BreakerSettings], sync: BreakerSync | None = None
+    ) -> None:
+        self.origin = uuid.uuid4().hex[:12]
+        self._sync = sync
+        publish = sync.publish if sync is not None else None
+        self._breakers = {
+            name: ProviderBreaker(name, s, on_transition=publish, origin=self.origin)
+            for name, s in settings.items()
+        }
+        if sync is not None:
+            sync.attach(self._breakers, self.origin)
+
+    def __getitem__(self, provider: str) -> ProviderBreaker:
+        return self._breakers[provider]
+
+    def __contains__(self, provider: object) -> bool:
+        return provider in self._breakers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._breakers)
+
+    def __len__(self) -> int:
+        return len(self._breakers)
+
+    def states(self) -> dict[str, str]:
+        return {name: b.state for name, b in self._breakers.items()}
+
+    async def start(self) -> None:
+        if self._sync is not None:
+            await self._sync.start()
+
+    async def close(self) -> None:
+        if self._sync is not None:
+            await self._sync.close()
+
+
+_PUBLISH_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'ver')
+if cur and tonumber(cur) >= tonumber(ARGV[5]) then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'ts', ARGV[2], 'opened_at', ARGV[3],
+           'origin', ARGV[4], 'ver', ARGV[5])
+return 1
+"""
+
+
+class RedisBreakerSync:
+    """Breaker sharing through Redis hashes ``gw:breaker:{<provider>}`` (one per provider).
+
+    Writes are conditional on :attr:`BreakerRecord.version` (the newest transition wins,
+    whatever the arrival order) and run in fire-and-forget tasks. A background loop reads
+    every key each ``refresh_s`` seconds (one pipelined round trip), applies newer remote
+    records, and re-writes local records newer than Redis's (so writes lost while Redis
+    was down are repaired). Redis errors are logged once per outage and otherwise ignored.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        refresh_s: float = 0.2,
+        op_timeout_s: float = 0.5,
+        key_prefix: str = "gw:breaker:",
+    ) -> None:
+        self._url = url
+        self.refresh_s = refresh_s
+        self._op_timeout_s = op_timeout_s
+        self._prefix = key_prefix
+        self._breakers: Mapping[str, ProviderBreaker] = {}
+        self._origin = ""
+        self._client: aredis.Redis | None = None
+        self._script: Any = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._healthy = True
+        self._closed = False
+
+    def key(self, provider: str) -> str:
+        return f"{self._prefix}{{{provider}}}"
+
+    def attach(self, breakers: Mapping[str, ProviderBreaker], origin: str) -> None:
+        self._breakers = breakers
+        self._origin = origin
+
+    async def start(self) -> None:
+        self._client = aredis.Redis.from_url(
+            self._url,
+            decode_responses=True,
+            socket_timeout=self._op_timeout_s,
+            socket_connect_timeout=self._op_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._script = self._client.register_script(_PUBLISH_LUA)
+        await self.refresh_once()
+        self._loop_task = asyncio.create_task(self._loop(), name="breaker-sync")
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = [t for t in (self._loop_task, *self._pending) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._pending.clear()
+        self._loop_task = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    # -- writes ------------------------------------------------------------------------
+
+    def publish(self, provider: str, record: BreakerRecord) -> None:
+        """Called inline by a breaker transition: schedule the write and return."""
+        if self._client is None or self._closed:
+            return  # not started: the refresh loop writes newer local states later
+        try:
+            task = asyncio.get_running_loop().create_task(self._write(provider, record))
+        except RuntimeError:
+            return  # no running loop (sync caller): the refresh loop catches up
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _write(self, provider: str, rec: BreakerRecord) -> None:
+        try:
+            async with asyncio.timeout(self._op_timeout_s * 2):
+                await self._script(
+                    keys=[self.key(provider)],
+                    args=[rec.state, rec.ts_ms, rec.opened_at_ms, rec.origin, rec.version],
+                )
+            self._mark(ok=True)
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark(ok=False, exc=exc)
+        except Exception:
+            log.exception("breaker sync: writing %s failed", provider)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.refresh_once()
+            except Exception:  # keep refreshing whatever happens
+                log.exception("breaker sync: refresh failed")
+
+    async def refresh_once(self) -> None:
+        """Read all keys once; apply newer remote records, re-write newer local ones."""
+        client = self._client
+        names = list(self._breakers)
+        if client is None or not names:
+            return
+        try:
+            async with asyncio.timeout(self._op_timeout_s * 2):
+                pipe = client.pipeline(transaction=False)
+                for name in names:
+                    pipe.hgetall(self.key(name))
+                rows = await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as exc:
+            self._mark(ok=False, exc=exc)
+            return
+        self._mark(ok=True)
+        for name, row in zip(names, rows, strict=True):
+            breaker = self._breakers[name]
+            remote = _parse(row)
+            if remote is not None and breaker.apply_remote(remote):
+                log.info("breaker %s: applied %s from replica %s", name, remote.state,
+                         remote.origin)
+            elif breaker.record.ts_ms > 0 and (
+                remote is None or breaker.record.version > remote.version
+            ):
+                self.publish(name, breaker.record)
+
+    def _mark(self, *, ok: bool, exc: BaseException | None = None) -> None:
+        if ok and not self._healthy:
+            log.info("breaker sync: Redis reachable again")
+        elif not ok and self._healthy:
+            log.warning("breaker sync: Redis unavailable, breakers work locally: %r", exc)
+        self._healthy = ok
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy
+
+
+def _parse(row: Mapping[str, str] | None) -> BreakerRecord | None:
+    if not row:
+        return None
+    try:
+        state = row["state"]
+        if state not in _GAUGE:
+            return None
+        return BreakerRecord(
+            state=state,  # type: ignore[arg-type]
+            opened_at_ms=int(row.get("opened_at") or 0),
+            ts_ms=int(row["ts"]),
+            origin=row.get("origin", ""),
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+__all__ = [
+    "DEFINITE_ANSWER_CODES",
+    "NOT_SENT_CODES",
+    "BreakerBoard",
+    "BreakerRecord",
+    "BreakerSync",
+    "CircuitOpen",
+    "ProviderBreaker",
+    "RedisBreakerSync",
+    "State",
+    "Ticket",
+]
