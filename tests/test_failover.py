@@ -59,8 +59,8 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 async def _env(tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
-               **cfg: Any) -> Env:
-    (tmp_path / "routing.yaml").write_text(ROUTING)
+               routing: str = ROUTING, **cfg: Any) -> Env:
+    (tmp_path / "routing.yaml").write_text(routing)
     config = write_config(tmp_path, store_url, providers=cfg.pop("providers", providers()),
                           routing_file="routing.yaml",
                           retry={"attempts": 3, "backoff_s": 0.05, "backoff_max_s": 0.2,
@@ -220,3 +220,33 @@ async def test_capture_on_open_breaker_is_503_and_changes_nothing(env: Env) -> N
     assert body["error"]["type"] == "provider_unavailable"
     r = await env.client.get(f"/v1/payments/{pay['id']}", headers=headers())
     assert (await r.json())["status"] == "authorized"
+
+
+async def test_failover_after_ambiguity_only_when_lookup_proves_nothing_was_created(
+    tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession
+) -> None:
+    """Braintree first: its sales hang (read, never processed); once the tries are spent
+    the fault clears, the lookup (search by order_id) proves nothing exists, and only
+    then does the payment move to Stripe."""
+    routing = "version: 1\nrules:\n  - name: default\n    providers: [bt_b, stripe_a]\n"
+    cfg = providers()
+    cfg["bt_b"].update(timeout_s=0.5, connect_timeout_s=0.3)
+    env = await _env(tmp_path, store_url, aiohttp_client, session, routing=routing,
+                     providers=cfg)
+    await env.sim.faults("braintree", mode="hang")
+
+    async def heal_after_tries() -> None:
+        async def tried() -> bool:
+            counts = await env.sim.requests("braintree")
+            return counts["by_operation"].get("sale", 0) >= 3
+
+        await wait_for(tried, timeout=15, interval=0.02)
+        await env.sim.faults("braintree", mode="normal")
+
+    healer = asyncio.create_task(heal_after_tries())
+    pay = await env.pay("fo-proven")
+    await healer
+    assert [(a["provider"], a["outcome"], a.get("error_code")) for a in pay["attempts"]] == [
+        ("bt_b", "rejected_safe", "not_created"), ("stripe_a", "succeeded", None)], pay
+    assert pay["status"] == "authorized" and pay["provider"] == "stripe_a"
+    assert await env.charges(pay["id"]) == {"stripe_a": 1, "bt_b": 0}

@@ -501,6 +501,84 @@ async def test_concurrent_lease_acquire_one_winner(store: Store, store_url: str)
 
 
 # ---------------------------------------------------------------------------
+# provider webhooks: dedupe records and unmatched events
+# ---------------------------------------------------------------------------
+
+
+async def test_webhook_event_recorded_once(store: Store) -> None:
+    assert await store.record_webhook_event("stripe_main", "evt_1", 60.0) is True
+    assert await store.record_webhook_event("stripe_main", "evt_1", 60.0) is False
+    assert await store.record_webhook_event("stripe_main", "evt_1", 60.0) is False
+    # the identity is (provider, event id)
+    assert await store.record_webhook_event("stripe_other", "evt_1", 60.0) is True
+    assert await store.record_webhook_event("stripe_main", "evt_2", 60.0) is True
+
+
+async def test_webhook_event_concurrent_records_one_winner(store_url: str, store: Store) -> None:
+    other = await second_store(store_url)
+    try:
+        results = await asyncio.gather(*(
+            (store if i % 2 else other).record_webhook_event("adyen_main", "PSP1:CAPTURE:true",
+                                                             60.0)
+            for i in range(20)
+        ))
+        assert sorted(results) == [False] * 19 + [True]
+        # shared: another store on the same backing data sees the record
+        assert await other.record_webhook_event("adyen_main", "PSP1:CAPTURE:true", 60.0) is False
+    finally:
+        await other.close()
+
+
+async def test_webhook_event_forget_allows_redelivery(store: Store) -> None:
+    assert await store.record_webhook_event("bt", "k:t1:ts", 60.0) is True
+    await store.forget_webhook_event("bt", "k:t1:ts")
+    assert await store.record_webhook_event("bt", "k:t1:ts", 60.0) is True
+    assert await store.record_webhook_event("bt", "k:t1:ts", 60.0) is False
+    await store.forget_webhook_event("bt", "never-seen")  # no-op
+
+
+async def test_webhook_event_expires_after_ttl(store: Store) -> None:
+    assert await store.record_webhook_event("stripe_main", "evt_ttl", 0.2) is True
+    assert await store.record_webhook_event("stripe_main", "evt_ttl", 0.2) is False
+    await wait_until(lambda: store.record_webhook_event("stripe_main", "evt_ttl", 60.0),
+                     lambda recorded: recorded is True)
+    assert await store.record_webhook_event("stripe_main", "evt_ttl", 60.0) is False
+
+
+async def test_webhook_event_record_is_durable(store_url: str, store: Store) -> None:
+    assert await store.record_webhook_event("stripe_main", "evt_dur", 60.0) is True
+    await store.close()
+    reopened = make_store(store_url)
+    await reopened.open()
+    try:
+        assert await reopened.record_webhook_event("stripe_main", "evt_dur", 60.0) is False
+    finally:
+        await reopened.close()
+    await store.open()
+
+
+async def test_unmatched_webhooks_kept_in_order(store_url: str, store: Store) -> None:
+    assert await store.list_unmatched_webhooks(10) == []
+    before = time.time()
+    for i in range(3):
+        await store.save_unmatched_webhook(
+            "stripe_main", {"event_id": f"evt_{i}", "payment_reference": f"pi_{i}", "n": i})
+    await store.save_unmatched_webhook("adyen_main", {"event_id": "PSP9:AUTHORISATION:true"})
+    items = await store.list_unmatched_webhooks(10)
+    assert [i["event_id"] for i in items] == ["evt_0", "evt_1", "evt_2", "PSP9:AUTHORISATION:true"]
+    assert [i["provider"] for i in items] == ["stripe_main"] * 3 + ["adyen_main"]
+    assert items[1]["payment_reference"] == "pi_1" and items[1]["n"] == 1
+    assert all(before - 1 <= i["received_at"] <= time.time() + 1 for i in items)
+    assert [i["event_id"] for i in await store.list_unmatched_webhooks(2)] == ["evt_0", "evt_1"]
+    assert await store.list_unmatched_webhooks(0) == []
+    other = await second_store(store_url)
+    try:
+        assert len(await other.list_unmatched_webhooks(100)) == 4
+    finally:
+        await other.close()
+
+
+# ---------------------------------------------------------------------------
 # SQLite specifics
 # ---------------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""Adyen standard notifications: per-item HMAC verification and mapping (SPEC section 8).
+
+Body: ``{"live": "false", "notificationItems": [{"NotificationRequestItem": {...}}]}``.
+EVERY item must carry a valid ``additionalData.hmacSignature`` =
+base64(HMAC-SHA256(hex-decoded key, ``pspReference:originalReference:
+merchantAccountCode:merchantReference:value:currency:eventCode:success``)); the
+comparison is ``hmac.compare_digest``. One bad item rejects the whole request
+(:class:`InvalidSignature`, nothing is applied) -- Adyen then retries the batch.
+(``Adyen.util.is_valid_hmac_notification`` on a full body only checks item 0, so
+the check is done here per item with the same scheme.)
+
+Mapping: :func:`providers.adyen.status.webhook_effect` (the ``EVENT_CODES`` table),
+with these consequences for the gateway:
+
+* ``AUTHORISATION`` true -> authorized (the gateway upgrades it to captured for an
+  auto-capture payment), false -> declined;
+* ``CAPTURE`` true -> captured, false -> authorized (capture refused);
+* ``CAPTURE_FAILED`` true -> authorized: only ``capture_pending -> authorized`` is an
+  edge; from ``captured`` the state machine ignores and audits it (the gateway
+  never silently un-captures; reconciliation / an operator deals with it);
+* ``CANCELLATION`` true -> voided, false -> authorized (void refused);
+* ``REFUND`` true -> refund succeeded, false -> refund failed; ``REFUND_FAILED`` /
+  ``REFUNDED_REVERSED`` -> refund failed;
+* unmapped / informational codes -> ignore.
+
+References: ``payment_reference`` = ``originalReference`` (modifications) or
+``pspReference`` (AUTHORISATION); ``refund_reference`` = the refund modification's
+``pspReference``. The adapter sends the gateway payment id as ``reference`` of the
+payment, capture and cancel, and the gateway refund id for refunds, so
+``merchantReference`` is ``merchant_reference`` or ``refund_id`` accordingly.
+``event_id`` = ``pspReference:eventCode:success``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from gateway.state_machine import PaymentStatus
+from providers.adyen.status import Target, webhook_effect
+from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
+
+SIGNED_FIELDS = ("pspReference", "originalReference", "merchantAccountCode",
+                 "merchantReference", "value", "currency", "eventCode", "success")
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _key(hex_key: str) -> bytes:
+    try:
+        raw = binascii.unhexlify(hex_key)
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidSignature("the configured Adyen HMAC key is not hex") from exc
+    if not raw:
+        raise InvalidSignature("empty Adyen HMAC key")
+    return raw
+
+
+def signing_string(item: Mapping[str, Any]) -> str:
+    raw = item.get("amount")
+    amount: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    values = {**item, "value": amount.get("value", ""), "currency": amount.get("currency", "")}
+    return ":".join("" if values.get(k) is None else str(values.get(k)) for k in SIGNED_FIELDS)
+
+
+def item_signature_valid(item: Mapping[str, Any], key: bytes) -> bool:
+    extra = item.get("additionalData")
+    given = extra.get("hmacSignature") if isinstance(extra, Mapping) else None
+    if not isinstance(given, str) or not given:
+        return False
+    mac = hmac.new(key, signing_string(item).encode(), hashlib.sha256).digest()
+    expected = base64.b64encode(mac)
+    return hmac.compare_digest(expected, given.encode("utf-8", "replace"))
+
+
+def _items(raw_body: bytes) -> list[Mapping[str, Any]]:
+    try:
+        body = json.loads(raw_body)
+    except ValueError as exc:
+        raise MalformedWebhook("Adyen notification body is not JSON") from exc
+    items = body.get("notificationItems") if isinstance(body, Mapping) else None
+    if not isinstance(items, list) or not items:
+        raise MalformedWebhook("Adyen notification without notificationItems")
+    out: list[Mapping[str, Any]] = []
+    for wrapper in items:
+        item = wrapper.get("NotificationRequestItem") if isinstance(wrapper, Mapping) else None
+        if not isinstance(item, Mapping):
+            raise MalformedWebhook("notificationItems entry without NotificationRequestItem")
+        out.append(item)
+    return out
+
+
+def verify_and_parse(
+    raw_body: bytes, headers: Mapping[str, str], hmac_key: str | None, *,
+    now: float | None = None,
+) -> list[WebhookEvent]:
+    """Verify every item, then map each (``headers`` / ``now`` unused: Adyen items are
+    not timestamp-signed; replays are caught by the event-id dedupe)."""
+    del headers, now
+    if not hmac_key:
+        raise InvalidSignature("no Adyen HMAC key configured")
+    key = _key(hmac_key)
+    items = _items(raw_body)
+    for item in items:
+        if not item_signature_valid(item, key):
+            raise InvalidSignature("an Adyen notification item has a bad hmacSignature")
+    return [to_event(item) for item in items]
+
+
+def _occurred(raw: Any) -> float | None:
+    if not isinstance(raw, str):
+        return None
+    try:
+        return datetime.fromisoformat(raw).timestamp()
+    except ValueError:
+        return None
+
+
+def to_event(item: Mapping[str, Any]) -> WebhookEvent:
+    psp, code = _str(item.get("pspReference")), _str(item.get("eventCode"))
+    if psp is None or code is None:
+        raise MalformedWebhook("Adyen item without pspReference / eventCode")
+    success = str(item.get("success"))
+    original = _str(item.get("originalReference"))
+    merchant_ref = _str(item.get("merchantReference"))
+    amount_raw = item.get("amount")
+    value = amount_raw.get("value") if isinstance(amount_raw, Mapping) else None
+    amount = value if isinstance(value, int) and not isinstance(value, bool) else None
+    effect = webhook_effect(item)
+    fields: dict[str, Any] = {
+        "provider_type": "adyen", "event_id": f"{psp}:{code}:{success}", "kind": code,
+        "occurred_at": _occurred(item.get("eventDate")),
+        "payment_reference": original or psp, "merchant_reference": merchant_ref,
+        "target": "ignore", "status": None, "amount": amount,
+        "raw_summary": f"{code} success={success} psp={psp}"
+                       + (f" original={original}" if original else "")
+                       + (f" ({effect.note})" if effect.note else ""),
+    }
+    if effect.target is Target.PAYMENT and effect.payment_status is not None:
+        fields.update(target="payment", status=PaymentStatus(effect.payment_status))
+    elif effect.target is Target.REFUND and effect.refund_status is not None:
+        fields.update(target="refund", status=effect.refund_status, refund_reference=psp,
+                      refund_id=merchant_ref, merchant_reference=None)
+        if code == "CANCEL_OR_REFUND":  # the reversal is its own refund on the payment
+            fields.update(refund_id=None)
+    return WebhookEvent(**fields)
+
+
+__all__ = ["item_signature_valid", "signing_string", "to_event", "verify_and_parse"]

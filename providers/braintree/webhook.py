@@ -1,0 +1,160 @@
+"""Braintree webhooks: ``bt_signature`` / ``bt_payload`` verification and mapping.
+
+The body is ``application/x-www-form-urlencoded`` with ``bt_signature`` and
+``bt_payload`` (see :mod:`providers.braintree.webhooks`, which the simulator signs
+with). Verification and parsing are the SDK's ``gateway.webhook_notification.parse``
+(HMAC-SHA1 keyed by SHA1(private key), constant-time ``secure_compare``; no network
+call). A bad signature, an unknown public key or a payload with characters outside
+base64 is :class:`InvalidSignature`.
+
+Kinds:
+
+* ``transaction_settled`` -> a sale: payment ``captured`` (amount = the
+  transaction amount in minor units); a credit (refund, ``refunded_transaction_id``
+  set): refund ``succeeded``.
+* ``transaction_settlement_declined`` -> a sale: payment ``failed`` (see
+  :mod:`providers.braintree.status`: from ``captured`` the state machine has no
+  edge and ignores + audits it); a credit: refund ``failed``.
+* ``refund_failed`` -> refund ``failed``.
+* anything else (``check``, disbursements, disputes, subscriptions...) -> ignore.
+
+``event_id`` = ``kind:subject id:timestamp`` (SPEC section 8). ``merchant_reference``
+is the transaction's ``order_id`` (the adapter sends the gateway payment id there).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qs
+
+import braintree
+
+from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.braintree.amounts import AmountError, to_minor_units
+from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
+
+P, R = PaymentStatus, RefundStatus
+
+_gateways: dict[tuple[str, str], braintree.BraintreeGateway] = {}
+_lock = threading.Lock()
+
+
+def _gateway(public_key: str, private_key: str) -> braintree.BraintreeGateway:
+    """A gateway object only used to parse notifications (never makes a request)."""
+    key = (public_key, private_key)
+    with _lock:
+        gw = _gateways.get(key)
+        if gw is None:
+            config = braintree.Configuration(
+                braintree.Environment.Sandbox, "webhook-parser", public_key, private_key)
+            gw = _gateways[key] = braintree.BraintreeGateway(config)
+    return gw
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _form(raw_body: bytes) -> tuple[str, str]:
+    try:
+        fields = parse_qs(raw_body.decode("ascii"), keep_blank_values=True, strict_parsing=False)
+    except UnicodeDecodeError as exc:
+        raise InvalidSignature("Braintree webhook body is not form-encoded ASCII") from exc
+    sig, payload = fields.get("bt_signature"), fields.get("bt_payload")
+    if not sig or not payload or not sig[0] or not payload[0]:
+        raise InvalidSignature("missing bt_signature / bt_payload")
+    return sig[0], payload[0]
+
+
+def verify_and_parse(
+    raw_body: bytes, headers: Mapping[str, str], public_key: str | None,
+    private_key: str | None, *, now: float | None = None,
+) -> list[WebhookEvent]:
+    """Verify and map one Braintree notification (``headers`` / ``now`` unused: the
+    payload's own timestamp is not checked against a tolerance; replays are caught by
+    the event-id dedupe)."""
+    del headers, now
+    if not public_key or not private_key:
+        raise InvalidSignature("no Braintree public/private key configured")
+    signature, payload = _form(raw_body)
+    try:
+        notification = _gateway(public_key, private_key).webhook_notification.parse(
+            signature, payload)
+    except braintree.exceptions.InvalidSignatureError as exc:
+        raise InvalidSignature("bt_signature does not match bt_payload") from exc
+    except Exception as exc:  # XML / attribute errors inside the SDK after a valid signature
+        raise MalformedWebhook(f"Braintree notification cannot be parsed: "
+                               f"{type(exc).__name__}") from exc
+    return [to_event(notification)]
+
+
+def _timestamp(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        ts = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return ts.timestamp()
+    return None
+
+
+def to_event(n: Any) -> WebhookEvent:
+    kind = _str(getattr(n, "kind", None))
+    if kind is None:
+        raise MalformedWebhook("Braintree notification without a kind")
+    occurred = _timestamp(getattr(n, "timestamp", None))
+    txn = getattr(n, "transaction", None)
+    subject_id = _str(getattr(txn, "id", None)) if txn is not None else None
+    if subject_id is None:
+        subject = getattr(n, "subject", None)
+        subject_id = "-"
+        if isinstance(subject, Mapping):
+            for value in subject.values():
+                if isinstance(value, Mapping) and _str(value.get("id")):
+                    subject_id = str(value["id"])
+                    break
+    stamp = getattr(n, "timestamp", None)
+    event_id = f"{kind}:{subject_id}:{stamp.isoformat() if isinstance(stamp, datetime) else ''}"
+    fields: dict[str, Any] = {
+        "provider_type": "braintree", "event_id": event_id, "kind": kind,
+        "occurred_at": occurred, "payment_reference": None, "merchant_reference": None,
+        "target": "ignore", "status": None,
+        "raw_summary": f"{kind} {subject_id}"
+                       + (f" status={getattr(txn, 'status', None)}" if txn is not None else ""),
+    }
+    if txn is None or kind not in ("transaction_settled", "transaction_settlement_declined",
+                                   "refund_failed"):
+        return WebhookEvent(**fields)
+    amount = None
+    currency = _str(getattr(txn, "currency_iso_code", None))
+    raw_amount = getattr(txn, "amount", None)
+    if currency and raw_amount is not None:
+        try:
+            amount = to_minor_units(raw_amount, currency)
+        except AmountError:
+            amount = None
+    refunded = _str(getattr(txn, "refunded_transaction_id", None))
+    is_credit = getattr(txn, "type", None) == "credit" or refunded is not None
+    order_id = _str(getattr(txn, "order_id", None))
+    fields["merchant_reference"] = order_id
+    fields["amount"] = amount
+    if is_credit or kind == "refund_failed":
+        fields.update(target="refund", payment_reference=refunded,
+                      refund_reference=subject_id,
+                      status=R.SUCCEEDED if kind == "transaction_settled" else R.FAILED)
+    else:
+        fields.update(target="payment", payment_reference=subject_id,
+                      status=P.CAPTURED if kind == "transaction_settled" else P.FAILED)
+    return WebhookEvent(**fields)
+
+
+def challenge_response(challenge: str, public_key: str, private_key: str) -> str:
+    """Answer to Braintree's endpoint-verification ``bt_challenge`` (20-32 hex chars;
+    anything else is :class:`MalformedWebhook`)."""
+    try:
+        return str(_gateway(public_key, private_key).webhook_notification.verify(challenge))
+    except braintree.exceptions.InvalidChallengeError as exc:
+        raise MalformedWebhook("bt_challenge is not 20-32 hex characters") from exc
+
+
+__all__ = ["challenge_response", "to_event", "verify_and_parse"]

@@ -1,0 +1,82 @@
+"""The provider-neutral form of one verified webhook event (SPEC section 8).
+
+Each provider package has a ``webhook.py`` whose ``verify_and_parse(raw_body, headers,
+<secrets>, now=None)`` checks the signature on the RAW bytes (constant-time) and
+returns a list of :class:`WebhookEvent` (Adyen batches several items per request; a
+Stripe ``charge.refunded`` may carry several refunds). It raises:
+
+* :class:`InvalidSignature` -- missing / wrong signature, or no secret configured
+  (HTTP 401; the body is never applied);
+* :class:`StaleTimestamp` -- a valid signature whose timestamp is outside the
+  tolerance (Stripe; HTTP 400);
+* :class:`MalformedWebhook` -- the signature is fine (or cannot even be looked for)
+  but the body is not a webhook of that provider (HTTP 400).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.state_machine import PaymentStatus, RefundStatus
+
+Target = Literal["payment", "refund", "ignore"]
+
+
+class WebhookError(Exception):
+    """Base class: the request must not be applied."""
+
+
+class InvalidSignature(WebhookError):
+    """Missing or wrong signature (or no secret to check it with)."""
+
+
+class StaleTimestamp(WebhookError):
+    """The signature is valid but its timestamp is outside the tolerance."""
+
+
+class MalformedWebhook(WebhookError):
+    """The body cannot be parsed as a webhook of this provider."""
+
+
+@dataclass(frozen=True)
+class WebhookEvent:
+    """One verified provider event, normalized.
+
+    ``event_id`` is the dedupe identity (SPEC section 8): the Stripe event id; Adyen
+    ``pspReference:eventCode:success``; Braintree ``kind:subject id:timestamp``.
+    ``payment_reference`` is the provider's id of the PAYMENT (PaymentIntent id,
+    Braintree sale transaction id, Adyen payment pspReference = ``originalReference``
+    of a modification); ``merchant_reference`` the gateway payment id when the event
+    carries it. ``status`` is a :class:`PaymentStatus` for ``target == "payment"``,
+    a :class:`RefundStatus` for ``"refund"``, None for ``"ignore"``.
+    """
+
+    provider_type: str
+    event_id: str
+    kind: str
+    occurred_at: float | None
+    payment_reference: str | None
+    merchant_reference: str | None
+    target: Target
+    status: PaymentStatus | RefundStatus | None
+    amount: int | None = None
+    refund_reference: str | None = None
+    refund_id: str | None = None  # the gateway refund id, when the event carries it
+    raw_summary: str = ""
+
+    def payment_status(self) -> PaymentStatus | None:
+        return self.status if isinstance(self.status, PaymentStatus) else None
+
+    def refund_status(self) -> RefundStatus | None:
+        return self.status if isinstance(self.status, RefundStatus) else None
+
+
+__all__ = [
+    "InvalidSignature",
+    "MalformedWebhook",
+    "StaleTimestamp",
+    "Target",
+    "WebhookError",
+    "WebhookEvent",
+]
