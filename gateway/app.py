@@ -22,6 +22,7 @@ from gateway.appkeys import (
     CONFIG,
     ORCHESTRATOR,
     PROVIDERS,
+    PUBLIC_URL,
     ROUTING,
     SANDBOX_PORTS,
     STORE,
@@ -30,8 +31,8 @@ from gateway.config import GatewayConfig
 from gateway.orchestrator import Orchestrator
 from gateway.provider_registry import build_providers, sandbox_types
 from gateway.routing_runtime import RoutingRuntime
-from routing.breaker import BreakerBoard
 from gateway.store import make_store
+from routing.breaker import BreakerBoard
 
 log = logging.getLogger("gateway.app")
 
@@ -45,9 +46,23 @@ async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     from providers.sandbox import start_sandbox
 
+    # The in-process simulators send their signed webhooks to this gateway (when its
+    # public URL is known), signed with the secrets the gateway verifies with.
+    hooks: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    public_url = app.get(PUBLIC_URL)
+    for name, p in config.providers.items():
+        if not p.sandbox or p.type in hooks:
+            continue
+        if public_url:
+            hooks[p.type] = f"{public_url.rstrip('/')}/webhooks/{name}"
+        secret = p.credentials.get({"stripe": "webhook_secret", "adyen": "hmac_key"}.get(
+            p.type, ""))
+        if secret:
+            secrets[p.type] = secret
     sim_host = await start_sandbox(
         config.sandbox_host, ports={k: 0 for k in kinds}, names=sorted(kinds),
-        control_port=config.sandbox_control_port,
+        control_port=config.sandbox_control_port, webhook_urls=hooks, webhook_secrets=secrets,
     )
     app[SANDBOX_PORTS] = {k: v for k, v in sim_host.ports().items() if v is not None}
     log.info("in-process sandbox listening", extra={"ports": app[SANDBOX_PORTS],
@@ -128,9 +143,13 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
             await p.close()
 
 
-def create_app(config: GatewayConfig) -> web.Application:
+def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.Application:
+    """``public_url`` (e.g. ``http://127.0.0.1:8080``) is where in-process simulators
+    deliver their webhooks; without it they send none."""
     app = web.Application(middlewares=[request_context], client_max_size=256 * 1024)
     app[CONFIG] = config
+    if public_url:
+        app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
     app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _breakers_ctx,
                             _providers_ctx])

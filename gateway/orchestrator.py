@@ -29,7 +29,6 @@ from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
-from routing.breaker import BreakerBoard
 from gateway.state_machine import (
     UNRESOLVED,
     InvariantError,
@@ -52,6 +51,7 @@ from providers.base import (
     RefundResult,
     RejectedSafe,
 )
+from routing.breaker import BreakerBoard
 
 log = logging.getLogger("gateway.orchestrator")
 T = TypeVar("T")

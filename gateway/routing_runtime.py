@@ -24,7 +24,7 @@ from typing import Any
 from gateway import metrics
 from gateway.config import GatewayConfig
 from routing.loader import RoutingConfigError, load_routing
-from routing.rules import Conditions, Rule, RoutingTable
+from routing.rules import Conditions, RoutingTable, Rule
 from routing.select import Decision, RouteRequest, decide
 
 log = logging.getLogger("gateway.routing")
