@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway.api import admin, health, payments, webhooks
+from gateway import notifications
+from gateway.api import admin, events, health, payments, webhooks
 from gateway.api.middleware import request_context
 from gateway.appkeys import (
     BREAKERS,
@@ -30,6 +31,7 @@ from gateway.appkeys import (
 from gateway.config import GatewayConfig
 from gateway.orchestrator import Orchestrator
 from gateway.provider_registry import build_providers, sandbox_types
+from gateway.reconcile import Reconciler
 from gateway.routing_runtime import RoutingRuntime
 from gateway.store import make_store
 from routing.breaker import BreakerBoard
@@ -143,6 +145,22 @@ async def _providers_ctx(app: web.Application) -> AsyncIterator[None]:
             await p.close()
 
 
+async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The reconciliation loop (safe with several replicas: per-payment leases)."""
+    config = app[CONFIG]
+    if not config.reconciliation.enabled:
+        yield
+        return
+    reconciler = Reconciler(config, app[STORE], app[ORCHESTRATOR])
+    task = asyncio.create_task(reconciler.loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.Application:
     """``public_url`` (e.g. ``http://127.0.0.1:8080``) is where in-process simulators
     deliver their webhooks; without it they send none."""
@@ -152,10 +170,12 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
     app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _breakers_ctx,
-                            _providers_ctx])
+                            _providers_ctx, _reconcile_ctx])
+    app.cleanup_ctx.append(notifications.worker_ctx)  # merchant notification delivery
     app.router.add_routes(admin.routes)
     app.router.add_routes(payments.routes)
     app.router.add_routes(health.routes)
     app.router.add_routes(webhooks.routes)
+    app.router.add_routes(events.routes)
     app.router.add_get("/metrics", health.metrics_handler)
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,41 @@ def _serve(args: argparse.Namespace) -> int:
                                         "config": str(config.path)})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
                 handle_signals=True, shutdown_timeout=5)
+    return 0
+
+
+def _reconcile(args: argparse.Namespace) -> int:
+    """One reconciliation pass over the configured store; prints the drift report."""
+    import asyncio
+
+    from aiohttp import web
+
+    from gateway.app import create_app
+    from gateway.appkeys import ORCHESTRATOR, STORE
+    from gateway.config import ConfigError, load_config
+    from gateway.reconcile import Reconciler
+    from routing.loader import RoutingConfigError
+
+    try:
+        config = load_config(args.config)
+        # this process runs exactly one pass: no background loop
+        config = dataclasses.replace(config, reconciliation=dataclasses.replace(
+            config.reconciliation, enabled=False))
+        app = create_app(config)
+    except (ConfigError, RoutingConfigError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> str:
+        runner = web.AppRunner(app)  # opens the store and providers; serves nothing
+        await runner.setup()
+        try:
+            reconciler = Reconciler(config, app[STORE], app[ORCHESTRATOR])
+            return (await reconciler.run_once()).render()
+        finally:
+            await runner.cleanup()
+
+    print(asyncio.run(run()))
     return 0
 
 
@@ -87,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--request", required=True, help="JSON file with a create-payment body")
     route.add_argument("--merchant", default=None)
     route.set_defaults(func=_route)
+    rec = sub.add_parser("reconcile", help="one reconciliation pass with a drift report")
+    rec.add_argument("--config", default=DEFAULT_CONFIG)
+    rec.set_defaults(func=_reconcile)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
     sub.add_parser("sandbox", help="run the provider simulators and their control API",

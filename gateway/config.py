@@ -53,6 +53,7 @@ class MerchantConfig:
     api_key_sha256: tuple[str, ...]
     webhook_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    notify_all: bool = False  # also notify changes made by the merchant's own requests
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,28 @@ class RetrySettings:
     backoff_s: float = 0.1
     backoff_max_s: float = 1.0
     jitter_s: float = 0.1
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    enabled: bool = True
+    interval_s: float = 30.0
+    batch_size: int = 100
+    min_age_s: float = 60.0  # leave payments alone while their own request may still run
+    webhook_deadline_s: float = 3600.0  # Adyen: modification webhook overdue after this
+    lease_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    """Merchant notification delivery (``notifications:`` in gateway.yaml)."""
+
+    poll_interval_s: float = 0.5  # how often the worker looks for due events
+    timeout_s: float = 10.0  # one delivery POST
+    backoff_base_s: float = 10.0  # delay after the first failure; doubles per failure
+    backoff_max_s: float = 3600.0  # cap of the delay between two attempts
+    max_age_s: float = 86400.0  # give up (state "failed") once an event is this old
+    batch_size: int = 50  # events claimed per poll
 
 
 @dataclass(frozen=True)
@@ -79,6 +102,8 @@ class GatewayConfig:
     sandbox_host: str = "127.0.0.1"
     sandbox_control_port: int = 0
     routing_poll_s: float = 1.0
+    reconciliation: ReconcileSettings = ReconcileSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
 
 def resolve_secret(value: Any, where: str) -> str:
@@ -185,12 +210,53 @@ def _merchant(raw: Any, where: str) -> MerchantConfig:
             raise ConfigError(f"{where}.api_key_sha256: entries must be 64 hex characters")
     hook = _get(raw, "webhook", dict, where, {})
     secret = hook.get("secret")
+    url = _get(hook, "url", str, f"{where}.webhook", None)
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        raise ConfigError(f"{where}.webhook.url: must be an http:// or https:// URL")
+    if url is not None and not secret:
+        raise ConfigError(f"{where}.webhook.secret: required when webhook.url is set "
+                          "(notifications are always signed)")
     return MerchantConfig(
         id=raw["id"],
         api_key_sha256=tuple(h.lower() for h in hashes),
-        webhook_url=hook.get("url"),
+        webhook_url=url,
         webhook_secret=resolve_secret(secret, f"{where}.webhook.secret") if secret else None,
+        notify_all=bool(_get(hook, "notify_all", bool, f"{where}.webhook", False)),
     )
+
+
+def _notification_settings(raw: dict[str, Any], where: str) -> NotificationSettings:
+    num = (int, float)
+    settings = NotificationSettings(
+        poll_interval_s=_get(raw, "poll_interval_s", num, where, 0.5),
+        timeout_s=_get(raw, "timeout_s", num, where, 10.0),
+        backoff_base_s=_get(raw, "backoff_base_s", num, where, 10.0),
+        backoff_max_s=_get(raw, "backoff_max_s", num, where, 3600.0),
+        max_age_s=_get(raw, "max_age_s", num, where, 86400.0),
+        batch_size=_get(raw, "batch_size", int, where, 50),
+    )
+    if (min(settings.poll_interval_s, settings.timeout_s, settings.backoff_base_s,
+            settings.max_age_s) <= 0 or settings.batch_size < 1
+            or settings.backoff_max_s < settings.backoff_base_s):
+        raise ConfigError(f"{where}: intervals must be > 0, batch_size >= 1 and "
+                          "backoff_max_s >= backoff_base_s")
+    return settings
+
+
+def _reconcile(raw: dict[str, Any], where: str) -> ReconcileSettings:
+    d = ReconcileSettings()
+    num = (int, float)
+    out = ReconcileSettings(
+        enabled=_get(raw, "enabled", bool, where, d.enabled),
+        interval_s=_get(raw, "interval_s", num, where, d.interval_s),
+        batch_size=_get(raw, "batch_size", int, where, d.batch_size),
+        min_age_s=_get(raw, "min_age_s", num, where, d.min_age_s),
+        webhook_deadline_s=_get(raw, "webhook_deadline_s", num, where, d.webhook_deadline_s),
+        lease_s=_get(raw, "lease_s", num, where, d.lease_s),
+    )
+    if out.interval_s <= 0 or out.batch_size < 1 or out.lease_s <= 0 or out.min_age_s < 0:
+        raise ConfigError(f"{where}: interval_s, batch_size, lease_s must be > 0")
+    return out
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
@@ -250,6 +316,10 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         sandbox_host=_get(sandbox_raw, "host", str, f"{where}.sandbox", "127.0.0.1"),
         sandbox_control_port=_get(sandbox_raw, "control_port", int, f"{where}.sandbox", 0),
         routing_poll_s=_get(raw, "routing_poll_s", (int, float), where, 1.0),
+        reconciliation=_reconcile(_get(raw, "reconciliation", dict, where, {}),
+                                  f"{where}.reconciliation"),
+        notifications=_notification_settings(
+            _get(raw, "notifications", dict, where, {}), f"{where}.notifications"),
     )
     if cfg.idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
         raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")

@@ -17,6 +17,7 @@ Rules (SPEC section 5):
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import logging
@@ -27,6 +28,7 @@ from typing import Any, TypeVar
 from gateway import metrics
 from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
+from gateway.notifications import notify_mutation
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
@@ -92,9 +94,16 @@ async def mutate(
         if doc is None:
             raise PaymentMissing(payment_id)
         version = doc["version"]
+        before = copy.deepcopy(doc)
         events = fn(doc)
         doc["updated_at"] = now()
+        # Refunds still pending/unknown keep the payment visible to reconciliation.
+        doc["needs_reconcile"] = any(
+            r["status"] in (RefundStatus.PENDING, RefundStatus.UNKNOWN) for r in doc["refunds"])
         if await store.update_payment(doc, version, events):
+            # Status changes the merchant did not ask for (webhook, lookup, reconciliation)
+            # are queued for the merchant's notification endpoint. Never raises.
+            await notify_mutation(store, before, doc, events)
             return doc
 
 
@@ -308,8 +317,9 @@ class Orchestrator:
 
     # ----------------------------------------------------------- resolve (lookup)
 
-    async def resolve(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Bring an unresolved payment up to date with its provider (crash recovery)."""
+    async def resolve(self, doc: dict[str, Any], source: str = "status_lookup") -> dict[str, Any]:
+        """Bring an unresolved payment up to date with its provider (crash recovery,
+        reconciliation). A lookup that proves nothing was created fails the payment."""
         status = PaymentStatus(doc["status"])
         if status not in UNRESOLVED:
             return doc
@@ -328,13 +338,30 @@ class Orchestrator:
                 provider.name, "lookup", lambda: provider.lookup(self._ref(doc), req),
                 self.config.retry, self._deadline(),
             )
+        except RejectedSafe as fault:
+            if fault.error_code != "not_found":
+                return doc
+
+            def not_created(d: dict[str, Any]) -> Events:
+                if d["attempts"][index]["outcome"] in ("in_flight", Outcome.AMBIGUOUS):
+                    d["attempts"][index].update(outcome=Outcome.REJECTED_SAFE.value,
+                                                error_code="not_created")
+                ev = apply_status(d, StatusEvent(S.FAILED), source,
+                                  detail="the provider holds no such payment")
+                if ev["type"] == "status_changed":
+                    d["failure"] = {"code": "not_created",
+                                    "message": "the provider never created the payment; "
+                                               "no money moved"}
+                return [ev]
+
+            return await mutate(self.store, doc["id"], not_created)
         except ProviderFault:
             return doc
 
         def fn(d: dict[str, Any]) -> Events:
             if d["attempts"][index]["outcome"] in ("in_flight", Outcome.AMBIGUOUS):
                 d["attempts"][index]["outcome"] = result.outcome.value
-            return self._apply_result(d, result, "status_lookup")
+            return self._apply_result(d, result, source)
 
         return await mutate(self.store, doc["id"], fn)
 
@@ -410,12 +437,13 @@ class Orchestrator:
                 "provider_unavailable",
                 f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
             ) from None
-        except Ambiguous:
+        except Ambiguous as exc:
             pending = S.CAPTURE_PENDING if name == "capture" else S.VOID_PENDING
+            park_code = exc.error_code
 
             def park(d: dict[str, Any]) -> Events:
                 return [apply_status(d, StatusEvent(pending), "gateway",
-                                     detail=f"outcome unknown: {fault.error_code}")]
+                                     detail=f"outcome unknown: {park_code}")]
 
             return await mutate(self.store, doc["id"], park)
 
@@ -471,6 +499,30 @@ class Orchestrator:
             return doc
         return await self._send_refund(doc, refund)
 
+    async def resolve_refunds(self, doc: dict[str, Any], source: str) -> dict[str, Any]:
+        """Ask the provider about refunds still pending/unknown: an idempotent re-send
+        (same key) for unknown ones, a lookup for pending ones."""
+        for refund in list(doc["refunds"]):
+            if refund["status"] == RefundStatus.UNKNOWN or (
+                    refund["status"] == RefundStatus.PENDING and not refund["provider_reference"]):
+                try:
+                    doc = await self._send_refund(doc, refund)
+                except OperationError:
+                    continue
+            elif refund["status"] == RefundStatus.PENDING:
+                provider = self._provider_of(doc)
+                try:
+                    result = await call_provider(
+                        provider.name, "lookup",
+                        functools.partial(provider.retrieve_refund, refund["provider_reference"]),
+                        self.config.retry, self._deadline(),
+                    )
+                except ProviderFault:
+                    continue
+                doc = await mutate(self.store, doc["id"], functools.partial(
+                    _settle_refund, refund_id=refund["id"], result=result, source=source))
+        return doc
+
     async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any]) -> dict[str, Any]:
         provider = self._provider_of(doc)
         ref = self._ref(doc)
@@ -497,13 +549,15 @@ class Orchestrator:
                 "provider_unavailable",
                 f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
             ) from None
-        except Ambiguous:
+        except Ambiguous as exc:
+            unknown_code = exc.error_code
+
             def unknown(d: dict[str, Any]) -> Events:
                 r = next(x for x in d["refunds"] if x["id"] == rid)
                 r["status"] = RefundStatus.UNKNOWN.value
                 r["_in_flight"] = False
                 return [audit("refund_unknown", "provider_response", refund_id=rid,
-                              error_code=fault.error_code)]
+                              error_code=unknown_code)]
 
             return await mutate(self.store, doc["id"], unknown)
 
@@ -539,6 +593,12 @@ def apply_refund_result(
     events.insert(0, audit("refund_updated", source, refund_id=refund_id, from_status=old,
                            to_status=new.value))
     return events
+
+
+def _settle_refund(
+    d: dict[str, Any], *, refund_id: str, result: RefundResult, source: str
+) -> Events:
+    return apply_refund_result(d, refund_id, result, source)
 
 
 def model_iso() -> str:

@@ -36,9 +36,12 @@ Special cases:
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
+from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit
+from gateway.notifications import notify_if_changed
 from gateway.orchestrator import PaymentMissing, apply_refund_result, mutate
 from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
 from gateway.store import Store
@@ -170,9 +173,13 @@ def _refund_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
     return fn
 
 
-async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEvent
+async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEvent,
+                              config: GatewayConfig | None = None
                               ) -> tuple[Result, str | None]:
-    """Apply ``event``; returns ``(result, payment id or None)``."""
+    """Apply ``event``; returns ``(result, payment id or None)``.
+
+    An applied change is put in the merchant notification outbox (source
+    ``webhook:<provider>``); ``config`` None: the config the app bound to ``store``."""
     if event.target == "ignore" or event.status is None:
         return "ignored", None
     pid = await find_payment(store, provider_name, event)
@@ -180,10 +187,19 @@ async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEv
         return "unmatched", None
     out: list[Result] = ["ignored"]
     fn = (_payment_fn if event.target == "payment" else _refund_fn)(provider_name, event, out)
+    before: dict[str, Any] = {}
+
+    def tracked(d: dict[str, Any]) -> Events:
+        before.clear()
+        before.update(copy.deepcopy(d))  # the state this (final) CAS attempt started from
+        return fn(d)
+
     try:
-        await mutate(store, pid, fn)
+        doc = await mutate(store, pid, tracked)
     except (PaymentMissing, _Unmatched):
         return "unmatched", pid
+    if out[0] == "applied":
+        await notify_if_changed(store, config, before, doc, f"webhook:{provider_name}")
     return out[0], pid
 
 

@@ -158,6 +158,10 @@ class Provider(abc.ABC):
         self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
     ) -> RefundResult: ...
 
+    async def retrieve_refund(self, refund_reference: str) -> RefundResult:
+        """Current state of a refund, for providers that can look one up."""
+        raise Ambiguous("lookup_unsupported", f"{self.type} refunds are confirmed by webhook")
+
     @abc.abstractmethod
     async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
         """Find out the payment's state at the provider.

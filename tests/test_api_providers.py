@@ -96,8 +96,8 @@ async def test_manual_authorize_partial_capture_partial_refund(env: Env, provide
     status, pay = await env.post(f"/v1/payments/{pid}/refunds", f"{provider}-ref",
                                  {"amount": 250})
     assert status == 201, pay
-    if provider == "adyen":  # the refund is pending until the REFUND notification
-        assert pay["refunds"][0]["status"] == "pending"
+    if provider == "adyen":  # pending until the REFUND notification (which may win the race)
+        assert pay["refunds"][0]["status"] in ("pending", "succeeded")
         pay = await env.reaches(pid, "partially_refunded")
     assert pay["status"] == "partially_refunded" and pay["amount_refunded"] == 250
     assert pay["refunds"][0]["status"] == "succeeded"

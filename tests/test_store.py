@@ -694,3 +694,132 @@ async def test_redis_down_ping_false_and_store_error() -> None:
             await s.insert_payment(payment("pay_1"), [])
     finally:
         await s.close()
+
+
+# ---------------------------------------------------------------------------
+# merchant notification outbox (times are passed explicitly: no sleeping)
+# ---------------------------------------------------------------------------
+
+
+def notification(eid: str, pid: str = "pay_n", due: float = 1000.0, **extra: Any) -> dict:
+    event: dict[str, Any] = {
+        "id": eid, "merchant_id": "acme", "payment_id": pid, "type": "payment.captured",
+        "created_at": due, "next_attempt_at": due,
+        "payload": {"id": eid, "object": "event", "data": {"object": {"id": pid}}},
+    }
+    event.update(extra)
+    return event
+
+
+async def test_notification_enqueue_get_list_and_dedupe(store: Store) -> None:
+    assert await store.enqueue_notification(notification("evt_1")) is True
+    assert await store.enqueue_notification(notification("evt_2", due=1001.0)) is True
+    assert await store.enqueue_notification(notification("evt_other", pid="pay_x")) is True
+    # a retried enqueue (same id) changes nothing
+    assert await store.enqueue_notification(
+        notification("evt_1", type="payment.voided", due=5.0)) is False
+    got = await store.get_notification("evt_1")
+    assert got is not None
+    assert got["state"] == "pending" and got["attempts"] == []
+    assert got["type"] == "payment.captured" and got["next_attempt_at"] == 1000.0
+    assert got["payload"]["data"]["object"]["id"] == "pay_n"
+    assert got["lease_owner"] is None and got["delivered_at"] is None
+    assert [e["id"] for e in await store.list_notifications("pay_n")] == ["evt_1", "evt_2"]
+    assert await store.get_notification("evt_missing") is None
+    assert await store.list_notifications("pay_missing") == []
+    with pytest.raises(ValueError):
+        await store.enqueue_notification({"id": "", "merchant_id": "acme", "created_at": 1.0})
+
+
+async def test_notification_claim_due_lease_and_lapse(store: Store) -> None:
+    for i, due in enumerate([1003.0, 1001.0, 1002.0, 2000.0]):
+        await store.enqueue_notification(notification(f"evt_{i}", due=due))
+    assert await store.claim_due_notifications(1000.5, 10, 30.0, "a") == []
+    first = await store.claim_due_notifications(1002.5, 10, 30.0, "a")
+    assert [e["id"] for e in first] == ["evt_1", "evt_2"]  # due ones, oldest due first
+    assert all(e["lease_owner"] == "a" and e["lease_until"] == 1032.5 for e in first)
+    # leased: nobody else gets them while the lease is live
+    again = await store.claim_due_notifications(1010.0, 10, 30.0, "b")
+    assert [e["id"] for e in again] == ["evt_0"]
+    assert await store.claim_due_notifications(1020.0, 10, 30.0, "b") == []
+    # the lease lapsed (owner crashed): another worker takes them over; limit applies
+    taken = await store.claim_due_notifications(1033.0, 1, 30.0, "b")
+    assert len(taken) == 1 and taken[0]["lease_owner"] == "b"
+    stored = await store.get_notification(taken[0]["id"])
+    assert stored is not None and stored["lease_owner"] == "b"
+
+
+async def test_notification_attempts_reschedule_deliver_fail(store: Store) -> None:
+    await store.enqueue_notification(notification("evt_r"))
+    await store.enqueue_notification(notification("evt_f"))
+    await store.claim_due_notifications(1000.0, 10, 30.0, "w")
+    att = {"at": 1000.1, "status": 500, "duration_ms": 3}
+    doc = await store.record_notification_attempt("evt_r", att, False, 1010.0, owner="w")
+    assert doc is not None
+    assert doc["state"] == "pending" and doc["next_attempt_at"] == 1010.0
+    assert doc["lease_owner"] is None and doc["attempts"] == [att]
+    # rescheduled: not due before next_attempt_at, due after (lease released)
+    assert [e["id"] for e in await store.claim_due_notifications(1009.0, 10, 30.0, "w")] == []
+    assert [e["id"] for e in await store.claim_due_notifications(1010.0, 10, 30.0, "w")] == [
+        "evt_r"]
+    ok = {"at": 1010.2, "status": 200, "duration_ms": 4}
+    doc = await store.record_notification_attempt("evt_r", ok, True, None, owner="w")
+    assert doc is not None and doc["state"] == "delivered" and doc["delivered_at"] == 1010.2
+    assert doc["attempts"] == [att, ok]
+    # given up
+    gone = await store.record_notification_attempt("evt_f", att, False, None, owner="w")
+    assert gone is not None and gone["state"] == "failed"
+    assert await store.claim_due_notifications(10**9, 10, 30.0, "w") == []
+    # delivered is final: a late failed attempt is kept but changes nothing else
+    late = {"at": 1011.0, "error": "timeout"}
+    doc = await store.record_notification_attempt("evt_r", late, False, 1100.0, owner="x")
+    assert doc is not None and doc["state"] == "delivered" and doc["attempts"][-1] == late
+    fetched = await store.get_notification("evt_r")
+    assert fetched == doc
+    assert await store.record_notification_attempt("evt_none", att, True, None) is None
+
+
+async def test_notification_stale_owner_does_not_reschedule(store: Store) -> None:
+    await store.enqueue_notification(notification("evt_s"))
+    await store.claim_due_notifications(1000.0, 10, 5.0, "slow")
+    # the slow worker's lease lapsed; "fast" takes over
+    assert len(await store.claim_due_notifications(1006.0, 10, 30.0, "fast")) == 1
+    doc = await store.record_notification_attempt(
+        "evt_s", {"at": 1007.0, "error": "timeout"}, False, 1100.0, owner="slow")
+    assert doc is not None
+    assert doc["lease_owner"] == "fast" and doc["next_attempt_at"] == 1000.0
+    assert await store.claim_due_notifications(1010.0, 10, 30.0, "other") == []
+    doc = await store.record_notification_attempt(
+        "evt_s", {"at": 1008.0, "status": 204}, True, None, owner="fast")
+    assert doc is not None and doc["state"] == "delivered" and len(doc["attempts"]) == 2
+
+
+async def test_notification_concurrent_claims_each_event_once(store: Store,
+                                                             store_url: str) -> None:
+    for i in range(40):
+        await store.enqueue_notification(notification(f"evt_c{i:02d}", due=1000.0 + i / 100))
+    other = await second_store(store_url)
+    try:
+        batches = await asyncio.gather(*(
+            (store if i % 2 else other).claim_due_notifications(1001.0, 3, 60.0, f"w{i}")
+            for i in range(30)
+        ))
+    finally:
+        await other.close()
+    claimed = [e["id"] for b in batches for e in b]
+    assert sorted(claimed) == [f"evt_c{i:02d}" for i in range(40)]  # each exactly once
+
+
+async def test_notification_outbox_is_durable(store_url: str, store: Store) -> None:
+    await store.enqueue_notification(notification("evt_d"))
+    await store.record_notification_attempt("evt_d", {"at": 1.0, "status": 503}, False, 1000.0)
+    await store.close()
+    reopened = make_store(store_url)
+    await reopened.open()
+    try:
+        due = await reopened.claim_due_notifications(1000.0, 10, 30.0, "after-restart")
+        assert [e["id"] for e in due] == ["evt_d"]
+        assert due[0]["attempts"] == [{"at": 1.0, "status": 503}]
+    finally:
+        await reopened.close()
+    await store.open()

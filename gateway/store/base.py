@@ -175,3 +175,94 @@ class Store(abc.ABC):
     async def list_unmatched_webhooks(self, limit: int = 100) -> list[dict[str, Any]]:
         """Unmatched events, oldest first, at most ``limit``; each is the saved dict plus
         ``provider`` and ``received_at`` (unix seconds)."""
+
+    # merchant notification outbox ---------------------------------------------
+    # An outbox event is a dict: ``id`` ("evt_..."), ``merchant_id``, ``payment_id``,
+    # ``type``, ``created_at`` (unix s), ``payload`` (what is POSTed), ``next_attempt_at``
+    # (unix s). The store adds ``state`` ("pending" | "delivered" | "failed"),
+    # ``attempts`` (list, append order), ``delivered_at`` and the delivery lease
+    # (``lease_owner``, ``lease_until``). Times are the caller's clock (``now``).
+
+    @abc.abstractmethod
+    async def enqueue_notification(self, event: dict[str, Any]) -> bool:
+        """Add ``event`` to the outbox as ``pending`` with no attempts. Atomic insert-if-
+        absent: True if it was added, False if an event with that id exists (a retried
+        enqueue; the stored one is kept unchanged)."""
+
+    @abc.abstractmethod
+    async def claim_due_notifications(
+        self, now: float, limit: int, lease_s: float, owner: str
+    ) -> list[dict[str, Any]]:
+        """Atomically lease up to ``limit`` pending events with ``next_attempt_at <= now``
+        whose lease is free or lapsed (``lease_until <= now``), oldest due first: each
+        gets ``lease_owner = owner``, ``lease_until = now + lease_s``. Concurrent callers
+        (other replicas) never get the same event while its lease is live."""
+
+    @abc.abstractmethod
+    async def record_notification_attempt(
+        self, event_id: str, attempt: dict[str, Any], delivered: bool,
+        next_attempt_at: float | None, owner: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Append ``attempt`` and settle the event, atomically; returns it (None if unknown).
+
+        ``delivered`` -> state ``delivered`` (``delivered_at`` = ``attempt["at"]`` if
+        numeric); else ``next_attempt_at`` given -> stays ``pending``, rescheduled; else
+        -> ``failed`` (given up). ``delivered`` is final: a later (stale) attempt is
+        appended but changes nothing else. The lease is released unless ``owner`` is
+        given and someone else holds it now (then only the attempt is appended, plus
+        ``delivered`` if so)."""
+
+    @abc.abstractmethod
+    async def get_notification(self, event_id: str) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    async def list_notifications(self, payment_id: str) -> list[dict[str, Any]]:
+        """The payment's outbox events in enqueue order."""
+
+
+NOTIFICATION_STATES: frozenset[str] = frozenset({"pending", "delivered", "failed"})
+
+
+def new_notification(event: dict[str, Any]) -> dict[str, Any]:
+    """The stored form of a newly enqueued outbox event (shared by the backends)."""
+    eid = event.get("id")
+    if not isinstance(eid, str) or not eid:
+        raise ValueError("notification needs a non-empty string 'id'")
+    if not isinstance(event.get("merchant_id"), str):
+        raise ValueError("notification needs a string 'merchant_id'")
+    created = event.get("created_at")
+    if isinstance(created, bool) or not isinstance(created, int | float):
+        raise ValueError("notification needs a numeric 'created_at' (unix seconds)")
+    due = event.get("next_attempt_at", created)
+    if isinstance(due, bool) or not isinstance(due, int | float):
+        raise ValueError("notification 'next_attempt_at' must be numeric (unix seconds)")
+    return {**event, "next_attempt_at": float(due), "state": "pending", "attempts": [],
+            "delivered_at": None, "lease_owner": None, "lease_until": None}
+
+
+def settle_notification(
+    doc: dict[str, Any], attempt: dict[str, Any], delivered: bool,
+    next_attempt_at: float | None, owner: str | None,
+) -> dict[str, Any]:
+    """Apply one delivery attempt to a stored event in place (see
+    :meth:`Store.record_notification_attempt`); returns ``doc``."""
+    doc.setdefault("attempts", []).append(attempt)
+    state = doc.get("state")
+    if state == "delivered":
+        return doc
+    holds = owner is None or doc.get("lease_owner") == owner
+    if delivered:
+        at = attempt.get("at")
+        doc.update(state="delivered", next_attempt_at=None,
+                   delivered_at=float(at) if isinstance(at, int | float) else None)
+        if holds:
+            doc.update(lease_owner=None, lease_until=None)
+        return doc
+    if state != "pending" or not holds:
+        return doc
+    if next_attempt_at is None:
+        doc.update(state="failed", next_attempt_at=None)
+    else:
+        doc["next_attempt_at"] = float(next_attempt_at)
+    doc.update(lease_owner=None, lease_until=None)
+    return doc

@@ -50,7 +50,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 
 from gateway.store.base import (
     AlreadyExists,
@@ -61,6 +61,8 @@ from gateway.store.base import (
     Store,
     StoreError,
     in_reconcile_index,
+    new_notification,
+    settle_notification,
 )
 
 log = logging.getLogger(__name__)
@@ -144,7 +146,39 @@ if s and tonumber(s) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1]
 return 0
 """
 
+# Notification outbox. KEYS: event hash, due zset, payment list. ARGV: id, doc, due.
+_NTF_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
+redis.call('RPUSH', KEYS[3], ARGV[1])
+return 1
+"""
+
+# KEYS: due zset. ARGV: now, limit, lease_until, owner, event key prefix.
+# Returns a flat list {doc, lease_owner, lease_until, ...}.
+_NTF_CLAIM = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for _, id in ipairs(ids) do
+  local k = ARGV[5] .. id
+  local doc = redis.call('HGET', k, 'doc')
+  if doc then
+    redis.call('HSET', k, 'lease_owner', ARGV[4], 'lease_until', ARGV[3])
+    redis.call('ZADD', KEYS[1], ARGV[3], id)
+    table.insert(out, doc)
+    table.insert(out, ARGV[4])
+    table.insert(out, ARGV[3])
+  else
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+return out
+"""
+
 _SCRIPTS = {
+    "ntf_enqueue": _NTF_ENQUEUE,
+    "ntf_claim": _NTF_CLAIM,
     "insert": _INSERT,
     "update": _UPDATE,
     "claim": _CLAIM,
@@ -181,6 +215,20 @@ def lease_key(name: str) -> str:
 def webhook_event_key(provider: str, event_id: str) -> str:
     digest = hashlib.sha256(f"{provider}\0{event_id}".encode()).hexdigest()
     return f"gw:whevt:{{{digest}}}"
+
+
+# Notification outbox: every key in ONE hash slot (tag ``{ntf}``) so enqueue / claim /
+# settle are single-slot atomic steps (Lua, or WATCH/MULTI) on Redis Cluster too.
+NTF_DUE_KEY = "gw:{ntf}:due"  # zset of pending ids; score = next attempt or lease expiry
+_NTF_EVENT_PREFIX = "gw:{ntf}:e:"  # hash {doc: JSON without the lease, lease_owner, lease_until}
+
+
+def notification_key(event_id: str) -> str:
+    return _NTF_EVENT_PREFIX + event_id
+
+
+def notification_payment_key(payment_id: str) -> str:
+    return f"gw:{{ntf}}:p:{payment_id}"
 
 
 UNMATCHED_WEBHOOKS_KEY = "gw:webhooks:unmatched"
@@ -475,6 +523,98 @@ class RedisStore(Store):
             raws = await self._r.lrange(UNMATCHED_WEBHOOKS_KEY, 0, int(limit) - 1)
         return [json.loads(r) for r in raws]
 
+    # merchant notification outbox ------------------------------------------------
+    @staticmethod
+    def _ntf_doc(raw_doc: Any, owner: Any, lease_until: Any) -> dict[str, Any]:
+        doc: dict[str, Any] = json.loads(raw_doc)
+        doc["lease_owner"] = str(owner) if owner else None
+        doc["lease_until"] = float(lease_until) if lease_until else None
+        return doc
 
-__all__ = ["RedisStore", "doc_key", "events_key", "idem_key", "lease_key", "pref_key",
-           "webhook_event_key"]
+    @staticmethod
+    def _ntf_stored(doc: dict[str, Any]) -> str:
+        return _dumps({k: v for k, v in doc.items() if k not in ("lease_owner", "lease_until")})
+
+    async def enqueue_notification(self, event: dict[str, Any]) -> bool:
+        doc = new_notification(event)
+        eid = str(doc["id"])
+        pid = str(doc.get("payment_id") or "")
+        with _errors():
+            return bool(await self._eval(
+                "ntf_enqueue",
+                [notification_key(eid), NTF_DUE_KEY, notification_payment_key(pid)],
+                [eid, self._ntf_stored(doc), repr(float(doc["next_attempt_at"]))],
+            ))
+
+    async def claim_due_notifications(
+        self, now: float, limit: int, lease_s: float, owner: str
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        lease_until = float(now) + float(lease_s)
+        with _errors():
+            flat = await self._eval(
+                "ntf_claim", [NTF_DUE_KEY],
+                [repr(float(now)), int(limit), repr(lease_until), owner, _NTF_EVENT_PREFIX],
+            )
+        return [self._ntf_doc(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
+
+    async def record_notification_attempt(
+        self, event_id: str, attempt: dict[str, Any], delivered: bool,
+        next_attempt_at: float | None, owner: str | None = None,
+    ) -> dict[str, Any] | None:
+        key = notification_key(event_id)
+        with _errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hmget(key, ["doc", "lease_owner", "lease_until"])
+                        if raw[0] is None:
+                            await pipe.unwatch()
+                            return None
+                        doc = settle_notification(self._ntf_doc(*raw), dict(attempt),
+                                                  bool(delivered), next_attempt_at, owner)
+                        pipe.multi()
+                        pipe.hset(key, "doc", self._ntf_stored(doc))
+                        if doc["lease_owner"] is None:
+                            pipe.hdel(key, "lease_owner", "lease_until")
+                        if doc["state"] != "pending":
+                            pipe.zrem(NTF_DUE_KEY, event_id)
+                        elif doc["lease_owner"] is None:
+                            pipe.zadd(NTF_DUE_KEY, {event_id: float(doc["next_attempt_at"])})
+                        await pipe.execute()
+                        return doc
+                    except WatchError:
+                        continue
+
+    async def get_notification(self, event_id: str) -> dict[str, Any] | None:
+        with _errors():
+            raw = await self._r.hmget(notification_key(event_id),
+                                      ["doc", "lease_owner", "lease_until"])
+        return None if raw[0] is None else self._ntf_doc(*raw)
+
+    async def list_notifications(self, payment_id: str) -> list[dict[str, Any]]:
+        with _errors():
+            ids = await self._r.lrange(notification_payment_key(payment_id), 0, -1)
+            if not ids:
+                return []
+            async with self._r.pipeline(transaction=False) as pipe:
+                for eid in ids:
+                    pipe.hmget(notification_key(str(eid)), ["doc", "lease_owner", "lease_until"])
+                raws = await pipe.execute()
+        return [self._ntf_doc(*r) for r in raws if r[0] is not None]
+
+
+__all__ = [
+    "NTF_DUE_KEY",
+    "RedisStore",
+    "doc_key",
+    "events_key",
+    "idem_key",
+    "lease_key",
+    "notification_key",
+    "notification_payment_key",
+    "pref_key",
+    "webhook_event_key",
+]

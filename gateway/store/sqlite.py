@@ -37,6 +37,8 @@ from gateway.store.base import (
     Store,
     StoreError,
     in_reconcile_index,
+    new_notification,
+    settle_notification,
 )
 
 T = TypeVar("T")
@@ -91,6 +93,18 @@ CREATE TABLE IF NOT EXISTS unmatched_webhooks (
     received_at REAL NOT NULL,
     event TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS notifications (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    payment_id TEXT,
+    state TEXT NOT NULL,
+    next_attempt_at REAL,
+    lease_owner TEXT,
+    lease_until REAL,
+    doc TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS notifications_payment ON notifications (payment_id, seq);
 """
 
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
@@ -543,6 +557,103 @@ class SQLiteStore(Store):
             (limit,),
         )
         return [(str(r["provider"]), float(r["received_at"]), str(r["event"])) for r in cur]
+
+    # merchant notification outbox ------------------------------------------------
+    # ``doc`` holds the whole event (attempts included); state, schedule and lease are
+    # also columns so the due index can find and lease events in one transaction.
+
+    async def enqueue_notification(self, event: dict[str, Any]) -> bool:
+        doc = new_notification(event)
+        return await self._run(self._enqueue_ntf_sync, doc)
+
+    def _enqueue_ntf_sync(self, doc: dict[str, Any]) -> bool:
+        with self._tx() as conn:
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO notifications (id, payment_id, state, next_attempt_at,"
+                " lease_owner, lease_until, doc) VALUES (?, ?, 'pending', ?, NULL, NULL, ?)",
+                (doc["id"], doc.get("payment_id"), doc["next_attempt_at"], _dumps(doc)),
+            )
+            return cur.rowcount == 1
+
+    async def claim_due_notifications(
+        self, now: float, limit: int, lease_s: float, owner: str
+    ) -> list[dict[str, Any]]:
+        if limit <= 0:
+            return []
+        return await self._run(
+            self._claim_ntf_sync, float(now), int(limit), float(lease_s), owner
+        )
+
+    def _claim_ntf_sync(
+        self, now: float, limit: int, lease_s: float, owner: str
+    ) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        with self._tx() as conn:
+            rows = conn.execute(
+                "SELECT id, doc FROM notifications WHERE state = 'pending'"
+                " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " ORDER BY next_attempt_at, seq LIMIT ?",
+                (now, now, limit),
+            ).fetchall()
+            for row in rows:
+                doc = json.loads(row["doc"])
+                doc.update(lease_owner=owner, lease_until=now + lease_s)
+                conn.execute(
+                    "UPDATE notifications SET lease_owner = ?, lease_until = ?, doc = ?"
+                    " WHERE id = ?",
+                    (owner, doc["lease_until"], _dumps(doc), row["id"]),
+                )
+                out.append(doc)
+        return out
+
+    async def record_notification_attempt(
+        self, event_id: str, attempt: dict[str, Any], delivered: bool,
+        next_attempt_at: float | None, owner: str | None = None,
+    ) -> dict[str, Any] | None:
+        return await self._run(
+            self._record_ntf_sync, event_id, dict(attempt), bool(delivered), next_attempt_at,
+            owner,
+        )
+
+    def _record_ntf_sync(
+        self, event_id: str, attempt: dict[str, Any], delivered: bool,
+        next_attempt_at: float | None, owner: str | None,
+    ) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM notifications WHERE id = ?", (event_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            doc = settle_notification(json.loads(row["doc"]), attempt, delivered,
+                                      next_attempt_at, owner)
+            conn.execute(
+                "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
+                " lease_until = ?, doc = ? WHERE id = ?",
+                (doc["state"], doc["next_attempt_at"], doc["lease_owner"], doc["lease_until"],
+                 _dumps(doc), event_id),
+            )
+            return doc
+
+    async def get_notification(self, event_id: str) -> dict[str, Any] | None:
+        raw = await self._run(self._get_ntf_sync, event_id)
+        return None if raw is None else json.loads(raw)
+
+    def _get_ntf_sync(self, event_id: str) -> str | None:
+        row = self._db().execute(
+            "SELECT doc FROM notifications WHERE id = ?", (event_id,)
+        ).fetchone()
+        return None if row is None else str(row["doc"])
+
+    async def list_notifications(self, payment_id: str) -> list[dict[str, Any]]:
+        rows = await self._run(self._list_ntf_sync, payment_id)
+        return [json.loads(r) for r in rows]
+
+    def _list_ntf_sync(self, payment_id: str) -> list[str]:
+        cur = self._db().execute(
+            "SELECT doc FROM notifications WHERE payment_id = ? ORDER BY seq", (payment_id,)
+        )
+        return [str(r["doc"]) for r in cur.fetchall()]
 
 
 __all__ = ["SQLiteStore"]

@@ -1,0 +1,377 @@
+"""Merchant notifications: a durable outbox in the store and a delivery worker.
+
+What is notified
+  Every payment change that did NOT come from the merchant's own request (provider
+  webhooks ``webhook:<provider>``, status lookups, reconciliation), or every change when
+  the merchant sets ``webhook.notify_all: true``. Merchants without ``webhook.url`` get
+  nothing. Sources of the merchant's own request: :data:`MERCHANT_SOURCES`.
+
+The event (the POSTed JSON body)
+  ``{"id": "evt_...", "object": "event", "type": "payment.<status>", "created": <unix>,
+  "data": {"object": <payment object after the change>}, "previous_status": ...,
+  "source": ...}``; ``type`` is ``payment.updated`` when the status did not change (a
+  refund settled, for instance). The id is derived from (payment id, payment version),
+  so a retried enqueue of the same change is deduplicated by the store, and merchants
+  dedupe on it.
+
+Delivery
+  :class:`NotificationWorker` polls the outbox (``notifications.poll_interval_s``),
+  leases due events (so replicas sharing a Redis store never send one event
+  concurrently), POSTs them with ``Gateway-Signature: t=<unix>,v1=<hex>`` and
+  ``Gateway-Event-Id``. A 2xx answer is a delivery; anything else (status, timeout,
+  connection error) is retried with exponential backoff (``backoff_base_s`` doubling up
+  to ``backoff_max_s``, +0-10 % jitter) until ``max_age_s`` (24 h) after the event was
+  created; then it is marked ``failed``. Every attempt is kept with the event
+  (``GET /v1/events/{id}``). Delivery is at least once: a worker killed mid-delivery
+  leaves a lease that lapses, and the event is sent again.
+
+Crash window: the outbox write follows the payment's compare-and-swap write (the
+store interface has no single atomic "update payment + enqueue" step), so a crash (or a
+store failure) exactly between the two loses that one notification. It is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from gateway.config import GatewayConfig, MerchantConfig, NotificationSettings
+from gateway.model import derived_id, iso, public_view
+from gateway.notification_signing import (
+    EVENT_ID_HEADER,
+    SIGNATURE_HEADER,
+    sign,
+    verify_signature,
+)
+from gateway.store import Store, StoreError
+
+log = logging.getLogger("gateway.notifications")
+
+#: Audit sources that mean "the merchant's own request changed the payment".
+MERCHANT_SOURCES: frozenset[str] = frozenset({"merchant", "provider_response", "gateway"})
+
+#: Extra lease time beyond the POST timeout (recording the attempt, slow store). A
+#: worker killed mid-delivery delays that event's next attempt by at most the lease.
+LEASE_MARGIN_S = 5.0
+
+_bound: weakref.WeakKeyDictionary[Store, GatewayConfig] = weakref.WeakKeyDictionary()
+
+
+def bind(store: Store, config: GatewayConfig) -> None:
+    """Remember ``config`` for ``store`` (done by the app), so code that only has the
+    store (webhook application) can enqueue notifications."""
+    _bound[store] = config
+
+
+def bound_config(store: Store) -> GatewayConfig | None:
+    return _bound.get(store)
+
+
+def event_id(payment_id: str, version: int) -> str:
+    """Deterministic: one event per stored version of a payment."""
+    return derived_id("evt_", payment_id, str(int(version)))
+
+
+def _merchant(config: GatewayConfig, merchant_id: Any) -> MerchantConfig | None:
+    return config.merchants.get(str(merchant_id)) if merchant_id is not None else None
+
+
+def wants_notification(config: GatewayConfig, merchant_id: Any, source: str) -> bool:
+    merchant = _merchant(config, merchant_id)
+    if merchant is None or not merchant.webhook_url:
+        return False
+    return merchant.notify_all or source not in MERCHANT_SOURCES
+
+
+def build_event(
+    doc_after: dict[str, Any], from_status: str | None, source: str, created: float
+) -> dict[str, Any]:
+    """The merchant-facing event body for a change that produced ``doc_after``."""
+    status = str(doc_after["status"])
+    return {
+        "id": event_id(str(doc_after["id"]), int(doc_after.get("version") or 0)),
+        "object": "event",
+        "type": f"payment.{status}" if status != from_status else "payment.updated",
+        "created": int(created),
+        "data": {"object": public_view(doc_after)},
+        "previous_status": from_status,
+        "source": source,
+    }
+
+
+async def enqueue_status_change(
+    store: Store, config: GatewayConfig | None, doc_after: dict[str, Any],
+    from_status: str | None, source: str, *, now: float | None = None,
+) -> str | None:
+    """Put a notification for this change in the outbox; returns its id, or None when
+    the merchant is not to be notified (no webhook URL; its own request without
+    ``notify_all``). ``doc_after`` is the payment as stored (with its new ``version``).
+    ``config`` None: the config bound to ``store`` by the app (see :func:`bind`)."""
+    config = config if config is not None else bound_config(store)
+    if config is None or not wants_notification(config, doc_after.get("merchant_id"), source):
+        return None
+    ts = time.time() if now is None else now
+    payload = build_event(doc_after, from_status, source, ts)
+    await store.enqueue_notification({
+        "id": payload["id"], "merchant_id": str(doc_after["merchant_id"]),
+        "payment_id": str(doc_after["id"]), "type": payload["type"], "created_at": ts,
+        "next_attempt_at": ts, "payload": payload,
+    })
+    return str(payload["id"])
+
+
+def _changed_fields(doc: dict[str, Any]) -> tuple[Any, ...]:
+    refunds = tuple((r.get("id"), r.get("status")) for r in doc.get("refunds") or [])
+    return (doc.get("status"), doc.get("amount_authorized"), doc.get("amount_captured"),
+            doc.get("amount_refunded"), refunds)
+
+
+async def notify_if_changed(
+    store: Store, config: GatewayConfig | None, before: dict[str, Any],
+    after: dict[str, Any], source: str,
+) -> str | None:
+    """:func:`enqueue_status_change` if the status, an amount or a refund's status
+    differs between ``before`` and ``after``. Never raises: a failure is logged."""
+    if _changed_fields(before) == _changed_fields(after):
+        return None
+    try:
+        return await enqueue_status_change(store, config, after, before.get("status"), source)
+    except (StoreError, ValueError):
+        log.exception("notification not enqueued", extra={"payment_id": after.get("id"),
+                                                           "source": source})
+        return None
+
+
+_CHANGE_EVENTS = ("status_changed", "refund_updated")
+
+
+def change_source(events: list[dict[str, Any]]) -> str:
+    """The source of a write's audit events: that of its first status / refund change."""
+    for ev in events:
+        if ev.get("type") in _CHANGE_EVENTS and ev.get("source"):
+            return str(ev["source"])
+    for ev in reversed(events):
+        if ev.get("source"):
+            return str(ev["source"])
+    return "gateway"
+
+
+async def notify_mutation(
+    store: Store, before: dict[str, Any], after: dict[str, Any],
+    events: list[dict[str, Any]], config: GatewayConfig | None = None,
+) -> str | None:
+    """For a generic write path (``orchestrator.mutate``): ``before`` is the doc as read
+    for the successful CAS, ``after`` as written, ``events`` the audit events written
+    with it. Notifies if something visible changed; the source is taken from the audit
+    events. Never raises. Safe to combine with :func:`notify_if_changed` for the same
+    write: the event id (payment id, version) dedupes."""
+    return await notify_if_changed(store, config, before, after, change_source(events))
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def backoff_delay(failures: int, base_s: float, max_s: float) -> float:
+    """Delay after the ``failures``-th failed attempt (1, 2, ...): base * 2^(n-1), capped."""
+    exponent = min(max(failures, 1) - 1, 62)
+    return float(min(max_s, base_s * (2.0**exponent)))
+
+
+def next_attempt_at(
+    created_at: float, failures: int, now: float, settings: NotificationSettings,
+    jitter: float = 0.1,
+) -> float | None:
+    """When to try again after ``failures`` failed attempts; None = give up (too old)."""
+    give_up_at = created_at + settings.max_age_s
+    if now >= give_up_at:
+        return None
+    delay = backoff_delay(failures, settings.backoff_base_s, settings.backoff_max_s)
+    delay *= 1.0 + random.uniform(0.0, max(jitter, 0.0))
+    return min(now + delay, give_up_at)
+
+
+def encode_body(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True,
+                      ensure_ascii=False).encode("utf-8")
+
+
+class NotificationWorker:
+    """Delivers due outbox events in the background (one per process; many may share
+    a store: leases keep them from sending the same event at once)."""
+
+    def __init__(
+        self, store: Store, config: GatewayConfig, *, owner: str | None = None,
+        jitter: float = 0.1,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.settings = config.notifications
+        self.owner = owner or f"ntf-{uuid.uuid4().hex[:12]}"
+        self.jitter = jitter
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._wake = asyncio.Event()
+
+    @property
+    def lease_s(self) -> float:
+        return 2 * self.settings.timeout_s + LEASE_MARGIN_S
+
+    async def start(self) -> None:
+        if self._task is not None:
+            return
+        self._stopping.clear()
+        self._session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=self.settings.timeout_s))
+        self._task = asyncio.create_task(self._loop(), name="notification-worker")
+
+    async def stop(self, grace_s: float = 2.0) -> None:
+        """Stop polling; give in-flight deliveries ``grace_s`` to finish, then cancel
+        (a cancelled delivery is retried after its lease lapses)."""
+        task, self._task = self._task, None
+        self._stopping.set()
+        self._wake.set()
+        if task is not None:
+            done, _ = await asyncio.wait({task}, timeout=grace_s)
+            if not done:
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def wake(self) -> None:
+        """Poll now instead of at the next interval."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while not self._stopping.is_set():
+            handled = 0
+            try:
+                handled = await self.run_once()
+            except Exception:  # the store is down, etc.: try again at the next poll
+                log.exception("notification delivery pass failed")
+            if handled >= self.settings.batch_size:
+                continue  # more may be due
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval_s)
+            self._wake.clear()
+
+    async def run_once(self) -> int:
+        """Claim the due events and deliver them; returns how many were claimed."""
+        events = await self.store.claim_due_notifications(
+            time.time(), self.settings.batch_size, self.lease_s, self.owner)
+        if events:
+            await asyncio.gather(*(self.deliver(e) for e in events))
+        return len(events)
+
+    async def deliver(self, event: dict[str, Any]) -> dict[str, Any] | None:
+        """One attempt for one (leased) event; records it and returns the stored event."""
+        merchant = _merchant(self.config, event.get("merchant_id"))
+        started = time.time()
+        t0 = time.monotonic()
+        status: int | None = None
+        error: str | None = None
+        if merchant is None or not merchant.webhook_url or not merchant.webhook_secret:
+            error = "merchant has no webhook url/secret configured"
+        else:
+            body = encode_body(event["payload"])
+            headers = {
+                "Content-Type": "application/json",
+                "User-Agent": "payment-gateway-notifications/1",
+                SIGNATURE_HEADER: sign(body, merchant.webhook_secret),
+                EVENT_ID_HEADER: str(event["id"]),
+            }
+            try:
+                status = await self._post(merchant.webhook_url, body, headers)
+            except TimeoutError:
+                error = "timeout"
+            except aiohttp.ClientError as exc:
+                error = f"connection error: {type(exc).__name__}"
+        delivered = status is not None and 200 <= status < 300
+        attempt: dict[str, Any] = {"at": started, "duration_ms":
+                                   int((time.monotonic() - t0) * 1000)}
+        if status is not None:
+            attempt["status"] = status
+        if error is not None:
+            attempt["error"] = error
+        failures = 1 + sum(1 for a in event.get("attempts") or [] if not _ok(a))
+        nxt = None if delivered else next_attempt_at(
+            float(event["created_at"]), failures, time.time(), self.settings, self.jitter)
+        try:
+            stored = await self.store.record_notification_attempt(
+                str(event["id"]), attempt, delivered, nxt, owner=self.owner)
+        except StoreError:
+            log.exception("notification attempt not recorded", extra={"event_id": event["id"]})
+            return None
+        extra = {"event_id": event["id"], "merchant_id": event.get("merchant_id"),
+                 "payment_id": event.get("payment_id"), "http_status": status,
+                 "error": error, "attempt": len(event.get("attempts") or []) + 1}
+        if delivered:
+            log.info("notification delivered", extra=extra)
+        elif nxt is None:
+            log.warning("notification given up", extra=extra)
+        else:
+            log.info("notification attempt failed", extra={**extra, "retry_at": iso(nxt)})
+        return stored
+
+    async def _post(self, url: str, body: bytes, headers: dict[str, str]) -> int:
+        if self._session is None:
+            raise RuntimeError("NotificationWorker is not started")
+        async with self._session.post(url, data=body, headers=headers,
+                                      allow_redirects=False) as resp:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                await resp.content.read(4096)  # drain a little; the body is ignored
+            return resp.status
+
+
+def _ok(attempt: dict[str, Any]) -> bool:
+    status = attempt.get("status")
+    return isinstance(status, int) and 200 <= status < 300
+
+
+async def worker_ctx(app: Any) -> AsyncIterator[None]:
+    """aiohttp ``cleanup_ctx``: bind the config to the store and run the worker."""
+    from gateway.appkeys import CONFIG, STORE
+
+    store, config = app[STORE], app[CONFIG]
+    bind(store, config)
+    worker = NotificationWorker(store, config)
+    await worker.start()
+    try:
+        yield
+    finally:
+        await worker.stop()
+
+
+__all__ = [
+    "EVENT_ID_HEADER",
+    "MERCHANT_SOURCES",
+    "SIGNATURE_HEADER",
+    "NotificationWorker",
+    "backoff_delay",
+    "bind",
+    "bound_config",
+    "build_event",
+    "change_source",
+    "encode_body",
+    "enqueue_status_change",
+    "event_id",
+    "next_attempt_at",
+    "notify_if_changed",
+    "notify_mutation",
+    "sign",
+    "verify_signature",
+    "worker_ctx",
+]

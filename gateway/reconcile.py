@@ -1,0 +1,191 @@
+"""Reconciliation of payments left uncertain (SPEC section 9).
+
+One pass looks at payments that are ``pending`` (stale), ``unknown``, ``processing``,
+``capture_pending`` / ``void_pending`` or that hold pending/unknown refunds, oldest first,
+and asks their provider: an idempotent replay with the same provider key (Stripe, Adyen),
+a lookup (Braintree ``search`` by order id, Stripe refund retrieval), or a re-send of the
+recorded modification with its key. Each payment is worked on by one replica at a time
+(a store lease per payment). Every correction lands in the audit trail (source
+``reconciliation``) and in ``gateway_reconciliation_corrections_total``; the
+``gateway_payments_unresolved`` gauge is recomputed every pass. Adyen confirms
+modifications only by webhook: one missing past ``webhook_deadline_s`` is flagged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway import metrics
+from gateway.config import GatewayConfig, ReconcileSettings
+from gateway.model import audit, iso
+from gateway.orchestrator import OperationError, Orchestrator, mutate
+from gateway.state_machine import PaymentStatus
+from gateway.store import PaymentQuery, Store
+
+log = logging.getLogger("gateway.reconcile")
+SOURCE = "reconciliation"
+WATCHED = [PaymentStatus.PENDING, PaymentStatus.UNKNOWN, PaymentStatus.PROCESSING,
+           PaymentStatus.CAPTURE_PENDING, PaymentStatus.VOID_PENDING]
+# Payments past these can still hold pending/unknown refunds (flagged needs_reconcile).
+QUERIED = [s.value for s in WATCHED] + ["captured", "partially_refunded", "refunded"]
+UNRESOLVED_LIMIT = 10_000
+
+
+@dataclass
+class Drift:
+    payment_id: str
+    provider: str | None
+    from_status: str
+    to_status: str
+    refunds: list[tuple[str, str, str]] = field(default_factory=list)  # id, from, to
+
+
+@dataclass
+class Unresolved:
+    payment_id: str
+    provider: str | None
+    status: str
+    reason: str
+
+
+@dataclass
+class Report:
+    examined: int = 0
+    corrected: list[Drift] = field(default_factory=list)
+    unresolved: list[Unresolved] = field(default_factory=list)
+    skipped_locked: int = 0
+
+    def render(self) -> str:
+        lines = [f"reconciliation pass: {self.examined} examined, {len(self.corrected)} "
+                 f"corrected, {len(self.unresolved)} still unresolved"
+                 + (f", {self.skipped_locked} busy elsewhere" if self.skipped_locked else "")]
+        for d in self.corrected:
+            lines.append(f"  corrected {d.payment_id} ({d.provider}): {d.from_status} -> "
+                         f"{d.to_status}")
+            for rid, old, new in d.refunds:
+                lines.append(f"    refund {rid}: {old} -> {new}")
+        for u in self.unresolved:
+            lines.append(f"  unresolved {u.payment_id} ({u.provider}): {u.status}: {u.reason}")
+        return "\n".join(lines)
+
+
+def _refund_states(doc: dict[str, Any]) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in doc["refunds"]}
+
+
+def _open_refunds(doc: dict[str, Any]) -> bool:
+    return any(r["status"] in ("pending", "unknown") for r in doc["refunds"])
+
+
+class Reconciler:
+    def __init__(self, config: GatewayConfig, store: Store, orchestrator: Orchestrator,
+                 settings: ReconcileSettings | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.orchestrator = orchestrator
+        self.settings = settings or config.reconciliation
+        self.owner = f"reconciler-{uuid.uuid4().hex[:12]}"
+
+    async def run_once(self, now: float | None = None) -> Report:
+        now = time.time() if now is None else now
+        report = Report()
+        due = await self.store.query_payments(PaymentQuery(
+            statuses=QUERIED, updated_before=now - self.settings.min_age_s,
+            limit=self.settings.batch_size))
+        for doc in due:
+            lease = f"reconcile:{doc['id']}"
+            if not await self.store.acquire_lease(lease, self.owner, self.settings.lease_s):
+                report.skipped_locked += 1
+                continue
+            try:
+                report.examined += 1
+                await self._one(doc, now, report)
+            except Exception:  # one payment must not stop the pass
+                log.exception("reconciliation of a payment failed",
+                              extra={"payment_id": doc["id"]})
+            finally:
+                await self.store.release_lease(lease, self.owner)
+        await self._export_unresolved(now)
+        return report
+
+    async def _one(self, doc: dict[str, Any], now: float, report: Report) -> None:
+        before_status, before_refunds = doc["status"], _refund_states(doc)
+        after = doc
+        reason = ""
+        try:
+            if PaymentStatus(doc["status"]) in WATCHED:
+                after = await self.orchestrator.resolve(doc, SOURCE)
+            if _open_refunds(after):
+                after = await self.orchestrator.resolve_refunds(after, SOURCE)
+        except OperationError as exc:
+            reason = exc.message
+        provider = after.get("provider")
+        refunds = [(rid, before_refunds[rid], new) for rid, new in _refund_states(after).items()
+                   if rid in before_refunds and before_refunds[rid] != new]
+        if after["status"] != before_status or refunds:
+            if after["status"] != before_status:
+                metrics.RECONCILIATION_CORRECTIONS.labels(
+                    provider or "none", before_status, after["status"]).inc()
+            for _rid, old, new in refunds:
+                metrics.RECONCILIATION_CORRECTIONS.labels(
+                    provider or "none", f"refund_{old}", f"refund_{new}").inc()
+            report.corrected.append(Drift(after["id"], provider, before_status,
+                                          after["status"], refunds))
+        still = PaymentStatus(after["status"]) in WATCHED or _open_refunds(after)
+        if not still:
+            return
+        age = now - after["created_at"]
+        if not reason:
+            reason = self._why(after, age)
+        if reason.startswith("webhook overdue") and not after.get("_flagged"):
+            await self._flag(after["id"], reason)
+        report.unresolved.append(Unresolved(after["id"], provider, after["status"], reason))
+
+    def _why(self, doc: dict[str, Any], age: float) -> str:
+        provider = self.orchestrator.providers.get(doc.get("provider") or "")
+        asynchronous = provider is not None and provider.type == "adyen"
+        pending_mod = doc["status"] in ("capture_pending", "void_pending") or any(
+            r["status"] == "pending" for r in doc["refunds"])
+        if asynchronous and pending_mod:
+            if age > self.settings.webhook_deadline_s:
+                return (f"webhook overdue: no {provider.type if provider else ''} notification "
+                        f"after {int(age)} s")
+            return "waiting for the provider's notification"
+        return "the provider gave no definite answer yet"
+
+    async def _flag(self, payment_id: str, reason: str) -> None:
+        def fn(d: dict[str, Any]) -> list[dict[str, Any]]:
+            d["_flagged"] = iso(time.time())
+            return [audit("flagged", SOURCE, reason=reason)]
+
+        await mutate(self.store, payment_id, fn)
+        log.warning("payment flagged by reconciliation",
+                    extra={"payment_id": payment_id, "reason": reason})
+
+    async def _export_unresolved(self, now: float) -> None:
+        docs = await self.store.query_payments(PaymentQuery(
+            statuses=QUERIED, updated_before=now + 1, limit=UNRESOLVED_LIMIT))
+        counts: dict[str, int] = dict.fromkeys(self.config.providers, 0)
+        for d in docs:
+            if PaymentStatus(d["status"]) in WATCHED or _open_refunds(d):
+                name = d.get("provider") or "none"
+                counts[name] = counts.get(name, 0) + 1
+        for name, n in counts.items():
+            metrics.PAYMENTS_UNRESOLVED.labels(name).set(n)
+
+    async def loop(self) -> None:
+        while True:
+            try:
+                report = await self.run_once()
+                if report.corrected or report.unresolved:
+                    log.info("reconciliation pass", extra={
+                        "examined": report.examined, "corrected": len(report.corrected),
+                        "unresolved": len(report.unresolved)})
+            except Exception:
+                log.exception("reconciliation pass failed")
+            await asyncio.sleep(self.settings.interval_s)
