@@ -171,3 +171,48 @@ async def test_process_then_drop_is_retried_to_one_charge(env: Env, provider: st
     for other in PROVIDERS:
         if other != provider:
             assert await env.sim.charges(other, pay["id"]) == []
+
+
+@providers
+async def test_duplicated_and_reordered_provider_webhooks_change_nothing(
+    env: Env, provider: str
+) -> None:
+    """The simulator sends every notification twice and out of order; the payment still
+    ends where the provider is, and the duplicates are acknowledged, not applied."""
+    from gateway.metrics import REGISTRY
+
+    async with env.sim.session.post(f"{env.sim.base}/_sim/{provider}/webhooks",
+                                    json={"duplicate_rate": 1.0, "reorder_window_ms": 300}) as r:
+        assert r.status == 200
+        assert (await r.json())["duplicate_rate"] == 1.0
+    dup_before = REGISTRY.get_sample_value(
+        "gateway_webhooks_total", {"provider": provider, "result": "duplicate"}) or 0.0
+    _, pay = await env.create(f"{provider}-chaotic-hooks", provider, amount=900)
+    pid = pay["id"]
+    status, pay = await env.post(f"/v1/payments/{pid}/capture", f"{provider}-ch-cap",
+                                 {"amount": 900})
+    assert status == 200, pay
+    pay = await env.reaches(pid, "captured")
+    status, pay = await env.post(f"/v1/payments/{pid}/refunds", f"{provider}-ch-ref",
+                                 {"amount": 400})
+    assert status == 201, pay
+    pay = await env.reaches(pid, "partially_refunded")
+
+    async def duplicates_seen() -> bool:
+        now = REGISTRY.get_sample_value(
+            "gateway_webhooks_total", {"provider": provider, "result": "duplicate"}) or 0.0
+        return now > dup_before
+
+    await wait_for(duplicates_seen, timeout=10)
+    [charge] = await env.sim.charges(provider, pid)
+    assert (charge["amount_captured"], charge["amount_refunded"]) == (900, 400)
+    final = (await (await env.client.get(f"/v1/payments/{pid}", headers=headers())).json())
+    assert (final["amount_captured"], final["amount_refunded"]) == (900, 400)
+    assert [r["status"] for r in final["refunds"]] == ["succeeded"]
+
+
+async def test_webhook_settings_are_validated(env: Env) -> None:
+    async with env.sim.session.post(f"{env.sim.base}/_sim/stripe/webhooks",
+                                    json={"duplicate_rate": 2}) as r:
+        assert r.status == 400
+        assert (await r.json())["error"]["code"] == "invalid_webhook_settings"

@@ -119,6 +119,11 @@ async def test_unauthorized_fails_over_to_b(tmp_path: Path, store_url: str, aioh
     assert pay["attempts"][0]["outcome"] == "rejected_safe"
     assert pay["attempts"][0]["error_code"] == "provider_auth_error"
     assert await env.charges(pay["id"]) == {"stripe_a": 0, "bt_b": 1}
+    from gateway.appkeys import BREAKERS
+
+    breakers = env.client.app[BREAKERS]
+    assert breakers["stripe_a"].fail_counter == 1  # a 401 counts against A's breaker
+    assert breakers["bt_b"].fail_counter == 0
 
 
 async def _never_b(env: Env, fault: dict[str, Any], idem: str) -> dict[str, Any]:

@@ -5,6 +5,8 @@
     POST /_sim/{provider}/faults            merge settings (omitted keys keep their value)
     GET  /_sim/{provider}/charges?reference=<gateway payment id>
     GET  /_sim/{provider}/requests          {"total": n, "by_operation": {...}}
+    GET  /_sim/{provider}/webhooks          webhook delivery settings
+    POST /_sim/{provider}/webhooks          {"duplicate_rate", "reorder_window_ms"} (merged)
     POST /_sim/{provider}/reset             clear one simulator
     POST /_sim/reset                        clear every simulator (state, counters, faults)
 """
@@ -97,6 +99,21 @@ async def reset_all(request: web.Request) -> web.Response:
     return web.json_response({"reset": host.names})
 
 
+async def get_webhooks(request: web.Request) -> web.Response:
+    name = _provider(request)
+    return web.json_response(request.app[HOST_KEY].simulator(name).webhooks.settings())
+
+
+async def post_webhooks(request: web.Request) -> web.Response:
+    name = _provider(request)
+    try:
+        update = await request.json()
+        settings = request.app[HOST_KEY].simulator(name).webhooks.configure(update)
+    except ValueError as exc:  # includes JSON decode errors
+        return _error(400, "invalid_webhook_settings", str(exc))
+    return web.json_response(settings)
+
+
 def build_control_app(host: SimulatorHost) -> web.Application:
     app = web.Application()
     app[HOST_KEY] = host
@@ -106,5 +123,7 @@ def build_control_app(host: SimulatorHost) -> web.Application:
     app.router.add_post("/_sim/{provider}/faults", post_faults)
     app.router.add_get("/_sim/{provider}/charges", get_charges)
     app.router.add_get("/_sim/{provider}/requests", get_requests)
+    app.router.add_get("/_sim/{provider}/webhooks", get_webhooks)
+    app.router.add_post("/_sim/{provider}/webhooks", post_webhooks)
     app.router.add_post("/_sim/{provider}/reset", reset_one)
     return app

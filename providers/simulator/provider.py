@@ -82,6 +82,7 @@ class SimulatedProvider(abc.ABC):
         self.reset_state()
         self.faults = FaultSettings()
         self.requests.clear()
+        self.webhooks.configure({"duplicate_rate": 0.0, "reorder_window_ms": 0})
 
     def prepare(self) -> None:
         """Called by the host on the event loop it serves from, before binding."""
