@@ -15,14 +15,27 @@ log = logging.getLogger("gateway.cli")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from gateway.app import create_app
     from gateway.config import ConfigError, load_config
-    from routing.loader import RoutingConfigError
+    from routing.loader import RoutingConfigError, load_routing
 
+    if args.workers < 1:
+        print("gateway: --workers must be at least 1", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config)
+        if args.workers > 1:  # validate here; the workers build their own apps
+            if config.routing_file is not None:
+                load_routing(config.routing_file, config.providers)
+            if any(p.sandbox for p in config.providers.values()):
+                print("gateway: --workers > 1 needs real (or standalone `gateway sandbox`) "
+                      "providers: in-process sandbox providers would differ per worker",
+                      file=sys.stderr)
+                return 2
+            from gateway.supervisor import supervise
+
+            return supervise(args.config, args.host, args.port, args.workers, args.log_level)
+        from gateway.app import create_app
+
         connect_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         app = create_app(config, public_url=f"http://{connect_host}:{args.port}")
     except ConfigError as exc:
@@ -32,14 +45,12 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.errors:
             print(f"gateway: {issue}", file=sys.stderr)
         return 2
-    if args.workers != 1:
-        print("gateway: --workers > 1 is not supported yet (run several replicas on the "
-              "Redis store instead)", file=sys.stderr)
-        return 2
+    from aiohttp import web
+
     log.info("gateway starting", extra={"host": args.host, "port": args.port,
                                         "config": str(config.path)})
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5)
+                handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
     return 0
 
 
@@ -113,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", default=DEFAULT_CONFIG)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="worker processes sharing the port (metrics combined)")
+    serve.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
     check = sub.add_parser("check-config", help="validate gateway.yaml")
     check.add_argument("--config", default=DEFAULT_CONFIG)

@@ -2,13 +2,32 @@
 
 Labels are bounded: provider names come from gateway.yaml, operations/outcomes/statuses
 from enums, routes from the router's templates. No ids or merchant strings as labels.
+
+With ``gateway serve --workers N`` every worker writes its samples to files under
+``PROMETHEUS_MULTIPROC_DIR`` (set by the supervisor before any worker imports this
+module) and ``/metrics`` of any worker serves the sum over all of them
+(prometheus-client multiprocess mode); gauges say how to combine workers.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
+
+
+def exposition_registry() -> CollectorRegistry:
+    """The registry /metrics serves: this process's, or every worker's combined."""
+    if not MULTIPROCESS:
+        return REGISTRY
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    combined = CollectorRegistry()
+    MultiProcessCollector(combined)
+    return combined
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
@@ -30,7 +49,7 @@ PROVIDER_DURATION = Histogram(
 )
 CIRCUIT_STATE = Gauge(
     "gateway_circuit_state", "Circuit breaker state (0 closed, 1 half-open, 2 open)",
-    ["provider"], registry=REGISTRY,
+    ["provider"], registry=REGISTRY, multiprocess_mode="livemax",
 )
 CIRCUIT_TRANSITIONS = Counter(
     "gateway_circuit_transitions_total", "Circuit breaker transitions", ["provider", "state"],
@@ -50,7 +69,7 @@ PAYMENTS = Counter(
 )
 PAYMENTS_UNRESOLVED = Gauge(
     "gateway_payments_unresolved", "Payments in an unresolved status", ["provider"],
-    registry=REGISTRY,
+    registry=REGISTRY, multiprocess_mode="livemax",
 )
 WEBHOOKS = Counter(
     "gateway_webhooks_total", "Provider webhooks received", ["provider", "result"],
@@ -62,7 +81,7 @@ RECONCILIATION_CORRECTIONS = Counter(
 )
 ROUTING_CONFIG_INFO = Gauge(
     "gateway_routing_config_info", "Active routing configuration version", ["version"],
-    registry=REGISTRY,
+    registry=REGISTRY, multiprocess_mode="livemax",
 )
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total", "Routing configuration reloads", ["result"],

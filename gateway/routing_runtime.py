@@ -70,7 +70,10 @@ class RoutingRuntime:
 
     def _export(self, previous: str | None) -> None:
         if previous is not None and previous != self.table.version:
-            metrics.ROUTING_CONFIG_INFO.remove(previous)
+            if metrics.MULTIPROCESS:  # samples live in files: zero the old version
+                metrics.ROUTING_CONFIG_INFO.labels(previous).set(0)
+            else:
+                metrics.ROUTING_CONFIG_INFO.remove(previous)
         metrics.ROUTING_CONFIG_INFO.labels(self.table.version).set(1)
 
     async def reload(self, trigger: str) -> ReloadResult:

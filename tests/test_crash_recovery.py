@@ -8,78 +8,43 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
+from tests.processes import restart_gateway, sandbox_process, start_gateway, stop
 
 pytestmark = pytest.mark.slow
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "gateway", *args], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
 @pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[tuple[int, int]]:
-    stripe_port, control_port = free_port(), free_port()
-    proc = _spawn(["sandbox", "--host", "127.0.0.1", "--stripe-port", str(stripe_port),
-                   "--control-port", str(control_port)], tmp_path / "sandbox.log")
-    try:
-        yield stripe_port, control_port
-    finally:
-        _stop(proc)
-
-
-async def _http_ok(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(url) as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
+def sandbox(tmp_path: Path) -> Iterator[dict[str, Any]]:
+    with sandbox_process(tmp_path / "sandbox.log", ("stripe",)) as ready:
+        yield ready
 
 
 async def test_kill_9_mid_authorization_then_retry_makes_no_second_charge(
-    store_url: str, tmp_path: Path, sandbox: tuple[int, int]
+    store_url: str, tmp_path: Path, sandbox: dict[str, Any]
 ) -> None:
-    stripe_port, control_port = sandbox
+    stripe_port, control_port = sandbox["ports"]["stripe"], sandbox["ports"]["control"]
     config = write_config(
         tmp_path, store_url, request_deadline_s=3,
         providers={"stripe_main": {"type": "stripe", "api_key": "sk_test_crash",
                                    "base_url": f"http://127.0.0.1:{stripe_port}",
                                    "currencies": ["EUR"], "timeout_s": 10}},
     )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gateway.log"
     timeout = aiohttp.ClientTimeout(total=30)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         sim = SimControl(f"http://127.0.0.1:{control_port}", session)
-        await wait_for(lambda: _http_ok(session, f"{sim.base}/_sim/stripe/faults"), timeout=20)
         await sim.faults("stripe", latency_ms=2000)
 
-        gateway = _spawn(["serve", "--config", str(config), "--port", str(port)], log)
+        gateway, base = await start_gateway(config, log, session)
         try:
-            await wait_for(lambda: _http_ok(session, f"{base}/healthz"), timeout=30)
             body = json.dumps(payment_body(amount=4200))
             first = asyncio.create_task(session.post(f"{base}/v1/payments", data=body,
                                                      headers=headers(idem="crash-1")))
@@ -93,11 +58,10 @@ async def test_kill_9_mid_authorization_then_retry_makes_no_second_charge(
             with pytest.raises(aiohttp.ClientError):
                 await first
         finally:
-            _stop(gateway)
+            stop(gateway)
 
-        gateway = _spawn(["serve", "--config", str(config), "--port", str(port)], log)
+        gateway = await restart_gateway(gateway, base, config, log, session)
         try:
-            await wait_for(lambda: _http_ok(session, f"{base}/healthz"), timeout=30)
 
             async def retry() -> tuple[int, dict] | None:
                 async with session.post(f"{base}/v1/payments", data=body,
@@ -124,5 +88,5 @@ async def test_kill_9_mid_authorization_then_retry_makes_no_second_charge(
             # the create was received once by the simulator, plus idempotent replays only
             assert (await sim.requests("stripe")).get("total", 0) >= 1
         finally:
-            _stop(gateway)
+            stop(gateway)
     assert "4242" not in log.read_text()

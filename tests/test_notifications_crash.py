@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,34 +18,10 @@ from gateway.notification_signing import EVENT_ID_HEADER, SIGNATURE_HEADER, veri
 from gateway.store import Store, make_store
 from tests.conftest import free_port
 from tests.gateway_harness import headers, wait_for, write_config
+from tests.processes import restart_gateway, start_gateway, stop
 from tests.test_notifications import ACME_SECRET, Receiver, merchants, outbox_event
 
 pytestmark = pytest.mark.slow
-
-
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
-    with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "gateway", *args], stdout=out,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-
-async def _http_ok(session: aiohttp.ClientSession, url: str) -> bool:
-    try:
-        async with session.get(url) as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def _states(store: Store, ids: list[str]) -> list[dict[str, Any]]:
@@ -66,8 +40,6 @@ async def test_outbox_survives_kill_9_and_is_delivered_after_restart(
         notifications={"poll_interval_s": 0.1, "timeout_s": 2, "backoff_base_s": 0.2,
                        "backoff_max_s": 0.5, "max_age_s": 3600},
     )
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     log = tmp_path / "gateway.log"
     ids = ["evt_crash_1", "evt_crash_2", "evt_crash_3"]
     store = make_store(str(store_url))
@@ -77,10 +49,8 @@ async def test_outbox_survives_kill_9_and_is_delivered_after_restart(
         for i, eid in enumerate(ids):
             assert await store.enqueue_notification(outbox_event(eid, pid=f"pay_c{i}"))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
-            gateway = _spawn(["serve", "--config", str(config), "--port", str(port)], log)
+            gateway, base = await start_gateway(config, log, session)
             try:
-                await wait_for(lambda: _http_ok(session, f"{base}/healthz"), timeout=30)
-
                 async def retried_while_down() -> bool:
                     docs = await _states(store, ids)
                     return all(len(d["attempts"]) >= 2 for d in docs)
@@ -89,7 +59,7 @@ async def test_outbox_survives_kill_9_and_is_delivered_after_restart(
                 os.kill(gateway.pid, signal.SIGKILL)
                 gateway.wait(timeout=10)
             finally:
-                _stop(gateway)
+                stop(gateway)
 
             before = await _states(store, ids)
             assert all(d["state"] == "pending" for d in before), before
@@ -101,10 +71,8 @@ async def test_outbox_survives_kill_9_and_is_delivered_after_restart(
             all_ids = [*ids, late]
 
             await receiver.start(hook_port)
-            gateway = _spawn(["serve", "--config", str(config), "--port", str(port)], log)
+            gateway = await restart_gateway(gateway, base, config, log, session)
             try:
-                await wait_for(lambda: _http_ok(session, f"{base}/healthz"), timeout=30)
-
                 async def all_delivered() -> bool:
                     return all(d["state"] == "delivered" for d in await _states(store, all_ids))
 
@@ -122,7 +90,7 @@ async def test_outbox_survives_kill_9_and_is_delivered_after_restart(
                     if eid != late:  # the pre-crash failures are kept
                         assert sum("error" in a for a in attempts) >= 2
             finally:
-                _stop(gateway)
+                stop(gateway)
     finally:
         await receiver.stop()
         await store.close()

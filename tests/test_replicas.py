@@ -14,9 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import free_port
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
-from tests.test_crash_recovery import _http_ok, _spawn, _stop
+from tests.processes import sandbox_process, start_gateway, stop
 
 pytestmark = pytest.mark.slow
 
@@ -25,14 +24,8 @@ ROUTING = "version: 1\nrules:\n  - name: default\n    providers: [stripe_a, bt_b
 
 @pytest.fixture
 def sandbox(tmp_path: Path) -> Iterator[dict[str, int]]:
-    ports = {"stripe": free_port(), "braintree": free_port(), "control": free_port()}
-    proc = _spawn(["sandbox", "--host", "127.0.0.1", "--stripe-port", str(ports["stripe"]),
-                   "--braintree-port", str(ports["braintree"]),
-                   "--control-port", str(ports["control"])], tmp_path / "sandbox.log")
-    try:
-        yield ports
-    finally:
-        _stop(proc)
+    with sandbox_process(tmp_path / "sandbox.log", ("stripe", "braintree")) as ready:
+        yield ready["ports"]
 
 
 @pytest.fixture
@@ -51,20 +44,19 @@ async def replicas(tmp_path: Path, redis_url: str, sandbox: dict[str, int]
                      "merchant_account_ids": {"EUR": "m_eur"},
                      "currencies": ["EUR"], "timeout_s": 5},
         })
-    ports = [free_port(), free_port()]
-    procs = [_spawn(["serve", "--config", str(config), "--port", str(p)],
-                    tmp_path / f"gateway-{i}.log") for i, p in enumerate(ports)]
-    bases = [f"http://127.0.0.1:{p}" for p in ports]
+    procs = []
     try:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
             sim = SimControl(f"http://127.0.0.1:{sandbox['control']}", session)
-            await wait_for(lambda: _http_ok(session, f"{sim.base}/_sim/stripe/faults"), 20)
-            for base in bases:
-                await wait_for(lambda b=base: _http_ok(session, f"{b}/healthz"), 30)
+            bases = []
+            for i in range(2):
+                proc, base = await start_gateway(config, tmp_path / f"gateway-{i}.log", session)
+                procs.append(proc)
+                bases.append(base)
             yield bases, sim
     finally:
         for proc in procs:
-            _stop(proc)
+            stop(proc)
 
 
 async def _circuit_state(session: aiohttp.ClientSession, base: str, provider: str) -> float:

@@ -34,4 +34,4 @@ async def openapi(request: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
 
-metrics_handler = make_aiohttp_handler(metrics.REGISTRY)
+metrics_handler = make_aiohttp_handler(metrics.exposition_registry())

@@ -1,0 +1,124 @@
+"""Real processes for tests: the sandbox (ports chosen by the OS and read back from its
+ready line, so no port race) and gateway servers (respawned on another port if the one
+picked was taken meanwhile). Every process is stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.conftest import free_port
+
+START_TIMEOUT_S = 30.0
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost",
+            **extra}
+
+
+def spawn_gateway_cli(args: list[str], log: Path, **env: str) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "gateway", *args], stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=child_env(**env))
+
+
+def stop(proc: subprocess.Popen[Any]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
+    try:
+        async with session.get(url) as r:
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError):
+        return False
+
+
+@contextmanager
+def sandbox_process(log: Path, providers: tuple[str, ...] = ("stripe", "braintree", "adyen")
+                    ) -> Iterator[dict[str, Any]]:
+    """Run `gateway sandbox` on OS-chosen ports; yields its ready line (ports, URLs)."""
+    args = [sys.executable, "-m", "gateway", "sandbox", "--host", "127.0.0.1",
+            "--control-port", "0"]
+    for name in providers:
+        args += [f"--{name}-port", "0"]
+    with log.open("ab") as err:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err,
+                                stdin=subprocess.DEVNULL, env=child_env())
+    ready: dict[str, Any] = {}
+
+    def read_ready() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.decode(errors="replace").strip()
+            if line.startswith("{") and '"sandbox_listening"' in line:
+                ready.update(json.loads(line))
+                break
+
+    reader = threading.Thread(target=read_ready, daemon=True)
+    reader.start()
+    reader.join(START_TIMEOUT_S)
+    try:
+        if not ready:
+            raise AssertionError(f"gateway sandbox did not start; log: {log.read_text()[-2000:]}")
+        yield ready
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+async def start_gateway(config: Path, log: Path, session: aiohttp.ClientSession,
+                        extra_args: tuple[str, ...] = (), **env: str
+                        ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `gateway serve` and wait for /healthz; retry on another port if it died."""
+    for _ in range(3):
+        port = free_port()
+        proc = spawn_gateway_cli(["serve", "--config", str(config), "--port", str(port),
+                                  *extra_args], log, **env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline and proc.poll() is None:
+            if await http_ok(session, f"{base}/healthz"):
+                return proc, base
+            await _sleep(0.05)
+        stop(proc)
+    raise AssertionError(f"gateway did not start; log: {log.read_text()[-3000:]}")
+
+
+async def restart_gateway(proc: subprocess.Popen[bytes], base: str, config: Path, log: Path,
+                          session: aiohttp.ClientSession) -> subprocess.Popen[bytes]:
+    """Start the gateway again on the same port (after a crash)."""
+    port = base.rsplit(":", 1)[1]
+    new = spawn_gateway_cli(["serve", "--config", str(config), "--port", port], log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and new.poll() is None:
+        if await http_ok(session, f"{base}/healthz"):
+            return new
+        await _sleep(0.05)
+    stop(new)
+    raise AssertionError(f"gateway did not restart; log: {log.read_text()[-3000:]}")
+
+
+async def _sleep(s: float) -> None:
+    import asyncio
+
+    await asyncio.sleep(s)
