@@ -93,12 +93,16 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(out, default=str, separators=(",", ":")))
 
 
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler setup_logging installs (and replaces when called again)."""
+
+
 def setup_logging(level: str = "INFO", stream: Any = None) -> None:
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _ConsoleHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     for h in list(root.handlers):
-        if isinstance(h.formatter, JsonFormatter):
+        if isinstance(h, _ConsoleHandler):
             root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(level)

@@ -135,3 +135,27 @@ async def store(store_url: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+# ---------------------------------------------------------------------------
+# Every log line of the session, as the gateway's formatter writes it, for the
+# redaction check in tests/test_zzz_log_redaction.py (which runs last).
+# ---------------------------------------------------------------------------
+
+SESSION_LOG_NAME = "session-logs.jsonl"
+
+
+@pytest.hookimpl(trylast=True)  # after the tmpdir plugin made the base temp dir
+def pytest_configure(config: pytest.Config) -> None:
+    import logging
+
+    from gateway.logs import JsonFormatter
+
+    path = Path(config._tmp_path_factory.getbasetemp()) / SESSION_LOG_NAME  # type: ignore[attr-defined]
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.WARNING, logging.INFO))  # record INFO too
+    config._gateway_session_log = path  # type: ignore[attr-defined]
