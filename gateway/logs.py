@@ -93,7 +93,7 @@ class JsonFormatter(logging.Formatter):
         return redact(json.dumps(out, default=str, separators=(",", ":")))
 
 
-class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]
     """The handler setup_logging installs (and replaces when called again)."""
 
 

@@ -71,8 +71,10 @@ def payment_body(**kw: Any) -> dict[str, Any]:
     return body
 
 
-async def wait_for(  # noqa: ASYNC109 - a deadline for polling, not an I/O timeout
-    check: Callable[[], Awaitable[Any]], timeout: float = 10.0, interval: float = 0.05
+async def wait_for(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,  # noqa: ASYNC109 - a polling deadline, not an I/O timeout
+    interval: float = 0.05,
 ) -> Any:
     """Poll ``check`` until it returns a truthy value; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

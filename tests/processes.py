@@ -101,7 +101,7 @@ async def start_gateway(config: Path, log: Path, session: aiohttp.ClientSession,
                 return proc, base
             await _sleep(0.05)
         stop(proc)
-    raise AssertionError(f"gateway did not start; log: {log.read_text()[-3000:]}")
+    raise AssertionError(f"gateway did not start; log: {_tail(log)}")
 
 
 async def restart_gateway(proc: subprocess.Popen[bytes], base: str, config: Path, log: Path,
@@ -115,7 +115,11 @@ async def restart_gateway(proc: subprocess.Popen[bytes], base: str, config: Path
             return new
         await _sleep(0.05)
     stop(new)
-    raise AssertionError(f"gateway did not restart; log: {log.read_text()[-3000:]}")
+    raise AssertionError(f"gateway did not restart; log: {_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
 
 
 async def _sleep(s: float) -> None:
