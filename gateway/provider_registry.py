@@ -77,20 +77,17 @@ def sandbox_types(config: GatewayConfig) -> set[str]:
     return {p.type for p in config.providers.values() if p.sandbox}
 
 
-def _count_unmapped(provider_type: str) -> None:
-    """Point the provider package's unmapped-status hook at the metric."""
-    import importlib
-
+def _count_unmapped() -> None:
+    """Point the shared unmapped-status report at the metric."""
     from gateway import metrics
+    from providers import status_table
 
-    module = importlib.import_module(f"providers.{provider_type}.status")
-    counter = metrics.UNMAPPED_STATUSES.labels(provider_type)
-    setattr(module, "on_unmapped", lambda kind, raw: counter.inc())  # noqa: B010
+    status_table.on_unmapped = (
+        lambda ptype, kind, raw: metrics.UNMAPPED_STATUSES.labels(ptype).inc())
 
 
 def build_providers(config: GatewayConfig, sandbox_ports: dict[str, int]) -> dict[str, Provider]:
-    for ptype in {p.type for p in config.providers.values()}:
-        _count_unmapped(ptype)
+    _count_unmapped()
     return {
         name: build_provider(cfg, sandbox_ports, config.sandbox_host)
         for name, cfg in config.providers.items()

@@ -13,6 +13,7 @@ import requests
 from Adyen.exceptions import AdyenAPIResponseError, AdyenInvalidRequestError
 
 from gateway.state_machine import TRANSITIONS, PaymentStatus, RefundStatus
+from providers import status_table
 from providers.adyen import status as st
 from providers.adyen.errors import Refusal, translate
 from providers.adyen.parse import (
@@ -49,10 +50,10 @@ def fixture(name: str) -> dict[str, Any]:
 @pytest.fixture
 def unmapped() -> Iterator[list[tuple[str, str]]]:
     seen: list[tuple[str, str]] = []
-    previous = st.on_unmapped
-    st.on_unmapped = lambda kind, raw: seen.append((kind, raw))
+    previous = status_table.on_unmapped
+    status_table.on_unmapped = lambda ptype, kind, raw: seen.append((kind, raw))
     yield seen
-    st.on_unmapped = previous
+    status_table.on_unmapped = previous
 
 
 # ------------------------------------------------------------------ resultCode

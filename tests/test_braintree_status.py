@@ -8,6 +8,7 @@ import braintree
 import pytest
 
 from gateway.state_machine import TRANSITIONS, PaymentStatus, RefundStatus
+from providers import status_table
 from providers.braintree import status as st
 from providers.braintree.amounts import AmountError, exponent, to_decimal_string, to_minor_units
 
@@ -79,7 +80,8 @@ def test_unmapped_is_unknown_never_success_and_reported(
     raw: str | None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(st, "on_unmapped", lambda kind, value: seen.append((kind, value)))
+    monkeypatch.setattr(status_table, "on_unmapped",
+                        lambda ptype, kind, value: seen.append((kind, value)))
     assert st.map_transaction_status(raw) == (PaymentStatus.UNKNOWN, False)
     assert st.map_refund_status(raw) == (RefundStatus.UNKNOWN, False)
     assert seen == [("transaction", str(raw)), ("refund", str(raw))]

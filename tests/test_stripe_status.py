@@ -12,6 +12,7 @@ import pytest
 import stripe
 
 from gateway.state_machine import TRANSITIONS, PaymentStatus, RefundStatus
+from providers import status_table
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
 from providers.stripe import status as st
 from providers.stripe.errors import Refusal, translate
@@ -39,9 +40,10 @@ REFUND_STATUSES = {"pending", "requires_action", "succeeded", "failed", "cancele
 @pytest.fixture
 def unmapped() -> Iterator[list[tuple[str, str]]]:
     seen: list[tuple[str, str]] = []
-    st.on_unmapped = lambda kind, raw: seen.append((kind, raw))
+    previous = status_table.on_unmapped
+    status_table.on_unmapped = lambda ptype, kind, raw: seen.append((kind, raw))
     yield seen
-    st.on_unmapped = None
+    status_table.on_unmapped = previous
 
 
 def test_every_documented_payment_intent_status_is_mapped(

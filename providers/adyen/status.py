@@ -7,7 +7,7 @@ Three explicit tables, each row documented:
 * :data:`EVENT_CODES`: the ``eventCode`` (+ ``success``) of a standard notification.
 
 A value that is not in a table maps to ``unknown`` (never success) and is reported
-through :data:`on_unmapped` so the gateway can count it in a metric.
+through :data:`providers.status_table.on_unmapped` so the gateway can count it in a metric.
 
 resultCode decisions
 --------------------
@@ -40,12 +40,13 @@ resultCode decisions
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.status_table import lookup, report_unmapped
 
 P, R = PaymentStatus, RefundStatus
 
@@ -83,22 +84,15 @@ MODIFICATION_STATUS: Mapping[Modification, Mapping[str, PaymentStatus | RefundSt
     Modification.REFUND: {"received": R.PENDING},
 }
 
-#: Called with ``(kind, raw_value)`` for every unmapped value
-#: (kinds: "result_code", "modification_status", "event_code").
-on_unmapped: Callable[[str, str], None] | None = None
-
-
 def _report(kind: str, raw: object) -> None:
-    if on_unmapped is not None:
-        on_unmapped(kind, str(raw))
+    report_unmapped("adyen", kind, raw)
 
 
 def map_result_code(raw: str | None, *, capture_manual: bool = True) -> tuple[PaymentStatus, bool]:
     """``(canonical status, mapped)`` for a ``/payments`` resultCode."""
-    status = RESULT_CODES.get(raw) if isinstance(raw, str) else None
-    if status is None:
-        _report("result_code", raw)
-        return P.UNKNOWN, False
+    status, mapped = lookup(RESULT_CODES, raw, P.UNKNOWN, "adyen", "result_code")
+    if not mapped:
+        return status, False
     if raw in AUTHORISED_RESULT_CODES and not capture_manual:
         return P.CAPTURED, True
     return status, True

@@ -1,9 +1,9 @@
 """Braintree status tables -> canonical statuses (SPEC section 4).
 
 Every ``braintree.Transaction.Status`` has an explicit row. A value not in a table
-maps to ``unknown`` (never success) and is reported through :data:`on_unmapped` so
-the gateway can count it in a metric; the mapping functions also return a
-``mapped`` flag.
+maps to ``unknown`` (never success) and is reported through
+:data:`providers.status_table.on_unmapped` so the gateway can count it in a metric;
+the mapping functions also return a ``mapped`` flag.
 
 Sale transactions (:data:`TRANSACTION_STATUS`):
 
@@ -29,9 +29,8 @@ Refunds are credit transactions with their own status (:data:`REFUND_STATUS`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.status_table import lookup
 
 P, R = PaymentStatus, RefundStatus
 
@@ -76,28 +75,11 @@ REFUND_STATUS: dict[str, RefundStatus] = {
     "authorization_expired": R.FAILED,
 }
 
-#: Called with ``(kind, raw_value)`` for every unmapped status ("transaction" / "refund").
-on_unmapped: Callable[[str, str], None] | None = None
-
-
-def _report(kind: str, raw: object) -> None:
-    if on_unmapped is not None:
-        on_unmapped(kind, str(raw))
-
-
 def map_transaction_status(raw: str | None) -> tuple[PaymentStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
-    status = TRANSACTION_STATUS.get(raw) if isinstance(raw, str) else None
-    if status is None:
-        _report("transaction", raw)
-        return P.UNKNOWN, False
-    return status, True
+    return lookup(TRANSACTION_STATUS, raw, P.UNKNOWN, "braintree", "transaction")
 
 
 def map_refund_status(raw: str | None) -> tuple[RefundStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
-    status = REFUND_STATUS.get(raw) if isinstance(raw, str) else None
-    if status is None:
-        _report("refund", raw)
-        return R.UNKNOWN, False
-    return status, True
+    return lookup(REFUND_STATUS, raw, R.UNKNOWN, "braintree", "refund")

@@ -2,7 +2,7 @@
 
 Every documented PaymentIntent / Refund status has an explicit row. A value that is
 not in the table maps to ``unknown`` (never success) and is reported through
-:data:`on_unmapped` so the gateway can count it in a metric.
+:data:`providers.status_table.on_unmapped` so the gateway can count it in a metric.
 
 PaymentIntent notes:
 
@@ -18,9 +18,8 @@ PaymentIntent notes:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.status_table import lookup
 
 P, R = PaymentStatus, RefundStatus
 
@@ -42,28 +41,11 @@ REFUND_STATUS: dict[str, RefundStatus] = {
     "canceled": R.FAILED,  # the refund will not happen
 }
 
-#: Called with ``(kind, raw_value)`` for every unmapped status ("payment_intent" / "refund").
-on_unmapped: Callable[[str, str], None] | None = None
-
-
-def _report(kind: str, raw: object) -> None:
-    if on_unmapped is not None:
-        on_unmapped(kind, str(raw))
-
-
 def map_payment_intent_status(raw: str | None) -> tuple[PaymentStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
-    status = PAYMENT_INTENT_STATUS.get(raw) if isinstance(raw, str) else None
-    if status is None:
-        _report("payment_intent", raw)
-        return P.UNKNOWN, False
-    return status, True
+    return lookup(PAYMENT_INTENT_STATUS, raw, P.UNKNOWN, "stripe", "payment_intent")
 
 
 def map_refund_status(raw: str | None) -> tuple[RefundStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""
-    status = REFUND_STATUS.get(raw) if isinstance(raw, str) else None
-    if status is None:
-        _report("refund", raw)
-        return R.UNKNOWN, False
-    return status, True
+    return lookup(REFUND_STATUS, raw, R.UNKNOWN, "stripe", "refund")
