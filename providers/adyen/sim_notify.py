@@ -10,40 +10,18 @@ fields empty) -- what ``Adyen.util.is_valid_hmac_notification`` verifies.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-SIGNED_FIELDS = ("pspReference", "originalReference", "merchantAccountCode",
-                 "merchantReference", "value", "currency", "eventCode", "success")
+from providers.adyen.hmac_signature import hmac_key, signature
 
-
-def check_hmac_key(hex_key: str) -> bytes:
-    """The raw key behind an Adyen HMAC key (hex); ValueError when it is not hex."""
-    try:
-        raw = binascii.unhexlify(hex_key)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError("the Adyen HMAC key must be a hex string") from exc
-    if not raw:
-        raise ValueError("the Adyen HMAC key must not be empty")
-    return raw
-
-
-def signing_string(item: Mapping[str, Any]) -> str:
-    raw = item.get("amount")
-    amount: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    values = {**item, "value": amount.get("value", ""), "currency": amount.get("currency", "")}
-    return ":".join("" if values.get(k) is None else str(values.get(k)) for k in SIGNED_FIELDS)
+check_hmac_key = hmac_key  # the simulator validates its key at start-up
 
 
 def sign_item(item: Mapping[str, Any], hex_key: str) -> str:
-    mac = hmac.new(check_hmac_key(hex_key), signing_string(item).encode(), hashlib.sha256)
-    return base64.b64encode(mac.digest()).decode()
+    return signature(item, hmac_key(hex_key)).decode()
 
 
 def build_item(

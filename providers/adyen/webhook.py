@@ -33,9 +33,6 @@ payment, capture and cancel, and the gateway refund id for refunds, so
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import hmac
 import json
 from collections.abc import Mapping
@@ -43,11 +40,9 @@ from datetime import datetime
 from typing import Any
 
 from gateway.state_machine import PaymentStatus
+from providers.adyen.hmac_signature import hmac_key, signature, signing_string
 from providers.adyen.status import Target, webhook_effect
 from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
-
-SIGNED_FIELDS = ("pspReference", "originalReference", "merchantAccountCode",
-                 "merchantReference", "value", "currency", "eventCode", "success")
 
 
 def _str(value: Any) -> str | None:
@@ -56,19 +51,9 @@ def _str(value: Any) -> str | None:
 
 def _key(hex_key: str) -> bytes:
     try:
-        raw = binascii.unhexlify(hex_key)
-    except (binascii.Error, ValueError) as exc:
-        raise InvalidSignature("the configured Adyen HMAC key is not hex") from exc
-    if not raw:
-        raise InvalidSignature("empty Adyen HMAC key")
-    return raw
-
-
-def signing_string(item: Mapping[str, Any]) -> str:
-    raw = item.get("amount")
-    amount: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
-    values = {**item, "value": amount.get("value", ""), "currency": amount.get("currency", "")}
-    return ":".join("" if values.get(k) is None else str(values.get(k)) for k in SIGNED_FIELDS)
+        return hmac_key(hex_key)
+    except ValueError as exc:
+        raise InvalidSignature(f"the configured {exc.args[0][4:]}") from exc
 
 
 def item_signature_valid(item: Mapping[str, Any], key: bytes) -> bool:
@@ -76,9 +61,7 @@ def item_signature_valid(item: Mapping[str, Any], key: bytes) -> bool:
     given = extra.get("hmacSignature") if isinstance(extra, Mapping) else None
     if not isinstance(given, str) or not given:
         return False
-    mac = hmac.new(key, signing_string(item).encode(), hashlib.sha256).digest()
-    expected = base64.b64encode(mac)
-    return hmac.compare_digest(expected, given.encode("utf-8", "replace"))
+    return hmac.compare_digest(signature(item, key), given.encode("utf-8", "replace"))
 
 
 def _items(raw_body: bytes) -> list[Mapping[str, Any]]:
