@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -14,19 +13,13 @@ import pytest
 import redis
 
 from gateway.store import Store, make_store
+from tests.processes import free_port, stop
 
 # ---------------------------------------------------------------------------
 # Redis
 # ---------------------------------------------------------------------------
 
 REDIS_START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _redis_answers(url: str) -> bool:
@@ -37,16 +30,6 @@ def _redis_answers(url: str) -> bool:
         return False
     finally:
         client.close()
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 def _start_private_redis(exe: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -73,7 +56,7 @@ def _start_private_redis(exe: str, log_path: Path) -> tuple[subprocess.Popen[byt
             if _redis_answers(url):
                 return proc, url
             time.sleep(0.02)  # poll interval, bounded by the deadline
-        _stop(proc)
+        stop(proc)
         last_log = log_path.read_text(errors="replace")[-2000:]
     pytest.fail(f"private redis-server did not answer PING; its log:\n{last_log}", pytrace=False)
 
@@ -99,7 +82,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield url
     finally:
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.fixture
