@@ -115,6 +115,16 @@ OPENAPI: dict[str, Any] = {
                                                 400, 401, 404, 409, 422, 503),
         "/v1/payments/{payment_id}/refunds": _post("Refund all or part", "Refund", 201,
                                                    400, 401, 404, 409, 422, 503),
+        "/v1/events/{event_id}": {"get": {
+            "summary": "A merchant notification event with its delivery attempts",
+            "parameters": [{"name": "event_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "The event"}, **_error_responses(401, 404)}}},
+        "/v1/events": {"get": {
+            "summary": "Notification events of one payment",
+            "parameters": [{"name": "payment_id", "in": "query", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Events"}, **_error_responses(400, 401, 404)}}},
         "/v1/payments/{payment_id}/events": {"get": {
             "summary": "Audit trail", "parameters": [_PAYMENT_ID],
             "responses": {"200": {"description": "Events"}, **_error_responses(401, 404)}}},
