@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from gateway import notifications
+from gateway import metrics, notifications
 from gateway.api import admin, events, health, payments, webhooks
 from gateway.api.middleware import request_context
 from gateway.appkeys import (
@@ -169,6 +169,7 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
     if public_url:
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
+    metrics.initialise(list(config.providers))
     app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _breakers_ctx,
                             _providers_ctx, _reconcile_ctx])
     app.cleanup_ctx.append(notifications.worker_ctx)  # merchant notification delivery

@@ -95,3 +95,22 @@ UNMAPPED_STATUSES = Counter(
     "Provider statuses with no entry in the status table (mapped to unknown)",
     ["provider"], registry=REGISTRY,
 )
+
+
+def initialise(providers: list[str]) -> None:
+    """Create the known label combinations at 0, so a counter's first increment is a
+    visible change to rate()/increase() (a series first seen at 1 hides that 1)."""
+    outcomes = ("succeeded", "declined", "rejected_safe", "ambiguous")
+    operations = ("authorize", "capture", "void", "refund", "lookup")
+    for p in providers:
+        for op in operations:
+            for outcome in outcomes:
+                PROVIDER_CALLS.labels(p, op, outcome)
+        for result in ("applied", "duplicate", "stale", "invalid_signature", "unmatched",
+                       "ignored", "malformed"):
+            WEBHOOKS.labels(p, result)
+        PAYMENTS_UNRESOLVED.labels(p)
+    for result in ("applied", "rejected", "unchanged"):
+        CONFIG_RELOADS.labels(result)
+    for result in ("new", "replayed", "conflict", "mismatch"):
+        IDEMPOTENCY.labels(result)
