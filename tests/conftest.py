@@ -142,3 +142,23 @@ def pytest_configure(config: pytest.Config) -> None:
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.WARNING, logging.INFO))  # record INFO too
     config._gateway_session_log = path  # type: ignore[attr-defined]
+
+
+def _dump_asyncio_tasks(signum: int, frame: object) -> None:
+    """`kill -USR1 <pytest pid>` prints every asyncio task's stack (hang diagnosis)."""
+    import asyncio
+    import sys
+
+    try:
+        tasks = asyncio.all_tasks()
+    except RuntimeError:  # no running loop in this thread
+        return
+    for task in tasks:
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    import signal
+
+    signal.signal(signal.SIGUSR1, _dump_asyncio_tasks)
