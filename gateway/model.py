@@ -74,6 +74,13 @@ def new_payment(
     }
 
 
+def needs_reconcile(doc: dict[str, Any]) -> bool:
+    """Whether reconciliation must look at a payment whatever its status: a refund still
+    pending/unknown, or a notification not yet moved to the outbox."""
+    return bool(doc.get("_outbox")) or any(
+        r["status"] in ("pending", "unknown") for r in doc.get("refunds") or [])
+
+
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in doc.items() if not k.startswith("_") and k not in ("version",)}
     out["created_at"] = iso(doc["created_at"])

@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 
 from gateway.config import GatewayConfig, MerchantConfig, NotificationSettings
-from gateway.model import derived_id, iso, public_view
+from gateway.model import derived_id, iso, needs_reconcile, public_view
 from gateway.notification_signing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -109,6 +109,17 @@ def build_event(
     }
 
 
+def _record(config: GatewayConfig | None, doc_after: dict[str, Any], from_status: str | None,
+            source: str, ts: float) -> dict[str, Any] | None:
+    """The outbox record for a change (None: this merchant is not to be notified)."""
+    if config is None or not wants_notification(config, doc_after.get("merchant_id"), source):
+        return None
+    payload = build_event(doc_after, from_status, source, ts)
+    return {"id": payload["id"], "merchant_id": str(doc_after["merchant_id"]),
+            "payment_id": str(doc_after["id"]), "type": payload["type"], "created_at": ts,
+            "next_attempt_at": ts, "payload": payload}
+
+
 async def enqueue_status_change(
     store: Store, config: GatewayConfig | None, doc_after: dict[str, Any],
     from_status: str | None, source: str, *, now: float | None = None,
@@ -118,38 +129,18 @@ async def enqueue_status_change(
     ``notify_all``). ``doc_after`` is the payment as stored (with its new ``version``).
     ``config`` None: the config bound to ``store`` by the app (see :func:`bind`)."""
     config = config if config is not None else bound_config(store)
-    if config is None or not wants_notification(config, doc_after.get("merchant_id"), source):
+    record = _record(config, doc_after, from_status, source,
+                     time.time() if now is None else now)
+    if record is None:
         return None
-    ts = time.time() if now is None else now
-    payload = build_event(doc_after, from_status, source, ts)
-    await store.enqueue_notification({
-        "id": payload["id"], "merchant_id": str(doc_after["merchant_id"]),
-        "payment_id": str(doc_after["id"]), "type": payload["type"], "created_at": ts,
-        "next_attempt_at": ts, "payload": payload,
-    })
-    return str(payload["id"])
+    await store.enqueue_notification(record)
+    return str(record["id"])
 
 
 def _changed_fields(doc: dict[str, Any]) -> tuple[Any, ...]:
     refunds = tuple((r.get("id"), r.get("status")) for r in doc.get("refunds") or [])
     return (doc.get("status"), doc.get("amount_authorized"), doc.get("amount_captured"),
             doc.get("amount_refunded"), refunds)
-
-
-async def notify_if_changed(
-    store: Store, config: GatewayConfig | None, before: dict[str, Any],
-    after: dict[str, Any], source: str,
-) -> str | None:
-    """:func:`enqueue_status_change` if the status, an amount or a refund's status
-    differs between ``before`` and ``after``. Never raises: a failure is logged."""
-    if _changed_fields(before) == _changed_fields(after):
-        return None
-    try:
-        return await enqueue_status_change(store, config, after, before.get("status"), source)
-    except (StoreError, ValueError):
-        log.exception("notification not enqueued", extra={"payment_id": after.get("id"),
-                                                           "source": source})
-        return None
 
 
 _CHANGE_EVENTS = ("status_changed", "refund_updated")
@@ -166,16 +157,44 @@ def change_source(events: list[dict[str, Any]]) -> str:
     return "gateway"
 
 
-async def notify_mutation(
-    store: Store, before: dict[str, Any], after: dict[str, Any],
-    events: list[dict[str, Any]], config: GatewayConfig | None = None,
-) -> str | None:
-    """For a generic write path (``orchestrator.mutate``): ``before`` is the doc as read
-    for the successful CAS, ``after`` as written, ``events`` the audit events written
-    with it. Notifies if something visible changed; the source is taken from the audit
-    events. Never raises. Safe to combine with :func:`notify_if_changed` for the same
-    write: the event id (payment id, version) dedupes."""
-    return await notify_if_changed(store, config, before, after, change_source(events))
+def outbox_record(store: Store, before: dict[str, Any], after: dict[str, Any],
+                  events: list[dict[str, Any]], new_version: int) -> dict[str, Any] | None:
+    """The notification a payment write owes, built BEFORE the write so that it is stored
+    in the same atomic write as the change (``doc["_outbox"]``, see :func:`flush_outbox`).
+    None when nothing visible changed or the merchant is not to be notified (its own
+    request without ``notify_all``; no webhook URL). The source comes from the audit
+    events; the id from (payment id, new version), so a re-flush dedupes."""
+    if _changed_fields(before) == _changed_fields(after):
+        return None
+    return _record(bound_config(store), {**after, "version": new_version},
+                   before.get("status"), change_source(events), time.time())
+
+
+async def flush_outbox(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
+    """Move the records a payment write carried in ``doc["_outbox"]`` to the store's
+    outbox (idempotent by event id), then drop them from the payment. Never raises: a
+    record left behind (crash, store error) is flushed by the next reconciliation pass."""
+    records = list(doc.get("_outbox") or [])
+    if not records:
+        return doc
+    try:
+        for record in records:
+            await store.enqueue_notification(record)
+        done = {r["id"] for r in records}
+        while True:
+            version = doc["version"]
+            doc["_outbox"] = [r for r in doc.get("_outbox") or [] if r["id"] not in done]
+            doc["needs_reconcile"] = needs_reconcile(doc)
+            if await store.update_payment(doc, version, []):
+                return doc
+            fresh = await store.get_payment(doc["id"])
+            if fresh is None:
+                return doc
+            doc = fresh
+    except (StoreError, ValueError):
+        log.exception("notification not moved to the outbox yet; reconciliation retries",
+                      extra={"payment_id": doc.get("id")})
+        return doc
 
 
 # --------------------------------------------------------------------------- delivery
@@ -368,9 +387,9 @@ __all__ = [
     "encode_body",
     "enqueue_status_change",
     "event_id",
+    "flush_outbox",
     "next_attempt_at",
-    "notify_if_changed",
-    "notify_mutation",
+    "outbox_record",
     "sign",
     "verify_signature",
     "worker_ctx",

@@ -27,8 +27,16 @@ from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.config import GatewayConfig
-from gateway.model import apply_status, audit, iso, now, snapshot, store_snapshot
-from gateway.notifications import notify_mutation
+from gateway.model import (
+    apply_status,
+    audit,
+    iso,
+    needs_reconcile,
+    now,
+    snapshot,
+    store_snapshot,
+)
+from gateway.notifications import flush_outbox, outbox_record
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
@@ -97,14 +105,14 @@ async def mutate(
         before = copy.deepcopy(doc)
         events = fn(doc)
         doc["updated_at"] = now()
-        # Refunds still pending/unknown keep the payment visible to reconciliation.
-        doc["needs_reconcile"] = any(
-            r["status"] in (RefundStatus.PENDING, RefundStatus.UNKNOWN) for r in doc["refunds"])
+        # A change the merchant did not ask for (webhook, lookup, reconciliation) owes a
+        # notification: it is written with the change itself, then moved to the outbox.
+        record = outbox_record(store, before, doc, events, version + 1)
+        if record is not None:
+            doc["_outbox"] = [*(doc.get("_outbox") or []), record]
+        doc["needs_reconcile"] = needs_reconcile(doc)
         if await store.update_payment(doc, version, events):
-            # Status changes the merchant did not ask for (webhook, lookup, reconciliation)
-            # are queued for the merchant's notification endpoint. Never raises.
-            await notify_mutation(store, before, doc, events)
-            return doc
+            return await flush_outbox(store, doc) if doc.get("_outbox") else doc
 
 
 def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:

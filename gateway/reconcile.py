@@ -23,6 +23,7 @@ from typing import Any
 from gateway import metrics
 from gateway.config import GatewayConfig, ReconcileSettings
 from gateway.model import audit, iso
+from gateway.notifications import flush_outbox
 from gateway.orchestrator import OperationError, Orchestrator, mutate
 from gateway.state_machine import PaymentStatus
 from gateway.store import PaymentQuery, Store
@@ -31,8 +32,9 @@ log = logging.getLogger("gateway.reconcile")
 SOURCE = "reconciliation"
 WATCHED = [PaymentStatus.PENDING, PaymentStatus.UNKNOWN, PaymentStatus.PROCESSING,
            PaymentStatus.CAPTURE_PENDING, PaymentStatus.VOID_PENDING]
-# Payments past these can still hold pending/unknown refunds (flagged needs_reconcile).
-QUERIED = [s.value for s in WATCHED] + ["captured", "partially_refunded", "refunded"]
+# Payments in any status can be flagged needs_reconcile (refunds still open, or a
+# notification not yet moved to the outbox); the store's index holds only those.
+QUERIED = [s.value for s in PaymentStatus]
 UNRESOLVED_LIMIT = 10_000
 
 
@@ -114,6 +116,8 @@ class Reconciler:
         return report
 
     async def _one(self, doc: dict[str, Any], now: float, report: Report) -> None:
+        if doc.get("_outbox"):  # a crash between a write and its outbox move
+            doc = await flush_outbox(self.store, doc)
         before_status, before_refunds = doc["status"], _refund_states(doc)
         after = doc
         reason = ""

@@ -36,12 +36,10 @@ Special cases:
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Literal
 
 from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit
-from gateway.notifications import notify_if_changed
 from gateway.orchestrator import PaymentMissing, apply_refund_result, mutate
 from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
 from gateway.store import Store
@@ -178,8 +176,9 @@ async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEv
                               ) -> tuple[Result, str | None]:
     """Apply ``event``; returns ``(result, payment id or None)``.
 
-    An applied change is put in the merchant notification outbox (source
-    ``webhook:<provider>``); ``config`` None: the config the app bound to ``store``."""
+    An applied change is notified to the merchant (source ``webhook:<provider>``) by the
+    write itself (see :func:`gateway.orchestrator.mutate`). ``config`` is unused (kept for
+    callers)."""
     if event.target == "ignore" or event.status is None:
         return "ignored", None
     pid = await find_payment(store, provider_name, event)
@@ -187,19 +186,10 @@ async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEv
         return "unmatched", None
     out: list[Result] = ["ignored"]
     fn = (_payment_fn if event.target == "payment" else _refund_fn)(provider_name, event, out)
-    before: dict[str, Any] = {}
-
-    def tracked(d: dict[str, Any]) -> Events:
-        before.clear()
-        before.update(copy.deepcopy(d))  # the state this (final) CAS attempt started from
-        return fn(d)
-
     try:
-        doc = await mutate(store, pid, tracked)
+        await mutate(store, pid, fn)  # an applied change owes the merchant a notification
     except (PaymentMissing, _Unmatched):
         return "unmatched", pid
-    if out[0] == "applied":
-        await notify_if_changed(store, config, before, doc, f"webhook:{provider_name}")
     return out[0], pid
 
 

@@ -278,14 +278,13 @@ async def test_enqueue_rules_and_payload(store: Store, tmp_path: Path, store_url
     assert await enqueue_status_change(store, no_url, doc, "pending", "webhook:x") is None
 
 
-async def test_notify_mutation_takes_source_from_audit_events(
+async def test_outbox_record_takes_source_from_audit_events(
     store: Store, tmp_path: Path, store_url: str
 ) -> None:
     config = make_config(tmp_path, store_url, "http://127.0.0.1:9/hooks")
     notifications.bind(store, config)
     before = pay_doc("pay_mut", status="unknown")
-    await store.insert_payment(before, [])
-    after = {**before, "status": "authorized", "version": 2}
+    after = {**before, "status": "authorized"}
     recon = [audit("status_changed", "reconciliation", from_status="unknown",
                    to_status="authorized")]
     own = [audit("attempt_finished", "provider_response"),
@@ -293,16 +292,65 @@ async def test_notify_mutation_takes_source_from_audit_events(
                  to_status="authorized")]
     assert notifications.change_source(own) == "provider_response"
     # the merchant's own request (no notify_all): nothing; unchanged doc: nothing
-    assert await notifications.notify_mutation(store, before, after, own) is None
-    assert await notifications.notify_mutation(store, before, dict(before), recon) is None
-    eid = await notifications.notify_mutation(store, before, after, recon)  # bound config
-    assert eid == event_id("pay_mut", 2)
-    [ev] = await store.list_notifications("pay_mut")
-    assert ev["payload"]["source"] == "reconciliation"
-    assert ev["payload"]["previous_status"] == "unknown"
-    # the same write notified twice (e.g. webhook_apply + a mutate hook): one event
-    assert await notifications.notify_mutation(store, before, after, recon) == eid
-    assert len(await store.list_notifications("pay_mut")) == 1
+    assert notifications.outbox_record(store, before, after, own, 2) is None
+    assert notifications.outbox_record(store, before, dict(before), recon, 2) is None
+    record = notifications.outbox_record(store, before, after, recon, 2)  # bound config
+    assert record is not None and record["id"] == event_id("pay_mut", 2)
+    assert record["payload"]["source"] == "reconciliation"
+    assert record["payload"]["previous_status"] == "unknown"
+
+
+async def test_a_write_carries_its_notification_until_it_is_in_the_outbox(
+    store: Store, tmp_path: Path, store_url: str
+) -> None:
+    """The notification is stored in the same write as the change; a crash before it is
+    moved to the outbox leaves it on the payment, and the next reconciliation pass (or
+    the next write) moves it. Either way exactly one event."""
+    from gateway.orchestrator import mutate
+    from gateway.store import PaymentQuery
+
+    config = make_config(tmp_path, store_url, "http://127.0.0.1:9/hooks")
+    notifications.bind(store, config)
+    doc = pay_doc("pay_carry", status="unknown")
+    await store.insert_payment(doc, [])
+
+    def resolve(d: dict[str, Any]) -> list[dict[str, Any]]:
+        d["status"] = "authorized"
+        return [audit("status_changed", "reconciliation", from_status="unknown",
+                      to_status="authorized")]
+
+    # the crash: the change and its record are written, the move never happens
+    stored = await store.get_payment("pay_carry")
+    assert stored is not None
+    before = dict(stored)
+    events = resolve(stored)
+    record = notifications.outbox_record(store, before, stored, events, stored["version"] + 1)
+    assert record is not None
+    stored["_outbox"] = [record]
+    stored["needs_reconcile"] = True
+    assert await store.update_payment(stored, stored["version"], events)
+    assert await store.list_notifications("pay_carry") == []
+    visible = await store.query_payments(PaymentQuery(statuses=["authorized"],
+                                                      updated_before=time.time() + 10))
+    assert [d["id"] for d in visible] == ["pay_carry"]  # reconciliation will see it
+
+    moved = await notifications.flush_outbox(store, stored)
+    assert moved["_outbox"] == [] and moved["needs_reconcile"] is False
+    [event] = await store.list_notifications("pay_carry")
+    assert event["id"] == record["id"] and event["payload"]["source"] == "reconciliation"
+    again = await notifications.flush_outbox(store, {**moved, "_outbox": [record]})
+    assert again["_outbox"] == []
+    assert len(await store.list_notifications("pay_carry")) == 1  # idempotent by event id
+
+    # the normal path: mutate writes and moves in one call
+    def void(d: dict[str, Any]) -> list[dict[str, Any]]:
+        d["status"] = "voided"
+        return [audit("status_changed", "webhook:stripe_main", from_status="authorized",
+                      to_status="voided")]
+
+    done = await mutate(store, "pay_carry", void)
+    assert done["_outbox"] == []
+    assert len(await store.list_notifications("pay_carry")) == 2
 
 
 # --------------------------------------------------------------------------- worker
