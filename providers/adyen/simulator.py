@@ -94,7 +94,6 @@ class AdyenSimulator(SimulatedProvider):
         self.payments: dict[str, m.SimPayment] = {}
         self.idempotency = IdempotencyStore()
         self.notifications: list[dict[str, Any]] = []  # every item emitted (tests)
-        self._timers: set[asyncio.TimerHandle] = set()
 
     # ------------------------------------------------------------ framework hooks
 
@@ -121,9 +120,6 @@ class AdyenSimulator(SimulatedProvider):
         return [p.view() for p in self.payments.values() if p.reference == reference]
 
     def reset_state(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         self.payments.clear()
         self.idempotency.clear()
         self.notifications.clear()
@@ -224,17 +220,10 @@ class AdyenSimulator(SimulatedProvider):
             self.webhooks.send(build_body([item]), {"Content-Type": "application/json"})
 
     def _later(self, delay: float, fn: Callable[[], None]) -> None:
-        if delay <= 0:
+        if delay <= 0:  # no delay configured: the outcome is there at once
             fn()
             return
-        holder: list[asyncio.TimerHandle] = []
-
-        def run() -> None:
-            self._timers.discard(holder[0])
-            fn()
-
-        holder.append(asyncio.get_running_loop().call_later(delay, run))
-        self._timers.add(holder[0])
+        self.later(delay, fn)
 
     def _authorisation(self, payment: m.SimPayment) -> None:
         success = payment.authorised

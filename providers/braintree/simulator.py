@@ -136,7 +136,6 @@ class BraintreeSimulator(SimulatedProvider):
         self.processing_delay_s = processing_delay_s
         self.transactions: dict[str, m.Transaction] = {}
         self.idempotency = IdempotencyStore()
-        self._timers: set[asyncio.TimerHandle] = set()
 
     # ------------------------------------------------------------ framework hooks
 
@@ -169,9 +168,6 @@ class BraintreeSimulator(SimulatedProvider):
         return out
 
     def reset_state(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         self.transactions.clear()
         self.idempotency.clear()
 
@@ -271,17 +267,6 @@ class BraintreeSimulator(SimulatedProvider):
 
     # ------------------------------------------------------------ timers & webhooks
 
-    def _after(self, delay: float, fn: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        holder: list[asyncio.TimerHandle] = []
-
-        def run() -> None:
-            self._timers.discard(holder[0])
-            fn()
-
-        holder.append(loop.call_later(delay, run))
-        self._timers.add(holder[0])
-
     def _notify(self, kind: str, txn: m.Transaction) -> None:
         if not self.webhooks.enabled:
             return
@@ -300,7 +285,7 @@ class BraintreeSimulator(SimulatedProvider):
         if self.settle_delay_s <= 0:
             self._settle_now(txn.id)
         else:
-            self._after(self.settle_delay_s, lambda: self._settle_now(txn.id))
+            self.later(self.settle_delay_s, lambda: self._settle_now(txn.id))
 
     def _complete(self, txn_id: str, submit: bool) -> None:
         txn = self.transactions.get(txn_id)
@@ -335,7 +320,7 @@ class BraintreeSimulator(SimulatedProvider):
         if txn.declined:
             return _decline(txn)
         if txn.status == "authorizing":
-            self._after(self.async_delay_s, lambda: self._complete(txn.id, submit))
+            self.later(self.async_delay_s, lambda: self._complete(txn.id, submit))
             return 201, "transaction", txn.to_xml()
         if submit:
             txn.set_status("submitted_for_settlement")

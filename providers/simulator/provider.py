@@ -52,6 +52,7 @@ class SimulatedProvider(abc.ABC):
         self.webhooks = WebhookSender(webhook_url)
         self.base_url: str | None = None  # set by the host once the port is bound
         self._stopping = asyncio.Event()
+        self._timers: set[asyncio.TimerHandle] = set()
 
     # ---------------------------------------------------------------- hooks
 
@@ -78,7 +79,25 @@ class SimulatedProvider(abc.ABC):
         self.add_routes(app)
         return app
 
+    def later(self, delay: float, fn: Callable[[], None]) -> None:
+        """Run ``fn`` after ``delay`` seconds (asynchronous provider-side outcomes);
+        pending ones are dropped by :meth:`reset` and :meth:`close`."""
+        holder: list[asyncio.TimerHandle] = []
+
+        def run() -> None:
+            self._timers.discard(holder[0])
+            fn()
+
+        holder.append(asyncio.get_running_loop().call_later(delay, run))
+        self._timers.add(holder[0])
+
+    def cancel_timers(self) -> None:
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
     def reset(self) -> None:
+        self.cancel_timers()
         self.reset_state()
         self.faults = FaultSettings()
         self.requests.clear()
@@ -90,6 +109,7 @@ class SimulatedProvider(abc.ABC):
 
     async def close(self) -> None:
         self._stopping.set()
+        self.cancel_timers()
         await self.webhooks.close()
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:

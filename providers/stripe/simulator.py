@@ -84,7 +84,6 @@ class StripeSimulator(SimulatedProvider):
         self.intents: dict[str, m.PaymentIntent] = {}
         self.refunds: dict[str, m.Refund] = {}
         self.idempotency = IdempotencyStore()
-        self._timers: set[asyncio.TimerHandle] = set()
 
     # ------------------------------------------------------------ framework hooks
 
@@ -125,9 +124,6 @@ class StripeSimulator(SimulatedProvider):
         ]
 
     def reset_state(self) -> None:
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
         self.intents.clear()
         self.refunds.clear()
         self.idempotency.clear()
@@ -245,17 +241,6 @@ class StripeSimulator(SimulatedProvider):
         if event_type:
             self._emit(event_type, pi.to_dict(), request)
 
-    def _after(self, delay: float, fn: Callable[[], None]) -> None:
-        loop = asyncio.get_running_loop()
-        holder: list[asyncio.TimerHandle] = []
-
-        def run() -> None:
-            self._timers.discard(holder[0])
-            fn()
-
-        holder.append(loop.call_later(delay, run))
-        self._timers.add(holder[0])
-
     def _settle(self, pi_id: str) -> None:
         pi = self.intents.get(pi_id)
         if pi is not None and m.settle_processing(pi):
@@ -310,7 +295,7 @@ class StripeSimulator(SimulatedProvider):
         finally:
             self._emit_pi(pi, request)
         if pi.status == "processing":
-            self._after(self.async_delay_s, lambda: self._settle(pi.id))
+            self.later(self.async_delay_s, lambda: self._settle(pi.id))
 
     def _retrieve(self, request: web.Request, params: dict[str, Any]
                   ) -> tuple[int, dict[str, Any]]:
@@ -367,7 +352,7 @@ class StripeSimulator(SimulatedProvider):
         self._emit("refund.created", refund.to_dict(), request)
         self._emit("charge.refunded", pi.charge_dict(), request)
         if refund.status == "pending":
-            self._after(self.async_delay_s, lambda: self._settle_refund(refund.id))
+            self.later(self.async_delay_s, lambda: self._settle_refund(refund.id))
         return 200, refund.to_dict()
 
     def _retrieve_refund(self, request: web.Request, params: dict[str, Any]
