@@ -105,8 +105,13 @@ class Reconciler:
                 report.skipped_locked += 1
                 continue
             try:
+                # Work on the payment as it is now: another replica may have resolved it
+                # between our query and our lease.
+                fresh = await self.store.get_payment(doc["id"])
+                if fresh is None:
+                    continue
                 report.examined += 1
-                await self._one(doc, now, report)
+                await self._one(fresh, now, report)
             except Exception:  # one payment must not stop the pass
                 log.exception("reconciliation of a payment failed",
                               extra={"payment_id": doc["id"]})
