@@ -14,7 +14,6 @@ rule named ``static``.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ from typing import Any
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from routing.explain import static_table
 from routing.loader import RoutingConfigError, load_routing
-from routing.rules import Conditions, RoutingTable, Rule
 from routing.select import Decision, RouteRequest, decide
 
 log = logging.getLogger("gateway.routing")
@@ -36,12 +35,6 @@ class ReloadResult:
     changed: bool
     version: str
     errors: tuple[str, ...] = ()
-
-
-def static_table(config: GatewayConfig) -> RoutingTable:
-    version = "static-" + hashlib.sha256(",".join(config.candidates).encode()).hexdigest()[:12]
-    rule = Rule(name="static", when=Conditions(), providers=tuple(config.candidates))
-    return RoutingTable(version=version, rules=(rule,), source=str(config.path))
 
 
 class RoutingRuntime:

@@ -11,6 +11,7 @@ never pulls in the gateway (which itself imports routing).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from gateway.config import GatewayConfig
 
 DEFAULT_PAYMENT_ID = "pay_explain"
-STATIC_RULE = "static-candidates"
+STATIC_RULE = "static"
 
 
 def _describe_request(req: RouteRequest) -> str:
@@ -88,9 +89,12 @@ def explain(decision: Decision, table: RoutingTable) -> str:
 
 
 def static_table(config: GatewayConfig) -> RoutingTable:
-    """The table used when gateway.yaml has no ``routing_file``: its static candidates."""
-    rule = Rule(name=STATIC_RULE, when=Conditions(), providers=config.candidates)
-    return RoutingTable(version="static", rules=(rule,), source=f"{config.path} (candidates)")
+    """The table used when gateway.yaml has no ``routing_file``: its static candidates,
+    as one catch-all rule. The running gateway uses this same table, so ``gateway route``
+    explains exactly the rule name and version that payments are stamped with."""
+    version = "static-" + hashlib.sha256(",".join(config.candidates).encode()).hexdigest()[:12]
+    rule = Rule(name=STATIC_RULE, when=Conditions(), providers=tuple(config.candidates))
+    return RoutingTable(version=version, rules=(rule,), source=f"{config.path} (candidates)")
 
 
 def _load(config_path: str | os.PathLike[str]) -> tuple[GatewayConfig, RoutingTable | None]:

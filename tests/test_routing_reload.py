@@ -130,3 +130,17 @@ def test_invalid_routing_file_fails_startup(tmp_path: Path) -> None:
 
     with pytest.raises(RoutingConfigError):
         create_app(load_config(cfg))
+
+
+def test_route_explains_the_same_static_rule_the_gateway_stamps(tmp_path: Path) -> None:
+    """Without routing_file, `gateway route` and the running gateway use one table."""
+    from gateway.routing_runtime import RoutingRuntime
+    from routing.explain import static_table
+
+    cfg = load_config(write_config(tmp_path, "sqlite:///x.db", providers=PROVIDERS,
+                                   candidates=["bt_main", "stripe_main"]))
+    decision = RoutingRuntime(cfg).decide(payment_body(), "pay_static", "acme")
+    explained = static_table(cfg)
+    assert (decision.rule, decision.version) == (explained.rules[0].name, explained.version)
+    assert decision.version.startswith("static-")
+    assert decision.candidates == ("bt_main", "stripe_main")
