@@ -137,7 +137,9 @@ async def enqueue_status_change(
     return str(record["id"])
 
 
-def _changed_fields(doc: dict[str, Any]) -> tuple[Any, ...]:
+def visible_state(doc: dict[str, Any]) -> tuple[Any, ...]:
+    """What a merchant notification reports on, status first: a cheap, immutable
+    snapshot to compare a payment before and after a write."""
     refunds = tuple((r.get("id"), r.get("status")) for r in doc.get("refunds") or [])
     return (doc.get("status"), doc.get("amount_authorized"), doc.get("amount_captured"),
             doc.get("amount_refunded"), refunds)
@@ -157,17 +159,18 @@ def change_source(events: list[dict[str, Any]]) -> str:
     return "gateway"
 
 
-def outbox_record(store: Store, before: dict[str, Any], after: dict[str, Any],
+def outbox_record(store: Store, before: tuple[Any, ...], after: dict[str, Any],
                   events: list[dict[str, Any]], new_version: int) -> dict[str, Any] | None:
     """The notification a payment write owes, built BEFORE the write so that it is stored
     in the same atomic write as the change (``doc["_outbox"]``, see :func:`flush_outbox`).
-    None when nothing visible changed or the merchant is not to be notified (its own
-    request without ``notify_all``; no webhook URL). The source comes from the audit
-    events; the id from (payment id, new version), so a re-flush dedupes."""
-    if _changed_fields(before) == _changed_fields(after):
+    ``before`` is :func:`visible_state` of the payment as read. None when nothing visible
+    changed or the merchant is not to be notified (its own request without
+    ``notify_all``; no webhook URL). The source comes from the audit events; the id from
+    (payment id, new version), so a re-flush dedupes."""
+    if before == visible_state(after):
         return None
     return _record(bound_config(store), {**after, "version": new_version},
-                   before.get("status"), change_source(events), time.time())
+                   before[0], change_source(events), time.time())
 
 
 async def flush_outbox(store: Store, doc: dict[str, Any]) -> dict[str, Any]:
@@ -392,5 +395,6 @@ __all__ = [
     "outbox_record",
     "sign",
     "verify_signature",
+    "visible_state",
     "worker_ctx",
 ]

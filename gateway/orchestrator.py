@@ -17,7 +17,6 @@ Rules (SPEC section 5):
 
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import logging
@@ -36,7 +35,7 @@ from gateway.model import (
     snapshot,
     store_snapshot,
 )
-from gateway.notifications import flush_outbox, outbox_record
+from gateway.notifications import flush_outbox, outbox_record, visible_state
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
@@ -102,7 +101,7 @@ async def mutate(
         if doc is None:
             raise PaymentMissing(payment_id)
         version = doc["version"]
-        before = copy.deepcopy(doc)
+        before = visible_state(doc)
         events = fn(doc)
         doc["updated_at"] = now()
         # A change the merchant did not ask for (webhook, lookup, reconciliation) owes a

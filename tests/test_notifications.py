@@ -292,9 +292,10 @@ async def test_outbox_record_takes_source_from_audit_events(
                  to_status="authorized")]
     assert notifications.change_source(own) == "provider_response"
     # the merchant's own request (no notify_all): nothing; unchanged doc: nothing
-    assert notifications.outbox_record(store, before, after, own, 2) is None
-    assert notifications.outbox_record(store, before, dict(before), recon, 2) is None
-    record = notifications.outbox_record(store, before, after, recon, 2)  # bound config
+    seen = notifications.visible_state(before)
+    assert notifications.outbox_record(store, seen, after, own, 2) is None
+    assert notifications.outbox_record(store, seen, dict(before), recon, 2) is None
+    record = notifications.outbox_record(store, seen, after, recon, 2)  # bound config
     assert record is not None and record["id"] == event_id("pay_mut", 2)
     assert record["payload"]["source"] == "reconciliation"
     assert record["payload"]["previous_status"] == "unknown"
@@ -322,7 +323,7 @@ async def test_a_write_carries_its_notification_until_it_is_in_the_outbox(
     # the crash: the change and its record are written, the move never happens
     stored = await store.get_payment("pay_carry")
     assert stored is not None
-    before = dict(stored)
+    before = notifications.visible_state(stored)
     events = resolve(stored)
     record = notifications.outbox_record(store, before, stored, events, stored["version"] + 1)
     assert record is not None
