@@ -284,43 +284,39 @@ class AdyenSimulator(SimulatedProvider):
             out["amount"] = payment.amount_dict(amount)
         return out
 
-    def _capture(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        payment = self._payment(request)
+    def _requested_amount(self, payment: m.SimPayment, body: dict[str, Any]) -> int:
         amount = m.parse_amount(body.get("amount"))
         assert amount is not None
         if amount[1] != payment.currency:
             raise m.invalid("Invalid currency: does not match the payment", "000")
-        payment.capture(amount[0])
+        return amount[0]
+
+    def _received(self, payment: m.SimPayment, body: dict[str, Any], event_code: str,
+                  amount: int | None) -> tuple[int, dict[str, Any]]:
+        """Answer a modification 201 ``received``; its outcome follows as a notification."""
         psp = m.new_psp(self.rng)
         payment.modifications.append(psp)
         ref = body.get("reference") if isinstance(body.get("reference"), str) else None
         self._later(self.notification_delay_s, lambda: self._notify(
-            payment, "CAPTURE", True, psp=psp, value=amount[0], reference=ref))
-        return 201, self._modification_answer(payment, body, psp, amount[0])
+            payment, event_code, True, psp=psp, value=amount, reference=ref))
+        return 201, self._modification_answer(payment, body, psp, amount)
+
+    def _capture(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        payment = self._payment(request)
+        amount = self._requested_amount(payment, body)
+        payment.capture(amount)
+        return self._received(payment, body, "CAPTURE", amount)
 
     def _cancel(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         payment = self._payment(request)
         payment.cancel()
-        psp = m.new_psp(self.rng)
-        payment.modifications.append(psp)
-        ref = body.get("reference") if isinstance(body.get("reference"), str) else None
-        self._later(self.notification_delay_s, lambda: self._notify(
-            payment, "CANCELLATION", True, psp=psp, reference=ref))
-        return 201, self._modification_answer(payment, body, psp, None)
+        return self._received(payment, body, "CANCELLATION", None)
 
     def _refund(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         payment = self._payment(request)
-        amount = m.parse_amount(body.get("amount"))
-        assert amount is not None
-        if amount[1] != payment.currency:
-            raise m.invalid("Invalid currency: does not match the payment", "000")
-        payment.refund(amount[0])
-        psp = m.new_psp(self.rng)
-        payment.modifications.append(psp)
-        ref = body.get("reference") if isinstance(body.get("reference"), str) else None
-        self._later(self.notification_delay_s, lambda: self._notify(
-            payment, "REFUND", True, psp=psp, value=amount[0], reference=ref))
-        return 201, self._modification_answer(payment, body, psp, amount[0])
+        amount = self._requested_amount(payment, body)
+        payment.refund(amount)
+        return self._received(payment, body, "REFUND", amount)
 
     async def _complete_3ds(self, request: web.Request) -> web.Response:
         """The shopper's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""
