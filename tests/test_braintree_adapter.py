@@ -309,10 +309,10 @@ async def test_sdk_runs_in_the_given_executor_off_the_event_loop(env: Env) -> No
 async def test_own_executor_is_created_and_shut_down(env: Env) -> None:
     p = env.make()
     await p.start()
-    pool = p._own_executor
+    pool = p._pool._own
     assert pool is not None
     await p.authorize(req("pay-own"))
     await p.close()
-    assert p._own_executor is None
+    assert p._pool._own is None
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)

@@ -43,10 +43,9 @@ Lookup
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 import Adyen
@@ -70,6 +69,7 @@ from providers.base import (
     RefundResult,
     RejectedSafe,
 )
+from providers.sdk_pool import SdkPool
 
 DEFAULT_RETURN_URL = "https://gateway.invalid/adyen/return"
 DEFAULT_MAX_WORKERS = 8
@@ -94,9 +94,7 @@ class AdyenProvider(Provider):
         self._merchant_account = merchant_account
         self._base_url = base_url.rstrip("/")
         self._timeout = (connect_timeout_s, timeout_s)
-        self._given_executor = executor
-        self._own_executor: ThreadPoolExecutor | None = None
-        self._max_workers = max_workers
+        self._pool = SdkPool(f"adyen-{name}", max_workers, executor)
         self._return_url = return_url
         self._local = threading.local()
 
@@ -106,23 +104,11 @@ class AdyenProvider(Provider):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._given_executor is None and self._own_executor is None:
-            self._own_executor = ThreadPoolExecutor(
-                max_workers=self._max_workers, thread_name_prefix=f"adyen-{self.name}")
+        self._pool.executor()
 
     async def close(self) -> None:
-        pool, self._own_executor = self._own_executor, None
-        if pool is not None:
-            # wait=False: a thread stuck in a read returns within the SDK timeout
-            pool.shutdown(wait=False, cancel_futures=True)
-
-    def _executor(self) -> Executor:
-        if self._given_executor is not None:
-            return self._given_executor
-        if self._own_executor is None:
-            self._own_executor = ThreadPoolExecutor(
-                max_workers=self._max_workers, thread_name_prefix=f"adyen-{self.name}")
-        return self._own_executor
+        # wait=False: a thread stuck in a read returns within the SDK timeout
+        await self._pool.close(wait=False)
 
     def _client(self) -> Adyen.Adyen:
         """This worker thread's own SDK instance."""
@@ -140,9 +126,8 @@ class AdyenProvider(Provider):
 
     async def _call(self, call: SdkCall, *, modification: bool) -> dict[str, Any] | Refusal:
         """Run one SDK call in the pool; faults are raised, definite refusals returned."""
-        loop = asyncio.get_running_loop()
         try:
-            body = await loop.run_in_executor(self._executor(), self._in_thread, call)
+            body = await self._pool.run(self._in_thread, call)
         except Exception as exc:
             outcome = translate(exc, modification=modification)
             if isinstance(outcome, Refusal):

@@ -18,9 +18,7 @@ never on the event loop. The SDK keeps one ``requests`` session per thread.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -44,6 +42,7 @@ from providers.braintree.parse import (
     parse_refund_transaction,
     parse_transaction,
 )
+from providers.sdk_pool import SdkPool
 
 T = TypeVar("T")
 DEFAULT_WORKERS = 8
@@ -89,9 +88,7 @@ class BraintreeProvider(Provider):
         self.currencies = frozenset(c.upper() for c in currencies)
         self._base_url = base_url.rstrip("/")
         self._merchant_accounts = {k.upper(): v for k, v in (merchant_account_ids or {}).items()}
-        self._given_executor = executor
-        self._executor: concurrent.futures.Executor | None = executor
-        self._own_executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool = SdkPool(f"braintree-{name}", DEFAULT_WORKERS, executor)
         self._config = braintree.Configuration(
             environment=make_environment(self._base_url), merchant_id=merchant_id,
             public_key=public_key, private_key=private_key,
@@ -110,26 +107,16 @@ class BraintreeProvider(Provider):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if self._executor is None:
-            self._own_executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=DEFAULT_WORKERS, thread_name_prefix=f"braintree-{self.name}")
-            self._executor = self._own_executor
+        self._pool.executor()
 
     async def close(self) -> None:
-        own, self._own_executor = self._own_executor, None
-        self._executor = self._given_executor
-        if own is not None:
-            # Threads stuck in a request end at the SDK timeout; do not block the loop.
-            await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(own.shutdown, wait=True, cancel_futures=True))
+        # Threads stuck in a request end at the SDK timeout; waited for off the loop.
+        await self._pool.close(wait=True)
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one SDK call in the pool; every exception becomes a fault."""
-        if self._executor is None:
-            await self.start()
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+            return await self._pool.run(fn, *args)
         except Exception as exc:
             raise translate(exc) from exc
 
