@@ -86,6 +86,11 @@ class ProviderUnavailable(OperationError):
     http_status = 503
     type = "provider_unavailable"
 
+    @classmethod
+    def of(cls, provider: str, fault: ProviderFault) -> ProviderUnavailable:
+        return cls("provider_unavailable",
+                   f"{provider} is unavailable ({fault.error_code}); nothing was changed")
+
 
 class PaymentMissing(Exception):
     pass
@@ -440,10 +445,7 @@ class Orchestrator:
                               error_code=fault.error_code)]
 
             await mutate(self.store, doc["id"], release)
-            raise ProviderUnavailable(
-                "provider_unavailable",
-                f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
-            ) from None
+            raise ProviderUnavailable.of(provider.name, fault) from None
         except Ambiguous as exc:
             pending = S.CAPTURE_PENDING if name == "capture" else S.VOID_PENDING
             park_code = exc.error_code
@@ -552,10 +554,7 @@ class Orchestrator:
                               error_code=fault.error_code)]
 
             await mutate(self.store, doc["id"], drop)
-            raise ProviderUnavailable(
-                "provider_unavailable",
-                f"{provider.name} is unavailable ({fault.error_code}); nothing was changed",
-            ) from None
+            raise ProviderUnavailable.of(provider.name, fault) from None
         except Ambiguous as exc:
             unknown_code = exc.error_code
 

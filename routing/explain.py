@@ -109,6 +109,20 @@ def _load(config_path: str | os.PathLike[str]) -> tuple[GatewayConfig, RoutingTa
     return config, load_routing(config.routing_file, providers)
 
 
+def _load_or_report(config_path: str | os.PathLike[str]
+                    ) -> tuple[GatewayConfig, RoutingTable | None] | None:
+    """:func:`_load`, printing every error to stderr (None then)."""
+    from gateway.config import ConfigError
+
+    try:
+        return _load(config_path)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except RoutingConfigError as exc:
+        _print_routing_errors(exc)
+    return None
+
+
 def _print_routing_errors(exc: RoutingConfigError) -> None:
     for issue in exc.errors:
         print(f"error: {issue}", file=sys.stderr)
@@ -118,16 +132,10 @@ def _print_routing_errors(exc: RoutingConfigError) -> None:
 
 def check_main(config_path: str | os.PathLike[str]) -> int:
     """Validate gateway.yaml and its routing file; print every error; 0 if both are valid."""
-    from gateway.config import ConfigError
-
-    try:
-        config, table = _load(config_path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _load_or_report(config_path)
+    if loaded is None:
         return 1
-    except RoutingConfigError as exc:
-        _print_routing_errors(exc)
-        return 1
+    config, table = loaded
     summary = (f"ok: {config.path} ({len(config.providers)} providers, "
                f"{len(config.merchants)} merchants); ")
     if table is None:
@@ -168,16 +176,10 @@ def route_main(config_path: str | os.PathLike[str], request_path: str | os.PathL
                merchant: str | None = None) -> int:
     """Explain the routing decision for the request in ``request_path`` (a POST
     /v1/payments body, optionally with ``"id"``; default id ``pay_explain``)."""
-    from gateway.config import ConfigError
-
-    try:
-        config, table = _load(config_path)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    loaded = _load_or_report(config_path)
+    if loaded is None:
         return 1
-    except RoutingConfigError as exc:
-        _print_routing_errors(exc)
-        return 1
+    config, table = loaded
     if merchant is not None and merchant not in config.merchants:
         known = ", ".join(sorted(config.merchants)) or "none"
         print(f"error: unknown merchant {merchant!r} (configured: {known})", file=sys.stderr)
