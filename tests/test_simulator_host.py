@@ -130,16 +130,26 @@ def test_unknown_and_provider_tokens() -> None:
     assert resolve_token("tok_visa", extra) is not None
 
 
+DEFAULT_FAULTS = {"mode": "normal", "latency_ms": 0, "error_rate": 0.0, "error_status": 500,
+                  "rate_limit_rate": 0.0, "late_process_ms": 0, "search_lag_ms": 0,
+                  "error_after_process": False}
+
+
 async def test_faults_get_and_merge(host: SimulatorHost, http: aiohttp.ClientSession) -> None:
     status, body = await ctl(http, host, "GET", "/_sim/toy/faults")
-    assert (status, body) == (200, {"mode": "normal", "latency_ms": 0, "error_rate": 0.0,
-                                    "error_status": 500, "rate_limit_rate": 0.0})
+    assert (status, body) == (200, DEFAULT_FAULTS)
     status, body = await ctl(http, host, "POST", "/_sim/toy/faults",
                              {"latency_ms": 5, "error_status": 503})
     assert status == 200 and body["latency_ms"] == 5 and body["error_status"] == 503
     status, body = await ctl(http, host, "POST", "/_sim/toy/faults", {"error_rate": 0.25})
-    assert body == {"mode": "normal", "latency_ms": 5, "error_rate": 0.25, "error_status": 503,
-                    "rate_limit_rate": 0.0}
+    assert body == {**DEFAULT_FAULTS, "latency_ms": 5, "error_rate": 0.25, "error_status": 503}
+    status, body = await ctl(http, host, "POST", "/_sim/toy/faults",
+                             {"mode": "late_process", "late_process_ms": 250,
+                              "error_after_process": True})
+    assert status == 200
+    assert body == {**DEFAULT_FAULTS, "mode": "late_process", "latency_ms": 5,
+                    "error_rate": 0.25, "error_status": 503, "late_process_ms": 250,
+                    "error_after_process": True}
     assert (await ctl(http, host, "GET", "/_sim/toy/faults"))[1] == body
     assert (await ctl(http, host, "GET", "/_sim/other/faults"))[1]["latency_ms"] == 0
 
@@ -155,6 +165,16 @@ async def test_faults_get_and_merge(host: SimulatorHost, http: aiohttp.ClientSes
     ({"latency_ms": 1.5}, "latency_ms"),
     ({"colour": "red"}, "colour"),
     ([1, 2], None),
+    ({"late_process_ms": -1}, "late_process_ms"),
+    ({"late_process_ms": 600_001}, "late_process_ms"),
+    ({"late_process_ms": 2.5}, "late_process_ms"),
+    ({"late_process_ms": True}, "late_process_ms"),
+    ({"late_process_ms": "100"}, "late_process_ms"),
+    ({"error_after_process": 1}, "error_after_process"),
+    ({"error_after_process": "true"}, "error_after_process"),
+    ({"error_after_process": None}, "error_after_process"),
+    ({"search_lag_ms": 10}, "search_lag_ms"),  # the toy provider has no search API
+    ({"mode": "late"}, "mode"),
 ])
 async def test_faults_validation(host: SimulatorHost, http: aiohttp.ClientSession, body: Any,
                                  param: str | None) -> None:

@@ -21,7 +21,11 @@ Idempotency (Adyen semantics, scoped per API key): the first answer to a key
 ``idempotency-key`` response header; the same key with a different body (or path)
 gets 422 ``704``; the same key while the first request still runs gets 422 ``704``
 with ``transient-error: true``. 401, 429 and 5xx answers (and injected faults) are
-not stored.
+not stored. With ``error_after_process`` the injected 5xx replaces the answer of a
+request that was processed; the key keeps that real (first) answer, so a retry with
+the same key replays the processed result instead of acting again. Under
+``late_process`` the key is claimed when the late processing starts. Adyen has no
+search API: ``search_lag_ms`` is rejected (``supports_search = False``).
 
 Sandbox tokens (:mod:`providers.simulator.tokens`) and Adyen test card numbers
 (:data:`providers.adyen.sim_model.ADYEN_TEST_CARDS`) are accepted as
@@ -75,6 +79,7 @@ def fingerprint(method: str, path: str, body: Any) -> str:
 
 class AdyenSimulator(SimulatedProvider):
     name = "adyen"
+    supports_search = False  # no transaction search: search_lag_ms must stay 0
 
     def __init__(
         self, *, api_key: str | None = None, merchant_account: str | None = None,

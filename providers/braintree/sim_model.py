@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import string
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +84,8 @@ class Transaction:
     created_at: dt.datetime = field(default_factory=now)
     updated_at: dt.datetime = field(default_factory=now)
     history: list[StatusEvent] = field(default_factory=list)
+    #: when it was created (time.monotonic): search sees it only after search_lag_ms
+    created_monotonic: float = field(default_factory=time.monotonic, repr=False)
 
     def set_status(self, status: str) -> None:
         self.status = status

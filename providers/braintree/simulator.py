@@ -26,7 +26,14 @@ counted by ``GET /_sim/braintree/requests``):
   ``transaction_settled`` webhook follows when a webhook URL is configured.
   ``tok_pending`` sales stay ``authorizing`` for ``async_delay_s`` seconds.
 * Search: ``order_id`` (is / is_not / starts_with / ends_with / contains), ``id``,
-  ``ids``, ``status`` and ``type`` criteria; other criteria are ignored.
+  ``ids``, ``status`` and ``type`` criteria; other criteria are ignored. Like
+  Braintree's, the search index is eventually consistent: a transaction is found by
+  ``advanced_search_ids`` / ``advanced_search`` only ``search_lag_ms`` (fault setting)
+  after it was created (when the sale was processed, i.e. late under
+  ``late_process``); ``find`` by id sees it at once.
+* ``error_after_process``: the injected 5xx replaces the answer of a processed request;
+  the ``api_request_key`` record keeps the real answer, so a retry with the same key
+  gets the transaction that was created (Braintree binds the key to what it did).
 """
 
 from __future__ import annotations
@@ -108,6 +115,7 @@ def _fingerprint(request: web.Request, params: Any) -> str:
 
 class BraintreeSimulator(SimulatedProvider):
     name = "braintree"
+    supports_search = True
 
     def __init__(
         self, *, merchant_id: str | None = None, public_key: str | None = None,
@@ -382,7 +390,8 @@ class BraintreeSimulator(SimulatedProvider):
 
     def _found(self, params: dict[str, Any]) -> list[m.Transaction]:
         criteria = params if isinstance(params, dict) else {}
-        return [t for t in self.transactions.values() if self._matches(t, criteria)]
+        return [t for t in self.transactions.values()
+                if self.searchable(t.created_monotonic) and self._matches(t, criteria)]
 
     def _search_ids(self, request: web.Request, params: dict[str, Any]) -> Result:
         ids = [t.id for t in self._found(params)]

@@ -3,6 +3,23 @@
 ``POST /_sim/{provider}/faults`` merges a partial JSON object into the current
 :class:`FaultSettings` (omitted keys keep their value); :func:`merge_faults`
 validates it and raises :class:`FaultValidationError` (answered as HTTP 400).
+
+Keys (defaults in :class:`FaultSettings`):
+
+* ``mode``: ``normal`` | ``refuse`` | ``hang`` | ``drop_after_process`` | ``late_process``.
+  ``late_process``: the request is read, the client is left waiting and the provider
+  processes it ``late_process_ms`` later, whether or not the client is still connected
+  (the answer then goes to the client if it still waits, else nowhere). No other
+  injected error applies to a request in ``late_process``.
+* ``latency_ms`` / ``late_process_ms`` / ``search_lag_ms``: integers 0..600000 (ms).
+  ``search_lag_ms``: a new transaction becomes visible to the provider's *search* only
+  that long after it was created (Braintree transaction search, Stripe Search API);
+  lookups by id are immediate. Only providers with a search API accept a non-zero
+  value (``supports_search``); others answer 400 with ``param: search_lag_ms``.
+* ``error_rate`` (0..1) + ``error_status`` (500..599): injected 5xx answers;
+  ``error_after_process`` (bool): produce that 5xx *after* the request was processed
+  (the charge exists) instead of before. ``rate_limit_rate`` (0..1): injected 429s,
+  always before processing.
 """
 
 from __future__ import annotations
@@ -18,9 +35,11 @@ class FaultMode(StrEnum):
     REFUSE = "refuse"  # the provider port stops listening: TCP connect refused
     HANG = "hang"  # requests are read and never answered
     DROP_AFTER_PROCESS = "drop_after_process"  # processed, then closed without a response
+    LATE_PROCESS = "late_process"  # processed late_process_ms later, client waiting or not
 
 
 MAX_LATENCY_MS = 600_000
+MILLIS_KEYS = ("latency_ms", "late_process_ms", "search_lag_ms")
 
 
 class FaultValidationError(ValueError):
@@ -38,6 +57,9 @@ class FaultSettings:
     error_rate: float = 0.0
     error_status: int = 500
     rate_limit_rate: float = 0.0
+    late_process_ms: int = 0
+    search_lag_ms: int = 0
+    error_after_process: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -49,6 +71,10 @@ class FaultSettings:
 
     def roll_error(self, rng: random.Random) -> bool:
         return self.error_rate > 0 and rng.random() < self.error_rate
+
+    def searchable(self, age_s: float) -> bool:
+        """Whether an object created ``age_s`` seconds ago is visible to search yet."""
+        return age_s * 1000 >= self.search_lag_ms
 
 
 def _number(raw: Any, key: str) -> float:
@@ -64,8 +90,20 @@ def _rate(raw: Any, key: str) -> float:
     return value
 
 
-def merge_faults(current: FaultSettings, update: Any) -> FaultSettings:
-    """Return ``current`` with the keys present in ``update`` replaced (validated)."""
+def _millis(raw: Any, key: str) -> int:
+    value = _number(raw, key)
+    if not 0 <= value <= MAX_LATENCY_MS or value != int(value):
+        raise FaultValidationError(
+            f"{key} must be an integer between 0 and {MAX_LATENCY_MS}", key)
+    return int(value)
+
+
+def merge_faults(current: FaultSettings, update: Any, *, supports_search: bool = True,
+                 provider: str = "this provider") -> FaultSettings:
+    """Return ``current`` with the keys present in ``update`` replaced (validated).
+
+    ``supports_search=False`` (a provider without a search API, e.g. Adyen) rejects a
+    non-zero ``search_lag_ms``; 0, the value such a provider reports, is accepted."""
     if not isinstance(update, dict):
         raise FaultValidationError("body must be a JSON object")
     known = set(FaultSettings.__dataclass_fields__)
@@ -79,13 +117,18 @@ def merge_faults(current: FaultSettings, update: Any) -> FaultSettings:
         except ValueError:
             modes = ", ".join(m.value for m in FaultMode)
             raise FaultValidationError(f"mode must be one of: {modes}", "mode") from None
-    if "latency_ms" in update:
-        latency = _number(update["latency_ms"], "latency_ms")
-        if not 0 <= latency <= MAX_LATENCY_MS or latency != int(latency):
-            raise FaultValidationError(
-                f"latency_ms must be an integer between 0 and {MAX_LATENCY_MS}", "latency_ms"
-            )
-        changes["latency_ms"] = int(latency)
+    for key in MILLIS_KEYS:
+        if key in update:
+            changes[key] = _millis(update[key], key)
+    if changes.get("search_lag_ms") and not supports_search:
+        raise FaultValidationError(
+            f"{provider} has no search API: search_lag_ms must be 0", "search_lag_ms")
+    if "error_after_process" in update:
+        flag = update["error_after_process"]
+        if not isinstance(flag, bool):
+            raise FaultValidationError("error_after_process must be true or false",
+                                       "error_after_process")
+        changes["error_after_process"] = flag
     for key in ("error_rate", "rate_limit_rate"):
         if key in update:
             changes[key] = _rate(update[key], key)

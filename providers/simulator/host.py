@@ -194,7 +194,9 @@ class SimulatorHost:
         """Merge ``update`` (validated, see :func:`merge_faults`) and apply it now."""
         slot = self._slots[name]
         async with self._lock:
-            slot.sim.faults = merge_faults(slot.sim.faults, update)
+            slot.sim.faults = merge_faults(slot.sim.faults, update,
+                                           supports_search=slot.sim.supports_search,
+                                           provider=name)
             await self._sync_listening(slot)
         return slot.sim.faults
 

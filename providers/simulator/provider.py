@@ -5,9 +5,21 @@ renders errors in its own format and reports its charges. Every route gets a
 ``name``: it is the *operation* under which ``GET /_sim/{provider}/requests``
 counts the request.
 
-Fault order for each request: (refuse: drop silently) -> count -> latency ->
-hang -> 429 -> 5xx -> process -> (drop_after_process: close with no response).
-Injected 429/5xx answers are produced before processing: nothing happened.
+Fault order for each request: (refuse: drop silently) -> count -> read the body ->
+latency -> hang | late_process -> 429 -> 5xx -> process -> 5xx after processing ->
+(drop_after_process: close with no response).
+
+Injected 429/5xx answers are produced before processing (nothing happened), except
+with ``error_after_process``: then the 5xx replaces the answer of a request that was
+processed. A simulator whose provider remembers such answers (Stripe stores a 500
+against the Idempotency-Key) takes the fault over with :meth:`take_after_process_fault`;
+otherwise the middleware replaces the handler's answer.
+
+``late_process``: the request waits ``late_process_ms`` and is then processed in a task
+the provider owns (kept in a set, awaited through :func:`asyncio.shield`), so neither a
+client disconnect nor a cancelled handler stops it. aiohttp >= 3.9 does not cancel
+handlers on disconnect unless ``handler_cancellation=True``; the shield keeps the
+semantics if that changes. Pending late work is dropped by :meth:`reset`/:meth:`close`.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -24,6 +37,9 @@ from providers.simulator.ledger import ChargeView, RequestCounter
 from providers.simulator.webhooks import WebhookSender
 
 HANG_POLL_S = 0.05
+#: request keys: the injected after-processing 5xx status, and "a simulator took it over"
+AFTER_PROCESS_FAULT: web.RequestKey[int] = web.RequestKey("sim_after_process_fault", int)
+AFTER_PROCESS_TAKEN: web.RequestKey[bool] = web.RequestKey("sim_after_process_taken", bool)
 
 
 def operation_of(request: web.Request) -> str:
@@ -44,6 +60,8 @@ class SimulatedProvider(abc.ABC):
     """One provider's simulated API; the host serves :meth:`build_app` on its own port."""
 
     name: str = "provider"
+    #: whether the provider has a search API (``search_lag_ms`` may be set)
+    supports_search: bool = False
 
     def __init__(self, *, seed: int | None = None, webhook_url: str | None = None) -> None:
         self.faults = FaultSettings()
@@ -53,6 +71,7 @@ class SimulatedProvider(abc.ABC):
         self.base_url: str | None = None  # set by the host once the port is bound
         self._stopping = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
+        self._late: set[asyncio.Task[web.StreamResponse]] = set()
 
     # ---------------------------------------------------------------- hooks
 
@@ -96,8 +115,29 @@ class SimulatedProvider(abc.ABC):
             timer.cancel()
         self._timers.clear()
 
+    def cancel_late(self) -> None:
+        """Drop requests still waiting in ``late_process`` (their clients get no answer)."""
+        for task in list(self._late):
+            task.cancel()
+        self._late.clear()
+
+    def searchable(self, created_monotonic: float) -> bool:
+        """Whether an object created at that :func:`time.monotonic` is visible to search
+        under the current ``search_lag_ms``."""
+        return self.faults.searchable(time.monotonic() - created_monotonic)
+
+    def take_after_process_fault(self, request: web.Request) -> int | None:
+        """The injected 5xx status to answer *instead of* this processed request's result
+        (``error_after_process``), or None. The caller answers it itself (and may store it,
+        as Stripe does); the middleware then leaves the answer alone."""
+        status = request.get(AFTER_PROCESS_FAULT)
+        if status is not None:
+            request[AFTER_PROCESS_TAKEN] = True
+        return status
+
     def reset(self) -> None:
         self.cancel_timers()
+        self.cancel_late()
         self.reset_state()
         self.faults = FaultSettings()
         self.requests.clear()
@@ -110,6 +150,7 @@ class SimulatedProvider(abc.ABC):
     async def close(self) -> None:
         self._stopping.set()
         self.cancel_timers()
+        self.cancel_late()
         await self.webhooks.close()
 
     async def _hang(self, request: web.Request) -> web.StreamResponse:
@@ -123,6 +164,38 @@ class SimulatedProvider(abc.ABC):
                 continue
         drop_connection(request)
         return web.Response()  # never written: the transport is gone
+
+    async def _process_late(
+        self, request: web.Request, delay_s: float,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if delay_s > 0:
+            try:
+                await asyncio.wait_for(self._stopping.wait(), delay_s)
+            except TimeoutError:
+                pass
+            else:  # the simulator is stopping: the request is never processed
+                drop_connection(request)
+                return web.Response()
+        return await handler(request)
+
+    async def _late_process(
+        self, request: web.Request, delay_s: float,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        task = asyncio.ensure_future(self._process_late(request, delay_s, handler))
+        self._late.add(task)
+        task.add_done_callback(self._late.discard)
+        try:
+            # shield: cancelling this handler (client gone, server shutdown) leaves the
+            # provider-side processing running; its answer then goes nowhere.
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task.cancelled() and not (current is not None and current.cancelling()):
+                drop_connection(request)  # the work was dropped by reset(): no answer
+                return web.Response()
+            raise
 
     @web.middleware
     async def _fault_middleware(
@@ -142,11 +215,18 @@ class SimulatedProvider(abc.ABC):
         faults = self.faults  # the settings may have changed while sleeping
         if faults.mode is FaultMode.HANG:
             return await self._hang(request)
+        if faults.mode is FaultMode.LATE_PROCESS:
+            return await self._late_process(request, faults.late_process_ms / 1000, handler)
         if faults.roll_rate_limit(self.rng):
             return self.fault_response(429)
-        if faults.roll_error(self.rng):
-            return self.fault_response(faults.error_status)
+        error_status = faults.error_status if faults.roll_error(self.rng) else None
+        if error_status is not None and not faults.error_after_process:
+            return self.fault_response(error_status)
+        if error_status is not None:
+            request[AFTER_PROCESS_FAULT] = error_status
         response = await handler(request)
+        if error_status is not None and not request.get(AFTER_PROCESS_TAKEN):
+            response = self.fault_response(error_status)
         if self.faults.mode is FaultMode.DROP_AFTER_PROCESS:
             drop_connection(request)
         return response

@@ -6,10 +6,11 @@ refusal, so the HTTP layer only renders ``{"error": {...}}`` envelopes.
 
 from __future__ import annotations
 
+import re
 import secrets
 import string
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,7 @@ CAPTURE_PARAMS = frozenset({"amount_to_capture", "final_capture", "metadata", "e
 CANCEL_PARAMS = frozenset({"cancellation_reason", "expand"})
 REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "metadata", "reason", "expand",
                            "instructions_email"})
+SEARCH_PARAMS = frozenset({"query", "limit", "page", "expand"})
 
 
 def new_id(prefix: str) -> str:
@@ -111,6 +113,8 @@ class PaymentIntent:
     cancellation_reason: str | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     client_secret: str = ""
+    #: when it was created (time.monotonic): search sees it only after search_lag_ms
+    created_monotonic: float = field(default_factory=time.monotonic, repr=False)
 
     @property
     def manual(self) -> bool:
@@ -280,3 +284,114 @@ def refund(pi: PaymentIntent, amount: int | None, metadata: dict[str, str],
     async_result = pi.card is not None and pi.card.behavior is CardBehavior.PENDING
     return Refund(new_id("re"), amount, pi.currency, pi.id, pi.latest_charge, metadata, reason,
                   status="pending" if async_result else "succeeded")
+
+
+# ---------------------------------------------------------------- Search Query Language
+
+SEARCH_PARSE_ERROR = (
+    "We were unable to parse your search query. Try using the format "
+    "`metadata[\"key\"]:\"value\"` to query for metadata or `key:\"value\"` to query for "
+    "other fields.")
+MAX_SEARCH_CLAUSES = 10
+#: query fields for payment intents: field -> (kind, attribute getter)
+_PI_SEARCH_FIELDS: dict[str, tuple[str, Callable[[PaymentIntent], Any]]] = {
+    "amount": ("number", lambda pi: pi.amount),
+    "created": ("number", lambda pi: pi.created),
+    "currency": ("token", lambda pi: pi.currency),
+    "customer": ("token", lambda pi: None),  # the simulator keeps no customers
+    "status": ("token", lambda pi: pi.status),
+}
+_QUOTED = r"'(?:[^'\\]|\\.)*'" + "|" + r'"(?:[^"\\]|\\.)*"'
+_CLAUSE = re.compile(
+    rf"""\s*(?P<neg>-)?(?:metadata\[(?P<key>{_QUOTED})\]|(?P<field>[A-Za-z_][A-Za-z0-9_.]*))"""
+    rf"""\s*(?P<op>:|~|>=|<=|>|<)\s*(?:(?P<str>{_QUOTED})|(?P<num>-?\d+))""")
+_JOIN = re.compile(r"\s+(AND|OR)\s+")
+
+Predicate = Callable[[PaymentIntent], bool]
+
+
+def _search_error(message: str = SEARCH_PARSE_ERROR) -> StripeApiError:
+    return invalid(message, param="query")
+
+
+def _unquote(literal: str) -> str:
+    return re.sub(r"\\(.)", r"\1", literal[1:-1])
+
+
+def _compare(op: str, have: Any, want: Any) -> bool:
+    if have is None:
+        return False
+    if op == ":":
+        return bool(have == want)
+    return bool({">": have > want, "<": have < want, ">=": have >= want,
+                 "<=": have <= want}[op])
+
+
+def _clause(m: re.Match[str]) -> Predicate:
+    op, neg = m["op"], m["neg"] is not None
+    if m["key"] is not None:  # metadata['KEY']:'VALUE' -- exact, case-sensitive
+        key = _unquote(m["key"])
+        if op != ":" or m["str"] is None:
+            raise _search_error()
+        value = _unquote(m["str"])
+
+        def pred(pi: PaymentIntent) -> bool:
+            return pi.metadata.get(key) == value
+    else:
+        name = m["field"]
+        if name not in _PI_SEARCH_FIELDS:
+            raise _search_error(
+                f"Field `{name}` is an unsupported search field for resource "
+                "`payment_intents`. See http://stripe.com/docs/search#query-fields-for-"
+                "payment-intents for a list of supported fields.")
+        kind, get = _PI_SEARCH_FIELDS[name]
+        if kind == "number":
+            if op == "~":
+                raise _search_error()
+            raw = m["num"] if m["num"] is not None else _unquote(m["str"])
+            if not re.fullmatch(r"-?\d+", raw):
+                raise _search_error()
+            number = int(raw)
+
+            def pred(pi: PaymentIntent) -> bool:
+                return _compare(op, get(pi), number)
+        else:
+            if op != ":" or m["str"] is None:
+                raise _search_error()
+            token = _unquote(m["str"]).lower()
+
+            def pred(pi: PaymentIntent) -> bool:
+                value = get(pi)
+                return value is not None and str(value).lower() == token
+    return (lambda pi: not pred(pi)) if neg else pred
+
+
+def parse_search_query(query: str) -> Predicate:
+    """Compile a Search Query Language query over payment intents: clauses
+    ``metadata['KEY']:'VALUE'`` / ``metadata["KEY"]:"VALUE"``, ``status:'...'``,
+    ``currency:'...'``, ``customer:'...'``, ``amount`` / ``created`` with ``:``, ``>``,
+    ``<``, ``>=``, ``<=``; ``-`` negates; joined by ``AND`` or by ``OR`` (not both, at
+    most 10 clauses). Anything else raises Stripe's 400 ``invalid_request_error``."""
+    clauses: list[Predicate] = []
+    joins: set[str] = set()
+    pos = 0
+    while True:
+        m = _CLAUSE.match(query, pos)
+        if m is None:
+            raise _search_error()
+        clauses.append(_clause(m))
+        pos = m.end()
+        if query[pos:].strip() == "":
+            break
+        j = _JOIN.match(query, pos)
+        if j is None:
+            raise _search_error()
+        joins.add(j[1])
+        pos = j.end()
+    if len(joins) > 1:
+        raise _search_error("Using both AND and OR in the same search query is not supported.")
+    if len(clauses) > MAX_SEARCH_CLAUSES:
+        raise _search_error(f"A search query can contain at most {MAX_SEARCH_CLAUSES} "
+                            "clauses.")
+    combine = any if joins == {"OR"} else all
+    return lambda pi: combine(c(pi) for c in clauses)

@@ -3,17 +3,27 @@
 The unmodified ``stripe`` SDK works against it (form-encoded bracket bodies, JSON
 answers with ``object``, Stripe error envelopes, ``Idempotency-Key`` semantics).
 
-Idempotency (like Stripe): a POST's key is claimed before it runs; the first answer
-(2xx, 400, 402, 404) is stored and replayed byte for byte with
+Idempotency (like Stripe): a POST's key is claimed when the endpoint starts executing;
+its answer (2xx, 400, 402, 404 -- and a 500 produced after execution started, see
+``error_after_process``) is stored and replayed byte for byte with
 ``Idempotent-Replayed: true``; same key with other parameters -> 400
 ``idempotency_error``; same key while the first is still running -> 409
-``idempotency_key_in_use``. 401, 429 and 5xx are not stored.
+``idempotency_key_in_use``. Nothing is stored for 401, 429, early validation failures
+(malformed form bodies) or 5xx injected before processing; those may be retried.
+Under ``late_process`` the key is claimed when the late processing starts.
+
+Search (``GET /v1/payment_intents/search``, Stripe's Search API): the Search Query
+Language subset of :func:`providers.stripe.sim_model.parse_search_query`, newest first,
+``limit`` 1..100 (default 10) with ``page`` / ``next_page`` cursors. Like Stripe's,
+the index is eventually consistent: a PaymentIntent is found only ``search_lag_ms``
+after it was created; retrieving it by id is immediate.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -42,12 +52,15 @@ from providers.stripe.sim_model import (
     CONFIRM_PARAMS,
     CREATE_PARAMS,
     REFUND_PARAMS,
+    SEARCH_PARAMS,
     STRIPE_TEST_TOKENS,
 )
 
 DEFAULT_WEBHOOK_SECRET = "whsec_sandbox_stripe"
 
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
+SEARCH_URL = "/v1/payment_intents/search"
+SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT = 10, 100
 
 Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
 
@@ -65,8 +78,37 @@ def _check_params(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
                             param=key)
 
 
+def _fault_parts(status: int) -> tuple[dict[str, Any], dict[str, str]]:
+    """Body and headers of an injected 429 / 5xx, in Stripe's error format."""
+    if status == 429:
+        return {"error": {"type": "invalid_request_error", "code": "rate_limit",
+                          "message": "Too many requests hit the API too quickly."}}, {}
+    return {"error": {"type": "api_error", "message": "An unknown error occurred while "
+                      "processing your request (simulated fault)."}}, \
+        {"Stripe-Should-Retry": "true"}
+
+
+def _page_token(offset: int) -> str:
+    return "page_" + base64.urlsafe_b64encode(f"o:{offset}".encode()).decode().rstrip("=")
+
+
+def _page_offset(token: str) -> int:
+    try:
+        raw = token.removeprefix("page_")
+        decoded = base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)).decode()
+        if not token.startswith("page_") or not decoded.startswith("o:"):
+            raise ValueError(token)
+        offset = int(decoded[2:])
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise m.invalid(f"Invalid page: {token}", param="page") from None
+    if offset < 0:
+        raise m.invalid(f"Invalid page: {token}", param="page")
+    return offset
+
+
 class StripeSimulator(SimulatedProvider):
     name = "stripe"
+    supports_search = True
 
     def __init__(
         self, *, api_key: str | None = None, webhook_secret: str = DEFAULT_WEBHOOK_SECRET,
@@ -91,6 +133,8 @@ class StripeSimulator(SimulatedProvider):
         r = app.router
         r.add_post("/v1/payment_intents", self._api(self._create, CREATE_PARAMS),
                    name="create_payment_intent")
+        r.add_get(SEARCH_URL, self._api(self._search, SEARCH_PARAMS),
+                  name="search_payment_intents")
         r.add_get("/v1/payment_intents/{id}", self._api(self._retrieve, None),
                   name="retrieve_payment_intent")
         r.add_post("/v1/payment_intents/{id}/confirm", self._api(self._confirm, CONFIRM_PARAMS),
@@ -107,13 +151,8 @@ class StripeSimulator(SimulatedProvider):
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
     def fault_response(self, status: int) -> web.Response:
-        if status == 429:
-            return _json(429, {"error": {
-                "type": "invalid_request_error", "code": "rate_limit",
-                "message": "Too many requests hit the API too quickly."}})
-        return _json(status, {"error": {
-            "type": "api_error", "message": "An unknown error occurred while processing your "
-            "request (simulated fault)."}}, {"Stripe-Should-Retry": "true"})
+        body, headers = _fault_parts(status)
+        return _json(status, body, headers)
 
     def charges(self, reference: str) -> list[ChargeView]:
         return [
@@ -200,13 +239,17 @@ class StripeSimulator(SimulatedProvider):
                     status, body = 400, m.invalid(str(exc), param=exc.param).body()
                 except m.StripeApiError as exc:
                     status, body = exc.status, exc.body()
+                extra: dict[str, str] = {}
+                if (fault := self.take_after_process_fault(request)) is not None:
+                    # error_after_process: the endpoint ran (the PaymentIntent exists) and
+                    # then failed with a 500; Stripe stores that 500 for the key too.
+                    status, (body, extra) = fault, _fault_parts(fault)
                 stored = StoredResponse(status, json.dumps(body).encode(),
                                         {"Content-Type": "application/json",
-                                         "Original-Request": request_id})
+                                         "Original-Request": request_id, **extra})
             finally:
-                if key:
-                    self.idempotency.finish(scope, stored if stored and stored.status < 500
-                                            else None)
+                if key:  # stored is None only if processing raised: release the key
+                    self.idempotency.finish(scope, stored)
             return web.Response(body=stored.body, status=stored.status,
                                 headers={**stored.headers, **headers})
         return handler
@@ -300,6 +343,29 @@ class StripeSimulator(SimulatedProvider):
     def _retrieve(self, request: web.Request, params: dict[str, Any]
                   ) -> tuple[int, dict[str, Any]]:
         return 200, self._intent(request).to_dict()
+
+    def _search(self, request: web.Request, params: dict[str, Any]
+                ) -> tuple[int, dict[str, Any]]:
+        query = get_str(params, "query")
+        if not query:
+            raise m.invalid("Missing required param: query.", code="parameter_missing",
+                            param="query")
+        match = m.parse_search_query(query)
+        limit = get_int(params, "limit", minimum=1)
+        limit = SEARCH_DEFAULT_LIMIT if limit is None else limit
+        if limit > SEARCH_MAX_LIMIT:
+            raise m.invalid(f"This value must be less than or equal to {SEARCH_MAX_LIMIT}.",
+                            param="limit")
+        page = get_str(params, "page")
+        offset = _page_offset(page) if page else 0
+        hits = [pi for pi in reversed(self.intents.values())  # newest first
+                if self.searchable(pi.created_monotonic) and match(pi)]
+        chunk = hits[offset:offset + limit]
+        has_more = offset + limit < len(hits)
+        return 200, {"object": "search_result", "data": [pi.to_dict() for pi in chunk],
+                     "has_more": has_more,
+                     "next_page": _page_token(offset + limit) if has_more else None,
+                     "url": SEARCH_URL}
 
     def _confirm(self, request: web.Request, params: dict[str, Any]
                  ) -> tuple[int, dict[str, Any]]:
