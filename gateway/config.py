@@ -72,6 +72,9 @@ class ReconcileSettings:
     min_age_s: float = 60.0  # leave payments alone while their own request may still run
     webhook_deadline_s: float = 3600.0  # Adyen: modification webhook overdue after this
     lease_s: float = 60.0
+    # Replays that could create a payment (Stripe, Adyen) only this long after creation;
+    # later the gateway only looks up and flags the payment for an operator (SPEC 9.1).
+    replay_window_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -253,9 +256,12 @@ def _reconcile(raw: dict[str, Any], where: str) -> ReconcileSettings:
         min_age_s=_get(raw, "min_age_s", num, where, d.min_age_s),
         webhook_deadline_s=_get(raw, "webhook_deadline_s", num, where, d.webhook_deadline_s),
         lease_s=_get(raw, "lease_s", num, where, d.lease_s),
+        replay_window_s=_get(raw, "replay_window_s", num, where, d.replay_window_s),
     )
-    if out.interval_s <= 0 or out.batch_size < 1 or out.lease_s <= 0 or out.min_age_s < 0:
-        raise ConfigError(f"{where}: interval_s, batch_size, lease_s must be > 0")
+    if (out.interval_s <= 0 or out.batch_size < 1 or out.lease_s <= 0 or out.min_age_s < 0
+            or out.replay_window_s <= 0):
+        raise ConfigError(f"{where}: interval_s, batch_size, lease_s, replay_window_s must "
+                          "be > 0")
     return out
 
 
@@ -325,4 +331,24 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")
     if cfg.request_deadline_s <= 0 or cfg.retry.attempts < 1 or cfg.failover_budget < 1:
         raise ConfigError(f"{where}: request_deadline_s, retry.attempts, failover_budget > 0")
+    if cfg.reconciliation.min_age_s < cfg.request_deadline_s:
+        raise ConfigError(
+            f"{where}.reconciliation.min_age_s: {cfg.reconciliation.min_age_s:g} is below "
+            f"request_deadline_s ({cfg.request_deadline_s:g}): reconciliation would look up "
+            "payments whose own request may still be running (SPEC 9.1)")
+    if cfg.reconciliation.replay_window_s < cfg.request_deadline_s:
+        raise ConfigError(
+            f"{where}.reconciliation.replay_window_s: must be at least request_deadline_s "
+            f"({cfg.request_deadline_s:g})")
+    for pc in providers.values():
+        proof = pc.options.get("lookup_proof_after_s")
+        if proof is None:
+            continue
+        if pc.type != "braintree":
+            raise ConfigError(f"{where}.providers.{pc.name}.lookup_proof_after_s: only "
+                              "braintree providers prove absence by a delayed search")
+        if isinstance(proof, bool) or not isinstance(proof, int | float) or (
+                proof <= pc.timeout_s):
+            raise ConfigError(f"{where}.providers.{pc.name}.lookup_proof_after_s: must be a "
+                              f"number above timeout_s ({pc.timeout_s:g})")
     return cfg

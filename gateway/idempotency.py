@@ -6,7 +6,11 @@
   ``Idempotent-Replayed: true``; nothing is sent to a provider again;
 * different fingerprint -> 422 ``idempotency_key_reused``;
 * still running (live lease) -> 409 ``idempotency_request_in_progress`` + Retry-After;
-* a safe 503 failure is not remembered (the claim is released);
+* only final answers are remembered (the IETF httpapi draft; Stripe does the same):
+  a created/changed resource (2xx), 422, and a 409 that is a definite answer about the
+  resource (e.g. "cannot void a captured payment"). NOT remembered, so the same key may
+  be retried: a 409 for a concurrent operation (:data:`TRANSIENT_CONFLICTS`), a 503
+  (provider unavailable, nothing changed), 404 and other errors;
 * a crashed owner's lease lapses after the request deadline; the next retry takes
   the claim over and resumes from the write-ahead payment record.
 """
@@ -26,6 +30,8 @@ from gateway.api.errors import ApiError
 from gateway.store import ClaimOutcome, Store
 
 _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
+#: 409 codes that say "not now", not "no": never stored as the key's answer.
+TRANSIENT_CONFLICTS = frozenset({"operation_in_progress", "idempotency_request_in_progress"})
 
 
 def fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
@@ -91,7 +97,8 @@ async def run_idempotent(
     try:
         outcome = await execute(ex)
     except ApiError as err:
-        if err.status in (409, 422):  # a definite answer about the resource: remember it
+        if err.status == 422 or (err.status == 409 and err.code not in TRANSIENT_CONFLICTS):
+            # a definite answer about the resource: remember it
             await store.complete_idempotency(
                 merchant_id, key, {"status": err.status, "error": err.body()}, ttl_s)
         else:  # 503 safe failure, 404, ...: not remembered, the client may retry

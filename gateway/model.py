@@ -76,9 +76,26 @@ def new_payment(
 
 def needs_reconcile(doc: dict[str, Any]) -> bool:
     """Whether reconciliation must look at a payment whatever its status: a refund still
-    pending/unknown, or a notification not yet moved to the outbox."""
-    return bool(doc.get("_outbox")) or any(
+    pending/unknown, a capture/void not finished (its request may have crashed), or a
+    notification not yet moved to the outbox."""
+    return bool(doc.get("_outbox")) or bool(doc.get("_operation")) or any(
         r["status"] in ("pending", "unknown") for r in doc.get("refunds") or [])
+
+
+def busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
+    """Until when (unix s) a request of the gateway may still be working on ``doc``: the
+    last attempt's lease, a follow-up operation's lease, a refund in flight, or -- for a
+    payment recorded before any attempt -- the creating request's deadline. Reconciliation
+    leaves the payment alone until then (SPEC 9.1)."""
+    leases = [float(doc["created_at"]) + request_deadline_s]
+    if doc.get("attempts"):
+        leases.append(float(doc["attempts"][-1].get("_live_until") or 0))
+    op = doc.get("_operation")
+    if isinstance(op, dict):
+        leases.append(float(op.get("lease_until") or 0))
+    leases += [float(r.get("_live_until") or 0) for r in doc.get("refunds") or []
+               if r.get("_in_flight")]
+    return max(leases)
 
 
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
@@ -131,6 +148,15 @@ def apply_status(
     if isinstance(result, Applied):
         store_snapshot(doc, result.snapshot)
         doc["updated_at"] = now()
+        if result.correction:
+            # "no money moved" was wrong: the provider holds money. The failure no longer
+            # describes the payment; the audit event keeps what it was.
+            previous_failure, doc["failure"] = doc.get("failure"), None
+            return audit(
+                "status_changed", source, from_status=result.previous.value,
+                to_status=event.status.value, detail=detail, correction=True,
+                previous_failure=previous_failure,
+            )
         return audit(
             "status_changed", source, from_status=result.previous.value,
             to_status=event.status.value, detail=detail,

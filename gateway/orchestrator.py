@@ -6,11 +6,20 @@ Rules (SPEC section 5):
   written BEFORE the provider is called, so a crash leaves enough to resume.
 * ``rejected_safe`` -> next candidate (failover); ``declined`` -> terminal, no failover;
   ``ambiguous`` -> retried with the same key, then an idempotent replay / lookup; still
-  unresolved -> ``unknown``. Failover after ambiguity only if the lookup proves the
-  provider created nothing.
+  unresolved -> ``unknown``. Failover after ambiguity, and ``failed`` after it, only on
+  :class:`~providers.base.NotCreated`: final proof from the provider (SPEC 5.1) -- each
+  adapter's ``lookup`` docstring says what counts as proof there.
+* Every attempt and follow-up operation carries a lease (``_live_until`` /
+  ``lease_until``: the request deadline plus the provider's timeout) while the provider
+  may still be working on it; reconciliation leaves it alone until then (SPEC 9.1).
 * Capture / void / refund go to the authorizing provider only. A safe failure changes
   nothing (:class:`ProviderUnavailable`, HTTP 503); an ambiguous one leaves the payment
   ``capture_pending`` / ``void_pending`` or the refund ``unknown`` until resolved.
+  Capture and void are write-ahead (``_operation``: op, amount, provider key, started_at,
+  lease) and resumable: the merchant's retry with the same key resumes the operation;
+  another request gets 409 only while the lease is live, after which it first finishes
+  the stale operation (same provider key); finished operations stay listed by key
+  (``_ops_done``) so a retry returns the operation's real outcome.
 * Amount reservations and the one-operation-at-a-time lock are compare-and-swap writes
   of the payment document (:func:`mutate`).
 """
@@ -22,6 +31,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from gateway import metrics
@@ -52,6 +62,7 @@ from gateway.store import Store
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
+    NotCreated,
     Outcome,
     PaymentRef,
     Provider,
@@ -63,6 +74,8 @@ from providers.base import (
 from routing.breaker import BreakerBoard
 
 log = logging.getLogger("gateway.orchestrator")
+#: Finished follow-up operations remembered per payment (by provider key) for retries.
+OPS_DONE_LIMIT = 50
 T = TypeVar("T")
 S = PaymentStatus
 Events = list[dict[str, Any]]
@@ -116,7 +129,29 @@ async def mutate(
             doc["_outbox"] = [*(doc.get("_outbox") or []), record]
         doc["needs_reconcile"] = needs_reconcile(doc)
         if await store.update_payment(doc, version, events):
+            _count_corrections(doc, events)
             return await flush_outbox(store, doc) if doc.get("_outbox") else doc
+
+
+def _count_corrections(doc: dict[str, Any], events: Events) -> None:
+    """A "no money moved" overturned by a provider's answer or webhook is an alert-worthy
+    correction (reconciliation counts its own changes itself)."""
+    for ev in events:
+        if ev.get("correction") and ev.get("source") != "reconciliation":
+            metrics.RECONCILIATION_CORRECTIONS.labels(
+                doc.get("provider") or "none", ev["from_status"], ev["to_status"]).inc()
+
+
+def finish_operation(doc: dict[str, Any], outcome: str) -> None:
+    """Clear the in-flight follow-up and remember its outcome by provider key, so a retry of
+    the request that started it returns what it did (not "invalid state")."""
+    op = doc.get("_operation")
+    doc["_operation"] = None
+    if not isinstance(op, dict) or not op.get("key"):
+        return
+    done = [d for d in doc.get("_ops_done") or [] if d.get("key") != op["key"]]
+    done.append({"key": op["key"], "op": op.get("op"), "outcome": outcome})
+    doc["_ops_done"] = done[-OPS_DONE_LIMIT:]
 
 
 def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
@@ -140,6 +175,14 @@ class Orchestrator:
 
     def _deadline(self) -> float:
         return time.monotonic() + self.config.request_deadline_s
+
+    def _live_s(self, provider_name: str) -> float:
+        """How long after it starts a provider call may still be running on our side: the
+        request deadline, a last try started just before it (provider timeout), and the
+        lookup that follows an ambiguous outcome (another timeout)."""
+        cfg = self.config.providers.get(provider_name)
+        timeout = cfg.timeout_s if cfg is not None else self.config.request_deadline_s
+        return self.config.request_deadline_s + 2 * timeout + 1.0
 
     def route(self, doc: dict[str, Any], body: dict[str, Any]) -> None:
         """Stamp the routing decision on a new payment (before it is first stored), so the
@@ -249,8 +292,11 @@ class Orchestrator:
             key = f"{doc['id']}:{index + 1}:authorize"
 
             def begin(d: dict[str, Any], p: Provider = provider, k: str = key) -> Events:
+                sent_at = now()
                 d["attempts"].append({"provider": p.name, "outcome": "in_flight",
-                                      "started_at": model_iso(), "duration_ms": 0, "_key": k})
+                                      "started_at": iso(sent_at), "duration_ms": 0, "_key": k,
+                                      "_sent_at": sent_at,
+                                      "_live_until": sent_at + self._live_s(p.name)})
                 d["provider"] = p.name
                 return [audit("attempt_started", "gateway", provider=p.name)]
 
@@ -304,19 +350,19 @@ class Orchestrator:
         self, doc: dict[str, Any], index: int, provider: Provider, req: AuthorizeRequest,
         rec: CallRecord, fault: Ambiguous, deadline: float,
     ) -> dict[str, Any] | None:
-        """Resolve an ambiguous authorization; None means "proven not created"."""
+        """Resolve an ambiguous authorization; None means "proven not created" (only a
+        :class:`NotCreated` from the provider's lookup; SPEC 5.1)."""
+        sent_at = _sent_at(doc["attempts"][index])
         try:
             result = await call_provider(
-                provider.name, "lookup", lambda: provider.lookup(self._ref(doc), req),
+                provider.name, "lookup",
+                lambda: provider.lookup(self._ref(doc), req, sent_at=sent_at),
                 self.config.retry, max(deadline, time.monotonic() + 1.0),
             )
-        except RejectedSafe as lf:
-            if lf.error_code == "not_found":
-                await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
-                                           "not_created")
-                return None
-            return await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
-                                              fault.error_code, status=S.UNKNOWN)
+        except NotCreated:
+            await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
+                                       "not_created")
+            return None
         except ProviderFault:
             done = await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
                                               fault.error_code, status=S.UNKNOWN)
@@ -329,44 +375,49 @@ class Orchestrator:
 
     # ----------------------------------------------------------- resolve (lookup)
 
-    async def resolve(self, doc: dict[str, Any], source: str = "status_lookup") -> dict[str, Any]:
+    async def resolve(
+        self, doc: dict[str, Any], source: str = "status_lookup", *, may_create: bool = True,
+    ) -> dict[str, Any]:
         """Bring an unresolved payment up to date with its provider (crash recovery,
-        reconciliation). A lookup that proves nothing was created fails the payment."""
-        status = PaymentStatus(doc["status"])
-        if status not in UNRESOLVED:
-            return doc
-        if status in (S.CAPTURE_PENDING, S.VOID_PENDING) or doc.get("_operation"):
+        reconciliation). Only :class:`NotCreated` (final proof) fails the payment.
+        ``may_create=False`` (past the replay window) allows only lookups that cannot
+        create a payment, and never starts a first authorization."""
+        if doc.get("_operation"):
             return await self._resume_operation(doc)
+        status = PaymentStatus(doc["status"])
+        if status not in UNRESOLVED or status in (S.CAPTURE_PENDING, S.VOID_PENDING):
+            return doc
         if not doc["attempts"]:
-            return await self.authorize(doc)  # crashed before any provider was called
+            # Crashed before any provider was called (the attempt is written first).
+            if may_create:
+                return await self.authorize(doc)
+            return await self._fail(doc["id"], source, "not_sent",
+                                    "no provider was ever called for this payment; no money "
+                                    "moved")
         index = len(doc["attempts"]) - 1
         att = doc["attempts"][index]
         provider = self.providers.get(att["provider"])
         if provider is None:
             return doc
         req = self._auth_request(doc, provider.name, att["_key"])
+        sent_at = _sent_at(att)
         try:
             result = await call_provider(
-                provider.name, "lookup", lambda: provider.lookup(self._ref(doc), req),
+                provider.name, "lookup",
+                lambda: provider.lookup(self._ref(doc), req, sent_at=sent_at,
+                                        may_create=may_create),
                 self.config.retry, self._deadline(),
             )
-        except RejectedSafe as fault:
-            if fault.error_code != "not_found":
-                return doc
-
-            def not_created(d: dict[str, Any]) -> Events:
+        except NotCreated:
+            def mark(d: dict[str, Any]) -> Events:
                 if d["attempts"][index]["outcome"] in ("in_flight", Outcome.AMBIGUOUS):
                     d["attempts"][index].update(outcome=Outcome.REJECTED_SAFE.value,
                                                 error_code="not_created")
-                ev = apply_status(d, StatusEvent(S.FAILED), source,
-                                  detail="the provider holds no such payment")
-                if ev["type"] == "status_changed":
-                    d["failure"] = {"code": "not_created",
-                                    "message": "the provider never created the payment; "
-                                               "no money moved"}
-                return [ev]
+                return []
 
-            return await mutate(self.store, doc["id"], not_created)
+            await mutate(self.store, doc["id"], mark)
+            return await self._fail(doc["id"], source, "not_created",
+                                    "the provider never created the payment; no money moved")
         except ProviderFault:
             return doc
 
@@ -376,6 +427,15 @@ class Orchestrator:
             return self._apply_result(d, result, source)
 
         return await mutate(self.store, doc["id"], fn)
+
+    async def _fail(self, payment_id: str, source: str, code: str, message: str):
+        def fn(d: dict[str, Any]) -> Events:
+            ev = apply_status(d, StatusEvent(S.FAILED), source, detail=message)
+            if ev["type"] == "status_changed":
+                d["failure"] = {"code": code, "message": message}
+            return [ev]
+
+        return await mutate(self.store, payment_id, fn)
 
     # ----------------------------------------------------------- capture / void
 
@@ -395,33 +455,64 @@ class Orchestrator:
         self, payment_id: str, op: str, amount: int | None, merchant_key: str
     ) -> dict[str, Any]:
         key = _op_key(payment_id, op, merchant_key)
+        while True:
+            stale: list[dict[str, Any]] = []
+            reserve = functools.partial(self._reserve_operation, op=op, amount=amount,
+                                        key=key, stale=stale)
+            doc = await mutate(self.store, payment_id, reserve)
+            if stale:
+                # Another request's operation outlived its lease (its owner crashed): we
+                # took it over; finish it with its own provider key, then try ours again.
+                try:
+                    await self._resume_operation(doc)
+                except OperationError:
+                    pass  # its outcome is recorded on the payment; ours is decided next
+                continue
+            done = _op_done(doc, key)
+            if done is not None and doc.get("_operation") is None:
+                if done["outcome"] == "refused":
+                    raise OperationError("provider_refused",
+                                         f"{doc.get('provider')} refused the {op}")
+                return doc  # a retry of a finished operation: its real outcome
+            return await self._resume_operation(doc)
 
-        def reserve(d: dict[str, Any]) -> Events:
-            current = d.get("_operation")
-            if current is not None:
-                if current["key"] == key:
-                    return []  # our own earlier try (crash/retry): resume it
+    def _reserve_operation(
+        self, d: dict[str, Any], *, op: str, amount: int | None, key: str,
+        stale: list[dict[str, Any]],
+    ) -> Events:
+        stale.clear()
+        current = d.get("_operation")
+        lease_s = self._live_s(d.get("provider") or "")
+        if current is not None:
+            if current["key"] == key:
+                return []  # our own earlier try (crash/retry): resume it
+            if float(current.get("lease_until") or 0) > now():
                 raise OperationError("operation_in_progress",
                                      f"another {current['op']} is in progress for this payment")
-            self._provider_of(d)
-            snap_status = PaymentStatus(d["status"])
-            if op == "capture":
-                amt = d["amount_authorized"] if amount is None else amount
-                try:
-                    check_capture(snapshot(d), amt)
-                except InvariantError as exc:
-                    raise OperationError("invalid_state" if snap_status != S.AUTHORIZED
-                                         else "amount_exceeds_authorized", str(exc)) from None
-            else:
-                amt = 0
-                if snap_status != S.AUTHORIZED:
-                    raise OperationError("invalid_state",
-                                         f"cannot void a payment in status {snap_status}")
-            d["_operation"] = {"op": op, "amount": amt, "key": key, "started_at": now()}
-            return [audit(f"{op}_requested", "merchant", amount=amt or None)]
-
-        doc = await mutate(self.store, payment_id, reserve)
-        return await self._resume_operation(doc)
+            current["lease_until"] = now() + lease_s
+            stale.append(current)
+            return [audit(f"{current['op']}_resumed", "gateway",
+                          detail="the request that started it stopped before it finished")]
+        if _op_done(d, key) is not None:
+            return []  # finished earlier: the caller answers its outcome
+        self._provider_of(d)
+        snap_status = PaymentStatus(d["status"])
+        if op == "capture":
+            amt = d["amount_authorized"] if amount is None else amount
+            try:
+                check_capture(snapshot(d), amt)
+            except InvariantError as exc:
+                raise OperationError("invalid_state" if snap_status != S.AUTHORIZED
+                                     else "amount_exceeds_authorized", str(exc)) from None
+        else:
+            amt = 0
+            if snap_status != S.AUTHORIZED:
+                raise OperationError("invalid_state",
+                                     f"cannot void a payment in status {snap_status}")
+        started = now()
+        d["_operation"] = {"op": op, "amount": amt, "key": key, "started_at": started,
+                           "lease_until": started + lease_s}
+        return [audit(f"{op}_requested", "merchant", amount=amt or None)]
 
     async def _resume_operation(self, doc: dict[str, Any]) -> dict[str, Any]:
         op = doc.get("_operation")
@@ -440,7 +531,7 @@ class Orchestrator:
             fault: ProviderFault = exc
 
             def release(d: dict[str, Any]) -> Events:
-                d["_operation"] = None
+                d["_operation"] = None  # nothing happened: the same key may try again
                 return [audit(f"{name}_failed_safe", "provider_response",
                               error_code=fault.error_code)]
 
@@ -457,7 +548,7 @@ class Orchestrator:
             return await mutate(self.store, doc["id"], park)
 
         def finish(d: dict[str, Any]) -> Events:
-            d["_operation"] = None
+            finish_operation(d, "refused" if result.outcome == Outcome.DECLINED else "succeeded")
             if result.outcome == Outcome.DECLINED:
                 events = [audit(f"{name}_refused", "provider_response",
                                 reason=result.failure.message if result.failure else None)]
@@ -499,7 +590,8 @@ class Orchestrator:
             d["refunds"].append({"id": refund_id, "amount": amt,
                                  "status": RefundStatus.PENDING.value, "provider_reference": None,
                                  "reason": reason,
-                                 "created_at": model_iso(), "_key": key, "_in_flight": True})
+                                 "created_at": model_iso(), "_key": key, "_in_flight": True,
+                                 "_live_until": now() + self._live_s(d.get("provider") or "")})
             return [audit("refund_requested", "merchant", refund_id=refund_id, amount=amt)]
 
         doc = await mutate(self.store, payment_id, reserve)
@@ -609,3 +701,21 @@ def _settle_refund(
 
 def model_iso() -> str:
     return iso(now())
+
+
+def _op_done(doc: dict[str, Any], key: str) -> dict[str, Any] | None:
+    return next((d for d in doc.get("_ops_done") or [] if d.get("key") == key), None)
+
+
+def _sent_at(attempt: dict[str, Any]) -> float | None:
+    """When an attempt was first sent (unix s); older records only have ``started_at``."""
+    raw = attempt.get("_sent_at")
+    if isinstance(raw, int | float):
+        return float(raw)
+    started = attempt.get("started_at")
+    if isinstance(started, str):
+        try:
+            return datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None

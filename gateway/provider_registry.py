@@ -37,7 +37,7 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
             connect_timeout_s=cfg.connect_timeout_s,
         )
     if cfg.type == "braintree":
-        from providers.braintree.adapter import BraintreeProvider
+        from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
 
         return BraintreeProvider(
             cfg.name,
@@ -51,6 +51,8 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
             # Braintree takes the currency from the merchant account: one per currency.
             merchant_account_ids=cfg.options.get("merchant_account_ids")
             or ({c: f"sandbox_{c.lower()}" for c in cfg.currencies} if cfg.sandbox else None),
+            lookup_proof_after_s=float(cfg.options.get("lookup_proof_after_s",
+                                                       DEFAULT_LOOKUP_PROOF_AFTER_S)),
         )
     if cfg.type == "adyen":
         from providers.adyen.adapter import AdyenProvider

@@ -9,6 +9,14 @@ recorded modification with its key. Each payment is worked on by one replica at 
 ``reconciliation``) and in ``gateway_reconciliation_corrections_total``; the
 ``gateway_payments_unresolved`` gauge is recomputed every pass. Adyen confirms
 modifications only by webhook: one missing past ``webhook_deadline_s`` is flagged.
+
+It never races a live request (SPEC 9.1): a payment whose last attempt, follow-up
+operation or refund may still be in flight on the gateway's side
+(:func:`gateway.model.busy_until`) is skipped. A capture or void whose request stopped
+(crash) before it finished is resumed with its own provider key, whatever the payment's
+status. Replays that could create a payment are made only within ``replay_window_s`` of
+its creation; past that only lookups, and a payment still unresolved is flagged for an
+operator.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.config import GatewayConfig, ReconcileSettings
-from gateway.model import audit, iso
+from gateway.model import audit, busy_until, iso
 from gateway.notifications import flush_outbox
 from gateway.orchestrator import OperationError, Orchestrator, mutate
 from gateway.state_machine import PaymentStatus
@@ -61,11 +69,13 @@ class Report:
     corrected: list[Drift] = field(default_factory=list)
     unresolved: list[Unresolved] = field(default_factory=list)
     skipped_locked: int = 0
+    skipped_live: int = 0  # a request of the gateway may still be working on it
 
     def render(self) -> str:
         lines = [f"reconciliation pass: {self.examined} examined, {len(self.corrected)} "
                  f"corrected, {len(self.unresolved)} still unresolved"
-                 + (f", {self.skipped_locked} busy elsewhere" if self.skipped_locked else "")]
+                 + (f", {self.skipped_locked} busy elsewhere" if self.skipped_locked else "")
+                 + (f", {self.skipped_live} still in flight" if self.skipped_live else "")]
         for d in self.corrected:
             lines.append(f"  corrected {d.payment_id} ({d.provider}): {d.from_status} -> "
                          f"{d.to_status}")
@@ -110,6 +120,9 @@ class Reconciler:
                 fresh = await self.store.get_payment(doc["id"])
                 if fresh is None:
                     continue
+                if now < busy_until(fresh, self.config.request_deadline_s):
+                    report.skipped_live += 1
+                    continue
                 report.examined += 1
                 await self._one(fresh, now, report)
             except Exception:  # one payment must not stop the pass
@@ -126,9 +139,11 @@ class Reconciler:
         before_status, before_refunds = doc["status"], _refund_states(doc)
         after = doc
         reason = ""
+        age = now - doc["created_at"]
+        may_create = age <= self.settings.replay_window_s
         try:
-            if PaymentStatus(doc["status"]) in WATCHED:
-                after = await self.orchestrator.resolve(doc, SOURCE)
+            if PaymentStatus(doc["status"]) in WATCHED or doc.get("_operation"):
+                after = await self.orchestrator.resolve(doc, SOURCE, may_create=may_create)
             if _open_refunds(after):
                 after = await self.orchestrator.resolve_refunds(after, SOURCE)
         except OperationError as exc:
@@ -145,13 +160,18 @@ class Reconciler:
                     provider or "none", f"refund_{old}", f"refund_{new}").inc()
             report.corrected.append(Drift(after["id"], provider, before_status,
                                           after["status"], refunds))
-        still = PaymentStatus(after["status"]) in WATCHED or _open_refunds(after)
+        still = (PaymentStatus(after["status"]) in WATCHED or _open_refunds(after)
+                 or bool(after.get("_operation")))
         if not still:
             return
-        age = now - after["created_at"]
         if not reason:
             reason = self._why(after, age)
-        if reason.startswith("webhook overdue") and not after.get("_flagged"):
+        operator = (not may_create and PaymentStatus(after["status"]) in WATCHED
+                    and not after.get("provider_reference"))
+        if operator:
+            reason = (f"replay window passed ({int(age)} s old): only lookups are made; an "
+                      "operator must resolve it")
+        if (reason.startswith("webhook overdue") or operator) and not after.get("_flagged"):
             await self._flag(after["id"], reason)
         report.unresolved.append(Unresolved(after["id"], provider, after["status"], reason))
 

@@ -99,6 +99,15 @@ REFUSAL_EDGES: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozenset(
     {(S.CAPTURE_PENDING, S.AUTHORIZED), (S.VOID_PENDING, S.AUTHORIZED)}
 )
 
+#: Corrections: a later definite provider answer that money moved (an authorization or a
+#: capture) after the gateway or the provider reported ``failed`` / ``declined``. Applied
+#: (and audited and counted as a correction), never the other way round: evidence that
+#: money moved may overturn "no money moved", evidence of nothing can never overturn a hold.
+CORRECTION_EDGES: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozenset(
+    {(S.FAILED, S.AUTHORIZED), (S.FAILED, S.CAPTURED),
+     (S.DECLINED, S.AUTHORIZED), (S.DECLINED, S.CAPTURED)}
+)
+
 #: Unresolved statuses: reconciliation looks at payments in these.
 UNRESOLVED: frozenset[PaymentStatus] = frozenset(
     {S.PENDING, S.UNKNOWN, S.PROCESSING, S.CAPTURE_PENDING, S.VOID_PENDING}
@@ -163,6 +172,7 @@ class StatusEvent:
 class Applied:
     snapshot: Snapshot
     previous: PaymentStatus
+    correction: bool = False  # a CORRECTION_EDGES edge: "no money moved" was wrong
 
 
 @dataclass(frozen=True)
@@ -201,14 +211,15 @@ def apply_event(snapshot: Snapshot, event: StatusEvent) -> Applied | Ignored:
         return Ignored(snapshot, f"already {current}")
     if target in (S.PARTIALLY_REFUNDED, S.REFUNDED):
         return Ignored(snapshot, "refund statuses follow from refunds, not from status events")
-    if not can_transition(current, target):
+    correction = (current, target) in CORRECTION_EDGES
+    if not correction and not can_transition(current, target):
         why = "stale" if RANK[target] <= RANK[current] else "not allowed"
         return Ignored(snapshot, f"{why}: {current} -> {target}")
     try:
         ledger = _ledger_for(snapshot, event)
     except InvariantError as exc:
         return Ignored(snapshot, f"amounts rejected: {exc}")
-    return Applied(Snapshot(target, ledger), current)
+    return Applied(Snapshot(target, ledger), current, correction)
 
 
 # ----------------------------------------------------------------- captures & refunds

@@ -40,7 +40,12 @@ from typing import Any, Literal
 
 from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit
-from gateway.orchestrator import PaymentMissing, apply_refund_result, mutate
+from gateway.orchestrator import (
+    PaymentMissing,
+    apply_refund_result,
+    finish_operation,
+    mutate,
+)
 from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
 from gateway.store import Store
 from providers.base import Outcome, RefundResult
@@ -113,7 +118,7 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
                 or (op_name == "void" and (new == S.VOIDED or current == S.VOID_PENDING))
             )
             if settles_op:
-                d["_operation"] = None
+                finish_operation(d, "refused" if new == S.AUTHORIZED else "succeeded")
             if new == S.AUTHORIZED and current in (S.CAPTURE_PENDING, S.VOID_PENDING):
                 refused = "capture" if current == S.CAPTURE_PENDING else "void"
                 events.append(audit(f"{refused}_refused", source, detail=detail))

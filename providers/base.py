@@ -9,6 +9,7 @@ into one provider SDK call and reports exactly one :class:`Outcome`:
 
       ProviderFault                 integration fault, never a decline
       +-- RejectedSafe              provably not processed -> fail over is safe
+      |   +-- NotCreated            a lookup's final proof that an attempt created nothing
       +-- Ambiguous                 may have been processed -> retry same key, then lookup
 
 This split keeps "the card was declined" and "the provider is down" apart in the
@@ -56,6 +57,19 @@ class RejectedSafe(ProviderFault):
     """The request provably did not reach / was not processed by the provider."""
 
     outcome = Outcome.REJECTED_SAFE
+
+
+class NotCreated(RejectedSafe):
+    """Final proof from the provider that an ambiguous attempt created nothing (SPEC 5.1).
+
+    Only a lookup raises it, and only on an answer the provider guarantees final for that
+    request: an idempotent replay the provider deduplicates, or a lookup by a guaranteed key
+    made after the original request can no longer be executed. A search that finds nothing
+    while the request may still be processed is *not* this: it is :class:`Ambiguous`.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__("not_created", message or "the provider created nothing")
 
 
 class Ambiguous(ProviderFault):
@@ -163,10 +177,17 @@ class Provider(abc.ABC):
         raise Ambiguous("lookup_unsupported", f"{self.type} refunds are confirmed by webhook")
 
     @abc.abstractmethod
-    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+    async def lookup(
+        self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
+        sent_at: float | None = None, may_create: bool = True,
+    ) -> ProviderResult:
         """Find out the payment's state at the provider.
 
         ``authorize`` is the original request (same idempotency key) for providers
-        whose only lookup is an idempotent replay. Raises :class:`RejectedSafe`
-        with ``error_code="not_found"`` when the provider proves nothing exists.
+        whose only lookup is an idempotent replay. ``sent_at`` (unix seconds) is when the
+        attempt was first sent: a provider whose proof depends on the original request
+        having expired needs it. ``may_create=False`` forbids a lookup that could itself
+        create the payment (a replay of a create that never arrived): past the replay
+        window only a pure lookup is allowed. Raises :class:`NotCreated` only on final
+        proof that the attempt created nothing; any other doubt is :class:`Ambiguous`.
         """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
+    NotCreated,
     Outcome,
     PaymentRef,
     RejectedSafe,
@@ -224,11 +226,31 @@ async def test_process_then_drop_is_ambiguous_and_lookup_finds_the_one_charge(en
     assert len(env.sim.charges("pay-drop")) == 1
 
 
-async def test_lookup_with_nothing_created_is_not_found(env: Env) -> None:
+async def test_an_empty_search_proves_nothing_until_the_sale_can_no_longer_run(
+    env: Env
+) -> None:
+    """SPEC 5.1: a search that finds nothing while the sale may still be processed is not
+    proof; only one made lookup_proof_after_s after the sale was sent is."""
     r = req("pay-none")
-    with pytest.raises(RejectedSafe) as info:
-        await env.provider.lookup(ref_of(r, None), r)
-    assert info.value.error_code == "not_found"
+    proof_after = env.provider.lookup_proof_after_s
+    for sent_at in (None, time.time(), time.time() - proof_after + 5):
+        with pytest.raises(Ambiguous) as pending:
+            await env.provider.lookup(ref_of(r, None), r, sent_at=sent_at)
+        assert pending.value.error_code == "not_visible_yet"
+    with pytest.raises(NotCreated) as proven:
+        await env.provider.lookup(ref_of(r, None), r, sent_at=time.time() - proof_after - 1)
+    assert proven.value.error_code == "not_created"
+
+
+async def test_a_found_sale_answers_whenever_it_was_sent(env: Env) -> None:
+    r = req("pay-found")
+    made = await env.provider.authorize(r)
+    found = await env.provider.lookup(ref_of(r, None), r, sent_at=time.time())
+    assert found.provider_reference == made.provider_reference
+
+
+async def test_lookup_by_unknown_id_is_not_found_but_no_proof(env: Env) -> None:
+    r = req("pay-none")
     with pytest.raises(RejectedSafe) as info:
         await env.provider.lookup(ref_of(r, "nosuchtx"), r)
     assert info.value.error_code == "not_found"

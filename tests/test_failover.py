@@ -231,11 +231,12 @@ async def test_failover_after_ambiguity_only_when_lookup_proves_nothing_was_crea
     tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession
 ) -> None:
     """Braintree first: its sales hang (read, never processed); once the tries are spent
-    the fault clears, the lookup (search by order_id) proves nothing exists, and only
-    then does the payment move to Stripe."""
+    the fault clears, and the lookup (search by order_id), made after the provider-side
+    deadline this config declares for Braintree (lookup_proof_after_s: 1 s after the sale
+    was sent), proves nothing exists: only then does the payment move to Stripe."""
     routing = "version: 1\nrules:\n  - name: default\n    providers: [bt_b, stripe_a]\n"
     cfg = providers()
-    cfg["bt_b"].update(timeout_s=0.5, connect_timeout_s=0.3)
+    cfg["bt_b"].update(timeout_s=0.5, connect_timeout_s=0.3, lookup_proof_after_s=1.0)
     env = await _env(tmp_path, store_url, aiohttp_client, session, routing=routing,
                      providers=cfg)
     await env.sim.faults("braintree", mode="hang")

@@ -65,6 +65,8 @@ class Env:
 
 
 async def _env(tmp_path: Path, store_url: str, aiohttp_client, session, **cfg: Any) -> Env:
+    # Passes run "an hour later": keep replays allowed unless a test says otherwise.
+    cfg["reconciliation"] = {"replay_window_s": 2 * LATER, **cfg.get("reconciliation", {})}
     config = write_config(tmp_path, store_url, providers=PROVIDERS,
                           retry={"attempts": 2, "backoff_s": 0.02, "backoff_max_s": 0.05,
                                  "jitter_s": 0.01}, **cfg)
@@ -177,8 +179,8 @@ async def test_two_replicas_reconciling_concurrently_never_double_apply(env: Env
 async def test_background_loop_resolves_after_the_fault_clears(
     tmp_path: Path, store_url: str, aiohttp_client, session
 ) -> None:
-    env = await _env(tmp_path, store_url, aiohttp_client, session,
-                     reconciliation={"interval_s": 0.2, "min_age_s": 0})
+    env = await _env(tmp_path, store_url, aiohttp_client, session, request_deadline_s=2,
+                     reconciliation={"interval_s": 0.2, "min_age_s": 2})
     await env.sim.faults("stripe", mode="drop_after_process")
     pay = await env.pay("rec-loop", "stripe_main")
     assert pay["status"] == "unknown"
@@ -188,7 +190,8 @@ async def test_background_loop_resolves_after_the_fault_clears(
     async def resolved() -> bool:
         return (await env.get(pay["id"]))["status"] == "authorized"
 
-    await wait_for(resolved, timeout=10)
+    # The attempt's lease (deadline + 2 x provider timeout + 1 s = 7 s) must lapse first.
+    await wait_for(resolved, timeout=20)
     print(f"unknown resolved {time.monotonic() - cleared:.2f} s after the fault cleared")
 
 

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.state_machine import (
+    CORRECTION_EDGES,
     RANK,
     REFUSAL_EDGES,
     TERMINAL,
@@ -52,6 +53,33 @@ def test_terminal_statuses_have_no_exits() -> None:
     assert {S.REFUNDED, S.VOIDED, S.DECLINED, S.FAILED, S.EXPIRED} == TERMINAL
     for status in TERMINAL:
         assert not TRANSITIONS[status]
+
+
+@pytest.mark.parametrize(("terminal", "target"), sorted(CORRECTION_EDGES))
+def test_money_moved_after_failed_or_declined_is_applied_as_a_correction(
+    terminal: PaymentStatus, target: PaymentStatus
+) -> None:
+    snap = Snapshot(terminal, Ledger(amount=500))
+    result = apply_event(snap, StatusEvent(target, authorized=500))
+    assert isinstance(result, Applied) and result.correction
+    assert result.snapshot.status == target and result.snapshot.ledger.authorized == 500
+    if target == S.CAPTURED:
+        assert result.snapshot.ledger.captured == 500
+
+
+@pytest.mark.parametrize("terminal", [S.FAILED, S.DECLINED])
+@pytest.mark.parametrize("target", [S.VOIDED, S.EXPIRED, S.PROCESSING, S.REQUIRES_ACTION,
+                                    S.UNKNOWN, S.CAPTURE_PENDING])
+def test_no_correction_without_evidence_that_money_moved(
+    terminal: PaymentStatus, target: PaymentStatus
+) -> None:
+    result = apply_event(Snapshot(terminal, Ledger(amount=500)), StatusEvent(target))
+    assert isinstance(result, Ignored)
+
+
+def test_corrections_never_leave_a_hold_or_a_capture() -> None:
+    for src, dst in CORRECTION_EDGES:
+        assert src in (S.FAILED, S.DECLINED) and dst in (S.AUTHORIZED, S.CAPTURED)
 
 
 def test_every_edge_moves_forward_except_refusals_and_self_loops() -> None:
@@ -132,10 +160,12 @@ def test_random_sequences_keep_every_invariant(amount: int, sequence: list) -> N
         if kind == "event":
             result = apply_event(snap, arg)
             if isinstance(result, Applied):
-                assert can_transition(before.status, result.snapshot.status)
+                edge = (before.status, result.snapshot.status)
+                assert result.correction == (edge in CORRECTION_EDGES)
+                assert result.correction or can_transition(*edge)
                 assert result.previous == before.status
                 forward = RANK[result.snapshot.status] >= RANK[before.status]
-                assert forward or (before.status, result.snapshot.status) in REFUSAL_EDGES
+                assert forward or edge in REFUSAL_EDGES or result.correction
             else:
                 assert result.snapshot == before
             snap = result.snapshot
@@ -153,5 +183,6 @@ def test_random_sequences_keep_every_invariant(amount: int, sequence: list) -> N
         led = snap.ledger
         assert 0 <= led.captured <= led.authorized <= led.amount
         assert led.refunded + led.refund_pending <= led.captured
-        if before.status in TERMINAL:
-            assert snap.status == before.status
+        if before.status in TERMINAL and snap.status != before.status:
+            # the only way out of a terminal status: evidence that money moved after all
+            assert (before.status, snap.status) in CORRECTION_EDGES

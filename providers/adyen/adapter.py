@@ -186,8 +186,24 @@ class AdyenProvider(Provider):
             raise Ambiguous("invalid_response", "Adyen /payments answer without resultCode")
         return parse_payment(got, amount=req.amount, capture_manual=req.capture_manual)
 
-    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
-        """Replay the original ``/payments`` with the same idempotency key."""
+    async def lookup(
+        self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
+        sent_at: float | None = None, may_create: bool = True,
+    ) -> ProviderResult:
+        """Replay the original ``/payments`` with the same idempotency key.
+
+        Proof (SPEC 5.1): Adyen deduplicates every POST by Idempotency-Key for at least
+        31 days and answers a retry with the first response
+        (``../shared/reference/providers.md`` 3.5); a request that never arrived runs now
+        as the same attempt. Checkout has no GET by pspReference, so there is no lookup
+        that cannot create: with ``may_create=False`` (past the replay window) this
+        answers Ambiguous and the payment waits for a webhook or an operator. Adyen's
+        lookup never proves absence (:class:`NotCreated`).
+        """
+        if not may_create:
+            raise Ambiguous("replay_window_passed",
+                            "Adyen can only be asked by replaying the create, which could "
+                            "authorize a payment the customer gave up on")
         if authorize is None:
             raise Ambiguous("lookup_impossible",
                             "Adyen has no payment GET and no request to replay was given")

@@ -11,14 +11,23 @@ never on the event loop. The SDK keeps one ``requests`` session per thread.
 * idempotency: ``api_request_key`` = the gateway's per-attempt idempotency key on
   sale, submit_for_settlement, void and refund;
 * lookup: ``find(id)``; without an id (lost response) a search by ``order_id`` (= the
-  gateway payment id): none -> RejectedSafe not_found, one -> its state, several ->
-  Ambiguous;
+  gateway payment id): one -> its state, several -> Ambiguous, none -> see "proof";
+* proof that nothing was created (SPEC 5.1): Braintree's XML gateway has no verified
+  deduplicating replay (``api_request_key`` is documented as GraphQL-only,
+  ``../shared/reference/providers.md`` 2.5) and its search is eventually consistent, while
+  a sale that timed out on our side may still be processed (Braintree publishes no
+  server-side deadline; the SDK's own default timeout is 60 s). So a search that finds
+  nothing proves nothing unless it is made ``lookup_proof_after_s`` (default 300 s: the
+  SDK's 60 s request lifetime plus a generous allowance for search indexing lag) after
+  the sale was first sent; before that it is Ambiguous ``not_visible_yet`` and the
+  payment stays ``unknown`` (never fails over) until reconciliation looks again;
 * outcomes: exceptions -> :mod:`.errors` (never a decline); results -> :mod:`.parse`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -28,6 +37,7 @@ import braintree
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
+    NotCreated,
     PaymentRef,
     Provider,
     ProviderResult,
@@ -48,6 +58,8 @@ T = TypeVar("T")
 DEFAULT_WORKERS = 8
 #: Most transactions a search by order_id may return before we stop reading.
 SEARCH_LIMIT = 10
+#: Seconds after a sale was first sent before an empty search proves it created nothing.
+DEFAULT_LOOKUP_PROOF_AFTER_S = 300.0
 
 
 class _Environment(braintree.Environment):
@@ -83,8 +95,10 @@ class BraintreeProvider(Provider):
         base_url: str, currencies: frozenset[str], timeout_s: float = 10.0,
         connect_timeout_s: float = 3.0, executor: concurrent.futures.Executor | None = None,
         merchant_account_ids: dict[str, str] | None = None,
+        lookup_proof_after_s: float = DEFAULT_LOOKUP_PROOF_AFTER_S,
     ) -> None:
         self.name = name
+        self.lookup_proof_after_s = float(lookup_proof_after_s)
         self.currencies = frozenset(c.upper() for c in currencies)
         self._base_url = base_url.rstrip("/")
         self._merchant_accounts = {k.upper(): v for k, v in (merchant_account_ids or {}).items()}
@@ -199,16 +213,26 @@ class BraintreeProvider(Provider):
                 break
         return found
 
-    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
+    async def lookup(
+        self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
+        sent_at: float | None = None, may_create: bool = True,
+    ) -> ProviderResult:
+        """``find`` by id, else search by order id (never creates: ``may_create`` is moot).
+        An empty search is :class:`NotCreated` only ``lookup_proof_after_s`` after
+        ``sent_at``; earlier (or with ``sent_at`` unknown) it proves nothing."""
         if ref.provider_reference:
             txn = await self._run(self._gateway.transaction.find, ref.provider_reference)
             return parse_transaction(txn, ref.currency)
         found = await self._run(self._search_order, ref.payment_id)
-        if not found:
-            raise RejectedSafe("not_found",
-                               f"no Braintree transaction with order_id {ref.payment_id}")
         if len(found) > 1:
             raise Ambiguous("multiple_transactions",
                             f"{len(found)} Braintree transactions with order_id "
                             f"{ref.payment_id}")
-        return parse_transaction(found[0], ref.currency)
+        if found:
+            return parse_transaction(found[0], ref.currency)
+        if sent_at is not None and time.time() >= sent_at + self.lookup_proof_after_s:
+            raise NotCreated(f"no Braintree transaction with order_id {ref.payment_id} "
+                             f"{self.lookup_proof_after_s:g} s after the sale was sent")
+        raise Ambiguous("not_visible_yet",
+                        f"no Braintree transaction with order_id {ref.payment_id} yet; the "
+                        "sale may still be processed or not yet searchable")

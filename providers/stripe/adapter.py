@@ -195,15 +195,53 @@ class StripeProvider(Provider):
             raise Ambiguous("lookup_refused", got.failure.message)
         return parse_payment_intent(_as_dict(got))
 
-    async def lookup(self, ref: PaymentRef, authorize: AuthorizeRequest | None) -> ProviderResult:
-        """Retrieve by PaymentIntent id; without one, replay the original create with
-        the SAME idempotency key (Stripe answers with the stored response, or runs the
-        request if it never arrived), then retrieve the intent's current state."""
+    async def lookup(
+        self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
+        sent_at: float | None = None, may_create: bool = True,
+    ) -> ProviderResult:
+        """What Stripe holds for the payment.
+
+        Proof (SPEC 5.1): Stripe deduplicates a create by its Idempotency-Key: the result
+        is saved once the endpoint starts executing (a 500 included) and replayed for that
+        key for at least 24 h; nothing is saved for 429, 401, early validation failures or
+        a conflict with a concurrent request, which answers 409 while the original still
+        runs (``../shared/reference/providers.md`` 1.5, ``provider-specs/README.md``). So
+        the replay of the original create with the same key is final: the stored answer,
+        or the request run now if it never arrived (the same attempt, never a second
+        one), or 409 (Ambiguous) while the original is executing. Stripe's lookup never
+        proves absence (:class:`NotCreated`): the replay creates instead.
+
+        Retrieve by PaymentIntent id when known. Without one: the replay if
+        ``may_create``; otherwise (past the replay window), or when the replay keeps
+        answering a stored 500, the Search API by ``metadata['gateway_payment_id']``,
+        which is eventually consistent: a hit is an answer, a miss proves nothing.
+        """
         if ref.provider_reference:
             return await self._retrieve(ref.provider_reference)
-        if authorize is None:
-            raise Ambiguous("lookup_impossible", "no PaymentIntent id and no request to replay")
-        replayed = await self._create(authorize)
+        if authorize is None or not may_create:
+            return await self._search(ref.payment_id)
+        try:
+            replayed = await self._create(authorize)
+        except Ambiguous as exc:
+            if exc.http_status is None or exc.http_status < 500:
+                raise
+            # Stripe stored a 500 for this key and will replay it for ever: ask search.
+            return await self._search(ref.payment_id)
         if replayed.provider_reference and replayed.status is not PaymentStatus.DECLINED:
             return await self._retrieve(replayed.provider_reference)
         return replayed
+
+    async def _search(self, payment_id: str) -> ProviderResult:
+        client = await self._sdk()
+        params: Any = {"query": f"metadata['gateway_payment_id']:'{payment_id}'"}
+        got = await self._call(lambda: client.v1.payment_intents.search_async(params))
+        if isinstance(got, Refusal):
+            raise Ambiguous("lookup_refused", got.failure.message)
+        found = [_as_dict(pi) for pi in got.data]
+        if len(found) > 1:
+            raise Ambiguous("multiple_payment_intents",
+                            f"{len(found)} PaymentIntents for {payment_id}")
+        if not found:
+            raise Ambiguous("not_visible_yet", f"no PaymentIntent for {payment_id} found by "
+                            "search (eventually consistent: this proves nothing)")
+        return parse_payment_intent(found[0])
