@@ -25,8 +25,10 @@ from gateway.appkeys import ORCHESTRATOR, SANDBOX_PORTS, STORE
 from gateway.config import ConfigError, load_config
 from gateway.idempotency import fingerprint
 from gateway.metrics import REGISTRY
+from gateway.model import derived_id, snapshot, store_snapshot
 from gateway.orchestrator import _op_key, mutate
 from gateway.reconcile import Reconciler
+from gateway.state_machine import reserve_refund
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
 from tests.processes import free_port
 
@@ -91,10 +93,10 @@ async def make_env(tmp_path: Path, store_url: str, aiohttp_client,
         "version: 1\nrules:\n  - name: default\n    providers: [" + ", ".join(routing) + "]\n")
     cfg.setdefault("request_deadline_s", 3)
     cfg.setdefault("reconciliation", {"enabled": False, "min_age_s": 3})
+    cfg.setdefault("retry", {"attempts": 2, "backoff_s": 0.02, "backoff_max_s": 0.05,
+                             "jitter_s": 0.01})
     config = write_config(tmp_path, store_url, providers=providers or provider_configs(),
-                          routing_file="routing.yaml",
-                          retry={"attempts": 2, "backoff_s": 0.02, "backoff_max_s": 0.05,
-                                 "jitter_s": 0.01}, **cfg)
+                          routing_file="routing.yaml", **cfg)
     port = free_port()  # the simulators deliver their webhooks to this gateway
     app = create_app(load_config(config),
                      public_url=f"http://127.0.0.1:{port}" if webhooks else None)
@@ -109,6 +111,16 @@ def _metric(name: str, labels: dict[str, str]) -> float:
 # --------------------------------------------------------------- still working after we gave up
 
 PRIMARIES = {"stripe_p": "bt_p", "bt_p": "stripe_p", "adyen_p": "stripe_p"}
+
+
+async def _lift_after_first_request(env: Env, sim: str) -> None:
+    """Back to normal as soon as the first request arrived: it alone is processed late,
+    retries and lookups are answered at once (while it is still being worked on)."""
+    async def seen() -> bool:
+        return (await env.sim.requests(sim)).get("total", 0) >= 1
+
+    await wait_for(seen, timeout=10, interval=0.01)
+    await env.sim.faults(sim, mode="normal")
 
 
 @pytest.mark.parametrize("primary", list(PRIMARIES))
@@ -129,14 +141,7 @@ async def test_late_processing_primary_is_never_failed_over_and_ends_as_the_prov
         late["search_lag_ms"] = 1500
     await env.sim.faults(sim, **late)
 
-    async def lift_after_first_request() -> None:
-        async def seen() -> bool:
-            return (await env.sim.requests(sim)).get("total", 0) >= 1
-
-        await wait_for(seen, timeout=10, interval=0.01)
-        await env.sim.faults(sim, mode="normal")
-
-    lifter = asyncio.create_task(lift_after_first_request())
+    lifter = asyncio.create_task(_lift_after_first_request(env, sim))
     pay = await env.pay(f"late-{primary}", capture="manual")
     await lifter
     assert pay["provider"] == primary and pay["status"] in ("unknown", "authorized"), pay
@@ -238,19 +243,31 @@ async def test_a_wrong_failed_is_corrected_by_the_providers_webhook(
     tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
 ) -> None:
     """A Braintree account configured with a provider deadline shorter than the provider
-    really takes (lookup_proof_after_s: 1 s, the sale processed 2.5 s late): the gateway
-    fails the payment on its "proof", then Braintree settles the sale and says so by
-    webhook. The webhook is applied as a correction (audited, counted), never ignored."""
+    really takes (lookup_proof_after_s: 0.6 s, the sale processed 2.5 s late):
+    reconciliation fails the payment on its "proof", then Braintree settles the sale and
+    says so by webhook. The webhook is applied as a correction (audited, counted), never
+    ignored as a transition out of ``failed``."""
     providers = provider_configs()
-    providers["bt_p"].update(lookup_proof_after_s=1)
+    providers["bt_p"].update(lookup_proof_after_s=0.6)
     env = await make_env(tmp_path, store_url, aiohttp_client, session, ["bt_p"],
-                         providers=providers)
+                         providers=providers, retry={"attempts": 1})
     await env.sim.faults("braintree", mode="late_process", late_process_ms=2500)
     before = _metric("gateway_reconciliation_corrections_total",
                      {"provider": "bt_p", "from_status": "failed", "to_status": "captured"})
+    lifter = asyncio.create_task(_lift_after_first_request(env, "braintree"))
     pay = await env.pay("wrong-failed", capture="automatic")
-    assert pay["status"] == "failed", pay
-    await env.sim.faults("braintree", mode="normal")
+    await lifter
+    assert pay["status"] == "unknown", pay  # the lookup came before the declared deadline
+    sent = time.time()
+
+    async def declared_deadline_passed() -> bool:
+        return time.time() > sent + 0.6
+
+    await wait_for(declared_deadline_passed, timeout=2, interval=0.02)
+    await env.reconciler().run_once(now=time.time() + 60)
+    failed = await env.get(pay["id"])
+    assert failed["status"] == "failed" and failed["failure"]["code"] == "not_created", failed
+    assert (await env.charges(pay["id"]))["bt_p"] == []  # not processed yet
 
     async def corrected() -> dict[str, Any] | None:
         p = await env.get(pay["id"])
@@ -442,3 +459,118 @@ async def test_a_request_in_progress_409_is_not_the_keys_answer(
     assert status == 201 and again["id"] == pay["id"], again
     assert hdrs.get("Idempotent-Replayed") == "true"
     assert len((await env.charges(pay["id"]))["stripe_p"]) == 1
+
+
+# --------------------------------------------------------------- refunds: write-ahead, resumable
+
+
+async def _crashed_refund(env: Env, provider: str, idem: str) -> dict[str, Any]:
+    """A refund as a gateway that died mid-request leaves it: reserved and recorded
+    in flight (write-ahead), sent to the provider with its key, the answer never stored."""
+    pay = await env.pay(f"auth-{idem}", capture="automatic")
+    assert pay["status"] == "captured" and pay["provider"] == provider, pay
+    orch, store = env.app[ORCHESTRATOR], env.app[STORE]
+    refund_id = derived_id("ref_", "acme", idem)
+    key = f"{pay['id']}:refund:{refund_id}"
+    doc = await store.get_payment(pay["id"])
+    assert doc is not None
+    await orch.providers[provider].refund(orch._ref(doc), refund_id, 400, key)
+
+    def crashed(d: dict[str, Any]) -> list[dict[str, Any]]:
+        store_snapshot(d, reserve_refund(snapshot(d), 400))
+        d["refunds"].append({"id": refund_id, "amount": 400, "status": "pending",
+                             "provider_reference": None, "reason": None,
+                             "created_at": pay["created_at"], "_key": key,
+                             "_in_flight": True, "_live_until": time.time() - 1})
+        return []
+
+    await mutate(store, pay["id"], crashed)
+    return pay
+
+
+@pytest.mark.parametrize("resumed_by", ["retry", "reconciliation"])
+@pytest.mark.parametrize("provider", FOLLOW_UP_PROVIDERS)
+async def test_a_crashed_refund_is_resumed_once_with_its_key(
+    tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
+    provider: str, resumed_by: str,
+) -> None:
+    env = await make_env(tmp_path, store_url, aiohttp_client, session, [provider], **NO_HOOKS)
+    pay = await _crashed_refund(env, provider, f"ref-crash-{resumed_by}")
+    if resumed_by == "retry":
+        status, body, _ = await env.post(f"/v1/payments/{pay['id']}/refunds",
+                                         f"ref-crash-{resumed_by}", {"amount": 400})
+        assert status == 201, body
+    else:
+        report = await env.reconciler().run_once(now=time.time() + 60)
+        assert report.examined == 1, report.render()
+    done = await env.get(pay["id"])
+    [charge] = (await env.charges(pay["id"]))[provider]
+    assert done["status"] == "partially_refunded", done
+    assert [r["status"] for r in done["refunds"]] == ["succeeded"]
+    assert done["amount_refunded"] == charge["amount_refunded"] == 400
+
+
+# --------------------------------------------------------------- stored 500s, replay window
+
+
+async def test_a_stored_stripe_500_is_resolved_by_search_not_looped_on(
+    tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
+) -> None:
+    """Stripe executed the create, answered 500 and stored that 500 for the key: every
+    replay returns it. The gateway finds the PaymentIntent by search instead, and never
+    moves the payment to the secondary."""
+    env = await make_env(tmp_path, store_url, aiohttp_client, session, ["stripe_p", "bt_p"])
+    await env.sim.faults("stripe", error_rate=1.0, error_status=500, error_after_process=True)
+
+    async def lift() -> None:
+        async def seen() -> bool:
+            return (await env.sim.requests("stripe")).get("total", 0) >= 1
+
+        await wait_for(seen, timeout=10, interval=0.01)
+        await env.sim.faults("stripe", error_rate=0.0)
+
+    lifter = asyncio.create_task(lift())
+    pay = await env.pay("stored-500", capture="manual")
+    await lifter
+    [pi] = (await env.charges(pay["id"]))["stripe_p"]
+    assert pay["status"] == "authorized" and pay["provider_reference"] == pi["id"], pay
+    assert (await env.charges(pay["id"]))["bt_p"] == []
+    ops = (await env.sim.requests("stripe"))["by_operation"]
+    assert ops.get("search_payment_intents", 0) >= 1
+    assert ops.get("create_payment_intent", 0) <= 3  # the first try, its retry, one replay
+
+
+@pytest.mark.parametrize("provider", ["stripe_p", "adyen_p"])
+async def test_past_the_replay_window_reconciliation_only_looks_up_and_flags(
+    tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
+    provider: str,
+) -> None:
+    """An unknown payment older than replay_window_s: no replay that could create it
+    (the customer may have given up). Stripe is asked by search; Adyen, which has no
+    lookup but the replay, is not called at all and the payment is flagged."""
+    env = await make_env(tmp_path, store_url, aiohttp_client, session, [provider],
+                         reconciliation={"enabled": False, "min_age_s": 3,
+                                         "replay_window_s": 600}, **NO_HOOKS)
+    sim = SIM_OF[provider]
+    await env.sim.faults(sim, mode="drop_after_process")
+    pay = await env.pay(f"window-{provider}", capture="manual")
+    assert pay["status"] == "unknown", pay
+    await env.sim.faults(sim, mode="normal")
+    before = await env.sim.requests(sim)
+    report = await env.reconciler().run_once(now=time.time() + 601)
+    [charge] = (await env.charges(pay["id"]))[provider]
+    done = await env.get(pay["id"])
+    ops = (await env.sim.requests(sim))["by_operation"]
+    if provider == "stripe_p":
+        assert done["status"] == "authorized" and done["provider_reference"] == charge["id"]
+        # no replay of the create by reconciliation: it searched
+        assert ops["create_payment_intent"] == before["by_operation"]["create_payment_intent"]
+        assert ops.get("search_payment_intents") == 1
+    else:
+        assert (await env.sim.requests(sim))["total"] == before["total"]  # not replayed
+        assert done["status"] == "unknown"
+        [unresolved] = report.unresolved
+        assert unresolved.reason.startswith("replay window passed"), unresolved
+        flags = [e for e in await env.events(pay["id"]) if e["type"] == "flagged"]
+        assert len(flags) == 1 and "operator" in flags[0]["reason"]
+        assert _metric("gateway_payments_unresolved", {"provider": provider}) >= 1

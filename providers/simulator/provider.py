@@ -202,7 +202,7 @@ class SimulatedProvider(abc.ABC):
         self, request: web.Request,
         handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
     ) -> web.StreamResponse:
-        faults = self.faults
+        faults = arrival = self.faults
         if faults.mode is FaultMode.REFUSE:  # a request on a connection opened before
             drop_connection(request)
             return web.Response()
@@ -215,6 +215,8 @@ class SimulatedProvider(abc.ABC):
         faults = self.faults  # the settings may have changed while sleeping
         if faults.mode is FaultMode.HANG:
             return await self._hang(request)
+        if arrival.mode is FaultMode.LATE_PROCESS:  # decided when the request arrived
+            return await self._late_process(request, arrival.late_process_ms / 1000, handler)
         if faults.mode is FaultMode.LATE_PROCESS:
             return await self._late_process(request, faults.late_process_ms / 1000, handler)
         if faults.roll_rate_limit(self.rng):
