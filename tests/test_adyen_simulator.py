@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import Adyen
 import aiohttp
 import pytest
+import requests
 from Adyen.exceptions import AdyenAPIResponseError
 from aiohttp import web
 
@@ -82,8 +83,8 @@ async def sim(receiver: Receiver) -> AsyncIterator[SimulatorHost]:
     await host.stop()
 
 
-def sdk(host: SimulatorHost, api_key: str = API_KEY) -> Adyen.Adyen:
-    client = Adyen.Adyen(xapikey=api_key, platform="test", http_timeout=5)
+def sdk(host: SimulatorHost, api_key: str = API_KEY, http_timeout: float = 5) -> Adyen.Adyen:
+    client = Adyen.Adyen(xapikey=api_key, platform="test", http_timeout=http_timeout)
     base = f"{host.base_url('adyen')}/checkout/v71"
     client.checkout.payments_api.baseUrl = base
     client.checkout.modifications_api.baseUrl = base
@@ -382,3 +383,70 @@ async def test_injected_server_error_in_adyen_format(sim: SimulatorHost) -> None
     assert info.value.status_code == 503
     assert info.value.message["errorType"] == "internal"
     assert await charges(sim, "pay_5") == []
+
+
+# ------------------------------------------------------------------ late faults
+
+
+async def test_late_process_client_timeout_then_payment_exists_once(sim: SimulatorHost) -> None:
+    await control(sim, "POST", "faults", json={"mode": "late_process",
+                                               "late_process_ms": 700})
+    impatient = sdk(sim, http_timeout=0.2)
+    with pytest.raises(requests.exceptions.Timeout):
+        await call(impatient.checkout.payments_api.payments, payment(ref="pay_late"),
+                   idempotency_key="late-1")
+    assert await charges(sim, "pay_late") == []  # not processed yet
+
+    async def charged() -> bool:
+        return len(await charges(sim, "pay_late")) == 1
+
+    deadline = time.monotonic() + 5
+    while not await charged():
+        assert time.monotonic() < deadline, "the late payment never appeared"
+        await asyncio.sleep(0.02)
+    adyen = sim.simulator("adyen")
+    await eventually(lambda: not adyen._late)
+    assert len(await charges(sim, "pay_late")) == 1
+    assert adyen.requests.count("payments") == 1
+    # the key was claimed by the late processing: the retry replays the first answer
+    await control(sim, "POST", "faults", json={"mode": "normal"})
+    again = await call(sdk(sim).checkout.payments_api.payments, payment(ref="pay_late"),
+                       idempotency_key="late-1")
+    assert [c["id"] for c in await charges(sim, "pay_late")] == [again.message["pspReference"]]
+
+
+async def test_late_process_waiting_client_gets_the_answer(sim: SimulatorHost) -> None:
+    await control(sim, "POST", "faults", json={"mode": "late_process", "late_process_ms": 300})
+    t0 = time.monotonic()
+    res = await call(sdk(sim).checkout.payments_api.payments, payment(ref="pay_lw"))
+    assert time.monotonic() - t0 >= 0.3
+    assert res.message["resultCode"] == "Authorised"
+    assert [c["id"] for c in await charges(sim, "pay_lw")] == [res.message["pspReference"]]
+
+
+async def test_error_after_process_then_key_replays_the_processed_answer(
+    sim: SimulatorHost,
+) -> None:
+    api = sdk(sim).checkout.payments_api
+    await sim.set_faults("adyen", {"error_rate": 1.0, "error_after_process": True})
+    with pytest.raises(AdyenAPIResponseError) as info:
+        await call(api.payments, payment(ref="pay_eap"), idempotency_key="eap-1")
+    assert info.value.status_code == 500
+    created = await charges(sim, "pay_eap")
+    assert len(created) == 1  # processed; the 500 came after
+    await sim.set_faults("adyen", {"error_rate": 0.0})
+    again = await call(api.payments, payment(ref="pay_eap"), idempotency_key="eap-1")
+    assert again.message["pspReference"] == created[0]["id"]  # the stored real answer
+    assert await charges(sim, "pay_eap") == created
+    other = await call(api.payments, payment(ref="pay_eap"), idempotency_key="eap-2")
+    assert len(await charges(sim, "pay_eap")) == 2 and other.message["resultCode"] == "Authorised"
+
+
+async def test_search_lag_is_rejected(sim: SimulatorHost) -> None:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{sim.control_url}/_sim/adyen/faults",
+                          json={"search_lag_ms": 100}) as resp:
+            assert resp.status == 400
+            err = (await resp.json())["error"]
+    assert err["code"] == "invalid_fault_settings" and err["param"] == "search_lag_ms"
+    assert (await control(sim, "GET", "faults"))["search_lag_ms"] == 0

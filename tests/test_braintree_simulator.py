@@ -14,7 +14,13 @@ from urllib.parse import parse_qs
 import braintree
 import pytest
 from aiohttp import web
-from braintree.exceptions import AuthenticationError, InvalidSignatureError, NotFoundError
+from braintree.exceptions import (
+    AuthenticationError,
+    InvalidSignatureError,
+    NotFoundError,
+    ServerError,
+)
+from braintree.exceptions.http import TimeoutError as SdkTimeoutError
 
 from providers.braintree.simulator import BraintreeSimulator
 from providers.simulator.host import SimulatorHost
@@ -291,3 +297,79 @@ async def test_webhook_signature_verifies_and_tampering_fails(aiohttp_server: An
     other = sdk_gateway(1, private="another-private-key")
     with pytest.raises(InvalidSignatureError):
         other.webhook_notification.parse(sig, payload)
+
+
+# ------------------------------------------------------------------ late faults
+
+
+def search_order(env: Env, order_id: str) -> Callable[[], list[Any]]:
+    return lambda: list(env.gw.transaction.search(
+        braintree.TransactionSearch.order_id == order_id).items)
+
+
+async def test_search_lag_find_at_once_search_after_the_lag(env: Env) -> None:
+    lag_s = 0.8
+    await env.host.set_faults("braintree", {"search_lag_ms": int(lag_s * 1000)})
+    t0 = time.monotonic()
+    txn = (await env.sale(order_id="pay-lag")).transaction
+    assert (await env.call(env.gw.transaction.find, txn.id)).order_id == "pay-lag"
+    early = await env.call(search_order(env, "pay-lag"))
+    assert time.monotonic() - t0 < lag_s, "too slow to observe the lag"
+    assert early == []
+    deadline = time.monotonic() + DEADLINE_S
+    while not (found := await env.call(search_order(env, "pay-lag"))):
+        assert time.monotonic() < deadline, "never became searchable"
+        await asyncio.sleep(0.05)
+    assert time.monotonic() - t0 >= lag_s
+    assert [t.id for t in found] == [txn.id]
+    # the lag applies to new transactions only: an older one is found at once
+    await env.host.set_faults("braintree", {"search_lag_ms": 0})
+    assert [t.id for t in await env.call(search_order(env, "pay-lag"))] == [txn.id]
+
+
+async def test_late_process_client_timeout_then_sale_exists_once(env: Env) -> None:
+    await env.host.set_faults("braintree", {"mode": "late_process", "late_process_ms": 700})
+    impatient = sdk_gateway(env.host.port("braintree"))
+    impatient.config.timeout = 0.2
+    params = {"amount": "10.00", "payment_method_nonce": "tok_visa", "order_id": "pay-late",
+              "api_request_key": "late-1"}
+    with pytest.raises(SdkTimeoutError):
+        await env.call(impatient.transaction.sale, params)
+    assert env.sim.charges("pay-late") == []  # not processed yet
+    await wait_for(lambda: len(env.sim.charges("pay-late")) == 1)
+    await wait_for(lambda: not env.sim._late)
+    assert len(env.sim.charges("pay-late")) == 1
+    assert env.sim.requests.count("sale") == 1
+    # search lag counts from the (late) processing, not from the request's arrival
+    await env.host.set_faults("braintree", {"mode": "normal", "search_lag_ms": 60_000})
+    assert await env.call(search_order(env, "pay-late")) == []
+    # a retry with the same api_request_key gets the transaction that was created
+    again = await env.call(env.gw.transaction.sale, params)
+    assert again.is_success and [c.id for c in env.sim.charges("pay-late")] == [
+        again.transaction.id]
+
+
+async def test_late_process_waiting_client_gets_the_answer(env: Env) -> None:
+    await env.host.set_faults("braintree", {"mode": "late_process", "late_process_ms": 300})
+    t0 = time.monotonic()
+    r = await env.sale(order_id="pay-lw")
+    assert time.monotonic() - t0 >= 0.3
+    assert r.is_success and [c.id for c in env.sim.charges("pay-lw")] == [r.transaction.id]
+
+
+async def test_error_after_process(env: Env) -> None:
+    await env.host.set_faults("braintree", {"error_rate": 1.0, "error_after_process": True})
+    with pytest.raises(ServerError):
+        await env.sale(order_id="pay-eap", api_request_key="eap-1")
+    created = env.sim.charges("pay-eap")
+    assert len(created) == 1  # processed; the 500 came after
+    await env.host.set_faults("braintree", {"error_rate": 0.0})
+    # the api_request_key keeps the real answer: the retry gets the same transaction
+    again = await env.sale(order_id="pay-eap", api_request_key="eap-1")
+    assert again.is_success and again.transaction.id == created[0].id
+    assert env.sim.charges("pay-eap") == created
+    # before processing (the default), nothing is created
+    await env.host.set_faults("braintree", {"error_rate": 1.0, "error_after_process": False})
+    with pytest.raises(ServerError):
+        await env.sale(order_id="pay-ebp", api_request_key="ebp-1")
+    assert env.sim.charges("pay-ebp") == []

@@ -324,3 +324,179 @@ async def test_signed_webhooks(sim: SimulatorHost, client: stripe.StripeClient) 
         assert len({e.id for e in received}) == 3
     finally:
         await runner.cleanup()
+
+
+# ------------------------------------------------------------------ late_process
+
+
+async def short_client(host: SimulatorHost, timeout_s: float
+                       ) -> tuple[stripe.StripeClient, stripe.AIOHTTPClient]:
+    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(total=timeout_s))
+    return stripe.StripeClient("sk_test_123", base_addresses={"api": host.base_url("stripe")},
+                               http_client=http, max_network_retries=0), http
+
+
+async def test_late_process_client_timeout_then_charged_once(sim: SimulatorHost) -> None:
+    await sim.set_faults("stripe", {"mode": "late_process", "late_process_ms": 600})
+    impatient, http = await short_client(sim, 0.2)
+    try:
+        with pytest.raises(stripe.APIConnectionError):
+            await impatient.v1.payment_intents.create_async(create_params(ref="pay_late"),
+                                                            {"idempotency_key": "late-1"})
+    finally:
+        await http.close_async()
+    assert await charges(sim, "pay_late") == []  # the provider has not processed it yet
+
+    async def charged() -> bool:
+        return len(await charges(sim, "pay_late")) == 1
+
+    await eventually(charged)
+
+    async def no_pending() -> bool:
+        return not stripe_sim(sim)._late
+
+    await eventually(no_pending)
+    assert len(await charges(sim, "pay_late")) == 1
+    assert stripe_sim(sim).requests.count("create_payment_intent") == 1
+    # the key was claimed by the late processing: a retry gets its stored answer
+    await sim.set_faults("stripe", {"mode": "normal"})
+    patient, http = await short_client(sim, 5)
+    try:
+        again = await patient.v1.payment_intents.create_async(create_params(ref="pay_late"),
+                                                              {"idempotency_key": "late-1"})
+    finally:
+        await http.close_async()
+    assert again.last_response.headers["Idempotent-Replayed"] == "true"
+    assert [c["id"] for c in await charges(sim, "pay_late")] == [again.id]
+
+
+async def test_late_process_waiting_client_gets_the_answer(sim: SimulatorHost,
+                                                           client: stripe.StripeClient) -> None:
+    await sim.set_faults("stripe", {"mode": "late_process", "late_process_ms": 300})
+    t0 = time.monotonic()
+    pi = await client.v1.payment_intents.create_async(create_params(ref="pay_lw"))
+    assert time.monotonic() - t0 >= 0.3
+    assert pi.status == "requires_capture"
+    assert [c["id"] for c in await charges(sim, "pay_lw")] == [pi.id]
+
+
+# ------------------------------------------------------------------ search
+
+
+def by_ref(ref: str, quote: str = "'") -> dict[str, Any]:
+    return {"query": f"metadata[{quote}gateway_payment_id{quote}]:{quote}{ref}{quote}"}
+
+
+async def test_search_by_metadata(sim: SimulatorHost, client: stripe.StripeClient) -> None:
+    pis = client.v1.payment_intents
+    first = await pis.create_async(create_params(ref="pay_s1"))
+    other = await pis.create_async(create_params(ref="pay_s2", amount=2000))
+    for quote in ("'", '"'):
+        found = await pis.search_async(by_ref("pay_s1", quote))
+        assert found.object == "search_result" and [p.id for p in found.data] == [first.id]
+        assert found.has_more is False and found.next_page is None
+        assert found.url == "/v1/payment_intents/search"
+    assert (await pis.search_async(by_ref("pay_nobody"))).data == []
+    both = await pis.search_async({"query": "metadata['gateway_payment_id']:'pay_s1' OR "
+                                            "metadata['gateway_payment_id']:'pay_s2'"})
+    assert [p.id for p in both.data] == [other.id, first.id]  # newest first
+    assert [p.id for p in (await pis.search_async(
+        {"query": "amount>1500 AND status:'requires_capture'"})).data] == [other.id]
+    # pagination: limit + next_page
+    page1 = await pis.search_async({"query": "currency:'eur'", "limit": 1})
+    assert page1.has_more is True and page1.next_page
+    page2 = await pis.search_async({"query": "currency:'eur'", "limit": 1,
+                                    "page": page1.next_page})
+    assert [p.id for p in page1.data + page2.data] == [other.id, first.id]
+    assert page2.has_more is False and page2.next_page is None
+    raw = stripe_sim(sim).requests.count("search_payment_intents")
+    assert raw == 7
+
+
+async def test_search_lag(sim: SimulatorHost, client: stripe.StripeClient) -> None:
+    lag_s = 0.8
+    await sim.set_faults("stripe", {"search_lag_ms": int(lag_s * 1000)})
+    pis = client.v1.payment_intents
+    t0 = time.monotonic()
+    pi = await pis.create_async(create_params(ref="pay_lag"))
+    assert (await pis.retrieve_async(pi.id)).id == pi.id  # by id: immediate
+    early = await pis.search_async(by_ref("pay_lag"))
+    assert time.monotonic() - t0 < lag_s, "too slow to observe the lag"
+    assert early.data == []
+
+    async def found() -> bool:
+        return [p.id for p in (await pis.search_async(by_ref("pay_lag"))).data] == [pi.id]
+
+    await eventually(found)
+    assert time.monotonic() - t0 >= lag_s
+
+
+@pytest.mark.parametrize("query", [
+    "gateway_payment_id:'pay_1'",  # unsupported field
+    "metadata['gateway_payment_id']",  # no value
+    "metadata[gateway_payment_id]:'pay_1'",  # unquoted key
+    "metadata['gateway_payment_id']:pay_1",  # unquoted value
+    "metadata['gateway_payment_id']:'pay_1",  # unterminated string
+    "metadata['a']:'1' AND metadata['b']:'2' OR metadata['c']:'3'",  # AND mixed with OR
+    "metadata['a']:'1' metadata['b']:'2'",  # no operator between clauses
+])
+async def test_search_malformed_query_is_400(client: stripe.StripeClient, query: str) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await client.v1.payment_intents.search_async({"query": query})
+    err = info.value
+    assert err.http_status == 400 and err.param == "query"
+    assert err.json_body is not None
+    assert err.json_body["error"]["type"] == "invalid_request_error"
+
+
+async def test_search_parameter_errors(client: stripe.StripeClient) -> None:
+    pis = client.v1.payment_intents
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await pis.search_async({"query": ""})
+    assert info.value.param == "query" and info.value.code == "parameter_missing"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await pis.search_async({"query": "currency:'eur'", "limit": 101})
+    assert info.value.param == "limit"
+    with pytest.raises(stripe.InvalidRequestError) as info:
+        await pis.search_async({"query": "currency:'eur'", "page": "bogus"})
+    assert info.value.param == "page"
+
+
+# ------------------------------------------------------------------ error_after_process
+
+
+async def test_error_after_process_500_is_stored_and_replayed(
+    sim: SimulatorHost, client: stripe.StripeClient
+) -> None:
+    pis = client.v1.payment_intents
+    await sim.set_faults("stripe", {"error_rate": 1.0, "error_after_process": True})
+    with pytest.raises(stripe.APIError) as first:
+        await pis.create_async(create_params(ref="pay_eap"), {"idempotency_key": "eap-1"})
+    assert first.value.http_status == 500
+    created = await charges(sim, "pay_eap")
+    assert len(created) == 1  # the PaymentIntent exists although the answer was a 500
+    await sim.set_faults("stripe", {"error_rate": 0.0})  # a new 500 could only be a replay
+    with pytest.raises(stripe.APIError) as again:
+        await pis.create_async(create_params(ref="pay_eap"), {"idempotency_key": "eap-1"})
+    assert again.value.http_status == 500
+    assert again.value.http_body == first.value.http_body
+    assert again.value.headers is not None
+    assert again.value.headers["Idempotent-Replayed"] == "true"
+    assert await charges(sim, "pay_eap") == created  # no second PaymentIntent
+    fresh = await pis.create_async(create_params(ref="pay_eap"), {"idempotency_key": "eap-2"})
+    assert fresh.status == "requires_capture"
+    assert [c["id"] for c in await charges(sim, "pay_eap")] == [created[0]["id"], fresh.id]
+
+
+async def test_error_before_process_is_not_stored(sim: SimulatorHost,
+                                                  client: stripe.StripeClient) -> None:
+    pis = client.v1.payment_intents
+    await sim.set_faults("stripe", {"error_rate": 1.0, "error_status": 503})
+    with pytest.raises(stripe.APIError) as info:
+        await pis.create_async(create_params(ref="pay_ebp"), {"idempotency_key": "ebp"})
+    assert info.value.http_status == 503
+    assert await charges(sim, "pay_ebp") == []
+    await sim.set_faults("stripe", {"error_rate": 0.0})
+    pi = await pis.create_async(create_params(ref="pay_ebp"), {"idempotency_key": "ebp"})
+    assert pi.last_response.headers.get("Idempotent-Replayed") is None
+    assert [c["id"] for c in await charges(sim, "pay_ebp")] == [pi.id]
