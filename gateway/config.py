@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gateway import logs
+from gateway.currency import UnknownCurrency, minor_unit
 
 PROVIDER_TYPES = ("stripe", "braintree", "adyen")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -175,6 +176,10 @@ def _provider(name: str, raw: Any, where: str) -> ProviderConfig:
     for c in currencies:
         if not isinstance(c, str) or not re.fullmatch(r"[A-Z]{3}", c):
             raise ConfigError(f"{where}.currencies: {c!r} is not an ISO 4217 code")
+        try:
+            minor_unit(c)
+        except UnknownCurrency as exc:
+            raise ConfigError(f"{where}.currencies: {exc}") from None
     breaker_raw = _get(raw, "breaker", dict, where, {})
     breaker = BreakerSettings(
         fail_max=_get(breaker_raw, "fail_max", int, f"{where}.breaker", 5),
@@ -265,6 +270,29 @@ def _reconcile(raw: dict[str, Any], where: str) -> ReconcileSettings:
     return out
 
 
+def _check_braintree_currencies(pc: ProviderConfig, where: str) -> None:
+    """A Braintree sale has no currency field: it is charged in the merchant account's
+    currency. Every listed currency needs its account, or must be the declared currency of
+    the default account (``default_currency``); otherwise JPY 500 is charged as USD 500.00."""
+    if pc.sandbox:
+        return  # the in-process simulator gets one merchant account per listed currency
+    accounts = pc.options.get("merchant_account_ids") or {}
+    if not isinstance(accounts, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v for k, v in accounts.items()):
+        raise ConfigError(f"{where}.merchant_account_ids: a mapping currency -> merchant "
+                          "account id")
+    default = pc.options.get("default_currency")
+    if default is not None and (not isinstance(default, str) or default not in pc.currencies):
+        raise ConfigError(f"{where}.default_currency: must be one of the provider's "
+                          "currencies")
+    for c in sorted(pc.currencies):
+        if c not in accounts and c != default:
+            raise ConfigError(
+                f"{where}.currencies: {c} has no merchant account (merchant_account_ids) and "
+                "is not the default account's currency (default_currency); Braintree would "
+                "charge it in the default account's currency")
+
+
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
     p = Path(path).resolve()
     try:
@@ -341,6 +369,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
             f"{where}.reconciliation.replay_window_s: must be at least request_deadline_s "
             f"({cfg.request_deadline_s:g})")
     for pc in providers.values():
+        if pc.type == "braintree":
+            _check_braintree_currencies(pc, f"{where}.providers.{pc.name}")
         proof = pc.options.get("lookup_proof_after_s")
         if proof is None:
             continue

@@ -90,6 +90,11 @@ CONFIG_RELOADS = Counter(
 IDEMPOTENCY = Counter(
     "gateway_idempotency_total", "Idempotency-Key handling", ["result"], registry=REGISTRY,
 )
+PROVIDER_MISMATCHES = Counter(
+    "gateway_provider_mismatches_total",
+    "Provider answers for another amount or currency than was sent (never a success)",
+    ["provider"], registry=REGISTRY,
+)
 UNMAPPED_STATUSES = Counter(
     "gateway_provider_unmapped_status_total",
     "Provider statuses with no entry in the status table (mapped to unknown)",
@@ -110,6 +115,7 @@ def initialise(providers: list[str]) -> None:
                        "ignored", "malformed"):
             WEBHOOKS.labels(p, result)
         PAYMENTS_UNRESOLVED.labels(p)
+        PROVIDER_MISMATCHES.labels(p)
     for result in ("applied", "rejected", "unchanged"):
         CONFIG_RELOADS.labels(result)
     for result in ("new", "replayed", "conflict", "mismatch"):

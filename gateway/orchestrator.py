@@ -67,6 +67,7 @@ from providers.base import (
     PaymentRef,
     Provider,
     ProviderFault,
+    ProviderMismatch,
     ProviderResult,
     RefundResult,
     RejectedSafe,
@@ -313,6 +314,10 @@ class Orchestrator:
                                                  rec, fault.error_code)
                 self._count_failover(provider, cands, offset, fault.error_code)
                 continue
+            except ProviderMismatch as wrong:
+                doc = await self._mismatched(doc["id"], index, provider, rec, wrong)
+                self._count_payment(doc)
+                return doc
             except Ambiguous as fault:
                 resolved = await self._lookup_after_ambiguity(doc, index, provider, req, rec,
                                                               fault, deadline)
@@ -327,6 +332,34 @@ class Orchestrator:
         doc = await self._finish_attempt_none(doc)
         self._count_payment(doc)
         return doc
+
+    async def _mismatched(self, payment_id: str, index: int, provider: Provider,
+                          rec: CallRecord, wrong: ProviderMismatch) -> dict[str, Any]:
+        """The provider charged another amount/currency: never a success, no failover.
+        ``failed`` when the adapter provably released it, else ``unknown``."""
+        metrics.PROVIDER_MISMATCHES.labels(provider.name).inc()
+        log.error("provider answered for another amount or currency",
+                  extra={"provider": provider.name, "detail": wrong.message,
+                         "released": wrong.released})
+        status = S.FAILED if wrong.released else S.UNKNOWN
+
+        def fn(d: dict[str, Any]) -> Events:
+            att = d["attempts"][index]
+            att.update(outcome=Outcome.AMBIGUOUS.value, duration_ms=rec.duration_ms,
+                       error_code=wrong.error_code)
+            if wrong.provider_reference and not d.get("provider_reference"):
+                d["provider_reference"] = wrong.provider_reference
+            events = [audit("attempt_finished", "provider_response", provider=provider.name,
+                            outcome=Outcome.AMBIGUOUS.value, error_code=wrong.error_code,
+                            detail=wrong.message),
+                      apply_status(d, StatusEvent(status), "gateway", detail=wrong.message)]
+            if status == S.FAILED:
+                d["failure"] = {"code": wrong.error_code,
+                                "message": "the provider charged another amount or currency "
+                                           "than requested; it was voided, no money moved"}
+            return events
+
+        return await mutate(self.store, payment_id, fn)
 
     async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
         def fn(d: dict[str, Any]) -> Events:
@@ -537,7 +570,8 @@ class Orchestrator:
 
             await mutate(self.store, doc["id"], release)
             raise ProviderUnavailable.of(provider.name, fault) from None
-        except Ambiguous as exc:
+        except (Ambiguous, ProviderMismatch) as exc:
+            _count_mismatch(provider, exc)
             pending = S.CAPTURE_PENDING if name == "capture" else S.VOID_PENDING
             park_code = exc.error_code
 
@@ -647,7 +681,8 @@ class Orchestrator:
 
             await mutate(self.store, doc["id"], drop)
             raise ProviderUnavailable.of(provider.name, fault) from None
-        except Ambiguous as exc:
+        except (Ambiguous, ProviderMismatch) as exc:
+            _count_mismatch(provider, exc)
             unknown_code = exc.error_code
 
             def unknown(d: dict[str, Any]) -> Events:
@@ -701,6 +736,13 @@ def _settle_refund(
 
 def model_iso() -> str:
     return iso(now())
+
+
+def _count_mismatch(provider: Provider, fault: ProviderFault) -> None:
+    if isinstance(fault, ProviderMismatch):
+        metrics.PROVIDER_MISMATCHES.labels(provider.name).inc()
+        log.error("provider answered for another amount or currency",
+                  extra={"provider": provider.name, "detail": fault.message})
 
 
 def _op_done(doc: dict[str, Any], key: str) -> dict[str, Any] | None:

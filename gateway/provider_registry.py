@@ -53,6 +53,7 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
             or ({c: f"sandbox_{c.lower()}" for c in cfg.currencies} if cfg.sandbox else None),
             lookup_proof_after_s=float(cfg.options.get("lookup_proof_after_s",
                                                        DEFAULT_LOOKUP_PROOF_AFTER_S)),
+            default_currency=cfg.options.get("default_currency"),
         )
     if cfg.type == "adyen":
         from providers.adyen.adapter import AdyenProvider

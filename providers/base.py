@@ -11,6 +11,8 @@ into one provider SDK call and reports exactly one :class:`Outcome`:
       +-- RejectedSafe              provably not processed -> fail over is safe
       |   +-- NotCreated            a lookup's final proof that an attempt created nothing
       +-- Ambiguous                 may have been processed -> retry same key, then lookup
+      +-- ProviderMismatch          answered for another amount/currency than was sent:
+                                    never a success, never retried, never failed over
 
 This split keeps "the card was declined" and "the provider is down" apart in the
 type system: an SDK exception can never be mistaken for a decline.
@@ -76,6 +78,21 @@ class Ambiguous(ProviderFault):
     """The request may have been processed: the outcome is unknown."""
 
     outcome = Outcome.AMBIGUOUS
+
+
+class ProviderMismatch(ProviderFault):
+    """The provider's answer is about another amount or currency than the gateway sent
+    (e.g. a Braintree sale charged in the default account's currency). The adapter has
+    tried to void/cancel what was created: ``released`` says whether that provably
+    succeeded (then the payment is ``failed``), otherwise the payment is ``unknown``."""
+
+    outcome = Outcome.AMBIGUOUS
+
+    def __init__(self, message: str, *, provider_reference: str | None,
+                 released: bool) -> None:
+        super().__init__("provider_amount_mismatch", message)
+        self.provider_reference = provider_reference
+        self.released = released
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,9 @@ candidates are filtered by capability, in order, with the first reason that appl
 
 * ``provider not configured`` - named by the rule but absent from gateway.yaml now;
 * ``currency XXX not supported`` - not in the provider's ``currencies``;
-* ``no provider token`` - ``provider_tokens`` were given and do not name the provider.
+* ``no provider token`` - ``provider_tokens`` were given and do not name the provider;
+* ``amount not representable: ...`` - the provider cannot be sent this amount in this
+  currency exactly (its wire units, e.g. KWD 5124 at Stripe, IDR 1050 at Adyen).
 
 Circuit-breaker state is *not* considered here: the orchestrator skips open breakers
 and records them as attempts.
@@ -27,9 +29,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from providers.amounts import wire_refusal
 from routing.rules import ProviderInfo, RoutableRequest, RoutingTable, Rule
 
 SPLIT_BUCKETS = 100
+AMOUNT_NOT_REPRESENTABLE = "amount not representable"
 
 
 class NoRouteError(LookupError):
@@ -116,6 +120,9 @@ def exclusion_reason(name: str, request: RouteRequest,
         return f"currency {request.currency} not supported"
     if request.provider_tokens is not None and name not in request.provider_tokens:
         return "no provider token"
+    refusal = wire_refusal(getattr(info, "type", None), request.amount, request.currency)
+    if refusal is not None:
+        return f"{AMOUNT_NOT_REPRESENTABLE}: {refusal}"
     return None
 
 

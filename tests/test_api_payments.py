@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS, STORE
 from gateway.config import load_config
+from gateway.model import derived_id
 from tests.gateway_harness import (
     GLOBEX_KEY,
     SimControl,
@@ -270,6 +271,25 @@ async def test_invalid_requests_name_the_param(gw: Gateway, body: dict, param: s
     assert status == 400, err
     assert err["error"]["type"] == "invalid_request"
     assert err["error"]["param"] == param
+
+
+@pytest.mark.parametrize("currency", ["ZZZ", "XXX", "BTC", "XAU"])
+async def test_unknown_or_untradeable_currency_is_a_400_and_nothing_is_stored(
+    gw: Gateway, currency: str
+) -> None:
+    status, err, _ = await gw.create(f"cur-{currency}", currency=currency)
+    assert status == 400, err
+    assert (err["error"]["code"], err["error"]["param"]) == ("currency_not_supported",
+                                                              "currency")
+    payment_id = derived_id("pay_", "acme", f"cur-{currency}")
+    assert await gw.client.server.app[STORE].get_payment(payment_id) is None
+
+
+async def test_a_valid_currency_no_provider_supports_is_a_400(gw: Gateway) -> None:
+    status, err, _ = await gw.create("cur-mga", currency="MGA", amount=10000)
+    assert status == 400, err
+    assert (err["error"]["code"], err["error"]["param"]) == ("currency_not_supported",
+                                                              "currency")
 
 
 @pytest.mark.parametrize("pm", [

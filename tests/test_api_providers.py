@@ -147,7 +147,7 @@ async def test_3ds(env: Env, provider: str) -> None:
 
 
 @providers
-@pytest.mark.parametrize(("currency", "amount"), [("JPY", 500), ("KWD", 1234), ("EUR", 1050)])
+@pytest.mark.parametrize(("currency", "amount"), [("JPY", 500), ("KWD", 1230), ("EUR", 1050)])
 async def test_currency_exponents(env: Env, provider: str, currency: str, amount: int) -> None:
     status, pay = await env.create(f"{provider}-{currency}", provider, amount=amount,
                                    currency=currency, capture="automatic")
@@ -155,6 +155,16 @@ async def test_currency_exponents(env: Env, provider: str, currency: str, amount
     assert pay["amount_captured"] == amount
     [charge] = await env.sim.charges(provider, pay["id"])
     assert (charge["amount"], charge["currency"]) == (amount, currency)
+
+
+async def test_an_amount_the_only_candidate_cannot_take_exactly_is_a_400(env: Env) -> None:
+    """Stripe needs the last of KWD's three decimals to be 0: KWD 1.234 is refused before
+    anything is stored or sent, never rounded."""
+    status, err = await env.create("stripe-kwd-1234", "stripe", amount=1234, currency="KWD")
+    assert status == 400, err
+    assert err["error"]["code"] == "amount_not_representable"
+    assert err["error"]["param"] == "amount"
+    assert (await env.sim.requests("stripe")).get("total", 0) == 0
 
 
 @providers

@@ -19,6 +19,7 @@ from providers.base import (
     NotCreated,
     Outcome,
     PaymentRef,
+    ProviderMismatch,
     RejectedSafe,
 )
 from providers.braintree.adapter import BraintreeProvider
@@ -128,13 +129,41 @@ async def test_currency_exponents_on_the_wire(env: Env, currency: str, amount: i
     assert cap.amount_captured == amount
 
 
-async def test_default_merchant_account_in_another_currency_never_corrupts_amounts(
+async def test_a_currency_without_merchant_account_is_refused_before_sending(
     env: Env
 ) -> None:
+    """Issue #10: JPY 500 was charged as USD 500.00 through the default account."""
     plain = env.make(merchant_account_ids=None)  # default account: USD in the simulator
-    got = await plain.authorize(req("pay-jpy-default", amount=500, currency="JPY"))
-    assert got.status is PaymentStatus.AUTHORIZED
-    assert got.amount_authorized is None  # not 50000: the charge is in USD
+    with pytest.raises(RejectedSafe) as info:
+        await plain.authorize(req("pay-jpy-default", amount=500, currency="JPY"))
+    assert info.value.error_code == "currency_not_configured"
+    assert env.sim.charges("pay-jpy-default") == []
+    assert env.sim.requests.count("sale") == 0
+
+
+async def test_a_sale_answered_in_another_currency_is_voided_never_a_success(
+    env: Env
+) -> None:
+    """default_currency declared as JPY while the account really charges USD: the sale
+    comes back in USD, so the adapter voids it and reports a mismatch."""
+    wrong = env.make(merchant_account_ids=None, default_currency="JPY")
+    with pytest.raises(ProviderMismatch) as info:
+        await wrong.authorize(req("pay-jpy-usd", amount=500, currency="JPY"))
+    assert info.value.released is True
+    assert "USD" in info.value.message
+    [charge] = env.sim.charges("pay-jpy-usd")
+    assert (charge.currency, charge.status) == ("USD", "voided")
+    assert info.value.provider_reference == charge.id
+
+
+async def test_the_declared_default_currency_charges_through_the_default_account(
+    env: Env
+) -> None:
+    right = env.make(merchant_account_ids=None, default_currency="USD")
+    got = await right.authorize(req("pay-usd-default", amount=1050, currency="USD"))
+    assert (got.status, got.amount_authorized) == (PaymentStatus.AUTHORIZED, 1050)
+    [charge] = env.sim.charges("pay-usd-default")
+    assert (charge.amount, charge.currency) == (1050, "USD")
 
 
 async def test_decline_is_a_result_never_a_fault(env: Env) -> None:

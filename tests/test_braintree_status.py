@@ -117,7 +117,10 @@ def test_amount_table_and_round_trip(minor: int, currency: str, text: str) -> No
 def test_exponents() -> None:
     assert [exponent(c) for c in ("JPY", "KRW", "VND", "CLP", "ISK")] == [0] * 5
     assert [exponent(c) for c in ("BHD", "JOD", "KWD", "OMR", "TND")] == [3] * 5
-    assert exponent("USD") == exponent("XYZ") == 2
+    assert exponent("USD") == exponent("MGA") == 2
+    for unknown in ("XYZ", "XXX", "BTC"):  # no silent default: unknown codes are refused
+        with pytest.raises(AmountError):
+            exponent(unknown)
 
 
 def test_trailing_zero_decimals_parse_exactly() -> None:

@@ -48,6 +48,7 @@ EXPECTED_ALERTS = {
     "GatewayWebhookSignatureFailures": None,
     "GatewayConfigReloadFailed": None,
     "GatewayNoTraffic": "15m",
+    "GatewayProviderAmountMismatch": None,
 }
 
 # Metrics a panel must show (the list: success ratio and call rate, latency

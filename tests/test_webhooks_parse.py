@@ -41,7 +41,7 @@ def test_sandbox_defaults_match_the_simulators() -> None:
 
 def _pi(status: str, **kw: Any) -> dict[str, Any]:
     pi = {"id": "pi_1", "object": "payment_intent", "amount": 1000, "amount_capturable": 0,
-          "amount_received": 0, "status": status,
+          "amount_received": 0, "currency": "eur", "status": status,
           "metadata": {"gateway_payment_id": "pay_abc"}}
     pi.update(kw)
     return pi
@@ -69,9 +69,21 @@ def test_stripe_payment_events(etype: str, obj: dict[str, Any], status: PaymentS
     assert ev.payment_reference == "pi_1" and ev.merchant_reference == "pay_abc"
 
 
+@pytest.mark.parametrize(("currency", "wire", "iso"), [
+    ("jpy", 500, 500), ("mga", 550, 55000), ("isk", 55000, 550), ("kwd", 1230, 1230),
+])
+def test_stripe_event_amounts_are_read_back_in_iso_minor_units(
+    currency: str, wire: int, iso: int
+) -> None:
+    obj = _pi("succeeded", amount=wire, amount_received=wire, currency=currency)
+    body = sim_events.build_event("payment_intent.succeeded", obj)
+    [ev] = stripe_webhook.verify_and_parse(body, _stripe(body), WHSEC)
+    assert ev.amount == iso
+
+
 def test_stripe_refund_and_other_events() -> None:
-    refund = {"id": "re_1", "object": "refund", "amount": 300, "payment_intent": "pi_1",
-              "status": "succeeded",
+    refund = {"id": "re_1", "object": "refund", "amount": 300, "currency": "eur",
+              "payment_intent": "pi_1", "status": "succeeded",
               "metadata": {"gateway_refund_id": "ref_1", "gateway_payment_id": "pay_abc"}}
     body = sim_events.build_event("refund.updated", refund)
     [ev] = stripe_webhook.verify_and_parse(body, _stripe(body), WHSEC)

@@ -15,6 +15,7 @@ from gateway.idempotency import Execution, Outcome, fingerprint, require_key, ru
 from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError, PaymentMissing
 from gateway.store import AlreadyExists
+from routing.select import AMOUNT_NOT_REPRESENTABLE
 
 routes = web.RouteTableDef()
 
@@ -72,6 +73,26 @@ async def _idempotent_post(
     return web.json_response(result, status=status, headers=headers)
 
 
+def _refuse_unchargeable(doc: dict[str, Any]) -> None:
+    """No candidate can charge this currency, or this amount exactly: a 400 before
+    anything is stored (never a 201 ``failed``, never a rounded amount)."""
+    if doc["_candidates"]:
+        return
+    reasons = [f"{name}: {why}" for name, why in doc["_excluded"]]
+    amount = [r for _n, r in doc["_excluded"] if r.startswith(AMOUNT_NOT_REPRESENTABLE)]
+    currency = [r for _n, r in doc["_excluded"] if r.startswith("currency ")]
+    tokens = [r for _n, r in doc["_excluded"] if r == "no provider token"]
+    if not amount and (not currency or len(currency) + len(tokens) < len(reasons)):
+        return  # other reasons (configuration): the payment fails as before
+    if amount:
+        raise ApiError(400, "invalid_request", "amount_not_representable",
+                       f"no provider for this payment can charge {doc['amount']} "
+                       f"{doc['currency']} exactly ({'; '.join(reasons)})", param="amount")
+    raise ApiError(400, "invalid_request", "currency_not_supported",
+                   f"no provider for this payment supports {doc['currency']}",
+                   param="currency")
+
+
 @routes.post("/v1/payments")
 async def create_payment(request: web.Request) -> web.Response:
     config, store, orch = request.app[CONFIG], request.app[STORE], request.app[ORCHESTRATOR]
@@ -84,6 +105,7 @@ async def create_payment(request: web.Request) -> web.Response:
         logs.payment_id_var.set(payment_id)
         doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
         orch.route(doc, body)
+        _refuse_unchargeable(doc)
         try:
             await store.insert_payment(doc, [audit("payment_created", "merchant",
                                                    amount=doc["amount"], currency=doc["currency"])])

@@ -12,6 +12,7 @@ import re
 from typing import Any
 
 from gateway.api.errors import ApiError
+from gateway.currency import UnknownCurrency, minor_unit
 from gateway.logs import contains_card_number
 
 CURRENCY = re.compile(r"^[A-Z]{3}$")
@@ -96,6 +97,10 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
     cur = body.get("currency")
     if not isinstance(cur, str) or not CURRENCY.match(cur):
         raise _bad("currency", "currency must be an upper-case ISO 4217 code such as EUR")
+    try:
+        minor_unit(cur)
+    except UnknownCurrency as exc:
+        raise _bad("currency", str(exc), "currency_not_supported") from None
     capture = body.get("capture", "automatic")
     if capture not in ("automatic", "manual"):
         raise _bad("capture", "capture must be 'automatic' or 'manual'")

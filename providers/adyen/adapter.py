@@ -51,20 +51,25 @@ from typing import Any
 import Adyen
 
 from gateway.state_machine import PaymentStatus
+from providers.adyen.amounts import to_wire
 from providers.adyen.errors import Refusal, translate
 from providers.adyen.parse import (
+    amount_currency,
     declined_payment,
     declined_refund,
+    iso_amount,
     parse_payment,
     parse_payment_modification,
     parse_refund,
 )
 from providers.adyen.status import Modification
+from providers.amounts import AmountError
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     PaymentRef,
     Provider,
+    ProviderMismatch,
     ProviderResult,
     RefundResult,
     RejectedSafe,
@@ -144,8 +149,29 @@ class AdyenProvider(Provider):
                                "no Adyen pspReference known for this payment")
         return ref.provider_reference
 
-    def _amount(self, value: int, currency: str) -> dict[str, Any]:
-        return {"value": value, "currency": currency.upper()}
+    @staticmethod
+    def _amount(value: int, currency: str) -> dict[str, Any]:
+        """ISO minor units -> Adyen's ``amount`` (Adyen's decimals: :mod:`.amounts`)."""
+        try:
+            return {"value": to_wire(value, currency), "currency": currency.upper()}
+        except (AmountError, ValueError) as exc:
+            raise RejectedSafe("invalid_amount", str(exc)) from None
+
+    @staticmethod
+    def _verify(got: Mapping[str, Any], amount: int, currency: str, what: str,
+                provider_reference: str | None) -> None:
+        """An answer that states an amount must state the one sent (else never success).
+        Adyen's answers echo ``amount`` on modifications and partial authorizations."""
+        cur = amount_currency(got)
+        if cur is None:
+            return
+        value = iso_amount(got)
+        if cur == currency.upper() and (value == amount or what == "PartiallyAuthorised"):
+            return
+        raise ProviderMismatch(
+            f"Adyen answered {what} for {got.get('amount')!r} instead of {amount} "
+            f"{currency.upper()} (ISO minor units)",
+            provider_reference=provider_reference, released=False)
 
     # ------------------------------------------------------------ authorize / lookup
 
@@ -184,6 +210,9 @@ class AdyenProvider(Provider):
             return declined_payment(got, PaymentStatus.DECLINED)
         if "resultCode" not in got:
             raise Ambiguous("invalid_response", "Adyen /payments answer without resultCode")
+        self._verify(got, req.amount, req.currency, str(got.get("resultCode")),
+                     got.get("pspReference") if isinstance(got.get("pspReference"), str)
+                     else None)
         return parse_payment(got, amount=req.amount, capture_manual=req.capture_manual)
 
     async def lookup(
@@ -227,6 +256,7 @@ class AdyenProvider(Provider):
                 body, psp, idempotency_key=idempotency_key), modification=True)
         if isinstance(got, Refusal):
             return declined_payment(got, PaymentStatus.AUTHORIZED)
+        self._verify(got, amount, ref.currency, "capture", psp)
         return self._modification_result(Modification.CAPTURE, got, psp)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
@@ -249,6 +279,7 @@ class AdyenProvider(Provider):
                 body, psp, idempotency_key=idempotency_key), modification=True)
         if isinstance(got, Refusal):
             return declined_refund(got)
+        self._verify(got, amount, ref.currency, "refund", psp)
         if "status" not in got:
             raise Ambiguous("invalid_response", "Adyen refund answer without status")
         return parse_refund(got)

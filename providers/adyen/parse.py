@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.adyen.amounts import from_wire
 from providers.adyen.errors import Refusal
 from providers.adyen.status import (
     Modification,
@@ -21,6 +22,7 @@ from providers.adyen.status import (
     map_refund_modification,
     map_result_code,
 )
+from providers.amounts import AmountError
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
 
 P = PaymentStatus
@@ -64,13 +66,24 @@ def decline_code_for(refusal_reason_code: Any) -> str:
     return REFUSAL_DECLINE_CODES.get(str(refusal_reason_code), "generic_decline")
 
 
-def _amount_value(body: Mapping[str, Any]) -> int | None:
+def iso_amount(body: Mapping[str, Any]) -> int | None:
+    """``body["amount"]`` (Adyen's decimals) in ISO minor units of its currency; None
+    when absent or not exactly convertible."""
     amount = body.get("amount")
     if isinstance(amount, Mapping):
-        value = amount.get("value")
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+        value, currency = amount.get("value"), amount.get("currency")
+        if isinstance(value, int) and not isinstance(value, bool) and isinstance(currency, str):
+            try:
+                return from_wire(value, currency)
+            except (AmountError, ValueError):
+                return None
     return None
+
+
+def amount_currency(body: Mapping[str, Any]) -> str | None:
+    amount = body.get("amount")
+    currency = amount.get("currency") if isinstance(amount, Mapping) else None
+    return currency.upper() if isinstance(currency, str) else None
 
 
 def _str(value: Any) -> str | None:
@@ -97,7 +110,7 @@ def parse_payment(body: Mapping[str, Any], *, amount: int, capture_manual: bool
     authorized: int | None = None
     captured: int | None = None
     if status in (P.AUTHORIZED, P.CAPTURED):
-        authorized = _amount_value(body) if raw_status == "PartiallyAuthorised" else None
+        authorized = iso_amount(body) if raw_status == "PartiallyAuthorised" else None
         authorized = authorized if authorized is not None else amount
         captured = authorized if status is P.CAPTURED else None
     action = body.get("action")

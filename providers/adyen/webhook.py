@@ -41,6 +41,7 @@ from typing import Any
 
 from gateway.state_machine import PaymentStatus
 from providers.adyen.hmac_signature import hmac_key, signature, signing_string
+from providers.adyen.parse import iso_amount
 from providers.adyen.status import Target, webhook_effect
 from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
 
@@ -114,9 +115,7 @@ def to_event(item: Mapping[str, Any]) -> WebhookEvent:
     success = str(item.get("success"))
     original = _str(item.get("originalReference"))
     merchant_ref = _str(item.get("merchantReference"))
-    amount_raw = item.get("amount")
-    value = amount_raw.get("value") if isinstance(amount_raw, Mapping) else None
-    amount = value if isinstance(value, int) and not isinstance(value, bool) else None
+    amount = iso_amount(item)
     effect = webhook_effect(item)
     fields: dict[str, Any] = {
         "provider_type": "adyen", "event_id": f"{psp}:{code}:{success}", "kind": code,

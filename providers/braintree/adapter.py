@@ -5,9 +5,15 @@ Every SDK call runs in a bounded thread pool owned by the adapter (created in
 never on the event loop. The SDK keeps one ``requests`` session per thread.
 
 * amounts: minor units <-> decimal strings by currency exponent (:mod:`.amounts`);
-* currency: Braintree takes it from the merchant account, so ``merchant_account_ids``
-  maps currency -> merchant account id; without a mapping nothing is sent and the
-  merchant's default account (and its currency) applies;
+* currency: a sale has no currency field: Braintree charges in the currency of the
+  merchant account used, and without ``merchant_account_id`` in the default account's.
+  So ``merchant_account_ids`` maps currency -> merchant account id, and
+  ``default_currency`` declares the default account's currency; a currency with neither
+  is refused before anything is sent (RejectedSafe ``currency_not_configured``; the
+  config check rejects such a provider at start);
+* every answer is checked against what was sent: a sale in another currency or for
+  another amount is voided at once and raised as :class:`ProviderMismatch` (never a
+  success);
 * idempotency: ``api_request_key`` = the gateway's per-attempt idempotency key on
   sale, submit_for_settlement, void and refund;
 * lookup: ``find(id)``; without an id (lost response) a search by ``order_id`` (= the
@@ -40,11 +46,13 @@ from providers.base import (
     NotCreated,
     PaymentRef,
     Provider,
+    ProviderFault,
+    ProviderMismatch,
     ProviderResult,
     RefundResult,
     RejectedSafe,
 )
-from providers.braintree.amounts import AmountError, to_decimal_string
+from providers.braintree.amounts import AmountError, to_decimal_string, to_minor_units
 from providers.braintree.errors import translate
 from providers.braintree.parse import (
     parse_payment_result,
@@ -58,6 +66,8 @@ T = TypeVar("T")
 DEFAULT_WORKERS = 8
 #: Most transactions a search by order_id may return before we stop reading.
 SEARCH_LIMIT = 10
+#: Transaction statuses a void releases (an authorization not yet settled).
+VOIDABLE = frozenset({"authorized", "authorizing", "submitted_for_settlement"})
 #: Seconds after a sale was first sent before an empty search proves it created nothing.
 DEFAULT_LOOKUP_PROOF_AFTER_S = 300.0
 
@@ -96,8 +106,10 @@ class BraintreeProvider(Provider):
         connect_timeout_s: float = 3.0, executor: concurrent.futures.Executor | None = None,
         merchant_account_ids: dict[str, str] | None = None,
         lookup_proof_after_s: float = DEFAULT_LOOKUP_PROOF_AFTER_S,
+        default_currency: str | None = None,
     ) -> None:
         self.name = name
+        self.default_currency = default_currency.upper() if default_currency else None
         self.lookup_proof_after_s = float(lookup_proof_after_s)
         self.currencies = frozenset(c.upper() for c in currencies)
         self._base_url = base_url.rstrip("/")
@@ -161,9 +173,10 @@ class BraintreeProvider(Provider):
         account = self._merchant_accounts.get(req.currency.upper())
         if account:
             params["merchant_account_id"] = account
-        elif self._merchant_accounts:
+        elif req.currency.upper() != self.default_currency:
             raise RejectedSafe("currency_not_configured",
-                               f"no Braintree merchant account for {req.currency.upper()}")
+                               f"no Braintree merchant account for {req.currency.upper()} "
+                               "(and it is not the declared default_currency)")
         return params
 
     # ------------------------------------------------------------ operations
@@ -171,13 +184,54 @@ class BraintreeProvider(Provider):
     async def authorize(self, req: AuthorizeRequest) -> ProviderResult:
         params = self._sale_params(req)
         result = await self._run(self._gateway.transaction.sale, params)
+        if getattr(result, "is_success", False):
+            await self._verify(getattr(result, "transaction", None), req.amount, req.currency,
+                               release=True)
         return parse_payment_result(result, authorize=True, currency=req.currency)
+
+    async def _verify(self, txn: Any, amount: int | None, currency: str, *,
+                      release: bool = False) -> None:
+        """The transaction must be in ``currency`` (and for ``amount`` when given);
+        otherwise raise :class:`ProviderMismatch` (never a success), after voiding the
+        transaction when ``release`` (a fresh sale)."""
+        if txn is None:
+            return
+        own = getattr(txn, "currency_iso_code", None)
+        raw_amount = getattr(txn, "amount", None)
+        problems = []
+        if isinstance(own, str) and own.upper() != currency.upper():
+            problems.append(f"currency {own.upper()} instead of {currency.upper()}")
+        if amount is not None and raw_amount is not None and isinstance(own, str):
+            try:
+                got = to_minor_units(raw_amount, own)
+            except AmountError:
+                got = None
+            if got != amount or own.upper() != currency.upper():
+                problems.append(f"amount {raw_amount} {own.upper()} for "
+                                f"{to_decimal_string(amount, currency)} {currency.upper()}")
+        if not problems:
+            return
+        txn_id = getattr(txn, "id", None)
+        released = False
+        if release and isinstance(txn_id, str) and getattr(txn, "status", None) in VOIDABLE:
+            try:
+                voided = await self._run(self._gateway.transaction.void, txn_id)
+                released = bool(getattr(voided, "is_success", False))
+            except ProviderFault:
+                released = False
+        raise ProviderMismatch(
+            f"Braintree answered {'; '.join(dict.fromkeys(problems))}"
+            + ("; the transaction was voided" if released else
+               "; the transaction could not be voided"),
+            provider_reference=txn_id if isinstance(txn_id, str) else None, released=released)
 
     async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult:
         txn_id = self._require_reference(ref)
         result = await self._run(
             self._gateway.transaction.submit_for_settlement, txn_id,
             self._amount(amount, ref.currency), {"api_request_key": idempotency_key})
+        if getattr(result, "is_success", False):
+            await self._verify(getattr(result, "transaction", None), amount, ref.currency)
         return parse_payment_result(result, authorize=False, currency=ref.currency)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
@@ -193,6 +247,8 @@ class BraintreeProvider(Provider):
         options = {"amount": self._amount(amount, ref.currency),
                    "api_request_key": idempotency_key}
         result = await self._run(self._gateway.transaction.refund, txn_id, options)
+        if getattr(result, "is_success", False):
+            await self._verify(getattr(result, "transaction", None), amount, ref.currency)
         return parse_refund_result(result)
 
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
@@ -222,6 +278,7 @@ class BraintreeProvider(Provider):
         ``sent_at``; earlier (or with ``sent_at`` unknown) it proves nothing."""
         if ref.provider_reference:
             txn = await self._run(self._gateway.transaction.find, ref.provider_reference)
+            await self._verify(txn, None, ref.currency)
             return parse_transaction(txn, ref.currency)
         found = await self._run(self._search_order, ref.payment_id)
         if len(found) > 1:
@@ -229,6 +286,7 @@ class BraintreeProvider(Provider):
                             f"{len(found)} Braintree transactions with order_id "
                             f"{ref.payment_id}")
         if found:
+            await self._verify(found[0], None, ref.currency)
             return parse_transaction(found[0], ref.currency)
         if sent_at is not None and time.time() >= sent_at + self.lookup_proof_after_s:
             raise NotCreated(f"no Braintree transaction with order_id {ref.payment_id} "

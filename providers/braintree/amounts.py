@@ -1,8 +1,9 @@
 """Minor units <-> Braintree decimal amount strings, by currency exponent.
 
 Braintree amounts are decimal strings in the currency's major unit ("10.50" EUR,
-"500" JPY, "1.234" KWD). The gateway counts integers in the minor unit. Conversion
-is exact and integer-only: no float is ever involved.
+"500" JPY, "1.234" KWD), with the currency's ISO 4217 decimals (:mod:`gateway.currency`).
+The gateway counts integers in the minor unit. Conversion is exact and integer-only: no
+float is ever involved.
 """
 
 from __future__ import annotations
@@ -10,26 +11,20 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-#: ISO 4217 currencies whose minor unit is not 1/100.
-CURRENCY_EXPONENTS: dict[str, int] = {
-    # zero-decimal
-    "BIF": 0, "CLP": 0, "DJF": 0, "GNF": 0, "ISK": 0, "JPY": 0, "KMF": 0, "KRW": 0,
-    "PYG": 0, "RWF": 0, "UGX": 0, "UYI": 0, "VND": 0, "VUV": 0, "XAF": 0, "XOF": 0,
-    "XPF": 0,
-    # three-decimal
-    "BHD": 3, "IQD": 3, "JOD": 3, "KWD": 3, "LYD": 3, "OMR": 3, "TND": 3,
-}
-DEFAULT_EXPONENT = 2
+from gateway.currency import UnknownCurrency, minor_unit
+from providers.amounts import AmountError
+
+__all__ = ["AmountError", "exponent", "to_decimal_string", "to_minor_units"]
 
 _AMOUNT = re.compile(r"^(\d+)(?:\.(\d+))?$")
 
 
-class AmountError(ValueError):
-    """An amount that cannot be represented exactly in the currency's minor unit."""
-
-
 def exponent(currency: str) -> int:
-    return CURRENCY_EXPONENTS.get(currency.upper(), DEFAULT_EXPONENT)
+    """The ISO 4217 minor unit: Braintree amounts use the currency's ISO decimals."""
+    try:
+        return minor_unit(currency.upper())
+    except UnknownCurrency as exc:
+        raise AmountError(str(exc)) from None
 
 
 def to_decimal_string(minor: int, currency: str) -> str:

@@ -1,9 +1,12 @@
 """Stripe adapter: the official ``stripe`` SDK (async methods) behind :class:`Provider`.
 
-Amounts go through unchanged: Stripe and the gateway both count in the currency's
-minor unit (zero-decimal currencies such as JPY are whole units in both; Stripe
-wants three-decimal amounts rounded to a multiple of 10 and refuses others with an
-invalid-request error, which comes back as a decline with ``invalid_request``).
+Amounts: the gateway's ISO minor units are converted to Stripe's units by
+:mod:`providers.stripe.amounts` (Stripe's published rules: MGA is zero-decimal at Stripe,
+ISK two-decimal, three-decimal amounts need a last digit 0); an amount Stripe cannot
+take exactly is refused before anything is sent (RejectedSafe ``invalid_amount``).
+Every answer is checked against what was sent: a PaymentIntent, capture or refund in
+another currency or for another amount is never a success (:class:`ProviderMismatch`; a
+fresh PaymentIntent is cancelled first).
 
 Outcomes: see :mod:`providers.stripe.errors` for the exception table and
 :mod:`providers.stripe.parse` for how objects become results.
@@ -19,20 +22,24 @@ import aiohttp
 import stripe
 
 from gateway.state_machine import PaymentStatus
+from providers.amounts import AmountError
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     PaymentRef,
     Provider,
     ProviderFault,
+    ProviderMismatch,
     ProviderResult,
     RefundResult,
     RejectedSafe,
 )
+from providers.stripe.amounts import to_wire
 from providers.stripe.errors import Refusal, translate
 from providers.stripe.parse import (
     declined_payment,
     declined_refund,
+    iso_amount,
     parse_payment_intent,
     parse_refund,
 )
@@ -98,6 +105,40 @@ class StripeProvider(Provider):
             return outcome
 
     @staticmethod
+    def _wire(amount: int, currency: str) -> int:
+        try:
+            return to_wire(amount, currency)
+        except (AmountError, ValueError) as exc:
+            raise RejectedSafe("invalid_amount", str(exc)) from None
+
+    async def _verify(self, obj: dict[str, Any], amount_key: str, amount: int,
+                      currency: str, *, cancel: bool = False) -> None:
+        """``obj`` must be in ``currency`` with ``obj[amount_key] == amount`` (ISO minor
+        units); otherwise raise :class:`ProviderMismatch`, cancelling a fresh PaymentIntent
+        first when ``cancel``."""
+        got_currency = obj.get("currency")
+        got = iso_amount(obj, amount_key)
+        if (isinstance(got_currency, str) and got_currency.upper() == currency.upper()
+                and got == amount):
+            return
+        released = False
+        obj_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+        if cancel and obj_id:
+            client = await self._sdk()
+            try:
+                done = await self._call(lambda: client.v1.payment_intents.cancel_async(
+                    obj_id, {"cancellation_reason": "abandoned"}))
+                released = not isinstance(done, Refusal) and _as_dict(done).get(
+                    "status") == "canceled"
+            except ProviderFault:
+                released = False
+        raise ProviderMismatch(
+            f"Stripe answered {obj.get(amount_key)!r} {str(got_currency).upper()} for "
+            f"{amount} {currency.upper()} (ISO minor units)"
+            + ("; the PaymentIntent was cancelled" if released else ""),
+            provider_reference=obj_id, released=released)
+
+    @staticmethod
     def _require_reference(ref: PaymentRef) -> str:
         if not ref.provider_reference:
             raise RejectedSafe("missing_provider_reference",
@@ -111,7 +152,7 @@ class StripeProvider(Provider):
         if req.reference:
             metadata["reference"] = req.reference
         return {
-            "amount": req.amount,
+            "amount": self._wire(req.amount, req.currency),
             "currency": req.currency.lower(),
             "capture_method": "manual" if req.capture_manual else "automatic",
             "confirm": True,
@@ -130,7 +171,9 @@ class StripeProvider(Provider):
             if failure.code != "card_declined":  # bad token, unsupported currency, ...
                 failure = replace(failure, code="invalid_request")
             return declined_payment(replace(got, failure=failure))
-        return parse_payment_intent(_as_dict(got))
+        pi = _as_dict(got)
+        await self._verify(pi, "amount", req.amount, req.currency, cancel=True)
+        return parse_payment_intent(pi)
 
     async def authorize(self, req: AuthorizeRequest) -> ProviderResult:
         return await self._create(req)
@@ -147,11 +190,14 @@ class StripeProvider(Provider):
         pi_id = self._require_reference(ref)
         client = await self._sdk()
         opts: Any = {"idempotency_key": idempotency_key}
+        wire = self._wire(amount, ref.currency)
         got = await self._call(lambda: client.v1.payment_intents.capture_async(
-            pi_id, {"amount_to_capture": amount}, opts))
+            pi_id, {"amount_to_capture": wire}, opts))
         if isinstance(got, Refusal):
             return self._follow_up_refusal(got)
-        return parse_payment_intent(_as_dict(got))
+        pi = _as_dict(got)
+        await self._verify(pi, "amount_received", amount, ref.currency)
+        return parse_payment_intent(pi)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
         pi_id = self._require_reference(ref)
@@ -168,13 +214,17 @@ class StripeProvider(Provider):
     ) -> RefundResult:
         pi_id = self._require_reference(ref)
         client = await self._sdk()
-        params: Any = {"payment_intent": pi_id, "amount": amount, "metadata": {
-            "gateway_refund_id": refund_id, "gateway_payment_id": ref.payment_id}}
+        params: Any = {
+            "payment_intent": pi_id, "amount": self._wire(amount, ref.currency),
+            "metadata": {"gateway_refund_id": refund_id, "gateway_payment_id": ref.payment_id},
+        }
         opts: Any = {"idempotency_key": idempotency_key}
         got = await self._call(lambda: client.v1.refunds.create_async(params, opts))
         if isinstance(got, Refusal):
             return declined_refund(got)
-        return parse_refund(_as_dict(got))
+        refund = _as_dict(got)
+        await self._verify(refund, "amount", amount, ref.currency)
+        return parse_refund(refund)
 
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
         """Current state of a refund (reconciliation of pending refunds)."""

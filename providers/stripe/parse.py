@@ -6,13 +6,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.amounts import AmountError
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
+from providers.stripe.amounts import from_wire
 from providers.stripe.errors import Refusal
 from providers.stripe.status import map_payment_intent_status, map_refund_status
 
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def iso_amount(obj: Mapping[str, Any], key: str) -> int | None:
+    """``obj[key]`` (Stripe's wire units) in ISO minor units of ``obj["currency"]``; None
+    when absent or not exactly convertible."""
+    value, currency = _int(obj.get(key)), obj.get("currency")
+    if value is None or not isinstance(currency, str):
+        return None
+    try:
+        return from_wire(value, currency)
+    except (AmountError, ValueError):
+        return None
 
 
 def _payment_error(pi: Mapping[str, Any]) -> Failure | None:
@@ -29,13 +43,13 @@ def parse_payment_intent(pi: Mapping[str, Any]) -> ProviderResult:
     failed confirmation) gives outcome DECLINED; every other status SUCCEEDED."""
     raw = pi.get("status")
     status, _mapped = map_payment_intent_status(raw if isinstance(raw, str) else None)
-    amount = _int(pi.get("amount"))
+    amount = iso_amount(pi, "amount")
     authorized: int | None = None
     captured: int | None = None
     if status is PaymentStatus.AUTHORIZED:
-        authorized, captured = _int(pi.get("amount_capturable")) or amount, 0
+        authorized, captured = iso_amount(pi, "amount_capturable") or amount, 0
     elif status is PaymentStatus.CAPTURED:
-        captured = _int(pi.get("amount_received"))
+        captured = iso_amount(pi, "amount_received")
         authorized = amount
     next_action = pi.get("next_action") if status is PaymentStatus.REQUIRES_ACTION else None
     failure = _payment_error(pi) if status is PaymentStatus.DECLINED else None

@@ -40,6 +40,7 @@ from typing import Any
 import stripe
 
 from gateway.state_machine import PaymentStatus
+from providers.stripe.parse import iso_amount
 from providers.stripe.status import map_refund_status
 from providers.webhook_event import (
     InvalidSignature,
@@ -152,9 +153,9 @@ def parse_event(event: Mapping[str, Any]) -> list[WebhookEvent]:
         status = PAYMENT_EVENTS[etype]
         amount = None
         if status is P.CAPTURED:
-            amount = _int(obj.get("amount_received"))
+            amount = iso_amount(obj, "amount_received")
         elif status is P.AUTHORIZED:
-            amount = _int(obj.get("amount_capturable"))
+            amount = iso_amount(obj, "amount_capturable")
         return [base(payment_reference=_str(obj.get("id")), target="payment", status=status,
                      amount=amount)]
     if etype in REFUND_EVENTS:
@@ -182,7 +183,7 @@ def _refund_event(base: Any, obj: Mapping[str, Any], etype: str, *,
     assert isinstance(meta, Mapping)
     kw: dict[str, Any] = {
         "payment_reference": _str(obj.get("payment_intent")) or fallback_pi,
-        "target": "refund", "status": status, "amount": _int(obj.get("amount")),
+        "target": "refund", "status": status, "amount": iso_amount(obj, "amount"),
         "refund_reference": _str(obj.get("id")),
         "refund_id": _str(meta.get("gateway_refund_id")),
         "raw_summary": f"{etype} {obj.get('id')} status={obj.get('status')}",
