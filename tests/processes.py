@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,13 +60,15 @@ async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
 
 
 @contextmanager
-def sandbox_process(log: Path, providers: tuple[str, ...] = ("stripe", "braintree", "adyen")
-                    ) -> Iterator[dict[str, Any]]:
-    """Run `gateway sandbox` on OS-chosen ports; yields its ready line (ports, URLs)."""
+def sandbox_process(log: Path, providers: tuple[str, ...] = ("stripe", "braintree", "adyen"),
+                    extra_args: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
+    """Run `gateway sandbox` on OS-chosen ports; yields its ready line (ports, URLs).
+    ``extra_args``: more `gateway sandbox` options (e.g. ``--webhook-url stripe=URL``)."""
     args = [sys.executable, "-m", "gateway", "sandbox", "--host", "127.0.0.1",
             "--control-port", "0"]
     for name in providers:
         args += [f"--{name}-port", "0"]
+    args += list(extra_args)
     with log.open("ab") as err:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=err,
                                 stdin=subprocess.DEVNULL, env=child_env())
@@ -108,6 +111,28 @@ async def start_gateway(config: Path, log: Path, session: aiohttp.ClientSession,
             await _sleep(0.05)
         stop(proc)
     raise AssertionError(f"gateway did not start; log: {_tail(log)}")
+
+
+async def start_gateway_on(port: int, config: Path, log: Path, session: aiohttp.ClientSession
+                           ) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `gateway serve` on a port chosen beforehand (e.g. the one the simulators of a
+    sandbox process already send their webhooks to); wait for /healthz."""
+    base = f"http://127.0.0.1:{port}"
+    proc = spawn_gateway_cli(["serve", "--config", str(config), "--port", str(port)], log)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if await http_ok(session, f"{base}/healthz"):
+            return proc, base
+        await _sleep(0.05)
+    stop(proc)
+    raise AssertionError(f"gateway did not start on port {port}; log: {_tail(log)}")
+
+
+def kill_9(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL the process (no cleanup, no graceful shutdown) and reap it."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
 
 
 async def restart_gateway(proc: subprocess.Popen[bytes], base: str, config: Path, log: Path,
