@@ -490,8 +490,9 @@ class Orchestrator:
         key = _op_key(payment_id, op, merchant_key)
         while True:
             stale: list[dict[str, Any]] = []
+            created: list[bool] = []
             reserve = functools.partial(self._reserve_operation, op=op, amount=amount,
-                                        key=key, stale=stale)
+                                        key=key, stale=stale, created=created)
             doc = await mutate(self.store, payment_id, reserve)
             if stale:
                 # Another request's operation outlived its lease (its owner crashed): we
@@ -507,13 +508,14 @@ class Orchestrator:
                     raise OperationError("provider_refused",
                                          f"{doc.get('provider')} refused the {op}")
                 return doc  # a retry of a finished operation: its real outcome
-            return await self._resume_operation(doc)
+            return await self._resume_operation(doc, fresh=bool(created))
 
     def _reserve_operation(
         self, d: dict[str, Any], *, op: str, amount: int | None, key: str,
-        stale: list[dict[str, Any]],
+        stale: list[dict[str, Any]], created: list[bool],
     ) -> Events:
         stale.clear()
+        created.clear()
         current = d.get("_operation")
         lease_s = self._live_s(d.get("provider") or "")
         if current is not None:
@@ -545,9 +547,16 @@ class Orchestrator:
         started = now()
         d["_operation"] = {"op": op, "amount": amt, "key": key, "started_at": started,
                            "lease_until": started + lease_s}
+        created.append(True)
         return [audit(f"{op}_requested", "merchant", amount=amt or None)]
 
-    async def _resume_operation(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def _resume_operation(self, doc: dict[str, Any], *, fresh: bool = False
+                                ) -> dict[str, Any]:
+        """Send the recorded operation (again) with its own key. ``fresh``: this request
+        has just recorded it, so no earlier send can exist; only then may a safe failure
+        drop it. Otherwise an earlier send (a crashed request, an ambiguous try) may have
+        been processed: the operation stays recorded, its lease cut short, for the next
+        retry or reconciliation."""
         op = doc.get("_operation")
         if op is None:
             return doc
@@ -564,7 +573,11 @@ class Orchestrator:
             fault: ProviderFault = exc
 
             def release(d: dict[str, Any]) -> Events:
-                d["_operation"] = None  # nothing happened: the same key may try again
+                current = d.get("_operation")
+                if fresh:
+                    d["_operation"] = None  # nothing happened: the same key may try again
+                elif isinstance(current, dict) and current.get("key") == op["key"]:
+                    current["lease_until"] = now()  # resumable at once by anyone
                 return [audit(f"{name}_failed_safe", "provider_response",
                               error_code=fault.error_code)]
 
@@ -628,16 +641,41 @@ class Orchestrator:
                                  "_live_until": now() + self._live_s(d.get("provider") or "")})
             return [audit("refund_requested", "merchant", refund_id=refund_id, amount=amt)]
 
-        doc = await mutate(self.store, payment_id, reserve)
+        created: list[bool] = []
+
+        def reserve_once(d: dict[str, Any]) -> Events:
+            created.clear()
+            events = reserve(d)
+            if events:
+                created.append(True)
+            return events
+
+        doc = await mutate(self.store, payment_id, reserve_once)
         refund = next(r for r in doc["refunds"] if r["id"] == refund_id)
         if not refund.get("_in_flight") and refund["status"] != RefundStatus.UNKNOWN:
             return doc
-        return await self._send_refund(doc, refund)
+        return await self._send_refund(doc, refund, fresh=bool(created))
 
     async def resolve_refunds(self, doc: dict[str, Any], source: str) -> dict[str, Any]:
         """Ask the provider about refunds still pending/unknown: an idempotent re-send
         (same key) for unknown ones, a lookup for pending ones."""
         for refund in list(doc["refunds"]):
+            if refund["status"] == RefundStatus.UNKNOWN and refund["provider_reference"]:
+                # Known to the provider: ask it (a re-send could keep replaying a stored
+                # 500 for that key); resend only where no lookup exists (Adyen).
+                provider = self._provider_of(doc)
+                try:
+                    result = await call_provider(
+                        provider.name, "lookup",
+                        functools.partial(provider.retrieve_refund, refund["provider_reference"]),
+                        self.config.retry, self._deadline(),
+                    )
+                except ProviderFault:
+                    pass
+                else:
+                    doc = await mutate(self.store, doc["id"], functools.partial(
+                        _settle_refund, refund_id=refund["id"], result=result, source=source))
+                    continue
             if refund["status"] == RefundStatus.UNKNOWN or (
                     refund["status"] == RefundStatus.PENDING and not refund["provider_reference"]):
                 try:
@@ -658,7 +696,10 @@ class Orchestrator:
                     _settle_refund, refund_id=refund["id"], result=result, source=source))
         return doc
 
-    async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any]) -> dict[str, Any]:
+    async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any], *,
+                           fresh: bool = False) -> dict[str, Any]:
+        """Send (or re-send, same key) one refund. Only a ``fresh`` refund -- recorded by
+        this very request, so never sent before -- is dropped on a safe failure."""
         provider = self._provider_of(doc)
         ref = self._ref(doc)
         rid = refund["id"]
@@ -673,7 +714,7 @@ class Orchestrator:
 
             def drop(d: dict[str, Any]) -> Events:
                 r = next(x for x in d["refunds"] if x["id"] == rid)
-                if r["status"] == RefundStatus.PENDING and r.get("_in_flight"):
+                if fresh and r["status"] == RefundStatus.PENDING and r.get("_in_flight"):
                     d["refunds"].remove(r)
                     store_snapshot(d, settle_refund(snapshot(d), r["amount"], succeeded=False))
                 return [audit("refund_failed_safe", "provider_response", refund_id=rid,
@@ -687,6 +728,11 @@ class Orchestrator:
 
             def unknown(d: dict[str, Any]) -> Events:
                 r = next(x for x in d["refunds"] if x["id"] == rid)
+                if r["status"] in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+                    # settled meanwhile (a webhook): a lost answer changes nothing
+                    return [audit("event_ignored", "provider_response", refund_id=rid,
+                                  reason=f"refund already {r['status']}",
+                                  detail=f"outcome unknown: {unknown_code}")]
                 r["status"] = RefundStatus.UNKNOWN.value
                 r["_in_flight"] = False
                 return [audit("refund_unknown", "provider_response", refund_id=rid,

@@ -108,6 +108,10 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
                 captured = event.amount
             if captured is not None and captured > d["amount_authorized"] > 0:
                 captured = None  # never trust an amount above the hold; the ledger derives
+        if event.payment_reference and not d.get("provider_reference"):
+            # The webhook overtook the provider's own answer (or that answer was lost):
+            # it names the provider's object, which every follow-up needs.
+            d["provider_reference"] = event.payment_reference
         events = [apply_status(d, StatusEvent(target, authorized=authorized, captured=captured),
                                source, detail=detail)]
         result = _classify(events[0])
