@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway import metrics
 from gateway.api.errors import ApiError
+from gateway.logs import contains_card_number
 from gateway.store import ClaimOutcome, Store
 
 _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
@@ -47,6 +48,10 @@ def require_key(value: str | None) -> str:
     if not _KEY.match(value):
         raise ApiError(400, "invalid_request", "idempotency_key_invalid",
                        "Idempotency-Key must be 1-255 printable ASCII characters",
+                       param="Idempotency-Key")
+    if contains_card_number(value):  # it would be stored as the key: refuse it first
+        raise ApiError(400, "invalid_request", "raw_card_data_rejected",
+                       "the Idempotency-Key must not contain a card number",
                        param="Idempotency-Key")
     return value
 

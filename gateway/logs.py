@@ -19,7 +19,10 @@ from typing import Any
 REDACTED = "[REDACTED]"
 _secrets: set[str] = set()
 _secret_re: re.Pattern[str] | None = None
-_DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ -]?){12,18}\d(?!\d)")
+#: 13-19 digits, possibly written with separators between them (spaces, tabs, dots,
+#: dashes, slashes; up to two in a row, e.g. "4242  4242", "4242.4242/4242-4242").
+_DIGIT_RUN = re.compile(r"(?<!\d)(?:\d[ \t./-]{0,2}){12,18}\d(?!\d)")
+_SEPARATORS = re.compile(r"[ \t./-]")
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "request_id", default=None
@@ -45,7 +48,7 @@ def luhn_valid(digits: str) -> bool:
 
 def contains_card_number(text: str) -> bool:
     for m in _DIGIT_RUN.finditer(text):
-        digits = re.sub(r"[ -]", "", m.group(0))
+        digits = _SEPARATORS.sub("", m.group(0))
         if 13 <= len(digits) <= 19 and luhn_valid(digits):
             return True
     return False
@@ -65,7 +68,7 @@ def redact(text: str) -> str:
         text = _secret_re.sub(REDACTED, text)
 
     def _card(m: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", m.group(0))
+        digits = _SEPARATORS.sub("", m.group(0))
         return REDACTED if 13 <= len(digits) <= 19 and luhn_valid(digits) else m.group(0)
 
     return _DIGIT_RUN.sub(_card, text)

@@ -30,7 +30,13 @@ def new_key() -> tuple[str, str]:
 
 
 def bearer_token(request: web.Request) -> str | None:
+    """The bearer token, None when absent; 401 for a header that is not printable ASCII
+    (aiohttp hands such bytes over as surrogate escapes, which must never reach a hash)."""
     header = request.headers.get("Authorization", "")
+    if not (header.isascii() and header.isprintable()):
+        raise ApiError(401, "authentication_failed", "malformed_authorization",
+                       "the Authorization header must be printable ASCII",
+                       headers={"WWW-Authenticate": "Bearer"})
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

@@ -27,6 +27,16 @@ def _route(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _check_encoding(request: web.Request) -> None:
+    """Bodies are accepted uncompressed only (SPEC 12.1): a compressed body would be
+    inflated before any size limit applies, and garbage in it must not reach a parser."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise ApiError(400, "invalid_request", "unsupported_content_encoding",
+                       "send the body uncompressed (Content-Encoding: identity)",
+                       param="Content-Encoding")
+
+
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id", "")
@@ -39,6 +49,7 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     status = 500
     try:
         try:
+            _check_encoding(request)
             response = await handler(request)
         except ApiError as err:
             response = err.response()

@@ -7,10 +7,10 @@ Raw card data is refused before anything else looks at the body: a ``number`` /
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
+from gateway.api import json_body
 from gateway.api.errors import ApiError
 from gateway.currency import UnknownCurrency, minor_unit
 from gateway.logs import contains_card_number
@@ -45,12 +45,12 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        body = json_body.loads(raw)
+    except json_body.BodyError as exc:
         if contains_card_number(raw.decode("utf-8", "replace")):
             raise ApiError(400, "invalid_request", "raw_card_data_rejected",
                            "raw card data is not accepted; send a payment-method token") from None
-        raise _bad("body", "the request body must be a JSON object", "invalid_json") from None
+        raise _bad("body", exc.message, exc.code) from None
     if _walk_for_card_data(body):
         raise ApiError(400, "invalid_request", "raw_card_data_rejected",
                        "raw card data is not accepted; send a payment-method token")

@@ -134,7 +134,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
         _count(name, "stale")
         raise ApiError(400, "invalid_request", "stale_timestamp",
                        "webhook timestamp outside the tolerance") from None
-    except MalformedWebhook as exc:
+    except (MalformedWebhook, ValueError, RecursionError) as exc:
+        # ValueError covers JSON/UTF-8 errors of a body whose scheme parses it first
         _count(name, "malformed")
         log.warning("webhook rejected: malformed", extra={"provider": name, "reason": str(exc)})
         raise ApiError(400, "invalid_request", "malformed_webhook",

@@ -25,6 +25,7 @@ is the transaction's ``order_id`` (the adapter sends the gateway payment id ther
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,9 +35,18 @@ import braintree
 
 from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.braintree.amounts import AmountError, to_minor_units
-from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
+from providers.webhook_event import (
+    InvalidSignature,
+    MalformedWebhook,
+    StaleTimestamp,
+    WebhookEvent,
+)
 
 P, R = PaymentStatus, RefundStatus
+#: Oldest notification accepted: Braintree's retry schedule (hourly, 24 h) plus an hour.
+MAX_AGE_S = 25 * 3600.0
+#: Newest: the sender's clock may run this far ahead of ours.
+MAX_FUTURE_S = 300.0
 
 _gateways: dict[tuple[str, str], braintree.BraintreeGateway] = {}
 _lock = threading.Lock()
@@ -73,10 +83,14 @@ def verify_and_parse(
     raw_body: bytes, headers: Mapping[str, str], public_key: str | None,
     private_key: str | None, *, now: float | None = None,
 ) -> list[WebhookEvent]:
-    """Verify and map one Braintree notification (``headers`` / ``now`` unused: the
-    payload's own timestamp is not checked against a tolerance; replays are caught by
-    the event-id dedupe)."""
-    del headers, now
+    """Verify and map one Braintree notification (``headers`` unused).
+
+    Freshness (SPEC 8): the signed payload's own ``timestamp`` must lie within
+    :data:`MAX_AGE_S` in the past (Braintree retries an undelivered notification hourly for
+    up to 24 h, so a shorter window would drop its retries after an outage) and
+    :data:`MAX_FUTURE_S` in the future (clock skew); otherwise :class:`StaleTimestamp`.
+    Replays inside the window are caught by the event-id dedupe."""
+    del headers
     if not public_key or not private_key:
         raise InvalidSignature("no Braintree public/private key configured")
     signature, payload = _form(raw_body)
@@ -88,7 +102,13 @@ def verify_and_parse(
     except Exception as exc:  # XML / attribute errors inside the SDK after a valid signature
         raise MalformedWebhook(f"Braintree notification cannot be parsed: "
                                f"{type(exc).__name__}") from exc
-    return [to_event(notification)]
+    event = to_event(notification)
+    current = time.time() if now is None else now
+    if event.occurred_at is None:
+        raise MalformedWebhook("Braintree notification without a timestamp")
+    if not -MAX_FUTURE_S <= current - event.occurred_at <= MAX_AGE_S:
+        raise StaleTimestamp("Braintree notification timestamp outside the accepted window")
+    return [event]
 
 
 def _timestamp(value: Any) -> float | None:
