@@ -9,14 +9,19 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ChargeView:
-    """One authorization as ``GET /_sim/{provider}/charges`` reports it."""
+    """One authorization as ``GET /_sim/{provider}/charges`` reports it.
+
+    Amounts are in ISO 4217 minor units, whatever the provider's wire units are (each
+    simulator converts with its provider's own table and
+    :mod:`providers.simulator.iso_units`); a float marks an amount ISO units cannot
+    hold exactly."""
 
     id: str
-    amount: int
+    amount: int | float
     currency: str
     status: str  # the provider's own status string
-    amount_captured: int
-    amount_refunded: int
+    amount_captured: int | float
+    amount_refunded: int | float
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -2,6 +2,17 @@
 
 Operations raise :class:`StripeApiError` with Stripe's status/type/code for every
 refusal, so the HTTP layer only renders ``{"error": {...}}`` envelopes.
+
+Amounts are Stripe's own integers, checked against Stripe's documented currency rules
+(docs.stripe.com/currencies, "Zero-decimal currencies", "Three-decimal currencies",
+"Special cases"), kept here as the simulator's own table -- never the adapter's:
+
+* zero-decimal currencies (:data:`ZERO_DECIMAL`): whole units;
+* three-decimal currencies (:data:`THREE_DECIMAL`): three decimals, last digit 0;
+* ISK: zero-decimal, but represented two-decimal on the wire, so a multiple of 100;
+* every other currency: two decimals.
+
+A breach is Stripe's 400 ``invalid_request_error`` with ``param: amount``.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from providers.simulator.iso_units import wire_to_iso
 from providers.simulator.tokens import CardBehavior, SandboxCard
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -58,6 +70,43 @@ REFUND_PARAMS = frozenset({"payment_intent", "charge", "amount", "metadata", "re
 SEARCH_PARAMS = frozenset({"query", "limit", "page", "expand"})
 
 
+#: Stripe's zero-decimal currencies (docs.stripe.com/currencies#zero-decimal).
+ZERO_DECIMAL: frozenset[str] = frozenset(
+    "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())
+#: Stripe's three-decimal currencies: the last of the three decimals must be 0.
+THREE_DECIMAL: frozenset[str] = frozenset("BHD JOD KWD OMR TND".split())
+#: Zero-decimal currencies Stripe keeps two-decimal on the wire (multiples of 100).
+TWO_DECIMAL_WHOLE: frozenset[str] = frozenset({"ISK"})
+
+
+def wire_exponent(currency: str) -> int:
+    """How many decimals Stripe's ``amount`` integer carries for ``currency``."""
+    c = currency.upper()
+    if c in ZERO_DECIMAL:
+        return 0
+    if c in THREE_DECIMAL:
+        return 3
+    return 2
+
+
+def check_amount(amount: int, currency: str, param: str = "amount") -> None:
+    """Stripe's per-currency amount rules; raises the 400 it answers."""
+    c = currency.upper()
+    if c in THREE_DECIMAL and amount % 10:
+        raise invalid(f"Invalid amount: {amount} {c}. {c} is a three-decimal currency and the "
+                      "last decimal must be 0 (the amount must be a multiple of 10).",
+                      code="amount_invalid", param=param)
+    if c in TWO_DECIMAL_WHOLE and amount % 100:
+        raise invalid(f"Invalid amount: {amount} {c}. {c} amounts are represented with two "
+                      "decimals that must be 00 (the amount must be a multiple of 100).",
+                      code="amount_invalid", param=param)
+
+
+def iso_minor(amount: int, currency: str) -> int | float:
+    """A Stripe ``amount`` as the ISO 4217 minor units it represents (charges view)."""
+    return wire_to_iso(amount, wire_exponent(currency), currency)
+
+
 def new_id(prefix: str) -> str:
     return prefix + "_" + "".join(secrets.choice(_ALPHABET) for _ in range(24))
 
@@ -68,13 +117,15 @@ class StripeApiError(Exception):
     def __init__(
         self, status: int, type_: str, message: str, *, code: str | None = None,
         param: str | None = None, decline_code: str | None = None,
-        payment_intent: dict[str, Any] | None = None,
+        payment_intent: dict[str, Any] | None = None, charge: str | None = None,
+        payment_method: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.error: dict[str, Any] = {"type": type_, "message": message}
         for key, value in (("code", code), ("param", param), ("decline_code", decline_code),
-                           ("payment_intent", payment_intent)):
+                           ("charge", charge), ("payment_intent", payment_intent),
+                           ("payment_method", payment_method)):
             if value is not None:
                 self.error[key] = value
         if code:
@@ -135,16 +186,41 @@ class PaymentIntent:
             "description": self.description, "livemode": False,
         }
 
+    def payment_method_dict(self) -> dict[str, Any] | None:
+        """The PaymentMethod object behind ``payment_method`` (Stripe's ``payment_method``
+        schema: id, object, billing_details, card, created, livemode, type)."""
+        if self.payment_method is None:
+            return None
+        card = self.card
+        return {
+            "id": self.payment_method, "object": "payment_method",
+            "billing_details": {"address": {"city": None, "country": None, "line1": None,
+                                            "line2": None, "postal_code": None,
+                                            "state": None},
+                                "email": None, "name": None, "phone": None},
+            "card": {"brand": card.brand if card else "unknown", "country": "US",
+                     "exp_month": 12, "exp_year": 2034, "funding": "credit",
+                     "last4": card.last4 if card else "0000", "fingerprint": None,
+                     "checks": None, "networks": None, "three_d_secure_usage": None,
+                     "wallet": None, "generated_from": None},
+            "created": self.created, "customer": None, "livemode": False, "metadata": {},
+            "type": "card",
+        }
+
     def charge_dict(self) -> dict[str, Any]:
-        """A minimal Charge object (webhooks ``charge.*``)."""
+        """The Charge object (webhooks ``charge.*``); ``refunds`` is not included (Stripe
+        stopped including it by default in API version 2022-11-15)."""
+        failed = self.last_payment_error is not None and self.amount_received == 0
         return {
             "id": self.latest_charge, "object": "charge", "amount": self.amount,
             "amount_captured": self.amount_received, "amount_refunded": self.amount_refunded,
-            "captured": self.amount_received > 0, "currency": self.currency,
-            "payment_intent": self.id, "metadata": dict(self.metadata),
+            "billing_details": {"address": None, "email": None, "name": None, "phone": None},
+            "captured": self.amount_received > 0, "created": self.created,
+            "currency": self.currency, "disputed": False, "livemode": False,
+            "metadata": dict(self.metadata), "paid": not failed,
+            "payment_intent": self.id, "payment_method": self.payment_method,
             "refunded": self.amount_received > 0 and self.amount_refunded >= self.amount_received,
-            "status": "failed" if self.last_payment_error else "succeeded",
-            "livemode": False,
+            "status": "failed" if failed else "succeeded",
         }
 
 
@@ -162,12 +238,15 @@ class Refund:
     created: int = field(default_factory=lambda: int(time.time()))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id, "object": "refund", "amount": self.amount, "currency": self.currency,
             "payment_intent": self.payment_intent, "charge": self.charge,
             "metadata": dict(self.metadata), "reason": self.reason, "status": self.status,
-            "failure_reason": self.failure_reason, "created": self.created,
+            "created": self.created,
         }
+        if self.status == "failed":  # Stripe sends failure_reason only for a failed refund
+            out["failure_reason"] = self.failure_reason or "unknown"
+        return out
 
 
 def _approve(pi: PaymentIntent) -> None:
@@ -183,12 +262,15 @@ def _decline(pi: PaymentIntent, decline_code: str, code: str = "card_declined") 
     if code == "payment_intent_authentication_failure":
         message = "The provided PaymentMethod has failed authentication."
     pi.status, pi.next_action = "requires_payment_method", None
+    payment_method = pi.payment_method_dict()
     pi.last_payment_error = {
         "type": "card_error", "code": code, "decline_code": decline_code, "message": message,
-        "charge": pi.latest_charge, "payment_method": {"id": pi.payment_method, "type": "card"},
+        "charge": pi.latest_charge, "payment_method": payment_method,
+        "doc_url": f"https://stripe.com/docs/error-codes/{code.replace('_', '-')}",
     }
     return StripeApiError(402, "card_error", message, code=code, decline_code=decline_code,
-                          payment_intent=pi.to_dict())
+                          payment_intent=pi.to_dict(), charge=pi.latest_charge,
+                          payment_method=payment_method)
 
 
 def confirm(pi: PaymentIntent, three_ds_url: str) -> None:
@@ -244,6 +326,7 @@ def capture(pi: PaymentIntent, amount: int | None) -> None:
             "requires_capture.", code="payment_intent_unexpected_state",
             payment_intent=pi.to_dict())
     amount = pi.amount_capturable if amount is None else amount
+    check_amount(amount, pi.currency, "amount_to_capture")
     if amount < 1 or amount > pi.amount_capturable:
         raise invalid("The amount_to_capture must be less than or equal to the "
                       f"amount_capturable ({pi.amount_capturable}).", code="amount_too_large",
@@ -277,6 +360,7 @@ def refund(pi: PaymentIntent, amount: int | None, metadata: dict[str, str],
     if amount < 1:
         raise invalid("Refund amount must be at least 1.", code="parameter_invalid_integer",
                       param="amount")
+    check_amount(amount, pi.currency)
     if amount > remaining:
         raise invalid(f"Refund amount ({amount}) is greater than unrefunded amount on charge "
                       f"({remaining})", code="amount_too_large", param="amount")

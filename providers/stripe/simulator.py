@@ -9,8 +9,13 @@ its answer (2xx, 400, 402, 404 -- and a 500 produced after execution started, se
 ``Idempotent-Replayed: true``; same key with other parameters -> 400
 ``idempotency_error``; same key while the first is still running -> 409
 ``idempotency_key_in_use``. Nothing is stored for 401, 429, early validation failures
-(malformed form bodies) or 5xx injected before processing; those may be retried.
-Under ``late_process`` the key is claimed when the late processing starts.
+(a malformed form body, an unknown parameter) or 5xx injected before processing: the
+same key may be retried (with the parameters fixed). Under ``late_process`` the key is
+claimed when the late processing starts. Every error answered after authentication
+carries ``request_log_url`` (the dashboard log of that request, like Stripe's).
+
+Amounts follow Stripe's documented currency rules (:func:`sim_model.check_amount`);
+the charges view (``GET /_sim/stripe/charges``) reports them in ISO 4217 minor units.
 
 Search (``GET /v1/payment_intents/search``, Stripe's Search API): the Search Query
 Language subset of :func:`providers.stripe.sim_model.parse_search_query`, newest first,
@@ -25,6 +30,7 @@ import asyncio
 import base64
 import binascii
 import json
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -76,6 +82,18 @@ def _check_params(params: Mapping[str, Any], allowed: frozenset[str]) -> None:
         if key not in allowed:
             raise m.invalid(f"Received unknown parameter: {key}", code="parameter_unknown",
                             param=key)
+
+
+def _log_url(request_id: str) -> str:
+    return f"https://dashboard.stripe.com/test/logs/{request_id}?t={int(time.time())}"
+
+
+def _with_log_url(body: dict[str, Any], request_id: str) -> dict[str, Any]:
+    """An error envelope with ``request_log_url`` (Stripe adds it to logged requests)."""
+    error = body.get("error")
+    if isinstance(error, dict) and "request_log_url" not in error:
+        body = {**body, "error": {**error, "request_log_url": _log_url(request_id)}}
+    return body
 
 
 def _fault_parts(status: int) -> tuple[dict[str, Any], dict[str, str]]:
@@ -155,9 +173,13 @@ class StripeSimulator(SimulatedProvider):
         return _json(status, body, headers)
 
     def charges(self, reference: str) -> list[ChargeView]:
+        """In ISO 4217 minor units (Stripe's amounts converted with its own rules)."""
+        def iso(amount: int, pi: m.PaymentIntent) -> int | float:
+            return m.iso_minor(amount, pi.currency)
+
         return [
-            ChargeView(pi.id, pi.amount, pi.currency.upper(), pi.status, pi.amount_received,
-                       pi.amount_refunded)
+            ChargeView(pi.id, iso(pi.amount, pi), pi.currency.upper(), pi.status,
+                       iso(pi.amount_received, pi), iso(pi.amount_refunded, pi))
             for pi in self.intents.values()
             if reference in (pi.metadata.get("gateway_payment_id"), pi.metadata.get("reference"))
         ]
@@ -200,12 +222,17 @@ class StripeSimulator(SimulatedProvider):
                 return denied
             request_id = m.new_id("req")
             headers = {"Request-Id": request_id}
-            try:
+            try:  # early validation: answered, never stored against the Idempotency-Key
                 pairs = (parse_pairs(await request.read()) if request.method == "POST"
                          else list(request.query.items()))
                 params = decode_form(pairs)
+                if allowed is not None:
+                    _check_params(params, allowed)
             except FormError as exc:
-                return _json(400, m.invalid(str(exc), param=exc.param).body(), headers)
+                return _json(400, _with_log_url(m.invalid(str(exc), param=exc.param).body(),
+                                                request_id), headers)
+            except m.StripeApiError as exc:
+                return _json(exc.status, _with_log_url(exc.body(), request_id), headers)
             key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
             scope = f"{request.headers.get('Authorization', '')}\x00{key}"
             if key:
@@ -216,29 +243,30 @@ class StripeSimulator(SimulatedProvider):
                                         headers={**claim.stored.headers, **headers,
                                                  "Idempotent-Replayed": "true"})
                 if claim.claim is Claim.MISMATCH:
-                    return _json(400, {"error": {
+                    return _json(400, _with_log_url({"error": {
                         "type": "idempotency_error", "message":
                         f"Keys for idempotent requests can only be used with the same "
                         f"parameters they were first used with. Try using a key other than "
-                        f"'{key}' if you meant to execute a different request."}}, headers)
+                        f"'{key}' if you meant to execute a different request."}},
+                        request_id), headers)
                 if claim.claim is Claim.IN_FLIGHT:
-                    return _json(409, {"error": {
+                    return _json(409, _with_log_url({"error": {
                         "type": "idempotency_error", "code": "idempotency_key_in_use",
                         "message": "There is currently another in-progress request using this "
                         "Idempotent Key (probably a retry). Retry after a short delay."}},
-                        headers)
+                        request_id), headers)
             stored: StoredResponse | None = None
             try:
                 if self.processing_delay_s:
                     await asyncio.sleep(self.processing_delay_s)
                 try:
-                    if allowed is not None:
-                        _check_params(params, allowed)
                     status, body = op(request, params)
                 except FormError as exc:
                     status, body = 400, m.invalid(str(exc), param=exc.param).body()
                 except m.StripeApiError as exc:
                     status, body = exc.status, exc.body()
+                if status >= 400:
+                    body = _with_log_url(body, request_id)
                 extra: dict[str, str] = {}
                 if (fault := self.take_after_process_fault(request)) is not None:
                     # error_after_process: the endpoint ran (the PaymentIntent exists) and
@@ -255,8 +283,10 @@ class StripeSimulator(SimulatedProvider):
         return handler
 
     async def _unrecognized(self, request: web.Request) -> web.Response:
-        return _json(404, m.invalid(
-            f"Unrecognized request URL ({request.method}: {request.path}).").body())
+        request_id = m.new_id("req")
+        return _json(404, _with_log_url(m.invalid(
+            f"Unrecognized request URL ({request.method}: {request.path}).").body(),
+            request_id), {"Request-Id": request_id})
 
     def _intent(self, request: web.Request) -> m.PaymentIntent:
         pi_id = request.match_info["id"]
@@ -307,6 +337,7 @@ class StripeSimulator(SimulatedProvider):
             raise m.invalid(f"Invalid currency: {currency or '(missing)'}.",
                             code="parameter_invalid_empty" if not currency else None,
                             param="currency")
+        m.check_amount(amount, currency)
         capture_method = get_str(params, "capture_method") or "automatic_async"
         if capture_method not in CAPTURE_METHODS:
             raise m.invalid(f"Invalid capture_method: must be one of {', '.join(CAPTURE_METHODS)}",
