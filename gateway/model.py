@@ -2,7 +2,8 @@
 
 A payment is stored as one JSON document. Fields starting with ``_`` are internal
 (fingerprint, payment-method token, in-flight operation, provider keys) and never
-leave the gateway: :func:`public_view` drops them.
+leave the gateway: :func:`public_view` lists the public fields
+(:mod:`gateway.public_schema`) instead of dropping the internal ones.
 """
 
 from __future__ import annotations
@@ -10,9 +11,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.public_schema import ATTEMPT_FIELDS, PAYMENT_FIELDS, REFUND_FIELDS
 from gateway.state_machine import (
     Applied,
     Ledger,
@@ -98,18 +101,18 @@ def busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
     return max(leases)
 
 
+def _listed(item: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
+    return {k: item[k] for k in fields if k in item}
+
+
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in doc.items() if not k.startswith("_") and k not in ("version",)}
+    """The payment object: exactly the fields of :data:`PAYMENT_FIELDS` (listed, never
+    "everything but the internal ones"), timestamps as ISO 8601."""
+    out = _listed(doc, PAYMENT_FIELDS)
     out["created_at"] = iso(doc["created_at"])
     out["updated_at"] = iso(doc["updated_at"])
-    out["attempts"] = [
-        {k: v for k, v in a.items() if not k.startswith("_")} for a in doc["attempts"]
-    ]
-    out["refunds"] = [
-        {k: v for k, v in r.items() if not k.startswith("_")} for r in doc["refunds"]
-    ]
-    out.pop("merchant_id", None)
-    out.pop("customer", None)
+    out["attempts"] = [_listed(a, ATTEMPT_FIELDS) for a in doc["attempts"]]
+    out["refunds"] = [_listed(r, REFUND_FIELDS) for r in doc["refunds"]]
     return out
 
 

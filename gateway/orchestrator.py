@@ -416,7 +416,7 @@ class Orchestrator:
         ``may_create=False`` (past the replay window) allows only lookups that cannot
         create a payment, and never starts a first authorization."""
         if doc.get("_operation"):
-            return await self._resume_operation(doc)
+            return await self._resume_operation(doc, source=source)
         status = PaymentStatus(doc["status"])
         if status not in UNRESOLVED or status in (S.CAPTURE_PENDING, S.VOID_PENDING):
             return doc
@@ -550,8 +550,8 @@ class Orchestrator:
         created.append(True)
         return [audit(f"{op}_requested", "merchant", amount=amt or None)]
 
-    async def _resume_operation(self, doc: dict[str, Any], *, fresh: bool = False
-                                ) -> dict[str, Any]:
+    async def _resume_operation(self, doc: dict[str, Any], *, fresh: bool = False,
+                                source: str = "provider_response") -> dict[str, Any]:
         """Send the recorded operation (again) with its own key. ``fresh``: this request
         has just recorded it, so no earlier send can exist; only then may a safe failure
         drop it. Otherwise an earlier send (a crashed request, an ambiguous try) may have
@@ -578,7 +578,7 @@ class Orchestrator:
                     d["_operation"] = None  # nothing happened: the same key may try again
                 elif isinstance(current, dict) and current.get("key") == op["key"]:
                     current["lease_until"] = now()  # resumable at once by anyone
-                return [audit(f"{name}_failed_safe", "provider_response",
+                return [audit(f"{name}_failed_safe", source,
                               error_code=fault.error_code)]
 
             await mutate(self.store, doc["id"], release)
@@ -597,13 +597,13 @@ class Orchestrator:
         def finish(d: dict[str, Any]) -> Events:
             finish_operation(d, "refused" if result.outcome == Outcome.DECLINED else "succeeded")
             if result.outcome == Outcome.DECLINED:
-                events = [audit(f"{name}_refused", "provider_response",
+                events = [audit(f"{name}_refused", source,
                                 reason=result.failure.message if result.failure else None)]
                 if d["status"] in (S.CAPTURE_PENDING, S.VOID_PENDING):
-                    events.append(apply_status(d, StatusEvent(S.AUTHORIZED), "provider_response"))
+                    events.append(apply_status(d, StatusEvent(S.AUTHORIZED), source))
                 return events
             captured = op["amount"] if name == "capture" else None
-            return self._apply_result(d, result, "provider_response", amount_captured=captured)
+            return self._apply_result(d, result, source, amount_captured=captured)
 
         doc = await mutate(self.store, doc["id"], finish)
         if result.outcome == Outcome.DECLINED:
@@ -679,7 +679,7 @@ class Orchestrator:
             if refund["status"] == RefundStatus.UNKNOWN or (
                     refund["status"] == RefundStatus.PENDING and not refund["provider_reference"]):
                 try:
-                    doc = await self._send_refund(doc, refund)
+                    doc = await self._send_refund(doc, refund, source=source)
                 except OperationError:
                     continue
             elif refund["status"] == RefundStatus.PENDING:
@@ -697,7 +697,8 @@ class Orchestrator:
         return doc
 
     async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any], *,
-                           fresh: bool = False) -> dict[str, Any]:
+                           fresh: bool = False, source: str = "provider_response"
+                           ) -> dict[str, Any]:
         """Send (or re-send, same key) one refund. Only a ``fresh`` refund -- recorded by
         this very request, so never sent before -- is dropped on a safe failure."""
         provider = self._provider_of(doc)
@@ -717,7 +718,7 @@ class Orchestrator:
                 if fresh and r["status"] == RefundStatus.PENDING and r.get("_in_flight"):
                     d["refunds"].remove(r)
                     store_snapshot(d, settle_refund(snapshot(d), r["amount"], succeeded=False))
-                return [audit("refund_failed_safe", "provider_response", refund_id=rid,
+                return [audit("refund_failed_safe", source, refund_id=rid,
                               error_code=fault.error_code)]
 
             await mutate(self.store, doc["id"], drop)
@@ -730,18 +731,18 @@ class Orchestrator:
                 r = next(x for x in d["refunds"] if x["id"] == rid)
                 if r["status"] in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
                     # settled meanwhile (a webhook): a lost answer changes nothing
-                    return [audit("event_ignored", "provider_response", refund_id=rid,
+                    return [audit("event_ignored", source, refund_id=rid,
                                   reason=f"refund already {r['status']}",
                                   detail=f"outcome unknown: {unknown_code}")]
                 r["status"] = RefundStatus.UNKNOWN.value
                 r["_in_flight"] = False
-                return [audit("refund_unknown", "provider_response", refund_id=rid,
+                return [audit("refund_unknown", source, refund_id=rid,
                               error_code=unknown_code)]
 
             return await mutate(self.store, doc["id"], unknown)
 
         def settle(d: dict[str, Any]) -> Events:
-            return apply_refund_result(d, rid, result, "provider_response")
+            return apply_refund_result(d, rid, result, source)
 
         return await mutate(self.store, doc["id"], settle)
 

@@ -372,6 +372,29 @@ async def test_health_endpoints_and_openapi(gw: Gateway) -> None:
     assert "/v1/payments/{payment_id}/refunds" in spec["paths"]
     text = await (await gw.client.get("/metrics")).text()
     assert "gateway_http_requests_total" in text
+    for name in ("gateway_retries_total", "gateway_provider_mismatches_total"):
+        assert f'{name}{{' in text, name  # created at 0 so dashboards have a series
+
+
+async def test_the_payment_object_is_exactly_the_documented_fields(gw: Gateway) -> None:
+    """Built from an explicit list (issue #11: needs_reconcile leaked): the answer, the
+    stored document's internal keys and /openapi.json agree."""
+    _, pay, _ = await gw.create("public-fields", capture="automatic")
+    _, pay, _ = await gw.post(f"/v1/payments/{pay['id']}/refunds", "public-ref", {"amount": 1})
+    spec = await (await gw.client.get("/openapi.json")).json()
+    schema = spec["components"]["schemas"]["Payment"]
+    assert set(pay) == set(schema["properties"]) == set(schema["required"])
+    doc = await gw.client.server.app[STORE].get_payment(pay["id"])
+    assert doc is not None and "needs_reconcile" in doc  # internal, and not in the answer
+    assert not any(k.startswith("_") or k == "needs_reconcile" for k in pay)
+    attempt_fields = set(schema["properties"]["attempts"]["items"]["properties"])
+    refund_fields = set(schema["properties"]["refunds"]["items"]["properties"])
+    assert all(set(a) <= attempt_fields for a in pay["attempts"])
+    assert all(set(r) <= refund_fields for r in pay["refunds"]) and pay["refunds"]
+    void = spec["paths"]["/v1/payments/{payment_id}/void"]["post"]["requestBody"]
+    assert void["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/Void"}
+    assert set(spec["components"]["schemas"]["Void"]["properties"]) == {"reason"}
 
 
 async def test_metrics_count_provider_calls_payments_and_idempotency(gw: Gateway) -> None:

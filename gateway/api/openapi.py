@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_STATUSES = ["pending", "requires_action", "processing", "unknown", "authorized",
-             "capture_pending", "captured", "partially_refunded", "refunded", "void_pending",
-             "voided", "declined", "failed", "expired"]
+from gateway.public_schema import payment_schema
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -78,27 +76,9 @@ OPENAPI: dict[str, Any] = {
             "Refund": {"type": "object", "additionalProperties": False,
                        "properties": {"amount": {"type": "integer", "minimum": 1},
                                       "reason": {"type": "string"}}},
-            "Payment": {"type": "object", "properties": {
-                "id": {"type": "string"}, "object": {"type": "string", "enum": ["payment"]},
-                "status": {"type": "string", "enum": _STATUSES},
-                "amount": {"type": "integer"}, "currency": {"type": "string"},
-                "capture": {"type": "string"}, "amount_authorized": {"type": "integer"},
-                "amount_captured": {"type": "integer"}, "amount_refunded": {"type": "integer"},
-                "provider": {"type": "string", "nullable": True},
-                "provider_reference": {"type": "string", "nullable": True},
-                "reference": {"type": "string", "nullable": True},
-                "routing": {"type": "object", "nullable": True},
-                "attempts": {"type": "array", "items": {"type": "object"}},
-                "refunds": {"type": "array", "items": {"type": "object", "properties": {
-                    "id": {"type": "string"}, "amount": {"type": "integer"},
-                    "status": {"type": "string",
-                               "enum": ["pending", "succeeded", "failed", "unknown"]},
-                    "provider_reference": {"type": "string", "nullable": True}}}},
-                "failure": {"type": "object", "nullable": True},
-                "next_action": {"type": "object", "nullable": True},
-                "metadata": {"type": "object"},
-                "created_at": {"type": "string", "format": "date-time"},
-                "updated_at": {"type": "string", "format": "date-time"}}},
+            "Void": {"type": "object", "additionalProperties": False,
+                     "properties": {"reason": {"type": "string", "maxLength": 255}}},
+            "Payment": payment_schema(),
         },
     },
     "security": [{"bearer": []}],
@@ -111,7 +91,7 @@ OPENAPI: dict[str, Any] = {
                 "application/json": {"schema": _ref("Payment")}}}, **_error_responses(401, 404)}}},
         "/v1/payments/{payment_id}/capture": _post("Capture all or part", "Capture", 200,
                                                    400, 401, 404, 409, 422, 503),
-        "/v1/payments/{payment_id}/void": _post("Cancel an uncaptured authorization", None, 200,
+        "/v1/payments/{payment_id}/void": _post("Cancel an uncaptured authorization", "Void", 200,
                                                 400, 401, 404, 409, 422, 503),
         "/v1/payments/{payment_id}/refunds": _post("Refund all or part", "Refund", 201,
                                                    400, 401, 404, 409, 422, 503),

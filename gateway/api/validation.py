@@ -147,6 +147,9 @@ def validate_capture(body: dict[str, Any]) -> int | None:
 
 def validate_void(body: dict[str, Any]) -> None:
     _only(body, {"reason"})
+    reason = body.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
+        raise _bad("reason", "reason must be a string of at most 255 characters")
 
 
 def validate_refund(body: dict[str, Any]) -> tuple[int | None, str | None]:

@@ -1,0 +1,70 @@
+"""The merchant-visible shape of a payment, defined once (SPEC section 3).
+
+:func:`gateway.model.public_view` builds the payment object from these field lists --
+a field not listed here never leaves the gateway, whatever the stored document holds --
+and ``/openapi.json`` describes the same fields from the same schemas, so the two cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+STATUSES = ["pending", "requires_action", "processing", "unknown", "authorized",
+            "capture_pending", "captured", "partially_refunded", "refunded", "void_pending",
+            "voided", "declined", "failed", "expired"]
+REFUND_STATUSES = ["pending", "succeeded", "failed", "unknown"]
+
+_STR: dict[str, Any] = {"type": "string"}
+_INT: dict[str, Any] = {"type": "integer"}
+_NSTR: dict[str, Any] = {"type": "string", "nullable": True}
+_FAILURE: dict[str, Any] = {"type": "object", "nullable": True, "properties": {
+    "code": _STR, "message": _STR, "decline_code": _STR, "provider_code": _STR}}
+
+ATTEMPT_FIELDS: dict[str, dict[str, Any]] = {
+    "provider": _STR,
+    "outcome": {"type": "string",
+                "enum": ["in_flight", "succeeded", "declined", "rejected_safe", "ambiguous"]},
+    "error_code": _STR,
+    "started_at": {"type": "string", "format": "date-time"},
+    "duration_ms": _INT,
+}
+
+REFUND_FIELDS: dict[str, dict[str, Any]] = {
+    "id": _STR,
+    "amount": _INT,
+    "status": {"type": "string", "enum": REFUND_STATUSES},
+    "provider_reference": _NSTR,
+    "reason": _NSTR,
+    "created_at": {"type": "string", "format": "date-time"},
+    "failure": _FAILURE,
+}
+
+PAYMENT_FIELDS: dict[str, dict[str, Any]] = {
+    "id": _STR,
+    "object": {"type": "string", "enum": ["payment"]},
+    "status": {"type": "string", "enum": STATUSES},
+    "amount": _INT,
+    "currency": _STR,
+    "capture": {"type": "string", "enum": ["automatic", "manual"]},
+    "amount_authorized": _INT,
+    "amount_captured": _INT,
+    "amount_refunded": _INT,
+    "provider": _NSTR,
+    "provider_reference": _NSTR,
+    "reference": _NSTR,
+    "routing": {"type": "object", "nullable": True, "properties": {
+        "rule": _STR, "config_version": _STR}},
+    "attempts": {"type": "array", "items": {"type": "object", "properties": ATTEMPT_FIELDS}},
+    "refunds": {"type": "array", "items": {"type": "object", "properties": REFUND_FIELDS}},
+    "failure": _FAILURE,
+    "next_action": {"type": "object", "nullable": True},
+    "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    "payment_method": {"type": "object", "properties": {"type": _STR, "brand": _STR}},
+    "created_at": {"type": "string", "format": "date-time"},
+    "updated_at": {"type": "string", "format": "date-time"},
+}
+
+
+def payment_schema() -> dict[str, Any]:
+    return {"type": "object", "required": list(PAYMENT_FIELDS), "properties": PAYMENT_FIELDS}
