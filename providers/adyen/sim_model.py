@@ -1,5 +1,12 @@
 """State of the Adyen simulator: payments, modifications, Adyen error envelopes.
 
+Currencies and their decimals come from Adyen's own published table,
+``providers/adyen/published/currencyList.mjs`` (Adyen/adyen-salesforce-headless-commerce-pwa,
+MIT), read by the small parser here -- never from the adapter's copy. ``amount.value``
+counts in those decimals; a currency Adyen does not list is refused with 422
+``138 Unsupported currency specified``. The charges view converts values to ISO 4217
+minor units (:mod:`providers.simulator.iso_units`).
+
 Adyen error bodies look like ``{"status": 422, "errorCode": "167", "message":
 "Original pspReference required for this operation", "errorType": "validation",
 "pspReference": "..."}``. The error codes used here follow Adyen's documented list
@@ -10,10 +17,14 @@ not guaranteed identical with, what the live platform returns for each case.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
 from typing import Any
 
+from providers.simulator.iso_units import wire_to_iso
 from providers.simulator.ledger import ChargeView
 from providers.simulator.tokens import CardBehavior, SandboxCard, resolve_token
 
@@ -35,6 +46,33 @@ REFUSALS: Mapping[CardBehavior, tuple[str, str]] = {
     B.DECLINE: ("Refused", "2"),
     B.INSUFFICIENT_FUNDS: ("Not enough balance", "12"),
 }
+
+
+#: Adyen's published currency table (JavaScript module, vendored unchanged).
+CURRENCY_LIST = Path(__file__).resolve().parent / "published" / "currencyList.mjs"
+_ENTRY = re.compile(r"\{([^{}]*)\}")
+_FIELD = re.compile(r"(\w+)\s*:\s*'([^']*)'")
+
+
+def parse_currency_list(text: str) -> dict[str, int]:
+    """``{code: decimals}`` from ``currencyList.mjs`` (an array of object literals
+    ``{ Code: 'EUR', Currency: 'Euro', Decimals: '2' }``); ValueError when malformed."""
+    table: dict[str, int] = {}
+    for entry in _ENTRY.findall(text):
+        fields = dict(_FIELD.findall(entry))
+        code, decimals = fields.get("Code"), fields.get("Decimals")
+        if not code or not re.fullmatch(r"[A-Z]{3}", code) or not decimals \
+                or not decimals.isdigit():
+            raise ValueError(f"unexpected entry in Adyen's currency list: {entry.strip()!r}")
+        table[code] = int(decimals)
+    if not table or len(table) != text.count("Code:"):
+        raise ValueError("Adyen's currency list could not be read completely")
+    return table
+
+
+@cache
+def adyen_decimals() -> dict[str, int]:
+    return parse_currency_list(CURRENCY_LIST.read_text(encoding="utf-8"))
 
 
 class AdyenApiError(Exception):
@@ -102,6 +140,8 @@ def parse_amount(raw: Any, *, required: bool = True) -> tuple[int, str] | None:
         raise invalid("Invalid amount specified", "137")
     if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
         raise invalid(f"Invalid currency: {currency!r}", "000")
+    if currency.upper() not in adyen_decimals():
+        raise invalid("Unsupported currency specified", "138")
     return value, currency.upper()
 
 
@@ -138,9 +178,13 @@ class SimPayment:
             return "SentForSettle"
         return "Authorised"
 
+    def iso(self, value: int) -> int | float:
+        """An ``amount.value`` (Adyen's decimals) as ISO 4217 minor units."""
+        return wire_to_iso(value, adyen_decimals()[self.currency], self.currency)
+
     def view(self) -> ChargeView:
-        return ChargeView(self.psp, self.amount, self.currency, self.status(), self.captured,
-                          self.refunded)
+        return ChargeView(self.psp, self.iso(self.amount), self.currency, self.status(),
+                          self.iso(self.captured), self.iso(self.refunded))
 
     def amount_dict(self, value: int | None = None) -> dict[str, Any]:
         return {"currency": self.currency, "value": self.amount if value is None else value}

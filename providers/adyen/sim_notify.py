@@ -5,23 +5,50 @@ with ``success`` as the STRING "true"/"false" and
 ``additionalData.hmacSignature`` = base64(HMAC-SHA256(hex-decoded key, signing
 string)), where the signing string is ``pspReference:originalReference:
 merchantAccountCode:merchantReference:value:currency:eventCode:success`` (missing
-fields empty) -- what ``Adyen.util.is_valid_hmac_notification`` verifies.
+fields empty) -- Adyen's documented scheme ("Verify HMAC signatures"), which
+``Adyen.util.is_valid_hmac_notification`` verifies. The simulator signs with its own
+code, not the gateway verifier's (``providers/adyen/hmac_signature.py``): a test checks
+both against the SDK.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from providers.adyen.hmac_signature import hmac_key, signature
+#: the item fields Adyen signs, in order (amount value and currency in place)
+SIGNED_FIELDS = ("pspReference", "originalReference", "merchantAccountCode",
+                 "merchantReference", "value", "currency", "eventCode", "success")
 
-check_hmac_key = hmac_key  # the simulator validates its key at start-up
+
+def check_hmac_key(hex_key: str) -> bytes:
+    """The raw key behind Adyen's hex HMAC key (validated at start-up)."""
+    try:
+        raw = binascii.unhexlify(hex_key)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError("the Adyen HMAC key must be a hex string") from exc
+    if not raw:
+        raise ValueError("the Adyen HMAC key must not be empty")
+    return raw
+
+
+def signing_string(item: Mapping[str, Any]) -> str:
+    raw = item.get("amount")
+    amount: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    values = {**item, "value": amount.get("value", ""), "currency": amount.get("currency", "")}
+    return ":".join("" if values.get(k) is None else str(values[k]) for k in SIGNED_FIELDS)
 
 
 def sign_item(item: Mapping[str, Any], hex_key: str) -> str:
-    return signature(item, hmac_key(hex_key)).decode()
+    mac = hmac.new(check_hmac_key(hex_key), signing_string(item).encode("utf-8"),
+                   hashlib.sha256)
+    return base64.b64encode(mac.digest()).decode("ascii")
 
 
 def build_item(

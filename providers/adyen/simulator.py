@@ -1,16 +1,23 @@
 """Adyen Checkout API simulator (JSON), for the unmodified ``Adyen`` SDK.
 
-Routes (any ``/checkout/v{N}`` prefix; the adapter's base URL is
-``http://host:port/checkout/v71``), each named after the operation the control API
-counts under ``GET /_sim/adyen/requests``:
+Routes, under both of Adyen's real URL layouts -- the test endpoint's ``/v{N}/...``
+(``https://checkout-test.adyen.com/v71/payments``) and the live endpoint's
+``/checkout/v{N}/...`` (``https://{prefix}-checkout-live.adyenpayments.com/checkout/v71/
+payments``; the sandbox base URL is ``http://host:port/checkout/v71``, see
+``ADYEN_SANDBOX_PATH``); each named after the operation the control API counts under
+``GET /_sim/adyen/requests``. Any other prefix is a 404.
 
-| route                                       | name     |
-|---------------------------------------------|----------|
-| POST /checkout/v{N}/payments                | payments |
-| POST /checkout/v{N}/payments/{psp}/captures | captures |
-| POST /checkout/v{N}/payments/{psp}/cancels  | cancels  |
-| POST /checkout/v{N}/payments/{psp}/refunds  | refunds  |
-| GET  /_sim/3ds/{psp}?result=succeed|fail    | complete_3ds (the shopper's redirect) |
+| route                                           | name     |
+|-------------------------------------------------|----------|
+| POST [/checkout]/v{N}/payments                  | payments |
+| POST [/checkout]/v{N}/payments/{psp}/captures   | captures |
+| POST [/checkout]/v{N}/payments/{psp}/cancels    | cancels  |
+| POST [/checkout]/v{N}/payments/{psp}/refunds    | refunds  |
+| GET  /_sim/3ds/{psp}?result=succeed|fail        | complete_3ds (the shopper's redirect) |
+
+Amounts: ``amount.value`` in Adyen's decimals from its published currency table
+(:func:`providers.adyen.sim_model.adyen_decimals`); a currency missing from the table
+is refused with 422 ``138``.
 
 Auth: ``x-api-key`` (``api_key=None`` accepts any non-empty key); a wrong key gets
 Adyen's 401 security error. ``merchant_account`` (when set) must match, else 403
@@ -61,7 +68,8 @@ from providers.simulator.tokens import CardBehavior
 
 B = CardBehavior
 DEFAULT_HMAC_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
-PREFIX = r"/checkout/v{version:\d+}"
+#: ``/v71`` (test endpoint layout) or ``/checkout/v71`` (live endpoint layout)
+PREFIX = r"/{layout:(?:checkout/)?}v{version:\d+}"
 
 Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
 
