@@ -450,3 +450,42 @@ async def test_search_lag_is_rejected(sim: SimulatorHost) -> None:
             err = (await resp.json())["error"]
     assert err["code"] == "invalid_fault_settings" and err["param"] == "search_lag_ms"
     assert (await control(sim, "GET", "faults"))["search_lag_ms"] == 0
+
+
+def test_currency_decimals_are_read_from_adyens_published_table() -> None:
+    from providers.adyen.sim_model import CURRENCY_LIST, adyen_decimals, parse_currency_list
+
+    table = adyen_decimals()
+    assert len(table) == CURRENCY_LIST.read_text().count("Code:") == 139
+    # where Adyen differs from ISO 4217 (CLP/ISK 2 vs 0, CVE/IDR 0 vs 2), Adyen's word holds
+    assert (table["CLP"], table["ISK"], table["CVE"], table["IDR"]) == (2, 2, 0, 0)
+    assert (table["EUR"], table["JPY"], table["KWD"]) == (2, 0, 3)
+    assert "MGA" not in table
+    assert parse_currency_list("[{ Code: 'EUR', Currency: 'Euro', Decimals: '2' }]") == {
+        "EUR": 2}
+    with pytest.raises(ValueError):
+        parse_currency_list("[{ Code: 'EUR', Currency: 'Euro' }]")
+
+
+async def test_unlisted_currency_is_refused_in_adyens_shape(sim: SimulatorHost) -> None:
+    body = payment(ref="pay_mga")
+    body["amount"] = {"value": 1000, "currency": "MGA"}
+    with pytest.raises(Adyen.AdyenAPIUnprocessableEntity) as info:
+        await call(sdk(sim).checkout.payments_api.payments, body, idempotency_key="mga")
+    assert info.value.status_code == 422 and info.value.error_code == "138"
+    assert await charges(sim, "pay_mga") == []
+
+
+async def test_test_endpoint_layout_without_checkout_prefix(sim: SimulatorHost) -> None:
+    client = sdk(sim)
+    for api in (client.checkout.payments_api, client.checkout.modifications_api):
+        api.baseUrl = f"{sim.base_url('adyen')}/v71"  # like https://checkout-test.adyen.com/v71
+    res = await call(client.checkout.payments_api.payments, payment(ref="pay_tl"),
+                     idempotency_key="tl")
+    cap = await call(client.checkout.modifications_api.capture_authorised_payment,
+                     {"merchantAccount": MERCHANT, "amount": {"value": 1000, "currency": "EUR"}},
+                     res.message["pspReference"], idempotency_key="tl-cap")
+    assert cap.message["status"] == "received"
+    assert (await charges(sim, "pay_tl"))[0]["amount_captured"] == 1000
+    counts = await control(sim, "GET", "requests")
+    assert counts["by_operation"] == {"captures": 1, "payments": 1}

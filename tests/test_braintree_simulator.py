@@ -373,3 +373,48 @@ async def test_error_after_process(env: Env) -> None:
     with pytest.raises(ServerError):
         await env.sale(order_id="pay-ebp", api_request_key="ebp-1")
     assert env.sim.charges("pay-ebp") == []
+
+
+async def test_iso_decimals_come_from_iso4217(env: Env) -> None:
+    """Braintree amounts carry the ISO 4217 decimals of the merchant account's currency;
+    the simulator reads them from the iso4217 package (not from the adapter)."""
+    r = await env.sale(amount="1050", merchant_account_id="acme_isk", order_id="o-isk")
+    assert r.is_success and r.transaction.currency_iso_code == "ISK"
+    assert env.sim.charges("o-isk")[0].amount == 1050
+    r = await env.sale(amount="10.5", merchant_account_id="acme_isk", order_id="o-isk2")
+    assert [e.code for e in r.errors.deep_errors] == ["81503"]  # ISK has no decimals
+    r = await env.sale(amount="7.00", merchant_account_id="acme_mga", order_id="o-mga")
+    assert env.sim.charges("o-mga")[0].amount == 700  # MGA: two decimals in ISO 4217
+    bad = await env.sale(merchant_account_id="acme_xts")  # ISO: no minor unit
+    assert [e.code for e in bad.errors.deep_errors] == ["91513"]
+
+
+SIMULATOR_MODULES = ["providers/stripe/simulator.py", "providers/stripe/sim_model.py",
+                     "providers/stripe/sim_events.py", "providers/braintree/simulator.py",
+                     "providers/braintree/sim_model.py", "providers/adyen/simulator.py",
+                     "providers/adyen/sim_model.py", "providers/adyen/sim_notify.py"]
+#: the gateway's own conclusions a witness must not borrow
+ADAPTER_FACTS = ("providers.amounts", "providers.stripe.amounts", "providers.adyen.amounts",
+                 "providers.braintree.amounts", "gateway.currency",
+                 "providers.adyen.hmac_signature", "providers.stripe.parse",
+                 "providers.adyen.parse", "providers.braintree.parse")
+
+
+def test_simulators_take_no_facts_from_the_adapters() -> None:
+    """A simulator is a witness, not a mirror: no import of the adapters' amount tables,
+    parsers, signature code or the gateway's currency module."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    modules = SIMULATOR_MODULES + [str(p.relative_to(root))
+                                   for p in (root / "providers" / "simulator").glob("*.py")]
+    borrowed = []
+    for rel in modules:
+        tree = ast.parse((root / rel).read_text(), rel)
+        for node in ast.walk(tree):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            borrowed += [f"{rel}: {n}" for n in names
+                         if any(n == f or n.startswith(f + ".") for f in ADAPTER_FACTS)]
+    assert borrowed == []

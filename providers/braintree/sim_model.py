@@ -3,19 +3,26 @@
 Operations raise :class:`ValidationFailure` with Braintree's documented error codes
 (rendered as an ``<api-error-response>``); a declined sale is *not* an exception:
 it is a stored transaction whose status is a decline.
+
+Amounts: Braintree's are decimal strings in the currency's major unit with the ISO 4217
+decimals ("10.50" EUR, "500" JPY, "1.230" KWD). The simulator takes those decimals from
+the ``iso4217`` package itself (:mod:`providers.simulator.iso_units`), never from the
+adapter, and keeps integers of ISO minor units internally -- which is also what the
+charges view reports.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 import string
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.braintree.amounts import AmountError, to_decimal_string, to_minor_units
 from providers.braintree.xml import Array
+from providers.simulator.iso_units import iso_exponent
 from providers.simulator.tokens import CardBehavior, SandboxCard
 
 B = CardBehavior
@@ -37,6 +44,41 @@ OUTCOMES: dict[CardBehavior, tuple[str, str | None, str | None, str | None, str 
     # before the nonce exists; a required/failed 3DS is a gateway rejection.
     B.REQUIRES_ACTION: ("gateway_rejected", None, None, None, "three_d_secure"),
 }
+
+
+_AMOUNT = re.compile(r"^(\d+)(?:\.(\d+))?$")
+
+
+def decimals(currency: str) -> int:
+    """ISO 4217 decimals of a merchant account's currency (ValueError when ISO has none)."""
+    exp = iso_exponent(currency)
+    if exp is None:
+        raise ValueError(f"{currency} has no ISO 4217 minor unit")
+    return exp
+
+
+def decimal_string(minor: int, currency: str) -> str:
+    """``1050, "EUR" -> "10.50"``; ``500, "JPY" -> "500"``; ``1230, "KWD" -> "1.230"``."""
+    exp = decimals(currency)
+    if exp == 0:
+        return str(minor)
+    whole, frac = divmod(minor, 10**exp)
+    return f"{whole}.{frac:0{exp}d}"
+
+
+def minor_units(text: str, currency: str) -> int | None:
+    """A Braintree amount string as ISO minor units; None when it is not one exactly
+    (malformed, or more decimals than the currency has, other than trailing zeros)."""
+    match = _AMOUNT.match(text.strip())
+    if match is None:
+        return None
+    whole, frac = match.group(1), match.group(2) or ""
+    exp = decimals(currency)
+    if len(frac) > exp:
+        if frac[exp:].strip("0"):
+            return None
+        frac = frac[:exp]
+    return int(whole) * 10**exp + (int(frac.ljust(exp, "0")) if exp else 0)
 
 
 class ValidationFailure(Exception):
@@ -97,7 +139,7 @@ class Transaction:
         return self.status in ("processor_declined", "gateway_rejected", "failed")
 
     def money(self, minor: int) -> str:
-        return to_decimal_string(minor, self.currency)
+        return decimal_string(minor, self.currency)
 
     def to_xml(self) -> dict[str, Any]:
         card = self.card
@@ -141,10 +183,9 @@ def parse_amount(raw: Any, currency: str, *, required: bool) -> int | None:
         return None
     if not isinstance(raw, str):
         raise ValidationFailure("81503", "Amount is an invalid format.", "amount")
-    try:
-        minor = to_minor_units(raw, currency)
-    except AmountError:
-        raise ValidationFailure("81503", "Amount is an invalid format.", "amount") from None
+    minor = minor_units(raw, currency)
+    if minor is None:
+        raise ValidationFailure("81503", "Amount is an invalid format.", "amount")
     if minor <= 0:
         raise ValidationFailure("81531", "Amount must be greater than zero.", "amount")
     return minor

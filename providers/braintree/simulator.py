@@ -53,6 +53,7 @@ from providers.braintree import sim_model as m
 from providers.braintree.webhooks import FORM_CONTENT_TYPE, form_body
 from providers.braintree.xml import Array, Repeated, XmlError, decode, encode
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
+from providers.simulator.iso_units import iso_exponent
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
 from providers.simulator.tokens import CardBehavior, SandboxCard, resolve_token
@@ -263,15 +264,19 @@ class BraintreeSimulator(SimulatedProvider):
         return txn
 
     def _currency_of(self, account: str | None) -> str:
+        """The currency of the merchant account used (Braintree's sale has no currency
+        field); an account whose currency ISO 4217 gives no decimals is invalid."""
         if not account:
-            return self.default_currency
-        if account in self.merchant_accounts:
-            return self.merchant_accounts[account]
-        match = _SUFFIX_CURRENCY.search(account)
-        if match:
-            return match.group(1).upper()
-        raise m.ValidationFailure("91513", "Merchant account ID is invalid.",
-                                  "merchant_account_id")
+            currency: str | None = self.default_currency
+        elif account in self.merchant_accounts:
+            currency = self.merchant_accounts[account]
+        else:
+            match = _SUFFIX_CURRENCY.search(account)
+            currency = match.group(1).upper() if match else None
+        if currency is None or iso_exponent(currency) is None:
+            raise m.ValidationFailure("91513", "Merchant account ID is invalid.",
+                                      "merchant_account_id")
+        return currency
 
     # ------------------------------------------------------------ timers & webhooks
 
