@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from gateway import logs
+from gateway.config_keys import unknown_keys
 from gateway.currency import UnknownCurrency, minor_unit
 
 PROVIDER_TYPES = ("stripe", "braintree", "adyen")
@@ -305,6 +306,9 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
         raise ConfigError(f"{p}{line}: invalid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
+    unknown = unknown_keys(p.read_text(encoding="utf-8"), str(p))
+    if unknown:  # all of them at once (SPEC 14.1)
+        raise ConfigError("\n".join(unknown))
     where = p.name
     store = _get(raw, "store", str, where, None)
     if not store:
