@@ -10,6 +10,7 @@ from aiohttp import web
 
 from gateway import logs, metrics
 from gateway.api.errors import ApiError
+from gateway.store import StoreError
 
 log = logging.getLogger("gateway.http")
 
@@ -59,6 +60,14 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
             typ, code, message = _HTTP_ERRORS.get(
                 exc.status, ("invalid_request", "http_error", exc.reason))
             response = ApiError(exc.status, typ, code, message).response()
+        except StoreError as exc:
+            # The store cannot be reached or cannot take the write: nothing was decided
+            # that is not already recorded (write-ahead), so the same request may be
+            # retried with the same Idempotency-Key.
+            log.error("store unavailable", extra={"route": route, "reason": str(exc)})
+            response = ApiError(503, "internal", "store_unavailable",
+                                "the payment store is unavailable; retry with the same "
+                                "Idempotency-Key", headers={"Retry-After": "2"}).response()
         except Exception:
             log.exception("unhandled error", extra={"route": route})
             response = ApiError(500, "internal", "internal_error",

@@ -1,0 +1,88 @@
+"""A store that cannot be reached answers 503 with Retry-After on every endpoint (and
+/readyz turns 503), never 500; after it comes back, the same requests with the same keys
+complete and nothing is lost (SPEC 12.1; issue #11). A real redis-server is killed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway.app import create_app
+from gateway.config import load_config
+from tests.conftest import _redis_answers
+from tests.gateway_harness import headers, payment_body, wait_for, write_config
+from tests.processes import free_port, stop
+
+
+class RedisProcess:
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tmp = tmp
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is required"
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
+    r = RedisProcess(tmp_path)
+    r.start()
+    yield r
+    if r.proc is not None:
+        stop(r.proc)
+
+
+async def test_redis_down_is_503_everywhere_and_nothing_is_lost(
+    tmp_path: Path, aiohttp_client, redis_proc: RedisProcess
+) -> None:
+    async def up() -> bool:
+        return _redis_answers(redis_proc.url)
+
+    await wait_for(up, timeout=10)
+    app = create_app(load_config(write_config(tmp_path, redis_proc.url)))
+    client: TestClient = await aiohttp_client(app)
+    body = json.dumps(payment_body(capture="manual"))
+    r = await client.post("/v1/payments", data=body, headers=headers(idem="before"))
+    assert r.status == 201
+    pay = await r.json()
+
+    redis_proc.kill()
+    r = await client.post("/v1/payments", data=body, headers=headers(idem="during"))
+    assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+    assert (await r.json())["error"]["code"] == "store_unavailable"
+    r = await client.get(f"/v1/payments/{pay['id']}", headers=headers())
+    assert r.status == 503 and r.headers.get("Retry-After")
+    r = await client.post(f"/v1/payments/{pay['id']}/capture", data="{}",
+                          headers=headers(idem="cap-during"))
+    assert r.status == 503
+    assert (await client.get("/readyz")).status == 503
+
+    redis_proc.start()  # same port; this Redis keeps nothing, like a failover to a replica
+    await wait_for(up, timeout=10)
+
+    async def ready() -> bool:
+        return (await client.get("/readyz")).status == 200
+
+    await wait_for(ready, timeout=15)
+    r = await client.post("/v1/payments", data=body, headers=headers(idem="during"))
+    assert r.status == 201, await r.text()
+    assert (await r.json())["status"] == "authorized"
