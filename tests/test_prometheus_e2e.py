@@ -65,7 +65,11 @@ PACE_S = 0.2               # pause of each worker between two payments
 PROVIDERS: dict[str, dict[str, Any]] = {
     "stripe": {"type": "stripe", "sandbox": True, "currencies": ["USD", "EUR"],
                "timeout_s": 5, "breaker": {"fail_max": 3, "reset_timeout_s": 1}},
-    "braintree": {"type": "braintree", "sandbox": True, "currencies": ["USD", "EUR"],
+    # JPY is mapped to a merchant account that really charges USD (a deliberate config
+    # mistake): its payments are provider mismatches (GatewayProviderAmountMismatch).
+    "braintree": {"type": "braintree", "sandbox": True, "currencies": ["USD", "EUR", "JPY"],
+                  "merchant_account_ids": {"USD": "sandbox_usd", "EUR": "sandbox_eur",
+                                           "JPY": "wrong_usd"},
                   "timeout_s": 5, "breaker": {"fail_max": 50, "reset_timeout_s": 30}},
     "adyen": {"type": "adyen", "sandbox": True, "merchant_account": "SandboxECOM",
               "currencies": ["USD", "EUR"], "timeout_s": 5,
@@ -277,6 +281,12 @@ class Traffic:
             return r.status, payload
 
     async def one_payment(self, n: int) -> None:
+        if n % 10 == 7:  # JPY at braintree's wrongly mapped account: a provider mismatch
+            body = payment_body(currency="JPY", amount=500, payment_method={
+                "type": "card", "provider_tokens": {"braintree": "tok_visa"}})
+            status, pay = await self.post("/v1/payments", body, f"e2e-{n}")
+            self.count(f"mismatch->{pay.get('status', f'http_{status}')}")
+            return
         kind = n % 6
         if kind == 3:  # adyen only; its capture stays capture_pending (unresolved)
             body = payment_body(currency="EUR", amount=2000, payment_method={
