@@ -152,11 +152,15 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     reconciler = Reconciler(config, app[STORE], app[ORCHESTRATOR])
-    task = asyncio.create_task(reconciler.loop())
+    stop = asyncio.Event()
+    task = asyncio.create_task(reconciler.loop(stop), name="reconciliation")
     try:
         yield
     finally:
-        task.cancel()
+        stop.set()  # ends the loop after the pass in progress, if any
+        done, _ = await asyncio.wait({task}, timeout=5)
+        if not done:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

@@ -207,8 +207,14 @@ class Reconciler:
         for name, n in counts.items():
             metrics.PAYMENTS_UNRESOLVED.labels(name).set(n)
 
-    async def loop(self) -> None:
-        while True:
+    async def loop(self, stop: asyncio.Event | None = None) -> None:
+        """Run passes every ``interval_s`` until ``stop`` is set (or the task is
+        cancelled). Stopping is checked after every pass as well: a cancellation that
+        reached the task while a store call was running can be swallowed by the client
+        library (seen with redis-py), and the loop must end anyway."""
+        stop = stop if stop is not None else asyncio.Event()
+        task = asyncio.current_task()
+        while not stop.is_set():
             try:
                 report = await self.run_once()
                 if report.corrected or report.unresolved:
@@ -217,4 +223,9 @@ class Reconciler:
                         "unresolved": len(report.unresolved)})
             except Exception:
                 log.exception("reconciliation pass failed")
-            await asyncio.sleep(self.settings.interval_s)
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.interval_s)
+            except TimeoutError:
+                pass

@@ -525,12 +525,15 @@ class RedisBreakerSync:
     # -- reads -------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        while True:
+        task = asyncio.current_task()
+        while not self._closed:
             await asyncio.sleep(self.refresh_s)
             try:
                 await self.refresh_once()
             except Exception:  # keep refreshing whatever happens
                 log.exception("breaker sync: refresh failed")
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancel swallowed inside a Redis call
 
     async def refresh_once(self) -> None:
         """Read all keys once; apply newer remote records, re-write newer local ones."""
