@@ -59,6 +59,7 @@ from gateway.state_machine import (
     settle_refund,
 )
 from gateway.store import Store
+from providers.amounts import wire_refusal
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
@@ -88,10 +89,24 @@ class OperationError(Exception):
     http_status = 409
     type = "invalid_state"
 
+    param: str | None = None
+
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class InvalidAmount(OperationError):
+    """The provider cannot be sent this amount exactly (its wire units): HTTP 400, nothing
+    sent, nothing changed."""
+
+    http_status = 400
+    type = "invalid_request"
+    param = "amount"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("amount_not_representable", message)
 
 
 class ProviderUnavailable(OperationError):
@@ -472,6 +487,14 @@ class Orchestrator:
 
     # ----------------------------------------------------------- capture / void
 
+    def _check_wire_amount(self, doc: dict[str, Any], amount: int) -> None:
+        """A capture/refund amount the provider cannot take exactly (e.g. KWD 615 at
+        Stripe) is the merchant's 400, before anything is recorded or sent."""
+        provider = self.providers.get(doc.get("provider") or "")
+        refusal = wire_refusal(provider.type if provider else None, amount, doc["currency"])
+        if refusal is not None:
+            raise InvalidAmount(refusal)
+
     def _provider_of(self, doc: dict[str, Any]) -> Provider:
         provider = self.providers.get(doc.get("provider") or "")
         if provider is None or not doc.get("provider_reference"):
@@ -539,6 +562,7 @@ class Orchestrator:
             except InvariantError as exc:
                 raise OperationError("invalid_state" if snap_status != S.AUTHORIZED
                                      else "amount_exceeds_authorized", str(exc)) from None
+            self._check_wire_amount(d, amt)
         else:
             amt = 0
             if snap_status != S.AUTHORIZED:
@@ -634,6 +658,7 @@ class Orchestrator:
                 code = ("amount_exceeds_refundable"
                         if snap.status in (S.CAPTURED, S.PARTIALLY_REFUNDED) else "invalid_state")
                 raise OperationError(code, str(exc)) from None
+            self._check_wire_amount(d, amt)
             d["refunds"].append({"id": refund_id, "amount": amt,
                                  "status": RefundStatus.PENDING.value, "provider_reference": None,
                                  "reason": reason,

@@ -26,6 +26,17 @@ def rescale(amount: int, from_exp: int, to_exp: int, what: str) -> int:
     return amount // step
 
 
+def currency_refusal(provider_type: str | None, currency: str) -> str | None:
+    """Why a provider of ``provider_type`` cannot charge ``currency`` at all (Adyen: not in
+    its published table), or None."""
+    if provider_type == "adyen":
+        from providers.adyen.amounts import ADYEN_DECIMALS
+
+        if currency.upper() not in ADYEN_DECIMALS:
+            return f"Adyen does not support {currency.upper()}"
+    return None
+
+
 def wire_refusal(provider_type: str | None, amount: int, currency: str) -> str | None:
     """Why a provider of ``provider_type`` cannot be sent ``amount`` ``currency`` exactly,
     or None when it can (or the type is not known here)."""

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from providers.amounts import wire_refusal
+from providers.amounts import currency_refusal, wire_refusal
 from routing.rules import ProviderInfo, RoutableRequest, RoutingTable, Rule
 
 SPLIT_BUCKETS = 100
@@ -120,7 +120,10 @@ def exclusion_reason(name: str, request: RouteRequest,
         return f"currency {request.currency} not supported"
     if request.provider_tokens is not None and name not in request.provider_tokens:
         return "no provider token"
-    refusal = wire_refusal(getattr(info, "type", None), request.amount, request.currency)
+    ptype = getattr(info, "type", None)
+    if currency_refusal(ptype, request.currency) is not None:
+        return f"currency {request.currency} not supported by {ptype}"
+    refusal = wire_refusal(ptype, request.amount, request.currency)
     if refusal is not None:
         return f"{AMOUNT_NOT_REPRESENTABLE}: {refusal}"
     return None

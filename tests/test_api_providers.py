@@ -27,8 +27,9 @@ PROVIDERS = {
     "stripe": {"type": "stripe", "sandbox": True, "currencies": ["USD", "EUR", "JPY", "KWD"]},
     "braintree": {"type": "braintree", "sandbox": True,
                   "currencies": ["USD", "EUR", "JPY", "KWD"]},
+    # MGA is listed although Adyen's own table has no MGA: the gateway must refuse it.
     "adyen": {"type": "adyen", "sandbox": True, "merchant_account": "SandboxECOM",
-              "currencies": ["USD", "EUR", "JPY", "KWD"]},
+              "currencies": ["USD", "EUR", "JPY", "KWD", "MGA"]},
 }
 # What a capture / void response may show, per provider (Adyen: pending, or already
 # confirmed if its notification won the race with the response).
@@ -165,6 +166,35 @@ async def test_an_amount_the_only_candidate_cannot_take_exactly_is_a_400(env: En
     assert err["error"]["code"] == "amount_not_representable"
     assert err["error"]["param"] == "amount"
     assert (await env.sim.requests("stripe")).get("total", 0) == 0
+
+
+async def test_a_capture_or_refund_stripe_cannot_take_exactly_is_a_400(env: Env) -> None:
+    status, pay = await env.create("stripe-kwd-follow", "stripe", amount=1230, currency="KWD",
+                                   capture="manual")
+    assert status == 201 and pay["status"] == "authorized", pay
+    status, err = await env.post(f"/v1/payments/{pay['id']}/capture", "kwd-cap-615",
+                                 {"amount": 615})
+    assert status == 400, err
+    assert (err["error"]["code"], err["error"]["param"]) == ("amount_not_representable",
+                                                              "amount")
+    ops = (await env.sim.requests("stripe"))["by_operation"]
+    assert ops.get("capture_payment_intent", 0) == 0
+    status, pay = await env.post(f"/v1/payments/{pay['id']}/capture", "kwd-cap-610",
+                                 {"amount": 610})
+    assert status == 200 and pay["amount_captured"] == 610, pay
+    status, err = await env.post(f"/v1/payments/{pay['id']}/refunds", "kwd-ref-305",
+                                 {"amount": 305})
+    assert status == 400 and err["error"]["code"] == "amount_not_representable", err
+    [charge] = await env.sim.charges("stripe", pay["id"])
+    assert charge["amount_refunded"] == 0
+
+
+async def test_a_currency_missing_from_adyens_table_is_a_currency_400(env: Env) -> None:
+    status, err = await env.create("adyen-mga", "adyen", amount=10000, currency="MGA")
+    assert status == 400, err
+    assert (err["error"]["code"], err["error"]["param"]) == ("currency_not_supported",
+                                                              "currency")
+    assert (await env.sim.requests("adyen")).get("total", 0) == 0
 
 
 @providers

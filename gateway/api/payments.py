@@ -35,7 +35,8 @@ def _payment_response(status: int, doc: dict[str, Any], replayed: bool) -> web.R
 
 def _operation_error(exc: OperationError) -> ApiError:
     headers = {"Retry-After": "5"} if exc.http_status == 503 else None
-    return ApiError(exc.http_status, exc.type, exc.code, exc.message, headers=headers)
+    return ApiError(exc.http_status, exc.type, exc.code, exc.message, param=exc.param,
+                    headers=headers)
 
 
 async def _idempotent_post(
