@@ -682,44 +682,41 @@ class Orchestrator:
         return await self._send_refund(doc, refund, fresh=bool(created))
 
     async def resolve_refunds(self, doc: dict[str, Any], source: str) -> dict[str, Any]:
-        """Ask the provider about refunds still pending/unknown: an idempotent re-send
-        (same key) for unknown ones, a lookup for pending ones."""
+        """Ask the provider about refunds still pending/unknown: a lookup where the
+        provider knows the refund (a re-send could keep replaying a stored 500 for its
+        key), else an idempotent re-send with the same key (also where no lookup exists,
+        as at Adyen)."""
         for refund in list(doc["refunds"]):
-            if refund["status"] == RefundStatus.UNKNOWN and refund["provider_reference"]:
-                # Known to the provider: ask it (a re-send could keep replaying a stored
-                # 500 for that key); resend only where no lookup exists (Adyen).
-                provider = self._provider_of(doc)
-                try:
-                    result = await call_provider(
-                        provider.name, "lookup",
-                        functools.partial(provider.retrieve_refund, refund["provider_reference"]),
-                        self.config.retry, self._deadline(),
-                    )
-                except ProviderFault:
-                    pass
-                else:
-                    doc = await mutate(self.store, doc["id"], functools.partial(
-                        _settle_refund, refund_id=refund["id"], result=result, source=source))
+            status, known = refund["status"], bool(refund["provider_reference"])
+            if status not in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
+                continue
+            if known:
+                looked_up = await self._look_up_refund(doc, refund, source)
+                if looked_up is not None:
+                    doc = looked_up
                     continue
-            if refund["status"] == RefundStatus.UNKNOWN or (
-                    refund["status"] == RefundStatus.PENDING and not refund["provider_reference"]):
-                try:
-                    doc = await self._send_refund(doc, refund, source=source)
-                except OperationError:
-                    continue
-            elif refund["status"] == RefundStatus.PENDING:
-                provider = self._provider_of(doc)
-                try:
-                    result = await call_provider(
-                        provider.name, "lookup",
-                        functools.partial(provider.retrieve_refund, refund["provider_reference"]),
-                        self.config.retry, self._deadline(),
-                    )
-                except ProviderFault:
-                    continue
-                doc = await mutate(self.store, doc["id"], functools.partial(
-                    _settle_refund, refund_id=refund["id"], result=result, source=source))
+                if status == RefundStatus.PENDING:
+                    continue  # the provider confirms it later (webhook or next pass)
+            try:
+                doc = await self._send_refund(doc, refund, source=source)
+            except OperationError:
+                continue
         return doc
+
+    async def _look_up_refund(self, doc: dict[str, Any], refund: dict[str, Any],
+                              source: str) -> dict[str, Any] | None:
+        """The refund's state from the provider, applied; None when it gave no answer."""
+        provider = self._provider_of(doc)
+        try:
+            result = await call_provider(
+                provider.name, "lookup",
+                functools.partial(provider.retrieve_refund, refund["provider_reference"]),
+                self.config.retry, self._deadline(),
+            )
+        except ProviderFault:
+            return None
+        return await mutate(self.store, doc["id"], functools.partial(
+            _settle_refund, refund_id=refund["id"], result=result, source=source))
 
     async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any], *,
                            fresh: bool = False, source: str = "provider_response"

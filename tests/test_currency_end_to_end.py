@@ -17,7 +17,8 @@ from aiohttp.test_utils import TestClient
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS
 from gateway.config import load_config
-from tests.gateway_harness import SimControl, headers, payment_body, write_config
+from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
+from tests.processes import free_port
 
 CURRENCIES = ["USD", "EUR", "GBP", "JPY", "KWD", "ISK", "CLP", "IDR", "MGA"]
 # Adyen lists no MGA in its published table: the gateway refuses it there (400).
@@ -42,8 +43,9 @@ async def env(tmp_path: Path, aiohttp_client) -> AsyncIterator[tuple[TestClient,
                   "merchant_account": "CurrencyECOM"},
     }
     config = write_config(tmp_path, f"sqlite:///{tmp_path / 'g.db'}", providers=providers)
-    app = create_app(load_config(config))
-    client = await aiohttp_client(app)
+    port = free_port()  # the simulators deliver their webhooks (Adyen's confirmations) here
+    app = create_app(load_config(config), public_url=f"http://127.0.0.1:{port}")
+    client = await aiohttp_client(app, server_kwargs={"port": port})
     async with aiohttp.ClientSession() as session:
         yield client, SimControl(f"http://127.0.0.1:{app[SANDBOX_PORTS]['control']}", session)
 
@@ -77,20 +79,34 @@ async def test_authorize_capture_refund_record_the_merchants_amount(
 
 
 @pytest.mark.parametrize("currency", SUPPORTED["adyen"])
-async def test_adyen_authorizations_record_the_merchants_amount(
+async def test_adyen_authorize_capture_refund_record_the_merchants_amount(
     env: tuple[TestClient, SimControl], currency: str
 ) -> None:
-    """Adyen confirms captures and refunds by webhook (none in this setup): the request
-    the simulator received is what is checked."""
+    """Adyen confirms captures and refunds by webhook: each step waits for it."""
     client, sim = env
     status, pay = await _post(client, "/v1/payments", f"adyen-{currency}", payment_body(
         amount=AMOUNT[currency], currency=currency, capture="manual",
         payment_method={"type": "card", "provider_tokens": {"adyen": "tok_visa"}}))
     assert status == 201 and pay["status"] == "authorized", pay
-    [charge] = await sim.charges("adyen", pay["id"])
+    pid = pay["id"]
+    [charge] = await sim.charges("adyen", pid)
     assert (charge["amount"], charge["currency"]) == (AMOUNT[currency], currency)
-    status, pay = await _post(client, f"/v1/payments/{pay['id']}/capture",
-                              f"adyen-{currency}-cap", {"amount": CAPTURE[currency]})
-    assert status == 200 and pay["status"] == "capture_pending", pay
-    [charge] = await sim.charges("adyen", pay["id"])
+
+    async def reaches(check) -> dict[str, Any] | None:
+        r = await client.get(f"/v1/payments/{pid}", headers=headers())
+        current = await r.json()
+        return current if check(current) else None
+
+    status, pay = await _post(client, f"/v1/payments/{pid}/capture", f"adyen-{currency}-cap",
+                              {"amount": CAPTURE[currency]})
+    assert status == 200, pay
+    pay = await wait_for(lambda: reaches(lambda p: p["status"] == "captured"), timeout=10)
+    assert pay["amount_captured"] == CAPTURE[currency]
+    status, pay = await _post(client, f"/v1/payments/{pid}/refunds", f"adyen-{currency}-ref",
+                              {"amount": REFUND[currency]})
+    assert status == 201, pay
+    pay = await wait_for(lambda: reaches(lambda p: p["amount_refunded"] == REFUND[currency]),
+                         timeout=10)
+    [charge] = await sim.charges("adyen", pid)
     assert charge["amount_captured"] == CAPTURE[currency]
+    assert charge["amount_refunded"] == REFUND[currency]
