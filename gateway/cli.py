@@ -49,8 +49,14 @@ def _serve(args: argparse.Namespace) -> int:
 
     log.info("gateway starting", extra={"host": args.host, "port": args.port,
                                         "config": str(config.path)})
-    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
-                handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
+    from gateway.store import StoreError
+
+    try:
+        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
+                    handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
+    except StoreError as exc:  # e.g. an unwritable SQLite path: one clear line, no traceback
+        print(f"gateway: the store cannot be opened: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

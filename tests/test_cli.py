@@ -29,3 +29,20 @@ def test_check_config_ok_and_error(tmp_path: Path, capsys: pytest.CaptureFixture
     bad = write_config(tmp_path / "bad", "sqlite:///x.db", candidates=["missing"])
     assert main(["check-config", "--config", str(bad)]) == 1
     assert "unknown provider 'missing'" in capsys.readouterr().err
+
+
+def test_serve_on_an_unopenable_store_exits_with_one_clear_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.processes import child_env, free_port
+
+    config = write_config(tmp_path, "sqlite:///proc/no-such-dir/gateway.db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--config", str(config),
+         "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60, env=child_env())
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    [line] = [ln for ln in proc.stderr.splitlines() if ln.startswith("gateway: ")]
+    assert "/proc/no-such-dir/gateway.db" in line and "cannot open" in line

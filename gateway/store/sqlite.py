@@ -161,7 +161,7 @@ class SQLiteStore(Store):
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         except sqlite3.Error as exc:
-            raise StoreError(f"sqlite: {exc}") from exc
+            raise StoreError(f"sqlite: {self._path}: {exc}") from exc
 
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -187,6 +187,10 @@ class SQLiteStore(Store):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         try:
             await self._run(self._open_sync)
+        except OSError as exc:  # a missing, unwritable or full directory
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise StoreError(f"sqlite: cannot open {self._path}: {exc.strerror or exc}") from exc
         except BaseException:
             self._executor.shutdown(wait=False)
             self._executor = None
