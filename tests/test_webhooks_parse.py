@@ -253,3 +253,22 @@ def test_adyen_malformed() -> None:
     for body in (b"nope", b"{}", b'{"notificationItems": []}', b'{"notificationItems": [1]}'):
         with pytest.raises(MalformedWebhook):
             adyen_webhook.verify_and_parse(body, {}, HEX)
+
+
+def test_adyen_body_with_a_duplicate_key_is_malformed_not_last_wins() -> None:
+    """A duplicated key would let the signed value and the applied value differ."""
+    body = sim_notify.build_body([_adyen_item("CAPTURE", True)])
+    assert adyen_webhook.verify_and_parse(body, {}, HEX)
+    duplicated = body.replace(b'"success":', b'"success": "false", "success":', 1)
+    assert duplicated != body
+    with pytest.raises(MalformedWebhook):
+        adyen_webhook.verify_and_parse(duplicated, {}, HEX)
+
+
+def test_stripe_body_with_a_duplicate_key_is_malformed() -> None:
+    obj = _pi("succeeded", amount_received=700)
+    body = sim_events.build_event("payment_intent.succeeded", obj)
+    duplicated = body.replace(b'"type":', b'"type": "charge.refunded", "type":', 1)
+    assert duplicated != body
+    with pytest.raises(MalformedWebhook):
+        stripe_webhook.verify_and_parse(duplicated, _stripe(duplicated), WHSEC)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway.api import json_body
+from gateway import strict_json
 from gateway.api.errors import ApiError
 from gateway.currency import UnknownCurrency, minor_unit
 from gateway.logs import contains_card_number
@@ -45,8 +45,8 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        body = json_body.loads(raw)
-    except json_body.BodyError as exc:
+        body = strict_json.loads(raw)
+    except strict_json.BodyError as exc:
         if contains_card_number(raw.decode("utf-8", "replace")):
             raise ApiError(400, "invalid_request", "raw_card_data_rejected",
                            "raw card data is not accepted; send a payment-method token") from None

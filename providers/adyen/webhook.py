@@ -34,11 +34,11 @@ payment, capture and cancel, and the gateway refund id for refunds, so
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from gateway import strict_json
 from gateway.state_machine import PaymentStatus
 from providers.adyen.hmac_signature import hmac_key, signature, signing_string
 from providers.adyen.parse import iso_amount
@@ -67,9 +67,9 @@ def item_signature_valid(item: Mapping[str, Any], key: bytes) -> bool:
 
 def _items(raw_body: bytes) -> list[Mapping[str, Any]]:
     try:
-        body = json.loads(raw_body)
-    except ValueError as exc:
-        raise MalformedWebhook("Adyen notification body is not JSON") from exc
+        body = strict_json.loads(raw_body)
+    except strict_json.BodyError as exc:
+        raise MalformedWebhook(f"Adyen notification body is not strict JSON: {exc.code}") from exc
     items = body.get("notificationItems") if isinstance(body, Mapping) else None
     if not isinstance(items, list) or not items:
         raise MalformedWebhook("Adyen notification without notificationItems")

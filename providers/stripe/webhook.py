@@ -32,13 +32,13 @@ anything else                               ignore     --
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import stripe
 
+from gateway import strict_json
 from gateway.state_machine import PaymentStatus
 from providers.stripe.parse import iso_amount
 from providers.stripe.status import map_refund_status
@@ -118,9 +118,9 @@ def verify_and_parse(
     verify(raw_body, _header(headers, SIGNATURE_HEADER), secret, tolerance_s=tolerance_s,
            now=now)
     try:
-        event = json.loads(raw_body)
-    except ValueError as exc:
-        raise MalformedWebhook("Stripe webhook body is not JSON") from exc
+        event = strict_json.loads(raw_body)
+    except strict_json.BodyError as exc:
+        raise MalformedWebhook(f"Stripe webhook body is not strict JSON: {exc.code}") from exc
     if not isinstance(event, dict):
         raise MalformedWebhook("Stripe webhook body is not an object")
     return parse_event(event)

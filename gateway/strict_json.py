@@ -1,4 +1,4 @@
-"""Strict, bounded JSON request bodies (SPEC section 12.1).
+"""Strict, bounded JSON for request bodies and provider webhooks (SPEC section 12.1).
 
 ``json.loads`` alone lets the last of two duplicate keys win (``{"amount":100,
 "amount":100000}`` authorizes 100000 while a proxy or a log reads 100), accepts lone
