@@ -86,3 +86,28 @@ async def test_redis_down_is_503_everywhere_and_nothing_is_lost(
     r = await client.post("/v1/payments", data=body, headers=headers(idem="during"))
     assert r.status == 201, await r.text()
     assert (await r.json())["status"] == "authorized"
+
+
+async def test_a_sqlite_store_that_cannot_take_a_write_is_not_ready_and_answers_503(
+    tmp_path: Path, aiohttp_client
+) -> None:
+    """The file turns read-only under the gateway (PRAGMA query_only gives the same
+    SQLITE_READONLY a read-only mount does): /readyz 503, writes 503, never 500."""
+    from gateway.appkeys import STORE
+
+    app = create_app(load_config(write_config(tmp_path, f"sqlite:///{tmp_path / 'g.db'}")))
+    client: TestClient = await aiohttp_client(app)
+    assert (await client.get("/readyz")).status == 200
+    store = app[STORE]
+    await store._run(lambda: store._db().execute("PRAGMA query_only = ON"))
+    assert await store.ping() is False
+    r = await client.get("/readyz")
+    assert r.status == 503 and (await r.json())["checks"]["store"] is False
+    r = await client.post("/v1/payments", data=json.dumps(payment_body()),
+                          headers=headers(idem="ro"))
+    assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+    await store._run(lambda: store._db().execute("PRAGMA query_only = OFF"))
+    assert (await client.get("/readyz")).status == 200
+    r = await client.post("/v1/payments", data=json.dumps(payment_body()),
+                          headers=headers(idem="ro"))
+    assert r.status == 201, await r.text()

@@ -277,6 +277,10 @@ def _errors() -> Iterator[None]:
         raise StoreError(f"redis: {exc}") from exc
 
 
+#: Written by :meth:`RedisStore.ping` (readiness = the store takes a write).
+HEALTH_KEY = "gw:health"
+
+
 class RedisStore(Store):
     """Store on one Redis database; see the module docstring for the key layout."""
 
@@ -335,8 +339,8 @@ class RedisStore(Store):
     async def ping(self) -> bool:
         if self._client is None:
             return False
-        try:
-            return bool(await self._client.ping())
+        try:  # ready means able to take a write (not a read-only replica, not out of memory)
+            return bool(await self._client.set(HEALTH_KEY, "1", ex=60))
         except Exception:
             return False
 

@@ -44,6 +44,7 @@ from gateway.store.base import (
 T = TypeVar("T")
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS health (k INTEGER PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS payments (
     id TEXT PRIMARY KEY,
     merchant_id TEXT,
@@ -236,7 +237,10 @@ class SQLiteStore(Store):
             return False
 
     def _ping_sync(self) -> bool:
-        return self._db().execute("SELECT 1").fetchone()[0] == 1
+        """Ready means able to take a write (a read-only file or a full disk is not)."""
+        with self._tx() as conn:
+            conn.execute("INSERT OR REPLACE INTO health (k, at) VALUES (1, ?)", (time.time(),))
+        return True
 
     # payments ------------------------------------------------------------------
     async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
