@@ -95,21 +95,31 @@ def sandbox_process(log: Path, providers: tuple[str, ...] = ("stripe", "braintre
             proc.stdout.close()
 
 
+async def _serve_on(port: int, config: Path, log: Path, session: aiohttp.ClientSession,
+                    extra_args: tuple[str, ...] = (), **env: str
+                    ) -> tuple[subprocess.Popen[bytes], str] | None:
+    """Start `gateway serve` on ``port``; the process and its URL once /healthz answers,
+    None (process stopped) if it died or did not answer in time."""
+    proc = spawn_gateway_cli(["serve", "--config", str(config), "--port", str(port),
+                              *extra_args], log, **env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline and proc.poll() is None:
+        if await http_ok(session, f"{base}/healthz"):
+            return proc, base
+        await _sleep(0.05)
+    stop(proc)
+    return None
+
+
 async def start_gateway(config: Path, log: Path, session: aiohttp.ClientSession,
                         extra_args: tuple[str, ...] = (), **env: str
                         ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `gateway serve` and wait for /healthz; retry on another port if it died."""
     for _ in range(3):
-        port = free_port()
-        proc = spawn_gateway_cli(["serve", "--config", str(config), "--port", str(port),
-                                  *extra_args], log, **env)
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline and proc.poll() is None:
-            if await http_ok(session, f"{base}/healthz"):
-                return proc, base
-            await _sleep(0.05)
-        stop(proc)
+        started = await _serve_on(free_port(), config, log, session, extra_args, **env)
+        if started is not None:
+            return started
     raise AssertionError(f"gateway did not start; log: {_tail(log)}")
 
 
@@ -117,15 +127,10 @@ async def start_gateway_on(port: int, config: Path, log: Path, session: aiohttp.
                            ) -> tuple[subprocess.Popen[bytes], str]:
     """Start `gateway serve` on a port chosen beforehand (e.g. the one the simulators of a
     sandbox process already send their webhooks to); wait for /healthz."""
-    base = f"http://127.0.0.1:{port}"
-    proc = spawn_gateway_cli(["serve", "--config", str(config), "--port", str(port)], log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline and proc.poll() is None:
-        if await http_ok(session, f"{base}/healthz"):
-            return proc, base
-        await _sleep(0.05)
-    stop(proc)
-    raise AssertionError(f"gateway did not start on port {port}; log: {_tail(log)}")
+    started = await _serve_on(port, config, log, session)
+    if started is None:
+        raise AssertionError(f"gateway did not start on port {port}; log: {_tail(log)}")
+    return started
 
 
 def kill_9(proc: subprocess.Popen[Any]) -> None:
