@@ -26,6 +26,7 @@ Rules (SPEC section 5):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -284,9 +285,14 @@ class Orchestrator:
     ) -> T:
         """One provider call behind its circuit breaker. An open breaker raises
         CircuitOpen (a RejectedSafe: nothing was sent) before anything is sent."""
+        retry = self.config.retry
+        if operation in provider.creating_operations and not provider.retries_deduplicated:
+            # A retry of a create the provider may not deduplicate could charge or refund
+            # twice: one try, then the lookup decides.
+            retry = dataclasses.replace(retry, attempts=1)
         ticket = self.breakers[provider.name].admit()
         try:
-            result = await call_provider(provider.name, operation, factory, self.config.retry,
+            result = await call_provider(provider.name, operation, factory, retry,
                                          deadline, record)
         except BaseException as exc:
             ticket.settle(exc)

@@ -9,7 +9,8 @@
   idempotency key (the factory closes over it), bounded by attempts and a deadline,
   with exponential backoff and jitter (tenacity);
 * once a try was ambiguous, a later ``RejectedSafe`` does not make the call safe: the
-  first try may have been processed, so the call stays ``Ambiguous``.
+  first try may have been processed, so the call stays ``Ambiguous``; except
+  :class:`~providers.base.NotCreated`, a lookup's final proof (lookups create nothing).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from tenacity import (
 
 from gateway import metrics
 from gateway.config import RetrySettings
-from providers.base import Ambiguous, Outcome, ProviderFault, RejectedSafe
+from providers.base import Ambiguous, NotCreated, Outcome, ProviderFault, RejectedSafe
 from providers.faults import classify_transport_error
 
 T = TypeVar("T")
@@ -101,6 +102,8 @@ async def call_provider(
                 except Ambiguous as exc:
                     seen_ambiguous.append(exc)
                     raise
+                except NotCreated:
+                    raise  # a lookup's final proof: earlier unanswered lookups change nothing
                 except RejectedSafe as exc:
                     if seen_ambiguous:
                         first = seen_ambiguous[0]

@@ -166,6 +166,11 @@ class Provider(abc.ABC):
     name: str
     type: str
     currencies: frozenset[str]
+    #: Whether the provider deduplicates a retried request by its idempotency key
+    #: (Stripe, Adyen: documented). When not, operations that create money movements are
+    #: sent once and resolved by lookup instead of retried.
+    retries_deduplicated: bool = True
+    creating_operations: frozenset[str] = frozenset({"authorize", "refund"})
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections / pools; called once before the first request."""

@@ -15,7 +15,9 @@ never on the event loop. The SDK keeps one ``requests`` session per thread.
   another amount is voided at once and raised as :class:`ProviderMismatch` (never a
   success);
 * idempotency: ``api_request_key`` = the gateway's per-attempt idempotency key on
-  sale, submit_for_settlement, void and refund;
+  sale, submit_for_settlement, void and refund; because its deduplication on the XML
+  gateway is unverified, the gateway never retries a sale or a refund here
+  (``retries_deduplicated = False``): one send, then a lookup;
 * lookup: ``find(id)``; without an id (lost response) a search by ``order_id`` (= the
   gateway payment id): one -> its state, several -> Ambiguous, none -> see "proof";
 * proof that nothing was created (SPEC 5.1): Braintree's XML gateway has no verified
@@ -99,6 +101,9 @@ def make_environment(base_url: str) -> braintree.Environment:
 
 class BraintreeProvider(Provider):
     type = "braintree"
+    # The XML gateway's api_request_key deduplication is unverified
+    # (../shared/reference/providers.md 2.5): a retried sale or refund could be a second one.
+    retries_deduplicated = False
 
     def __init__(
         self, name: str, *, merchant_id: str, public_key: str, private_key: str,
