@@ -33,6 +33,8 @@ def write_config(directory: Path, store: str, providers: dict[str, Any],
     cfg: dict[str, Any] = {
         "store": store, "merchants": [{"id": "bench", "api_key_sha256": [_sha(API_KEY)]}],
         "providers": providers, "reconciliation": {"enabled": False},
+        # the benchmarks' private redis-server keeps nothing on disk
+        "store_options": {"allow_volatile": True},
         "retry": {"attempts": 2, "backoff_s": 0.02, "backoff_max_s": 0.05, "jitter_s": 0.01},
         **extra,
     }

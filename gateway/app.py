@@ -12,6 +12,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
@@ -33,7 +34,8 @@ from gateway.orchestrator import Orchestrator
 from gateway.provider_registry import build_providers, sandbox_types
 from gateway.reconcile import Reconciler
 from gateway.routing_runtime import RoutingRuntime
-from gateway.store import make_store
+from gateway.store import Store, StoreError, make_store
+from gateway.store.redis import RedisStore
 from routing.breaker import BreakerBoard
 
 log = logging.getLogger("gateway.app")
@@ -76,13 +78,45 @@ async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    store = make_store(app[CONFIG].store_url)
+    config = app[CONFIG]
+    store = make_store(config.store_url)
     await store.open()
+    try:
+        await _check_durable(store, config)
+    except BaseException:
+        await store.close()
+        raise
     app[STORE] = store
     try:
         yield
     finally:
         await store.close()
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}{port}", parts.path,
+                       parts.query, parts.fragment))
+
+
+async def _check_durable(store: Store, config: GatewayConfig) -> None:
+    """A Redis that keeps nothing across a restart (neither AOF nor RDB) would forget
+    payments that providers still hold: refused unless ``store_options.allow_volatile``.
+    RDB alone loses the writes since the last snapshot: allowed, with a warning."""
+    if not isinstance(store, RedisStore):
+        return
+    mode = await store.persistence()
+    if mode == "none" and not config.allow_volatile_store:
+        raise StoreError(
+            f"redis: {_without_password(config.store_url)} persists nothing (appendonly no, "
+            'save ""); run it with AOF (appendonly yes) or set store_options: '
+            "{allow_volatile: true}")
+    if mode in ("rdb", None):
+        log.warning("redis store durability", extra={"persistence": mode or "unknown"})
 
 
 async def _routing_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -109,6 +109,8 @@ class GatewayConfig:
     routing_poll_s: float = 1.0
     reconciliation: ReconcileSettings = ReconcileSettings()
     notifications: NotificationSettings = NotificationSettings()
+    # Redis without AOF or RDB loses every payment on a restart: refused unless allowed.
+    allow_volatile_store: bool = False
 
 
 def resolve_secret(value: Any, where: str) -> str:
@@ -358,6 +360,8 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
                                   f"{where}.reconciliation"),
         notifications=_notification_settings(
             _get(raw, "notifications", dict, where, {}), f"{where}.notifications"),
+        allow_volatile_store=bool(_get(_get(raw, "store_options", dict, where, {}),
+                                       "allow_volatile", bool, f"{where}.store_options", False)),
     )
     if cfg.idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
         raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")

@@ -47,6 +47,7 @@ SCHEMA: Schema = {
     "retry": _RETRY, "sandbox": {"host": None, "control_port": None},
     "reconciliation": _RECONCILIATION, "notifications": _NOTIFICATIONS,
     "merchants": _ListOf(_MERCHANT), "providers": "providers",
+    "store_options": {"allow_volatile": None},
 }
 
 

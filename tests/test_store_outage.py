@@ -111,3 +111,41 @@ async def test_a_sqlite_store_that_cannot_take_a_write_is_not_ready_and_answers_
     r = await client.post("/v1/payments", data=json.dumps(payment_body()),
                           headers=headers(idem="ro"))
     assert r.status == 201, await r.text()
+
+
+@pytest.mark.parametrize(("redis_args", "allowed", "starts"), [
+    (["--appendonly", "no", "--save", ""], False, False),  # keeps nothing: refused
+    (["--appendonly", "no", "--save", ""], True, True),  # ... unless explicitly allowed
+    (["--appendonly", "yes", "--appendfsync", "always", "--save", ""], False, True),
+    (["--appendonly", "no", "--save", "60 1"], False, True),  # RDB: allowed, warned
+])
+async def test_a_redis_that_persists_nothing_is_refused_unless_allowed(
+    tmp_path: Path, redis_args: list[str], allowed: bool, starts: bool
+) -> None:
+    exe = shutil.which("redis-server")
+    assert exe, "redis-server is required"
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir",
+                             str(tmp_path), *redis_args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        async def up() -> bool:
+            return _redis_answers(url)
+
+        await wait_for(up, timeout=10)
+        config = write_config(tmp_path, url, store_options={"allow_volatile": allowed})
+        from aiohttp.test_utils import TestServer
+
+        from gateway.store import StoreError
+
+        server = TestServer(create_app(load_config(config)))
+        if starts:
+            await server.start_server()
+            await server.close()
+        else:
+            with pytest.raises(StoreError, match="persists nothing"):
+                await server.start_server()
+            await server.close()
+    finally:
+        stop(proc)

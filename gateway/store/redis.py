@@ -50,7 +50,7 @@ from typing import Any
 import redis.asyncio as aredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import ConnectionError, RedisError, WatchError
 
 from gateway.store.base import (
     AlreadyExists,
@@ -343,6 +343,22 @@ class RedisStore(Store):
             return bool(await self._client.set(HEALTH_KEY, "1", ex=60))
         except Exception:
             return False
+
+    async def persistence(self) -> str | None:
+        """How the server keeps writes across a restart: ``"aof"``, ``"rdb"``, ``"none"``,
+        or None when it cannot be told (``CONFIG`` disabled, as on some managed Redis)."""
+        try:
+            aof = await self._r.config_get("appendonly")
+            save = await self._r.config_get("save")
+        except (RedisError, OSError) as exc:
+            if isinstance(exc, RedisError) and not isinstance(exc, ConnectionError):
+                return None
+            raise StoreError(f"redis: {exc}") from exc
+        if str(aof.get("appendonly", "")).lower() == "yes":
+            return "aof"
+        if str(save.get("save", "")).strip():
+            return "rdb"
+        return "none"
 
     # derived indexes -----------------------------------------------------------
     async def _index_before_write(self, pid: str, doc: dict[str, Any], updated_at: float) -> None:
