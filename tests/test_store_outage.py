@@ -21,18 +21,20 @@ from tests.processes import free_port, stop
 
 
 class RedisProcess:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path,
+                 args: tuple[str, ...] = ("--save", "", "--appendonly", "no")) -> None:
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.tmp = tmp
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         exe = shutil.which("redis-server")
         assert exe, "redis-server is required"
         self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
+            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.tmp),
+             *self.args],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     def kill(self) -> None:
@@ -122,19 +124,14 @@ async def test_a_sqlite_store_that_cannot_take_a_write_is_not_ready_and_answers_
 async def test_a_redis_that_persists_nothing_is_refused_unless_allowed(
     tmp_path: Path, redis_args: list[str], allowed: bool, starts: bool
 ) -> None:
-    exe = shutil.which("redis-server")
-    assert exe, "redis-server is required"
-    port = free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--dir",
-                             str(tmp_path), *redis_args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    redis_proc = RedisProcess(tmp_path, tuple(redis_args))
+    redis_proc.start()
     try:
         async def up() -> bool:
-            return _redis_answers(url)
+            return _redis_answers(redis_proc.url)
 
         await wait_for(up, timeout=10)
-        config = write_config(tmp_path, url, store_options={"allow_volatile": allowed})
+        config = write_config(tmp_path, redis_proc.url, store_options={"allow_volatile": allowed})
         from aiohttp.test_utils import TestServer
 
         from gateway.store import StoreError
@@ -148,4 +145,4 @@ async def test_a_redis_that_persists_nothing_is_refused_unless_allowed(
                 await server.start_server()
             await server.close()
     finally:
-        stop(proc)
+        redis_proc.kill()
