@@ -202,7 +202,7 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.Application:
     """``public_url`` (e.g. ``http://127.0.0.1:8080``) is where in-process simulators
     deliver their webhooks; without it they send none."""
-    app = web.Application(middlewares=[request_context], client_max_size=256 * 1024)
+    app = web.Application(middlewares=[request_context], client_max_size=webhooks.MAX_BODY_BYTES)
     app[CONFIG] = config
     if public_url:
         app[PUBLIC_URL] = public_url

@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
+    from gateway.http_server import ConnectionGuard
     from gateway.orchestrator import Orchestrator
     from gateway.routing_runtime import RoutingRuntime
     from gateway.store import Store
@@ -22,3 +23,4 @@ SANDBOX_PORTS: web.AppKey[dict[str, int]] = web.AppKey("sandbox_ports")
 ROUTING: web.AppKey[RoutingRuntime] = web.AppKey("routing")
 BREAKERS: web.AppKey[BreakerBoard] = web.AppKey("breakers")
 PUBLIC_URL: web.AppKey[str] = web.AppKey("public_url", str)
+CONNECTION_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard")

@@ -45,15 +45,16 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.errors:
             print(f"gateway: {issue}", file=sys.stderr)
         return 2
-    from aiohttp import web
+    import asyncio
+
+    from gateway.http_server import serve
+    from gateway.store import StoreError
 
     log.info("gateway starting", extra={"host": args.host, "port": args.port,
                                         "config": str(config.path)})
-    from gateway.store import StoreError
-
     try:
-        web.run_app(app, host=args.host, port=args.port, print=None, access_log=None,
-                    handle_signals=True, shutdown_timeout=5, reuse_port=args.reuse_port or None)
+        asyncio.run(serve(app, args.host, args.port, config.server,
+                          reuse_port=args.reuse_port))
     except StoreError as exc:  # e.g. an unwritable SQLite path: one clear line, no traceback
         print(f"gateway: the store cannot be opened: {exc}", file=sys.stderr)
         return 1

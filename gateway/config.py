@@ -92,6 +92,18 @@ class NotificationSettings:
 
 
 @dataclass(frozen=True)
+class ServerSettings:
+    """Connection hygiene of ``gateway serve`` (``server:``; see gateway.http_server)."""
+
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this (else 408)
+    keepalive_timeout_s: float = 15.0  # idle connection between two requests
+    max_connections: int = 1000  # lowered to fit the file-descriptor limit at start
+    # listen queue, and how many connections asyncio accepts in one go
+    backlog: int = 128
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     store_url: str
@@ -109,6 +121,7 @@ class GatewayConfig:
     routing_poll_s: float = 1.0
     reconciliation: ReconcileSettings = ReconcileSettings()
     notifications: NotificationSettings = NotificationSettings()
+    server: ServerSettings = ServerSettings()
     # Redis without AOF or RDB loses every payment on a restart: refused unless allowed.
     allow_volatile_store: bool = False
 
@@ -254,6 +267,25 @@ def _notification_settings(raw: dict[str, Any], where: str) -> NotificationSetti
     return settings
 
 
+def _server(raw: dict[str, Any], where: str) -> ServerSettings:
+    d = ServerSettings()
+    num = (int, float)
+    out = ServerSettings(
+        header_timeout_s=_get(raw, "header_timeout_s", num, where, d.header_timeout_s),
+        body_timeout_s=_get(raw, "body_timeout_s", num, where, d.body_timeout_s),
+        keepalive_timeout_s=_get(raw, "keepalive_timeout_s", num, where,
+                                 d.keepalive_timeout_s),
+        max_connections=_get(raw, "max_connections", int, where, d.max_connections),
+        backlog=_get(raw, "backlog", int, where, d.backlog),
+    )
+    if min(out.header_timeout_s, out.body_timeout_s, out.keepalive_timeout_s) <= 0:
+        raise ConfigError(f"{where}: header_timeout_s, body_timeout_s and "
+                          "keepalive_timeout_s must be > 0")
+    if out.max_connections < 1 or out.backlog < 1:
+        raise ConfigError(f"{where}: max_connections and backlog must be >= 1")
+    return out
+
+
 def _reconcile(raw: dict[str, Any], where: str) -> ReconcileSettings:
     d = ReconcileSettings()
     num = (int, float)
@@ -360,6 +392,7 @@ def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
                                   f"{where}.reconciliation"),
         notifications=_notification_settings(
             _get(raw, "notifications", dict, where, {}), f"{where}.notifications"),
+        server=_server(_get(raw, "server", dict, where, {}), f"{where}.server"),
         allow_volatile_store=bool(_get(_get(raw, "store_options", dict, where, {}),
                                        "allow_volatile", bool, f"{where}.store_options", False)),
     )

@@ -48,6 +48,8 @@ SCHEMA: Schema = {
     "reconciliation": _RECONCILIATION, "notifications": _NOTIFICATIONS,
     "merchants": _ListOf(_MERCHANT), "providers": "providers",
     "store_options": {"allow_volatile": None},
+    "server": {"header_timeout_s": None, "body_timeout_s": None, "keepalive_timeout_s": None,
+               "max_connections": None, "backlog": None},
 }
 
 

@@ -100,6 +100,17 @@ UNMAPPED_STATUSES = Counter(
     "Provider statuses with no entry in the status table (mapped to unknown)",
     ["provider"], registry=REGISTRY,
 )
+HTTP_CONNECTIONS = Gauge(
+    "gateway_http_connections", "Open client connections", registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+HTTP_CONNECTIONS_CLOSED = Counter(
+    "gateway_http_connections_closed_total",
+    "Client connections closed by the gateway's connection guard",
+    ["reason"], registry=REGISTRY,
+)
+CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout", "evicted",
+                            "refused")
 
 
 def initialise(providers: list[str]) -> None:
@@ -117,6 +128,8 @@ def initialise(providers: list[str]) -> None:
             WEBHOOKS.labels(p, result)
         PAYMENTS_UNRESOLVED.labels(p)
         PROVIDER_MISMATCHES.labels(p)
+    for reason in CONNECTION_CLOSE_REASONS:
+        HTTP_CONNECTIONS_CLOSED.labels(reason)
     for result in ("applied", "rejected", "unchanged"):
         CONFIG_RELOADS.labels(result)
     for result in ("new", "replayed", "conflict", "mismatch"):

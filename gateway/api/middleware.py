@@ -10,6 +10,8 @@ from aiohttp import web
 
 from gateway import logs, metrics
 from gateway.api.errors import ApiError
+from gateway.appkeys import CONFIG
+from gateway.http_server import guard_of, read_body_within
 from gateway.store import StoreError
 
 log = logging.getLogger("gateway.http")
@@ -38,6 +40,19 @@ def _check_encoding(request: web.Request) -> None:
                        param="Content-Encoding")
 
 
+async def _read_body(request: web.Request) -> None:
+    """The whole body within ``server.body_timeout_s`` (a slow body holds a connection
+    and a handler): else 408 and the connection is closed."""
+    timeout_s = request.app[CONFIG].server.body_timeout_s
+    try:
+        await read_body_within(request, timeout_s)
+    except TimeoutError:
+        metrics.HTTP_CONNECTIONS_CLOSED.labels("body_timeout").inc()
+        raise ApiError(408, "invalid_request", "request_timeout",
+                       f"the request body did not arrive within {timeout_s:g} s",
+                       headers={"Connection": "close"}) from None
+
+
 @web.middleware
 async def request_context(request: web.Request, handler) -> web.StreamResponse:
     rid = request.headers.get("X-Request-Id", "")
@@ -48,12 +63,18 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
     t0 = time.perf_counter()
     route = _route(request)
     status = 500
+    guard = guard_of(request)
+    if guard is not None:
+        guard.request_started(request.transport)
     try:
         try:
             _check_encoding(request)
+            await _read_body(request)
             response = await handler(request)
         except ApiError as err:
             response = err.response()
+            if err.status == 408:
+                response.force_close()  # the rest of that body must not be read as a request
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -77,6 +98,8 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         response.headers["X-Request-Id"] = rid
         return response
     finally:
+        if guard is not None:
+            guard.request_finished(request.transport)
         elapsed = time.perf_counter() - t0
         metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
         metrics.HTTP_DURATION.labels(route).observe(elapsed)
