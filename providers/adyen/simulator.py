@@ -9,11 +9,16 @@ payments``; the sandbox base URL is ``http://host:port/checkout/v71``, see
 
 | route                                           | name     |
 |-------------------------------------------------|----------|
+| POST [/checkout]/v{N}/paymentMethods            | payment_methods |
 | POST [/checkout]/v{N}/payments                  | payments |
 | POST [/checkout]/v{N}/payments/{psp}/captures   | captures |
 | POST [/checkout]/v{N}/payments/{psp}/cancels    | cancels  |
 | POST [/checkout]/v{N}/payments/{psp}/refunds    | refunds  |
 | GET  /_sim/3ds/{psp}?result=succeed|fail        | complete_3ds (the shopper's redirect) |
+
+``/paymentMethods`` (``merchantAccount`` required, checked like every call) answers
+``{"paymentMethods": [{"name": "Cards", "type": "scheme", "brands": [...]}]}``: what a
+card-only test account offers; it changes nothing.
 
 Amounts: ``amount.value`` in Adyen's decimals from its published currency table
 (:func:`providers.adyen.sim_model.adyen_decimals`); a currency missing from the table
@@ -112,6 +117,8 @@ class AdyenSimulator(SimulatedProvider):
 
     def add_routes(self, app: web.Application) -> None:
         r = app.router
+        r.add_post(f"{PREFIX}/paymentMethods", self._api(self._payment_methods),
+                   name="payment_methods")
         r.add_post(f"{PREFIX}/payments", self._api(self._payments), name="payments")
         r.add_post(f"{PREFIX}/payments/{{psp}}/captures", self._api(self._capture),
                    name="captures")
@@ -253,6 +260,11 @@ class AdyenSimulator(SimulatedProvider):
             self._authorisation(payment)
 
     # ------------------------------------------------------------ operations
+
+    def _payment_methods(self, request: web.Request, body: dict[str, Any]
+                         ) -> tuple[int, dict[str, Any]]:
+        return 200, {"paymentMethods": [{"name": "Cards", "type": "scheme",
+                                         "brands": ["visa", "mc", "amex"]}]}
 
     def _payments(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         amount = m.parse_amount(body.get("amount"))

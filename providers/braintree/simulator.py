@@ -10,6 +10,8 @@ counted by ``GET /_sim/braintree/requests``):
     POST /transactions/{id}/refund                   refund
     POST /transactions/advanced_search_ids           search_ids
     POST /transactions/advanced_search               search
+    GET  /merchant_accounts/{id}                     merchant_account_find
+    GET  /merchant_accounts/?page=N                  merchant_account_list
 
 * Auth: ``Authorization: Basic b64(public:private)``; wrong -> 401 with an empty body
   (the SDK raises AuthenticationError); another merchant id -> 403.
@@ -31,6 +33,11 @@ counted by ``GET /_sim/braintree/requests``):
   ``advanced_search_ids`` / ``advanced_search`` only ``search_lag_ms`` (fault setting)
   after it was created (when the sale was processed, i.e. late under
   ``late_process``); ``find`` by id sees it at once.
+* Merchant accounts (``gateway.merchant_account.find`` / ``.all``): the default account
+  (id = the merchant id, currency ``default_currency``, ``default`` true), the accounts of
+  ``merchant_accounts`` and, found by id only, any id ending in ``_xxx`` (currency XXX);
+  all ``active``. An unknown id is 404 (the SDK's NotFoundError). The list is paginated
+  like Braintree's (``current-page-number``, ``page-size``, ``total-items``).
 * ``error_after_process``: the injected 5xx replaces the answer of a processed request;
   the ``api_request_key`` record keeps the real answer, so a retry with the same key
   gets the transaction that was created (Braintree binds the key to what it did).
@@ -160,6 +167,10 @@ class BraintreeSimulator(SimulatedProvider):
                   name="submit_for_settlement")
         r.add_put(base + "/{id}/void", self._api(self._void), name="void")
         r.add_post(base + "/{id}/refund", self._api(self._refund), name="refund")
+        accounts = "/merchants/{merchant_id}/merchant_accounts/"
+        r.add_get(accounts, self._api(self._list_accounts), name="merchant_account_list")
+        r.add_get(accounts + "{id}", self._api(self._find_account),
+                  name="merchant_account_find")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
     def fault_response(self, status: int) -> web.Response:
@@ -263,10 +274,11 @@ class BraintreeSimulator(SimulatedProvider):
             raise NotFound(request.match_info["id"])
         return txn
 
-    def _currency_of(self, account: str | None) -> str:
+    def _currency_of(self, account: str | None, merchant: str | None = None) -> str:
         """The currency of the merchant account used (Braintree's sale has no currency
-        field); an account whose currency ISO 4217 gives no decimals is invalid."""
-        if not account:
+        field); an account whose currency ISO 4217 gives no decimals is invalid.
+        ``merchant``: the merchant id of the request (the default account's id)."""
+        if not account or account == (self.merchant_id or merchant):
             currency: str | None = self.default_currency
         elif account in self.merchant_accounts:
             currency = self.merchant_accounts[account]
@@ -312,7 +324,7 @@ class BraintreeSimulator(SimulatedProvider):
             raise m.ValidationFailure("91523", "Transaction type is invalid.", "type")
         account = params.get("merchant_account_id")
         account = account if isinstance(account, str) and account else None
-        currency = self._currency_of(account)
+        currency = self._currency_of(account, request.match_info.get("merchant_id"))
         amount = m.parse_amount(params.get("amount"), currency, required=True)
         assert amount is not None
         order_id = params.get("order_id")
@@ -340,6 +352,35 @@ class BraintreeSimulator(SimulatedProvider):
         body = txn.to_xml()
         self._schedule_settle(txn)
         return 201, "transaction", body
+
+    def _account(self, account_id: str, currency: str, default: bool) -> dict[str, Any]:
+        return {"id": account_id, "currency_iso_code": currency, "status": "active",
+                "default": default}
+
+    def _find_account(self, request: web.Request, params: dict[str, Any]) -> Result:
+        account_id = request.match_info["id"]
+        merchant = request.match_info["merchant_id"]
+        try:
+            currency = self._currency_of(account_id, merchant)
+        except m.ValidationFailure:
+            raise NotFound(account_id) from None
+        default = account_id == (self.merchant_id or merchant)
+        return 200, "merchant_account", self._account(account_id, currency, default)
+
+    def _list_accounts(self, request: web.Request, params: dict[str, Any]) -> Result:
+        merchant = self.merchant_id or request.match_info["merchant_id"]
+        accounts = [self._account(merchant, self.default_currency, True)]
+        accounts += [self._account(a, c, False) for a, c in self.merchant_accounts.items()
+                     if a != merchant]
+        try:
+            page = max(1, int(request.query.get("page", "1")))
+        except ValueError:
+            page = 1
+        chunk = accounts[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+        return 200, "merchant_accounts", {
+            "current_page_number": page, "page_size": PAGE_SIZE, "total_items": len(accounts),
+            "merchant_account": Repeated(chunk),
+        }
 
     def _find(self, request: web.Request, params: dict[str, Any]) -> Result:
         return 200, "transaction", self._txn(request).to_xml()

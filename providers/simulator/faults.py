@@ -20,6 +20,10 @@ Keys (defaults in :class:`FaultSettings`):
   ``error_after_process`` (bool): produce that 5xx *after* the request was processed
   (the charge exists) instead of before. ``rate_limit_rate`` (0..1): injected 429s,
   always before processing.
+* ``clock_skew_s``: seconds (-864000..864000, may be fractional) added to the time in
+  the ``Date`` header of every answer of that provider, as if its clock ran that far
+  ahead (negative: behind); nothing else uses it (webhook timestamps stay true). Default
+  0; ``GET`` lists it only when it is set (the answer is otherwise unchanged).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ class FaultMode(StrEnum):
 
 
 MAX_LATENCY_MS = 600_000
+MAX_CLOCK_SKEW_S = 864_000  # 10 days
 MILLIS_KEYS = ("latency_ms", "late_process_ms", "search_lag_ms")
 
 
@@ -60,10 +65,13 @@ class FaultSettings:
     late_process_ms: int = 0
     search_lag_ms: int = 0
     error_after_process: bool = False
+    clock_skew_s: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["mode"] = self.mode.value
+        if not self.clock_skew_s:
+            del out["clock_skew_s"]
         return out
 
     def roll_rate_limit(self, rng: random.Random) -> bool:
@@ -132,6 +140,13 @@ def merge_faults(current: FaultSettings, update: Any, *, supports_search: bool =
     for key in ("error_rate", "rate_limit_rate"):
         if key in update:
             changes[key] = _rate(update[key], key)
+    if "clock_skew_s" in update:
+        skew = _number(update["clock_skew_s"], "clock_skew_s")
+        if not -MAX_CLOCK_SKEW_S <= skew <= MAX_CLOCK_SKEW_S:
+            raise FaultValidationError(
+                f"clock_skew_s must be between -{MAX_CLOCK_SKEW_S} and {MAX_CLOCK_SKEW_S}",
+                "clock_skew_s")
+        changes["clock_skew_s"] = skew
     if "error_status" in update:
         status = update["error_status"]
         if isinstance(status, bool) or not isinstance(status, int) or not 500 <= status <= 599:

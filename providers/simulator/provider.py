@@ -29,6 +29,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from email.utils import formatdate
 
 from aiohttp import web
 
@@ -95,8 +96,16 @@ class SimulatedProvider(abc.ABC):
 
     def build_app(self) -> web.Application:
         app = web.Application(middlewares=[self._fault_middleware])
+        app.on_response_prepare.append(self._stamp_date)
         self.add_routes(app)
         return app
+
+    async def _stamp_date(self, request: web.Request, response: web.StreamResponse) -> None:
+        """``clock_skew_s``: the ``Date`` header (RFC 9110, set by aiohttp otherwise)
+        shows this provider's clock running that far ahead (negative: behind)."""
+        skew = self.faults.clock_skew_s
+        if skew:
+            response.headers["Date"] = formatdate(time.time() + skew, usegmt=True)
 
     def later(self, delay: float, fn: Callable[[], None]) -> None:
         """Run ``fn`` after ``delay`` seconds (asynchronous provider-side outcomes);

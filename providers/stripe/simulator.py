@@ -17,6 +17,11 @@ carries ``request_log_url`` (the dashboard log of that request, like Stripe's).
 Amounts follow Stripe's documented currency rules (:func:`sim_model.check_amount`);
 the charges view (``GET /_sim/stripe/charges``) reports them in ISO 4217 minor units.
 
+Balance (``GET /v1/balance``, Stripe's ``GetBalance``): the authenticated account's
+balance object; ``available`` holds per currency what was captured minus what was
+refunded (Stripe's own units), ``pending`` is empty. Any valid key can read it, so it is
+the harmless authenticated call of ``gateway doctor``.
+
 Search (``GET /v1/payment_intents/search``, Stripe's Search API): the Search Query
 Language subset of :func:`providers.stripe.sim_model.parse_search_query`, newest first,
 ``limit`` 1..100 (default 10) with ``page`` / ``next_page`` cursors. Like Stripe's,
@@ -67,6 +72,7 @@ DEFAULT_WEBHOOK_SECRET = "whsec_sandbox_stripe"
 CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 SEARCH_URL = "/v1/payment_intents/search"
 SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT = 10, 100
+BALANCE_PARAMS = frozenset({"expand"})
 
 Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
 
@@ -165,6 +171,8 @@ class StripeSimulator(SimulatedProvider):
                    name="create_refund")
         r.add_get("/v1/refunds/{id}", self._api(self._retrieve_refund, None),
                   name="retrieve_refund")
+        r.add_get("/v1/balance", self._api(self._balance, BALANCE_PARAMS),
+                  name="retrieve_balance")
         r.add_route("*", "/_sim/3ds/{id}", self._complete_3ds, name="complete_3ds")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
@@ -374,6 +382,18 @@ class StripeSimulator(SimulatedProvider):
     def _retrieve(self, request: web.Request, params: dict[str, Any]
                   ) -> tuple[int, dict[str, Any]]:
         return 200, self._intent(request).to_dict()
+
+    def _balance(self, request: web.Request, params: dict[str, Any]
+                 ) -> tuple[int, dict[str, Any]]:
+        net: dict[str, int] = {}
+        for pi in self.intents.values():
+            net[pi.currency] = net.get(pi.currency, 0) + pi.amount_received - pi.amount_refunded
+        available = [{"amount": amount, "currency": currency, "source_types": {"card": amount}}
+                     for currency, amount in sorted(net.items())]
+        if not available:
+            available = [{"amount": 0, "currency": "usd", "source_types": {"card": 0}}]
+        return 200, {"object": "balance", "available": available, "connect_reserved": [],
+                     "livemode": False, "pending": []}
 
     def _search(self, request: web.Request, params: dict[str, Any]
                 ) -> tuple[int, dict[str, Any]]:
