@@ -39,7 +39,8 @@ def _serve(args: argparse.Namespace) -> int:
         connect_host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host
         app = create_app(config, public_url=f"http://{connect_host}:{args.port}")
     except ConfigError as exc:
-        print(f"gateway: {exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"gateway: {line}", file=sys.stderr)
         return 2
     except RoutingConfigError as exc:
         for issue in exc.errors:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from gateway import logs
-from gateway.config_keys import unknown_keys
+from gateway.config_keys import key_lines, unknown_keys
 from gateway.currency import UnknownCurrency, minor_unit
 
 PROVIDER_TYPES = ("stripe", "braintree", "adyen")
@@ -26,7 +26,12 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ConfigError(ValueError):
-    """gateway.yaml is invalid; the message names the file and key, never a secret."""
+    """gateway.yaml is invalid; the message names the file and key, never a secret.
+    ``errors`` holds every error found, one ``file:line: key: message`` line each."""
+
+    def __init__(self, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.errors: tuple[str, ...] = tuple(errors) if errors else (message,)
 
 
 @dataclass(frozen=True)
@@ -150,15 +155,80 @@ def resolve_secret(value: Any, where: str) -> str:
     return resolved
 
 
-def _get(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str, default: Any):
-    if key not in d or d[key] is None:
-        return default
-    v = d[key]
-    if typ in (float, (int, float)) and isinstance(v, int) and not isinstance(v, bool):
-        return float(v)
-    if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
-        raise ConfigError(f"{where}.{key}: expected {getattr(typ, '__name__', typ)}")
-    return v
+Path_ = tuple[str | int, ...]  # a key path in gateway.yaml: ("providers", "p", "timeout_s")
+
+_NUM = (int, float)
+_HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
+_URL = re.compile(r"^https?://[^/\s]+")
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class _Checks:
+    """Collects every error of one gateway.yaml (SPEC 14.1: all reported together), each
+    as ``file:line: key.path: message``; a bad value is reported and its default used so
+    the rest of the file is still checked."""
+
+    def __init__(self, file: Path, lines: dict[tuple[str | int, ...], int]) -> None:
+        self.file = file
+        self.lines = lines
+        self.errors: list[str] = []
+
+    def error(self, path: Path_, message: str) -> None:
+        line = next((self.lines[path[:n]] for n in range(len(path), 0, -1)
+                     if path[:n] in self.lines), None)
+        where = f"{self.file}:{line}" if line is not None else str(self.file)
+        self.errors.append(f"{where}: {_dotted(path) or 'top level'}: {message}")
+
+    def get(self, d: dict[str, Any], key: str, typ: type | tuple[type, ...], path: Path_,
+            default: Any) -> Any:
+        if key not in d or d[key] is None:
+            return default
+        v = d[key]
+        if typ in (float, _NUM) and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if not isinstance(v, typ) or (isinstance(v, bool) and typ is not bool):
+            name = "number" if typ == _NUM else getattr(typ, "__name__", str(typ))
+            self.error((*path, key), f"expected {name}")
+            return default
+        return v
+
+    def number(self, d: dict[str, Any], key: str, path: Path_, default: float, *,
+               above: float | None = 0.0, at_least: float | None = None) -> float:
+        """A number > ``above`` (or >= ``at_least``); the default after an error."""
+        v = float(self.get(d, key, _NUM, path, default))
+        if above is not None and not v > above:
+            self.error((*path, key), f"must be > {above:g} (got {v:g})")
+            return default
+        if at_least is not None and v < at_least:
+            self.error((*path, key), f"must be >= {at_least:g} (got {v:g})")
+            return default
+        return v
+
+    def integer(self, d: dict[str, Any], key: str, path: Path_, default: int, *,
+                at_least: int = 1, at_most: int | None = None) -> int:
+        v = int(self.get(d, key, int, path, default))
+        if v < at_least or (at_most is not None and v > at_most):
+            bound = f"between {at_least} and {at_most}" if at_most is not None \
+                else f">= {at_least}"
+            self.error((*path, key), f"must be {bound} (got {v})")
+            return default
+        return v
+
+    def mapping(self, d: dict[str, Any], key: str, path: Path_) -> dict[str, Any]:
+        return dict(self.get(d, key, dict, path, {}) or {})
+
+    def secret(self, value: Any, path: Path_) -> str | None:
+        try:
+            return resolve_secret(value, _dotted(path))
+        except ConfigError as exc:
+            self.error(path, str(exc).split(": ", 1)[-1])
+            return None
 
 
 def resolve_store_url(url: str, base: Path) -> str:
@@ -172,48 +242,78 @@ def resolve_store_url(url: str, base: Path) -> str:
     raise ConfigError(f"store: unsupported URL scheme in {url!r} (use sqlite:// or redis://)")
 
 
-def _provider(name: str, raw: Any, where: str) -> ProviderConfig:
+#: Credentials a real (not sandbox) provider cannot work without.
+_REQUIRED_SECRETS = {"stripe": ("api_key",), "braintree": ("merchant_id", "public_key",
+                                                          "private_key"),
+                     "adyen": ("api_key",)}
+_SECRET_KEYS = {
+    "stripe": ("api_key", "webhook_secret"),
+    "braintree": ("merchant_id", "public_key", "private_key"),
+    "adyen": ("api_key", "hmac_key"),
+}
+_DEFAULT_CURRENCIES = ["USD", "EUR", "GBP", "JPY"]
+
+
+def _currencies(c: _Checks, raw: dict[str, Any], path: Path_) -> frozenset[str]:
+    out = set()
+    for i, code in enumerate(c.get(raw, "currencies", list, path, _DEFAULT_CURRENCIES)):
+        if not isinstance(code, str) or not re.fullmatch(r"[A-Z]{3}", code):
+            c.error((*path, "currencies", i), f"{code!r} is not an ISO 4217 code")
+            continue
+        try:
+            minor_unit(code)
+        except UnknownCurrency as exc:
+            c.error((*path, "currencies", i), str(exc))
+            continue
+        out.add(code)
+    if not out:
+        c.error((*path, "currencies"), "at least one currency is required")
+    return frozenset(out)
+
+
+def _provider(c: _Checks, name: str, raw: Any, path: Path_) -> ProviderConfig | None:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping")
+        c.error(path, "expected a mapping")
+        return None
     ptype = raw.get("type")
     if ptype not in PROVIDER_TYPES:
-        raise ConfigError(f"{where}.type: must be one of {', '.join(PROVIDER_TYPES)}")
-    sandbox = bool(_get(raw, "sandbox", bool, where, False))
-    secret_keys = {
-        "stripe": ("api_key", "webhook_secret"),
-        "braintree": ("merchant_id", "public_key", "private_key"),
-        "adyen": ("api_key", "hmac_key"),
-    }[ptype]
+        c.error((*path, "type"), f"must be one of {', '.join(PROVIDER_TYPES)}")
+        return None
+    sandbox = bool(c.get(raw, "sandbox", bool, path, False))
+    secret_keys = _SECRET_KEYS[ptype]
     creds: dict[str, str] = {}
     for key in secret_keys:
         if key in raw:
-            creds[key] = resolve_secret(raw[key], f"{where}.{key}")
-    currencies = _get(raw, "currencies", list, where, ["USD", "EUR", "GBP", "JPY"])
-    for c in currencies:
-        if not isinstance(c, str) or not re.fullmatch(r"[A-Z]{3}", c):
-            raise ConfigError(f"{where}.currencies: {c!r} is not an ISO 4217 code")
-        try:
-            minor_unit(c)
-        except UnknownCurrency as exc:
-            raise ConfigError(f"{where}.currencies: {exc}") from None
-    breaker_raw = _get(raw, "breaker", dict, where, {})
+            value = c.secret(raw[key], (*path, key))
+            if value is not None:
+                creds[key] = value
+        elif not sandbox and key in _REQUIRED_SECRETS[ptype]:
+            c.error((*path, key), "required unless sandbox: true")
+    hmac_key = creds.get("hmac_key")
+    if hmac_key is not None and not _HEX.match(hmac_key):
+        # Adyen's HMAC key is hex; any other value fails every notification's signature
+        c.error((*path, "hmac_key"), "must be the hex HMAC key from Adyen's Customer Area "
+                "(an even number of 0-9/A-F characters)")
+    breaker_raw = c.mapping(raw, "breaker", path)
+    bpath = (*path, "breaker")
     breaker = BreakerSettings(
-        fail_max=_get(breaker_raw, "fail_max", int, f"{where}.breaker", 5),
-        reset_timeout_s=_get(breaker_raw, "reset_timeout_s", (int, float), f"{where}.breaker",
-                             30.0),
+        fail_max=c.integer(breaker_raw, "fail_max", bpath, 5),
+        reset_timeout_s=c.number(breaker_raw, "reset_timeout_s", bpath, 30.0),
     )
-    base_url = _get(raw, "base_url", str, where, None)
+    base_url = c.get(raw, "base_url", str, path, None)
     if base_url is None and not sandbox:
-        raise ConfigError(f"{where}.base_url: required unless sandbox: true")
+        c.error((*path, "base_url"), "required unless sandbox: true")
+    elif base_url is not None and not _URL.match(base_url):
+        c.error((*path, "base_url"), "must be an http:// or https:// URL")
     known = {"type", "sandbox", "currencies", "breaker", "base_url", "timeout_s",
              "connect_timeout_s", *secret_keys}
     return ProviderConfig(
         name=name,
         type=ptype,
         base_url=base_url,
-        currencies=frozenset(currencies),
-        timeout_s=_get(raw, "timeout_s", (int, float), where, 10.0),
-        connect_timeout_s=_get(raw, "connect_timeout_s", (int, float), where, 3.0),
+        currencies=_currencies(c, raw, path),
+        timeout_s=c.number(raw, "timeout_s", path, 10.0),
+        connect_timeout_s=c.number(raw, "connect_timeout_s", path, 3.0),
         sandbox=sandbox,
         breaker=breaker,
         credentials=creds,
@@ -221,91 +321,94 @@ def _provider(name: str, raw: Any, where: str) -> ProviderConfig:
     )
 
 
-def _merchant(raw: Any, where: str) -> MerchantConfig:
+def _merchant(c: _Checks, raw: Any, path: Path_) -> MerchantConfig | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("id"), str) or not raw["id"]:
-        raise ConfigError(f"{where}: needs an 'id' string")
+        c.error(path, "needs an 'id' string")
+        return None
     hashes = raw.get("api_key_sha256")
     if isinstance(hashes, str):
         hashes = [hashes]
     if not isinstance(hashes, list) or not hashes:
-        raise ConfigError(f"{where}.api_key_sha256: a list of SHA-256 hex digests is required")
+        c.error((*path, "api_key_sha256"), "a list of SHA-256 hex digests is required")
+        hashes = []
     for h in hashes:
         if not isinstance(h, str) or not _SHA256_HEX.match(h.lower()):
-            raise ConfigError(f"{where}.api_key_sha256: entries must be 64 hex characters")
-    hook = _get(raw, "webhook", dict, where, {})
+            c.error((*path, "api_key_sha256"), "entries must be 64 hex characters")
+            hashes = []
+            break
+    hook = c.mapping(raw, "webhook", path)
+    hpath = (*path, "webhook")
     secret = hook.get("secret")
-    url = _get(hook, "url", str, f"{where}.webhook", None)
-    if url is not None and not re.match(r"^https?://[^/\s]+", url):
-        raise ConfigError(f"{where}.webhook.url: must be an http:// or https:// URL")
+    url = c.get(hook, "url", str, hpath, None)
+    if url is not None and not _URL.match(url):
+        c.error((*hpath, "url"), "must be an http:// or https:// URL")
     if url is not None and not secret:
-        raise ConfigError(f"{where}.webhook.secret: required when webhook.url is set "
-                          "(notifications are always signed)")
+        c.error((*hpath, "secret"), "required when webhook.url is set (notifications are "
+                "always signed)")
     return MerchantConfig(
         id=raw["id"],
         api_key_sha256=tuple(h.lower() for h in hashes),
         webhook_url=url,
-        webhook_secret=resolve_secret(secret, f"{where}.webhook.secret") if secret else None,
-        notify_all=bool(_get(hook, "notify_all", bool, f"{where}.webhook", False)),
+        webhook_secret=c.secret(secret, (*hpath, "secret")) if secret else None,
+        notify_all=bool(c.get(hook, "notify_all", bool, hpath, False)),
     )
 
 
-def _notification_settings(raw: dict[str, Any], where: str) -> NotificationSettings:
-    num = (int, float)
-    settings = NotificationSettings(
-        poll_interval_s=_get(raw, "poll_interval_s", num, where, 0.5),
-        timeout_s=_get(raw, "timeout_s", num, where, 10.0),
-        backoff_base_s=_get(raw, "backoff_base_s", num, where, 10.0),
-        backoff_max_s=_get(raw, "backoff_max_s", num, where, 3600.0),
-        max_age_s=_get(raw, "max_age_s", num, where, 86400.0),
-        batch_size=_get(raw, "batch_size", int, where, 50),
+def _notification_settings(c: _Checks, raw: dict[str, Any], path: Path_
+                           ) -> NotificationSettings:
+    d = NotificationSettings()
+    out = NotificationSettings(
+        poll_interval_s=c.number(raw, "poll_interval_s", path, d.poll_interval_s),
+        timeout_s=c.number(raw, "timeout_s", path, d.timeout_s),
+        backoff_base_s=c.number(raw, "backoff_base_s", path, d.backoff_base_s),
+        backoff_max_s=c.number(raw, "backoff_max_s", path, d.backoff_max_s),
+        max_age_s=c.number(raw, "max_age_s", path, d.max_age_s),
+        batch_size=c.integer(raw, "batch_size", path, d.batch_size),
     )
-    if (min(settings.poll_interval_s, settings.timeout_s, settings.backoff_base_s,
-            settings.max_age_s) <= 0 or settings.batch_size < 1
-            or settings.backoff_max_s < settings.backoff_base_s):
-        raise ConfigError(f"{where}: intervals must be > 0, batch_size >= 1 and "
-                          "backoff_max_s >= backoff_base_s")
-    return settings
+    if out.backoff_max_s < out.backoff_base_s:
+        c.error((*path, "backoff_max_s"), f"must be >= backoff_base_s ({out.backoff_base_s:g})")
+    return out
 
 
-def _server(raw: dict[str, Any], where: str) -> ServerSettings:
+def _server(c: _Checks, raw: dict[str, Any], path: Path_) -> ServerSettings:
     d = ServerSettings()
-    num = (int, float)
-    out = ServerSettings(
-        header_timeout_s=_get(raw, "header_timeout_s", num, where, d.header_timeout_s),
-        body_timeout_s=_get(raw, "body_timeout_s", num, where, d.body_timeout_s),
-        keepalive_timeout_s=_get(raw, "keepalive_timeout_s", num, where,
-                                 d.keepalive_timeout_s),
-        max_connections=_get(raw, "max_connections", int, where, d.max_connections),
-        backlog=_get(raw, "backlog", int, where, d.backlog),
+    return ServerSettings(
+        header_timeout_s=c.number(raw, "header_timeout_s", path, d.header_timeout_s),
+        body_timeout_s=c.number(raw, "body_timeout_s", path, d.body_timeout_s),
+        keepalive_timeout_s=c.number(raw, "keepalive_timeout_s", path, d.keepalive_timeout_s),
+        max_connections=c.integer(raw, "max_connections", path, d.max_connections),
+        backlog=c.integer(raw, "backlog", path, d.backlog, at_most=65535),
     )
-    if min(out.header_timeout_s, out.body_timeout_s, out.keepalive_timeout_s) <= 0:
-        raise ConfigError(f"{where}: header_timeout_s, body_timeout_s and "
-                          "keepalive_timeout_s must be > 0")
-    if out.max_connections < 1 or out.backlog < 1:
-        raise ConfigError(f"{where}: max_connections and backlog must be >= 1")
-    return out
 
 
-def _reconcile(raw: dict[str, Any], where: str) -> ReconcileSettings:
+def _reconcile(c: _Checks, raw: dict[str, Any], path: Path_) -> ReconcileSettings:
     d = ReconcileSettings()
-    num = (int, float)
-    out = ReconcileSettings(
-        enabled=_get(raw, "enabled", bool, where, d.enabled),
-        interval_s=_get(raw, "interval_s", num, where, d.interval_s),
-        batch_size=_get(raw, "batch_size", int, where, d.batch_size),
-        min_age_s=_get(raw, "min_age_s", num, where, d.min_age_s),
-        webhook_deadline_s=_get(raw, "webhook_deadline_s", num, where, d.webhook_deadline_s),
-        lease_s=_get(raw, "lease_s", num, where, d.lease_s),
-        replay_window_s=_get(raw, "replay_window_s", num, where, d.replay_window_s),
+    return ReconcileSettings(
+        enabled=c.get(raw, "enabled", bool, path, d.enabled),
+        interval_s=c.number(raw, "interval_s", path, d.interval_s),
+        batch_size=c.integer(raw, "batch_size", path, d.batch_size),
+        min_age_s=c.number(raw, "min_age_s", path, d.min_age_s, above=None, at_least=0),
+        webhook_deadline_s=c.number(raw, "webhook_deadline_s", path, d.webhook_deadline_s),
+        lease_s=c.number(raw, "lease_s", path, d.lease_s),
+        replay_window_s=c.number(raw, "replay_window_s", path, d.replay_window_s),
     )
-    if (out.interval_s <= 0 or out.batch_size < 1 or out.lease_s <= 0 or out.min_age_s < 0
-            or out.replay_window_s <= 0):
-        raise ConfigError(f"{where}: interval_s, batch_size, lease_s, replay_window_s must "
-                          "be > 0")
+
+
+def _retry(c: _Checks, raw: dict[str, Any], path: Path_) -> RetrySettings:
+    d = RetrySettings()
+    out = RetrySettings(
+        attempts=c.integer(raw, "attempts", path, d.attempts),
+        backoff_s=c.number(raw, "backoff_s", path, d.backoff_s, above=None, at_least=0),
+        backoff_max_s=c.number(raw, "backoff_max_s", path, d.backoff_max_s, above=None,
+                               at_least=0),
+        jitter_s=c.number(raw, "jitter_s", path, d.jitter_s, above=None, at_least=0),
+    )
+    if out.backoff_max_s < out.backoff_s:
+        c.error((*path, "backoff_max_s"), f"must be >= backoff_s ({out.backoff_s:g})")
     return out
 
 
-def _check_braintree_currencies(pc: ProviderConfig, where: str) -> None:
+def _check_braintree_currencies(c: _Checks, pc: ProviderConfig, path: Path_) -> None:
     """A Braintree sale has no currency field: it is charged in the merchant account's
     currency. Every listed currency needs its account, or must be the declared currency of
     the default account (``default_currency``); otherwise JPY 500 is charged as USD 500.00."""
@@ -314,112 +417,137 @@ def _check_braintree_currencies(pc: ProviderConfig, where: str) -> None:
     accounts = pc.options.get("merchant_account_ids") or {}
     if not isinstance(accounts, dict) or not all(
             isinstance(k, str) and isinstance(v, str) and v for k, v in accounts.items()):
-        raise ConfigError(f"{where}.merchant_account_ids: a mapping currency -> merchant "
-                          "account id")
+        c.error((*path, "merchant_account_ids"), "a mapping currency -> merchant account id")
+        return
+    for k in accounts:
+        if k not in pc.currencies:
+            c.error((*path, "merchant_account_ids", k), "is not one of the provider's "
+                    "currencies")
     default = pc.options.get("default_currency")
     if default is not None and (not isinstance(default, str) or default not in pc.currencies):
-        raise ConfigError(f"{where}.default_currency: must be one of the provider's "
-                          "currencies")
-    for c in sorted(pc.currencies):
-        if c not in accounts and c != default:
-            raise ConfigError(
-                f"{where}.currencies: {c} has no merchant account (merchant_account_ids) and "
-                "is not the default account's currency (default_currency); Braintree would "
-                "charge it in the default account's currency")
+        c.error((*path, "default_currency"), "must be one of the provider's currencies")
+    for cur in sorted(pc.currencies):
+        if cur not in accounts and cur != default:
+            c.error((*path, "currencies"),
+                    f"{cur} has no merchant account (merchant_account_ids) and is not the "
+                    "default account's currency (default_currency); Braintree would charge "
+                    "it in the default account's currency")
+
+
+def _check_provider_options(c: _Checks, pc: ProviderConfig, path: Path_) -> None:
+    if pc.type == "braintree":
+        _check_braintree_currencies(c, pc, path)
+        proof = pc.options.get("lookup_proof_after_s")
+        if proof is not None and (isinstance(proof, bool) or not isinstance(proof, _NUM)
+                                  or proof <= pc.timeout_s):
+            c.error((*path, "lookup_proof_after_s"),
+                    f"must be a number above timeout_s ({pc.timeout_s:g})")
+    if pc.type == "adyen":
+        account = pc.options.get("merchant_account")
+        if account is not None and (not isinstance(account, str) or not account):
+            c.error((*path, "merchant_account"), "must be a non-empty string")
+        elif account is None and not pc.sandbox:
+            c.error((*path, "merchant_account"), "required unless sandbox: true")
+    if pc.type == "stripe":
+        tol = pc.options.get("webhook_tolerance_s")
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, _NUM)
+                                or not 0 < tol <= 3600):
+            c.error((*path, "webhook_tolerance_s"), "must be a number of seconds in (0, 3600]")
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:
+    """Load and check gateway.yaml; every error in it is reported in one ConfigError."""
     p = Path(path).resolve()
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        text = p.read_text(encoding="utf-8")
+        raw = yaml.safe_load(text)
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{p}{line}: invalid YAML") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: top level must be a mapping")
-    unknown = unknown_keys(p.read_text(encoding="utf-8"), str(p))
-    if unknown:  # all of them at once (SPEC 14.1)
-        raise ConfigError("\n".join(unknown))
-    where = p.name
-    store = _get(raw, "store", str, where, None)
+    c = _Checks(p, key_lines(text))
+    c.errors.extend(unknown_keys(text, str(p)))
+    cfg = _build(c, p, raw)
+    if c.errors:
+        raise ConfigError("\n".join(c.errors), errors=c.errors)
+    assert cfg is not None
+    return cfg
+
+
+def _build(c: _Checks, p: Path, raw: dict[str, Any]) -> GatewayConfig | None:
+    top: Path_ = ()
+    store = c.get(raw, "store", str, top, None)
+    store_url = ""
     if not store:
-        raise ConfigError(f"{where}.store: required (sqlite:///path or redis://host:port/db)")
-    merchants_raw = _get(raw, "merchants", list, where, [])
+        c.error(("store",), "required (sqlite:///path or redis://host:port/db)")
+    else:
+        try:
+            store_url = resolve_store_url(store, p.parent)
+        except ConfigError as exc:
+            c.error(("store",), str(exc).split(": ", 1)[-1])
     merchants: dict[str, MerchantConfig] = {}
-    for i, m in enumerate(merchants_raw):
-        mc = _merchant(m, f"{where}.merchants[{i}]")
+    for i, m in enumerate(c.get(raw, "merchants", list, top, [])):
+        mc = _merchant(c, m, ("merchants", i))
+        if mc is None:
+            continue
         if mc.id in merchants:
-            raise ConfigError(f"{where}.merchants[{i}]: duplicate merchant id {mc.id!r}")
+            c.error(("merchants", i, "id"), f"duplicate merchant id {mc.id!r}")
         merchants[mc.id] = mc
-    providers_raw = _get(raw, "providers", dict, where, {})
+    providers: dict[str, ProviderConfig] = {}
+    providers_raw = c.mapping(raw, "providers", top)
     if not providers_raw:
-        raise ConfigError(f"{where}.providers: at least one provider is required")
-    providers = {
-        n: _provider(n, pr, f"{where}.providers.{n}") for n, pr in providers_raw.items()
-    }
-    candidates = tuple(_get(raw, "candidates", list, where, list(providers)))
-    for c in candidates:
-        if c not in providers:
-            raise ConfigError(f"{where}.candidates: unknown provider {c!r}")
-    routing = _get(raw, "routing_file", str, where, None)
+        c.error(("providers",), "at least one provider is required")
+    for n, pr in providers_raw.items():
+        pc = _provider(c, str(n), pr, ("providers", str(n)))
+        if pc is not None:
+            providers[pc.name] = pc
+            _check_provider_options(c, pc, ("providers", pc.name))
+    candidates = tuple(c.get(raw, "candidates", list, top, list(providers)))
+    for i, cand in enumerate(candidates):
+        if cand not in providers_raw:
+            c.error(("candidates", i), f"unknown provider {cand!r}")
+    routing = c.get(raw, "routing_file", str, top, None)
     admin = raw.get("admin_token")
-    retry_raw = _get(raw, "retry", dict, where, {})
-    sandbox_raw = _get(raw, "sandbox", dict, where, {})
+    sandbox_raw = c.mapping(raw, "sandbox", top)
+    request_deadline_s = c.number(raw, "request_deadline_s", top, 30.0)
+    idempotency_ttl_s = c.number(raw, "idempotency_ttl_s", top, 86400.0)
+    if idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
+        c.error(("idempotency_ttl_s",), "must be at least 86400 (24 h)")
+    reconciliation = _reconcile(c, c.mapping(raw, "reconciliation", top), ("reconciliation",))
+    if reconciliation.min_age_s < request_deadline_s:
+        c.error(("reconciliation", "min_age_s"),
+                f"{reconciliation.min_age_s:g} is below request_deadline_s "
+                f"({request_deadline_s:g}): reconciliation would look up payments whose own "
+                "request may still be running (SPEC 9.1)")
+    if reconciliation.replay_window_s < request_deadline_s:
+        c.error(("reconciliation", "replay_window_s"),
+                f"must be at least request_deadline_s ({request_deadline_s:g})")
+    store_options = c.mapping(raw, "store_options", top)
     cfg = GatewayConfig(
         path=p,
-        store_url=resolve_store_url(store, p.parent),
+        store_url=store_url,
         routing_file=(p.parent / routing).resolve() if routing else None,
-        admin_token=resolve_secret(admin, f"{where}.admin_token") if admin else None,
+        admin_token=c.secret(admin, ("admin_token",)) if admin else None,
         merchants=merchants,
         providers=providers,
         candidates=candidates,
-        request_deadline_s=_get(raw, "request_deadline_s", (int, float), where, 30.0),
-        idempotency_ttl_s=_get(raw, "idempotency_ttl_s", (int, float), where, 86400.0),
-        failover_budget=_get(raw, "failover_budget", int, where, 3),
-        retry=RetrySettings(
-            attempts=_get(retry_raw, "attempts", int, f"{where}.retry", 3),
-            backoff_s=_get(retry_raw, "backoff_s", (int, float), f"{where}.retry", 0.1),
-            backoff_max_s=_get(retry_raw, "backoff_max_s", (int, float), f"{where}.retry", 1.0),
-            jitter_s=_get(retry_raw, "jitter_s", (int, float), f"{where}.retry", 0.1),
-        ),
-        sandbox_host=_get(sandbox_raw, "host", str, f"{where}.sandbox", "127.0.0.1"),
-        sandbox_control_port=_get(sandbox_raw, "control_port", int, f"{where}.sandbox", 0),
-        routing_poll_s=_get(raw, "routing_poll_s", (int, float), where, 1.0),
-        reconciliation=_reconcile(_get(raw, "reconciliation", dict, where, {}),
-                                  f"{where}.reconciliation"),
-        notifications=_notification_settings(
-            _get(raw, "notifications", dict, where, {}), f"{where}.notifications"),
-        server=_server(_get(raw, "server", dict, where, {}), f"{where}.server"),
-        allow_volatile_store=bool(_get(_get(raw, "store_options", dict, where, {}),
-                                       "allow_volatile", bool, f"{where}.store_options", False)),
+        request_deadline_s=request_deadline_s,
+        idempotency_ttl_s=idempotency_ttl_s,
+        failover_budget=c.integer(raw, "failover_budget", top, 3),
+        retry=_retry(c, c.mapping(raw, "retry", top), ("retry",)),
+        sandbox_host=c.get(sandbox_raw, "host", str, ("sandbox",), "127.0.0.1"),
+        sandbox_control_port=c.integer(sandbox_raw, "control_port", ("sandbox",), 0,
+                                       at_least=0, at_most=65535),
+        routing_poll_s=c.number(raw, "routing_poll_s", top, 1.0),
+        reconciliation=reconciliation,
+        notifications=_notification_settings(c, c.mapping(raw, "notifications", top),
+                                             ("notifications",)),
+        server=_server(c, c.mapping(raw, "server", top), ("server",)),
+        allow_volatile_store=bool(c.get(store_options, "allow_volatile", bool,
+                                        ("store_options",), False)),
     )
-    if cfg.idempotency_ttl_s < 86400 and not raw.get("allow_short_idempotency_ttl"):
-        raise ConfigError(f"{where}.idempotency_ttl_s: must be at least 86400 (24 h)")
-    if cfg.request_deadline_s <= 0 or cfg.retry.attempts < 1 or cfg.failover_budget < 1:
-        raise ConfigError(f"{where}: request_deadline_s, retry.attempts, failover_budget > 0")
-    if cfg.reconciliation.min_age_s < cfg.request_deadline_s:
-        raise ConfigError(
-            f"{where}.reconciliation.min_age_s: {cfg.reconciliation.min_age_s:g} is below "
-            f"request_deadline_s ({cfg.request_deadline_s:g}): reconciliation would look up "
-            "payments whose own request may still be running (SPEC 9.1)")
-    if cfg.reconciliation.replay_window_s < cfg.request_deadline_s:
-        raise ConfigError(
-            f"{where}.reconciliation.replay_window_s: must be at least request_deadline_s "
-            f"({cfg.request_deadline_s:g})")
-    for pc in providers.values():
-        if pc.type == "braintree":
-            _check_braintree_currencies(pc, f"{where}.providers.{pc.name}")
-        proof = pc.options.get("lookup_proof_after_s")
-        if proof is None:
-            continue
-        if pc.type != "braintree":
-            raise ConfigError(f"{where}.providers.{pc.name}.lookup_proof_after_s: only "
-                              "braintree providers prove absence by a delayed search")
-        if isinstance(proof, bool) or not isinstance(proof, int | float) or (
-                proof <= pc.timeout_s):
-            raise ConfigError(f"{where}.providers.{pc.name}.lookup_proof_after_s: must be a "
-                              f"number above timeout_s ({pc.timeout_s:g})")
     return cfg

@@ -100,3 +100,28 @@ def unknown_keys(text: str, file: str) -> list[str]:
     out: list[str] = []
     _walk(root, SCHEMA, file.rsplit("/", 1)[-1], file, out)
     return out
+
+
+def key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    """The line of every key (and list item) in the YAML ``text``, by key path:
+    ``("providers", "stripe_main", "timeout_s") -> 14``; empty if it does not compose."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return {}
+    out: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: Node, path: tuple[str | int, ...]) -> None:
+        if isinstance(node, MappingNode):
+            for knode, vnode in node.value:
+                key = (*path, str(knode.value))
+                out.setdefault(key, _line(knode))
+                walk(vnode, key)
+        elif isinstance(node, SequenceNode):
+            for i, item in enumerate(node.value):
+                out.setdefault((*path, i), _line(item))
+                walk(item, (*path, i))
+
+    if root is not None:
+        walk(root, ())
+    return out

@@ -16,6 +16,8 @@ import os
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.state_machine import PaymentStatus
+
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -113,13 +115,25 @@ CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout
                             "refused")
 
 
+#: What a failover can follow (error codes of RejectedSafe, and a lookup's NotCreated).
+FAILOVER_REASONS = ("connection_refused", "connect_timeout", "rate_limited", "circuit_open",
+                    "provider_auth_error", "provider_config_error", "not_created")
 def initialise(providers: list[str]) -> None:
     """Create the known label combinations at 0, so a counter's first increment is a
     visible change to rate()/increase() (a series first seen at 1 hides that 1)."""
     outcomes = ("succeeded", "declined", "rejected_safe", "ambiguous")
     operations = ("authorize", "capture", "void", "refund", "lookup")
     for p in providers:
+        for state in ("closed", "open", "half_open"):
+            CIRCUIT_TRANSITIONS.labels(p, state)
+        for status in PaymentStatus:
+            PAYMENTS.labels(p, status)
+        for other in providers:
+            if other != p:
+                for reason in FAILOVER_REASONS:
+                    FAILOVERS.labels(p, other, reason)
         for op in operations:
+            PROVIDER_DURATION.labels(p, op)
             RETRIES.labels(p, op)  # the dashboard's retries panel: a series from the start
             for outcome in outcomes:
                 PROVIDER_CALLS.labels(p, op, outcome)

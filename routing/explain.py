@@ -117,7 +117,11 @@ def _load_or_report(config_path: str | os.PathLike[str]
     try:
         return _load(config_path)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        n = len(exc.errors)
+        print(f"{n} error{'s' if n != 1 else ''} in {exc.errors[0].split(':', 1)[0]}"
+              if n > 1 else "1 error in the gateway configuration", file=sys.stderr)
     except RoutingConfigError as exc:
         _print_routing_errors(exc)
     return None

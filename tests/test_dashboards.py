@@ -286,3 +286,38 @@ def test_metric_name_extraction() -> None:
     expr = ('sum by (provider, le) (rate(gateway_provider_call_duration_seconds_bucket'
             '{provider=~".*", outcome="up"}[1m])) / on (job) up')
     assert metric_names(expr) == {"gateway_provider_call_duration_seconds_bucket", "up"}
+
+
+async def test_every_metric_the_dashboards_query_has_a_series_from_start(
+    tmp_path: Path
+) -> None:
+    """A fresh gateway process that has served nothing but its health probe already exports
+    a series (at 0) for every metric a panel or an alert queries: an empty panel reads as
+    "no data", and a counter first seen at 1 hides that increase from rate()/increase().
+    (A real process: this test process's registry holds other tests' series.)"""
+    import aiohttp
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.gateway_harness import write_config
+    from tests.processes import start_gateway, stop
+
+    providers = {
+        name: {"type": kind, "sandbox": True, "currencies": ["EUR"]}
+        for name, kind in (("stripe_main", "stripe"), ("bt", "braintree"), ("adyen", "adyen"))
+    }
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'g.db'}", providers=providers)
+    async with aiohttp.ClientSession() as session:
+        proc, base = await start_gateway(config, tmp_path / "gateway.log", session)
+        try:
+            async with session.get(f"{base}/metrics") as r:
+                text = await r.text()
+        finally:
+            stop(proc)
+    present = {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    queried = {m for _, e in dashboard_queries() for m in metric_names(grafana_expr(e))}
+    queried |= {m for r in load_alert_rules() for m in metric_names(r["expr"])}
+    queried -= {"up"}  # Prometheus's own
+    missing = sorted(queried - present)
+    assert not missing, f"no series at start for {missing}"
+    assert 'gateway_failovers_total{from_provider="bt",reason="not_created",to_provider="adyen"}' \
+        in text
