@@ -193,9 +193,9 @@ def test_the_connection_limit_fits_the_file_descriptor_limit() -> None:
 
 
 @pytest.mark.parametrize(("server", "message"), [
-    ({"header_timeout_s": 0}, "must be > 0"),
-    ({"body_timeout_s": -1}, "must be > 0"),
-    ({"max_connections": 0}, "max_connections and backlog must be >= 1"),
+    ({"header_timeout_s": 0}, r"server.header_timeout_s: must be > 0 \(got 0\)"),
+    ({"body_timeout_s": -1}, "server.body_timeout_s: must be > 0"),
+    ({"max_connections": 0}, r"server.max_connections: must be >= 1 \(got 0\)"),
     ({"keepalive_timeout_s": "soon"}, "server.keepalive_timeout_s: expected"),
     ({"max_conections": 10}, "max_conections"),
 ])
