@@ -162,3 +162,64 @@ async def _sleep(s: float) -> None:
     import asyncio
 
     await asyncio.sleep(s)
+
+
+class RedisProcess:
+    """A private redis-server on a port of its own, owned by PID. ``start()`` again after
+    ``kill()`` restarts it on the same port and directory (so with ``--appendonly yes`` it
+    reloads what it had acknowledged). ``args``: more redis-server options (the default
+    keeps nothing: no AOF, no RDB)."""
+
+    def __init__(self, directory: Path,
+                 args: tuple[str, ...] = ("--save", "", "--appendonly", "no")) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.dir = directory
+        self.args = args
+        self.log = directory / f"redis-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        import shutil
+
+        exe = shutil.which("redis-server")
+        assert exe, "redis-server is required"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                 *self.args],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def answers(self) -> bool:
+        """PING answered (a restarted server answers once it has loaded its AOF)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except (redis.exceptions.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
+    async def wait_up(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                break
+            if self.answers():
+                return
+            await _sleep(0.05)
+        raise AssertionError(f"redis-server did not answer PING; log: {_tail(self.log)}")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save; only what it had already written survives."""
+        if self.proc is not None:
+            kill_9(self.proc)
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+            self.proc = None

@@ -5,8 +5,6 @@ complete and nothing is lost (SPEC 12.1; issue #11). A real redis-server is kill
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,31 +15,7 @@ from gateway.app import create_app
 from gateway.config import load_config
 from tests.conftest import _redis_answers
 from tests.gateway_harness import headers, payment_body, wait_for, write_config
-from tests.processes import free_port, stop
-
-
-class RedisProcess:
-    def __init__(self, tmp: Path,
-                 args: tuple[str, ...] = ("--save", "", "--appendonly", "no")) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.tmp = tmp
-        self.args = args
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        exe = shutil.which("redis-server")
-        assert exe, "redis-server is required"
-        self.proc = subprocess.Popen(
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.tmp),
-             *self.args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
+from tests.processes import RedisProcess
 
 
 @pytest.fixture
@@ -49,8 +23,7 @@ def redis_proc(tmp_path: Path) -> Iterator[RedisProcess]:
     r = RedisProcess(tmp_path)
     r.start()
     yield r
-    if r.proc is not None:
-        stop(r.proc)
+    r.stop()
 
 
 async def test_redis_down_is_503_everywhere_and_nothing_is_lost(
