@@ -118,6 +118,14 @@ def _route(args: argparse.Namespace) -> int:
     return route_main(args.config, args.request, args.merchant)
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor import doctor_main
+
+    if args.log_level.upper() == "INFO":  # the report is the output; logs only for problems
+        logging.getLogger().setLevel(logging.WARNING)
+    return doctor_main(args.config, url=args.url)
+
+
 def _sandbox(argv: Sequence[str]) -> int:
     from providers.sandbox import sandbox_main
 
@@ -149,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     rec.set_defaults(func=_reconcile)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
+    doctor = sub.add_parser("doctor", help="pre-production checks; exit 1 on a failed check")
+    doctor.add_argument("--config", default=DEFAULT_CONFIG)
+    doctor.add_argument("--url", default=None,
+                        help="send the signed test webhooks to the gateway running at this "
+                             "URL (default: an in-process webhook handler)")
+    doctor.set_defaults(func=_doctor)
     sub.add_parser("sandbox", help="run the provider simulators and their control API",
                    add_help=False)
     return parser

@@ -1,0 +1,818 @@
+"""``gateway doctor --config F [--url URL]``: the pre-production check (SPEC section 13).
+
+Each check is a small function returning :class:`Check` results (subject, check name,
+``ok`` | ``warn`` | ``fail``, a one-line detail). A detail never holds a secret value:
+it names keys, HTTP statuses, exception classes and account ids, never a key, a token or
+a provider's error message (Stripe's echoes part of the API key). Resolved secrets are
+also registered with :mod:`gateway.logs` by the config loader, so log lines redact them.
+
+Checks, per provider (in gateway.yaml order):
+
+* ``sandbox`` (``sandbox: true`` only) -- warn: an in-process simulator, no real account;
+  the network checks below are skipped for it (they would only test the simulator).
+* ``credentials`` -- one harmless authenticated call with the real SDK, configured like
+  the adapter (base URL, timeouts, no retries): Stripe ``GET /v1/balance``; Braintree
+  ``merchant_account.all()`` (``GET /merchants/<id>/merchant_accounts/``); Adyen
+  ``POST /paymentMethods`` for the configured ``merchant_account``. 401/403 -> fail
+  (rejected); no connection -> fail with the reason (``connection_refused``,
+  ``connect_timeout``, ``dns_failure``...); any other error answer -> fail.
+* ``account:<CUR>`` (Braintree, one line per listed currency) -- the account of
+  ``merchant_account_ids[CUR]`` exists (``merchant_account.find``), is ``active`` and is
+  in CUR; a currency without one must be ``default_currency`` and the default account
+  (``default: true`` in the list) must be in it. Anything else -> fail: Braintree would
+  refuse the sale or charge it in another currency.
+  ``merchant_account`` (Adyen) -- the account was accepted by ``/paymentMethods``
+  (403 ``901`` -> fail) and offers cards (``scheme``; else warn).
+* ``clock`` -- the provider's ``Date`` header against this host's clock (taken halfway
+  through the call; the header has 1 s resolution, so up to ~0.5 s + half the round
+  trip is measurement error): more than :data:`CLOCK_WARN_S` (5 s) -> warn, more than
+  :data:`CLOCK_FAIL_S` (60 s) -> fail. 60 s because webhook timestamps are checked
+  against this clock (Stripe 300 s tolerance, Braintree 300 s into the future) and
+  reconciliation ages (``min_age_s``, default 60 s) are measured with it; 5 s because a
+  host with NTP working is well under a second off. No answer -> warn (not measured).
+* ``webhook`` -- the secret is configured (Stripe ``webhook_secret``, Adyen ``hmac_key``
+  as hex, Braintree ``public_key``/``private_key``; a ``sandbox: true`` provider falls
+  back to its simulator's secret like the gateway does) and a test notification signed
+  with it in the provider's own scheme is accepted (HTTP 200) by the gateway's real
+  ``POST /webhooks/{name}`` handler. The notification is a kind that never touches a
+  payment (Stripe ``balance.available``, Adyen ``REPORT_AVAILABLE``, Braintree's SDK
+  sample ``check``), so the gateway answers ``ignored``. Where it runs: by default an
+  in-process server with the real webhook routes and request middleware on a private,
+  temporary SQLite store, so the configured store is not touched at all; with ``--url``
+  the running gateway at that URL (checks its secrets too; it records one dedupe entry
+  per notification and changes no payment).
+
+Then ``store writable`` (the same write probe as ``/readyz``: ``Store.ping``) and ``store
+durable``: SQLite -- ``journal_mode`` (WAL or a rollback journal; MEMORY/OFF fail) and
+``synchronous`` (FULL/EXTRA ok, NORMAL warn, OFF fail) read from the store's own
+connection, and a file on tmpfs/ramfs warns (survives a gateway restart, not a reboot);
+Redis -- the persistence check the gateway runs at start: AOF ok, RDB only warn, none
+fail (also with ``store_options.allow_volatile``), unknown (``CONFIG`` disabled) warn.
+
+Last, ``gateway admin_token``: missing -> warn (the /admin endpoints cannot be used);
+equal to the sandbox default of config/gateway.yaml -> fail, or warn when every provider
+is a sandbox (a demo set-up); shorter than :data:`MIN_ADMIN_TOKEN_LEN` -> warn.
+
+Exit status: 0 when nothing failed (warnings allowed), 1 when a check failed, 2 when
+gateway.yaml or its routing file is invalid (nothing checked; like ``serve``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import aiohttp
+
+from gateway.config import GatewayConfig, ProviderConfig
+
+Status = Literal["ok", "warn", "fail"]
+
+#: Clock skew against a provider's ``Date`` header: above this, warn ...
+CLOCK_WARN_S = 5.0
+#: ... and above this, fail.
+CLOCK_FAIL_S = 60.0
+#: ``admin_token`` default of the shipped config/gateway.yaml (a test keeps them equal).
+SANDBOX_ADMIN_TOKEN = "sandbox-admin-token"
+#: An admin token shorter than this is a warning.
+MIN_ADMIN_TOKEN_LEN = 16
+#: Braintree merchant accounts read from the list at most.
+MAX_LISTED_ACCOUNTS = 1000
+#: How long one test notification may take to be answered.
+WEBHOOK_TIMEOUT_S = 15.0
+STRIPE_PROBE = "GET /v1/balance"
+BRAINTREE_PROBE = "GET merchant_accounts"
+ADYEN_PROBE = "POST /paymentMethods"
+
+
+@dataclass(frozen=True)
+class Check:
+    subject: str  # provider name, "store" or "gateway"
+    name: str  # e.g. "credentials", "account:USD", "clock", "webhook", "writable"
+    status: Status
+    detail: str
+
+
+def ok(subject: str, name: str, detail: str) -> Check:
+    return Check(subject, name, "ok", detail)
+
+
+def warn(subject: str, name: str, detail: str) -> Check:
+    return Check(subject, name, "warn", detail)
+
+
+def fail(subject: str, name: str, detail: str) -> Check:
+    return Check(subject, name, "fail", detail)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """When the harmless call went out and came back, and the provider's Date header."""
+
+    sent_at: float
+    received_at: float
+    date: str | None
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _header(headers: Any, name: str) -> str | None:
+    if not headers:
+        return None
+    try:
+        value = headers.get(name)
+        if value is None and isinstance(headers, Mapping):
+            lname = name.lower()
+            value = next((v for k, v in headers.items() if str(k).lower() == lname), None)
+    except AttributeError:
+        return None
+    return str(value) if value is not None else None
+
+
+def _unreachable(exc: BaseException, base_url: str) -> str:
+    from providers.faults import classify_transport_error
+
+    return f"unreachable at {base_url}: {classify_transport_error(exc).error_code}"
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}{port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def clock_check(subject: str, answered: Answered | None) -> Check:
+    """Skew between the provider's ``Date`` header and this host's clock."""
+    if answered is None:
+        return warn(subject, "clock", "not measured: no answer from the provider")
+    if not answered.date:
+        return warn(subject, "clock", "not measured: the answer had no Date header")
+    try:
+        provider_ts = parsedate_to_datetime(answered.date).timestamp()
+    except (TypeError, ValueError, IndexError):
+        return warn(subject, "clock", "not measured: unreadable Date header")
+    local = (answered.sent_at + answered.received_at) / 2
+    skew = provider_ts + 0.5 - local  # Date is truncated to the second
+    error = 0.5 + (answered.received_at - answered.sent_at) / 2
+    size = abs(skew)
+    direction = "ahead of" if skew > 0 else "behind"
+    detail = f"provider clock {size:.1f} s {direction} this host (Date header, +/-{error:.1f} s)"
+    if size > CLOCK_FAIL_S:
+        return fail(subject, "clock", f"{detail}: over {CLOCK_FAIL_S:g} s, webhook timestamps "
+                    "and reconciliation ages are wrong; fix NTP")
+    if size > CLOCK_WARN_S:
+        return warn(subject, "clock", f"{detail}: over {CLOCK_WARN_S:g} s; check NTP")
+    return ok(subject, "clock", detail)
+
+
+def _endpoint(cfg: ProviderConfig) -> str | None:
+    return cfg.base_url.rstrip("/") if cfg.base_url else None
+
+
+# ----------------------------------------------------------------------------- Stripe
+
+
+async def stripe_checks(cfg: ProviderConfig) -> list[Check]:
+    import stripe
+
+    name, base_url = cfg.name, _endpoint(cfg)
+    api_key = cfg.credentials.get("api_key")
+    if not api_key or not base_url:
+        missing = "api_key" if not api_key else "base_url"
+        return [fail(name, "credentials", f"{missing} is not configured"),
+                clock_check(name, None)]
+    stripe.enable_telemetry = False
+    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
+        total=cfg.timeout_s, sock_connect=cfg.connect_timeout_s))
+    client = stripe.StripeClient(api_key, base_addresses={"api": base_url}, http_client=http,
+                                 max_network_retries=0)
+    sent = time.time()
+    answered: Answered | None = None
+    try:
+        balance = await client.v1.balance.retrieve_async()
+        response = balance.last_response
+        answered = Answered(sent, time.time(), _header(response.headers if response else None,
+                                                       "Date"))
+        code = response.code if response is not None else 200
+        creds = ok(name, "credentials", f"accepted ({STRIPE_PROBE} {code})")
+    except stripe.APIConnectionError as exc:
+        creds = fail(name, "credentials", _unreachable(exc, base_url))
+    except stripe.StripeError as exc:
+        answered = Answered(sent, time.time(), _header(exc.headers, "Date"))
+        what = f"{STRIPE_PROBE} {exc.http_status} {type(exc).__name__}"
+        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
+            creds = fail(name, "credentials", f"rejected ({what})")
+        else:
+            creds = fail(name, "credentials", f"not confirmed ({what})")
+    finally:
+        await http.close_async()
+    return [creds, clock_check(name, answered)]
+
+
+# ----------------------------------------------------------------------------- Braintree
+
+
+def _date_recording_http() -> type:
+    """A ``braintree`` HTTP strategy that keeps the last response's Date header (the SDK
+    returns only status and body)."""
+    import braintree.util.http
+
+    class DateRecordingHttp(braintree.util.http.Http):
+        last_date: str | None = None
+
+        def _get_session(self) -> Any:
+            session = super()._get_session()  # one requests.Session per thread
+            if not getattr(session, "doctor_records_date", False):
+                send = session.send
+
+                def recording_send(request: Any, **kwargs: Any) -> Any:
+                    response = send(request, **kwargs)
+                    self.last_date = response.headers.get("Date")
+                    return response
+
+                session.send = recording_send
+                session.doctor_records_date = True
+            return session
+
+    return DateRecordingHttp
+
+
+def braintree_checks_sync(cfg: ProviderConfig) -> list[Check]:
+    """Runs in a worker thread: the braintree SDK is synchronous."""
+    import braintree
+    from braintree.exceptions import AuthenticationError, AuthorizationError, NotFoundError
+    from braintree.exceptions.braintree_error import BraintreeError
+    from braintree.exceptions.http.connection_error import ConnectionError as BtConnectionError
+    from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
+
+    from providers.braintree.adapter import make_environment
+
+    name, base_url = cfg.name, _endpoint(cfg)
+    creds = cfg.credentials
+    missing = [k for k in ("merchant_id", "public_key", "private_key") if not creds.get(k)]
+    if missing or not base_url:
+        what = ", ".join(missing) if missing else "base_url"
+        return [fail(name, "credentials", f"{what} not configured"), clock_check(name, None)]
+    try:
+        environment = make_environment(base_url)
+    except ValueError:
+        return [fail(name, "credentials", f"base_url {base_url} is not http(s)://host[:port]"),
+                clock_check(name, None)]
+    config = braintree.Configuration(
+        environment=environment, merchant_id=creds["merchant_id"],
+        public_key=creds["public_key"], private_key=creds["private_key"],
+        timeout=(cfg.connect_timeout_s, cfg.timeout_s), wrap_http_exceptions=True,
+        http_strategy=_date_recording_http())
+    gateway = braintree.BraintreeGateway(config)
+    strategy = config.http_strategy()
+    sent = time.time()
+    try:
+        listed = list(islice(gateway.merchant_account.all().merchant_accounts,
+                             MAX_LISTED_ACCOUNTS))
+    except (BtConnectionError, BtTimeoutError) as exc:
+        return [fail(name, "credentials", _unreachable(exc, base_url)), clock_check(name, None)]
+    except BraintreeError as exc:
+        answered = Answered(sent, time.time(), getattr(strategy, "last_date", None))
+        what = f"{BRAINTREE_PROBE}: {type(exc).__name__}"
+        verdict = "rejected" if isinstance(exc, AuthenticationError | AuthorizationError) \
+            else "not confirmed"
+        return [fail(name, "credentials", f"{verdict} ({what})"), clock_check(name, answered)]
+    answered = Answered(sent, time.time(), getattr(strategy, "last_date", None))
+    out = [ok(name, "credentials", f"accepted ({BRAINTREE_PROBE}: {len(listed)} listed)")]
+    accounts = {str(k).upper(): str(v)
+                for k, v in (cfg.options.get("merchant_account_ids") or {}).items()}
+    raw_default = cfg.options.get("default_currency")
+    default_currency = str(raw_default).upper() if raw_default else None
+    default = next((a for a in listed if getattr(a, "default", False) is True), None)
+    for currency in sorted(cfg.currencies):
+        check = f"account:{currency}"
+        account_id = accounts.get(currency)
+        if account_id is not None:
+            try:
+                found = gateway.merchant_account.find(account_id)
+            except NotFoundError:
+                out.append(fail(name, check, f"merchant account {account_id!r} not found at "
+                                "Braintree: sales in this currency would be refused"))
+                continue
+            except (BtConnectionError, BtTimeoutError) as exc:
+                out.append(fail(name, check, _unreachable(exc, base_url)))
+                continue
+            except BraintreeError as exc:
+                out.append(fail(name, check, f"lookup of {account_id!r} failed: "
+                                f"{type(exc).__name__}"))
+                continue
+            out.append(_account_verdict(name, check, currency, found, account_id))
+        elif currency == default_currency:
+            if default is None:
+                out.append(fail(name, check, "default_currency, but Braintree lists no default "
+                                "merchant account"))
+            else:
+                out.append(_account_verdict(name, check, currency, default,
+                                            f"default account {getattr(default, 'id', '?')!r}"))
+        else:
+            out.append(fail(name, check, "no merchant_account_ids entry and not the "
+                            "default_currency: Braintree would charge it in the default "
+                            "account's currency"))
+    out.append(clock_check(name, answered))
+    return out
+
+
+def _account_verdict(name: str, check: str, currency: str, account: Any, label: str) -> Check:
+    got = str(getattr(account, "currency_iso_code", "") or "").upper()
+    status = str(getattr(account, "status", "") or "")
+    account_id = getattr(account, "id", None)
+    shown = label if label.startswith("default") else repr(account_id or label)
+    if got != currency:
+        return fail(name, check, f"{shown} is a {got or 'currency-less'} account: {currency} "
+                    f"sales would be charged in {got or 'another currency'}")
+    if status and status != "active":
+        return fail(name, check, f"{shown} is {status}, not active")
+    return ok(name, check, f"{shown} ({got}, {status or 'status unknown'})")
+
+
+# ----------------------------------------------------------------------------- Adyen
+
+
+def adyen_checks_sync(cfg: ProviderConfig) -> list[Check]:
+    """Runs in a worker thread: the Adyen SDK is synchronous."""
+    import Adyen
+    from Adyen.exceptions import (
+        AdyenAPIAuthenticationError,
+        AdyenAPIInvalidPermission,
+        AdyenAPIResponseError,
+        AdyenError,
+    )
+
+    name, base_url = cfg.name, _endpoint(cfg)
+    api_key = cfg.credentials.get("api_key")
+    merchant = cfg.options.get("merchant_account")
+    if not api_key or not base_url:
+        missing = "api_key" if not api_key else "base_url"
+        return [fail(name, "credentials", f"{missing} is not configured"),
+                clock_check(name, None)]
+    sdk = Adyen.Adyen(xapikey=api_key, platform="test",
+                      http_timeout=(cfg.connect_timeout_s, cfg.timeout_s), http_force="requests")
+    sdk.checkout.payments_api.baseUrl = base_url
+    seen: dict[str, Any] = {}
+    api = sdk.client
+    api._init_http_client()
+    inner = api.http_client.request
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        out = inner(*args, **kwargs)
+        seen["headers"] = out[3]  # (raw response, raw request, status, headers)
+        return out
+
+    api.http_client.request = recording
+    account = str(merchant) if merchant else "SandboxECOM"  # the adapter's default
+    sent = time.time()
+    out: list[Check] = []
+    answered: Answered | None = None
+    try:
+        result = sdk.checkout.payments_api.payment_methods({"merchantAccount": account})
+    except AdyenAPIResponseError as exc:
+        answered = Answered(sent, time.time(), _header(seen.get("headers") or exc.headers,
+                                                       "Date"))
+        code = str(exc.error_code or "")
+        what = f"{ADYEN_PROBE} {exc.status_code}" + (f" errorCode {code}" if code else "")
+        if isinstance(exc, AdyenAPIInvalidPermission) and code == "901":
+            out.append(ok(name, "credentials", f"accepted (the API key is valid; {what})"))
+            out.append(fail(name, "merchant_account", f"{account!r} refused ({what} Invalid "
+                            "Merchant Account): not an account of this API key"))
+        elif isinstance(exc, AdyenAPIAuthenticationError | AdyenAPIInvalidPermission):
+            out.append(fail(name, "credentials", f"rejected ({what})"))
+        else:
+            out.append(fail(name, "credentials", f"not confirmed ({what})"))
+    except AdyenError as exc:
+        out.append(fail(name, "credentials", f"not sent: {type(exc).__name__}"))
+    except Exception as exc:  # requests / urllib3 errors propagate unwrapped
+        out.append(fail(name, "credentials", _unreachable(exc, base_url)))
+    else:
+        answered = Answered(sent, time.time(), _header(seen.get("headers"), "Date"))
+        out.append(ok(name, "credentials", f"accepted ({ADYEN_PROBE} {result.status_code})"))
+        methods = (result.message or {}).get("paymentMethods") if isinstance(
+            result.message, dict) else None
+        types = {m.get("type") for m in methods or [] if isinstance(m, dict)}
+        if not merchant and not cfg.sandbox:
+            out.append(fail(name, "merchant_account", "not configured: the gateway would send "
+                            f"{account!r}"))
+        elif "scheme" not in types:
+            out.append(warn(name, "merchant_account", f"{account!r} accepted but offers no "
+                            "card payments (no 'scheme' in /paymentMethods)"))
+        else:
+            out.append(ok(name, "merchant_account", f"{account!r} accepted, cards offered"))
+    out.append(clock_check(name, answered))
+    return out
+
+
+# ----------------------------------------------------------------------------- webhooks
+
+
+@dataclass(frozen=True)
+class SignedNotification:
+    body: bytes
+    headers: dict[str, str]
+
+
+def stripe_notification(secret: str, now: int | None = None) -> SignedNotification:
+    """A ``balance.available`` event (moves no payment), with Stripe's ``Stripe-Signature``
+    (``t=<ts>,v1=HMAC-SHA256(secret, "<ts>.<body>")``)."""
+    ts = int(time.time()) if now is None else now
+    event = {"id": f"evt_doctor_{secrets.token_hex(12)}", "object": "event",
+             "type": "balance.available", "created": ts, "livemode": False,
+             "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
+             "data": {"object": {"object": "balance", "available": [], "pending": [],
+                                 "livemode": False}}}
+    body = json.dumps(event, separators=(",", ":")).encode()
+    sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
+    return SignedNotification(body, {"Stripe-Signature": f"t={ts},v1={sig}",
+                                   "Content-Type": "application/json"})
+
+
+def adyen_notification(hex_key: str, merchant_account: str) -> SignedNotification:
+    """A ``REPORT_AVAILABLE`` standard notification (moves no payment), its item signed
+    with Adyen's HMAC scheme. Raises ValueError when ``hex_key`` is not hex."""
+    from providers.adyen.hmac_signature import hmac_key, signature
+
+    key = hmac_key(hex_key)
+    item: dict[str, Any] = {
+        "eventCode": "REPORT_AVAILABLE", "success": "true",
+        "pspReference": f"DOCTOR{secrets.token_hex(5).upper()}",
+        "merchantAccountCode": merchant_account, "merchantReference": "gateway-doctor",
+        "amount": {"value": 0, "currency": "EUR"},
+        "eventDate": datetime.now(UTC).isoformat(timespec="seconds"),
+        "reason": "https://gateway.invalid/gateway-doctor-report.csv",
+    }
+    item["additionalData"] = {"hmacSignature": signature(item, key).decode()}
+    body = json.dumps({"live": "false",
+                       "notificationItems": [{"NotificationRequestItem": item}]}).encode()
+    return SignedNotification(body, {"Content-Type": "application/json"})
+
+
+def braintree_notification(public_key: str, private_key: str) -> SignedNotification:
+    """The SDK's own sample ``check`` notification (``bt_signature``/``bt_payload``)."""
+    import braintree
+    from braintree.webhook_notification import WebhookNotification
+
+    config = braintree.Configuration(braintree.Environment.Sandbox, "gateway-doctor",
+                                     public_key, private_key)
+    sample = braintree.BraintreeGateway(config).webhook_testing.sample_notification(
+        WebhookNotification.Kind.Check, "gateway-doctor")
+    payload = sample["bt_payload"]
+    payload = payload.decode("ascii") if isinstance(payload, bytes) else str(payload)
+    body = urlencode({"bt_signature": sample["bt_signature"], "bt_payload": payload}).encode()
+    return SignedNotification(body, {"Content-Type": "application/x-www-form-urlencoded"})
+
+
+def build_notification(cfg: ProviderConfig) -> SignedNotification | Check:
+    """The provider's signed test notification, or the failed check when the secret that
+    would verify it is missing or unusable."""
+    from gateway.api.webhooks import webhook_credentials
+
+    creds = webhook_credentials(cfg)  # sandbox providers fall back like the gateway does
+    name = cfg.name
+    if cfg.type == "stripe":
+        secret = creds.get("webhook_secret")
+        if not secret:
+            return fail(name, "webhook", "webhook_secret is not configured: every Stripe "
+                        "webhook would be rejected (401)")
+        return stripe_notification(secret)
+    if cfg.type == "adyen":
+        key = creds.get("hmac_key")
+        if not key:
+            return fail(name, "webhook", "hmac_key is not configured: every Adyen "
+                        "notification would be rejected (401)")
+        try:
+            return adyen_notification(key, str(cfg.options.get("merchant_account")
+                                               or "SandboxECOM"))
+        except ValueError:
+            return fail(name, "webhook", "hmac_key is not a hex string: every Adyen "
+                        "notification would be rejected (401)")
+    if cfg.type == "braintree":
+        public, private = creds.get("public_key"), creds.get("private_key")
+        if not public or not private:
+            return fail(name, "webhook", "public_key/private_key are not configured: every "
+                        "Braintree webhook would be rejected (401)")
+        return braintree_notification(public, private)
+    return fail(name, "webhook", f"no webhook scheme for provider type {cfg.type}")
+
+
+@asynccontextmanager
+async def in_process_webhooks(config: GatewayConfig) -> AsyncIterator[str]:
+    """The gateway's real webhook routes and request middleware, served on 127.0.0.1 with
+    a private temporary SQLite store (the configured store is never touched)."""
+    from aiohttp import web
+
+    from gateway.api import webhooks
+    from gateway.api.middleware import request_context
+    from gateway.appkeys import CONFIG, STORE
+    from gateway.store.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory(prefix="gateway-doctor-") as tmp:
+        store = SQLiteStore(Path(tmp) / "doctor.db")
+        await store.open()
+        app = web.Application(middlewares=[request_context],
+                              client_max_size=webhooks.MAX_BODY_BYTES)
+        app[CONFIG] = config
+        app[STORE] = store
+        app.router.add_routes(webhooks.routes)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        try:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            await runner.cleanup()
+            await store.close()
+
+
+async def send_notification(session: aiohttp.ClientSession, base_url: str, where: str,
+                            cfg: ProviderConfig, note: SignedNotification) -> Check:
+    """POST ``note`` to ``base_url``/webhooks/<name>; ``where`` names the gateway in the
+    detail (``in-process`` or the URL given)."""
+    name = cfg.name
+    url = f"{base_url.rstrip('/')}/webhooks/{name}"
+    try:
+        async with session.post(url, data=note.body, headers=note.headers) as r:
+            status = r.status
+            try:
+                answer = await r.json(content_type=None)
+            except (ValueError, aiohttp.ContentTypeError):
+                answer = None
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return fail(name, "webhook", f"the gateway at {base_url} is unreachable: "
+                    f"{type(exc).__name__}")
+    if status == 200 and isinstance(answer, dict) and answer.get("received") is True:
+        results = [str(x.get("result")) for x in answer.get("results") or []
+                   if isinstance(x, dict)]
+        return ok(name, "webhook", f"signed test notification accepted ({where}: 200, "
+                  f"{', '.join(results) or 'no events'})")
+    code = ""
+    if isinstance(answer, dict) and isinstance(answer.get("error"), dict):
+        code = f" {answer['error'].get('code')}"
+    if status == 404:
+        return fail(name, "webhook", f"{where}: 404{code}: the gateway there has no provider "
+                    f"named {name}")
+    if status == 401:
+        return fail(name, "webhook", f"signed test notification rejected ({where}: 401{code}): "
+                    "the gateway verifies with another secret")
+    return fail(name, "webhook", f"signed test notification not accepted ({where}: "
+                f"{status}{code})")
+
+
+async def webhook_checks(config: GatewayConfig, url: str | None) -> dict[str, Check]:
+    notes: dict[str, SignedNotification | Check] = {}
+    for name, cfg in config.providers.items():
+        notes[name] = await asyncio.to_thread(build_notification, cfg)
+    out = {n: v for n, v in notes.items() if isinstance(v, Check)}
+    pending = {n: v for n, v in notes.items() if isinstance(v, SignedNotification)}
+    if not pending:
+        return out
+    timeout = aiohttp.ClientTimeout(total=WEBHOOK_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        if url is None:
+            async with in_process_webhooks(config) as base:
+                for name, note in pending.items():
+                    out[name] = await send_notification(session, base, "in-process",
+                                                        config.providers[name], note)
+        else:
+            for name, note in pending.items():
+                out[name] = await send_notification(session, url, url,
+                                                    config.providers[name], note)
+    return out
+
+
+# ----------------------------------------------------------------------------- store
+
+
+def filesystem_type(path: Path, mounts_text: str | None = None) -> str | None:
+    """The filesystem type holding ``path`` (longest mount point in /proc/mounts)."""
+    if mounts_text is None:
+        try:
+            mounts_text = Path("/proc/mounts").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    target = str(path)
+    best, best_type = "", None
+    for line in mounts_text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, best_type = point, fields[2]
+    return best_type
+
+
+_SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+async def _sqlite_settings(store: Any) -> tuple[str, int]:
+    """``journal_mode`` and ``synchronous`` of the store's OWN connection (``synchronous``
+    is per connection: another connection would show its own default)."""
+    def read() -> tuple[str, int]:
+        conn = store._db()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = conn.execute("PRAGMA synchronous").fetchone()[0]
+        return str(mode).lower(), int(sync)
+
+    result: tuple[str, int] = await store._run(read)
+    return result
+
+
+async def _sqlite_durable(store: Any) -> Check:
+    path: Path = store.path.resolve()
+    try:
+        mode, sync = await _sqlite_settings(store)
+    except Exception as exc:
+        return fail("store", "durable", f"sqlite {path}: settings unreadable: "
+                    f"{type(exc).__name__}")
+    sync_name = _SYNCHRONOUS.get(sync, str(sync))
+    detail = f"sqlite {path}: journal_mode={mode}, synchronous={sync_name}"
+    if mode in ("memory", "off"):
+        return fail("store", "durable", f"{detail}: commits are not journaled on disk")
+    if sync == 0:
+        return fail("store", "durable", f"{detail}: commits are not synced to disk")
+    fstype = filesystem_type(path.parent)
+    if fstype in ("tmpfs", "ramfs"):
+        return warn("store", "durable", f"{detail} on {fstype}: survives a gateway restart, "
+                    "not a reboot")
+    if sync == 1:
+        return warn("store", "durable", f"{detail}: the last commits can be lost on power "
+                    "loss (FULL keeps them)")
+    return ok("store", "durable", detail)
+
+
+async def _redis_durable(store: Any, config: GatewayConfig) -> Check:
+    from gateway.store import StoreError
+
+    where = f"redis {_without_password(config.store_url)}"
+    try:
+        mode = await store.persistence()
+    except StoreError:
+        return fail("store", "durable", f"{where}: unreachable, persistence unknown")
+    if mode == "aof":
+        return ok("store", "durable", f"{where}: AOF (appendonly yes)")
+    if mode == "rdb":
+        return warn("store", "durable", f"{where}: RDB snapshots only: writes since the last "
+                    "snapshot are lost on a crash; run it with appendonly yes")
+    if mode == "none":
+        allowed = " (store_options.allow_volatile lets the gateway start on it)" \
+            if config.allow_volatile_store else ""
+        return fail("store", "durable", f"{where}: persists nothing (appendonly no, save \"\"): "
+                    f"a restart loses every payment{allowed}")
+    return warn("store", "durable", f"{where}: persistence unknown (CONFIG GET refused); make "
+                "sure AOF is on")
+
+
+async def store_checks(config: GatewayConfig) -> list[Check]:
+    from gateway.store import StoreError, make_store
+    from gateway.store.redis import RedisStore
+    from gateway.store.sqlite import SQLiteStore
+
+    shown = _without_password(config.store_url)
+    try:
+        store = make_store(config.store_url)
+        await store.open()
+    except (StoreError, OSError, ValueError) as exc:
+        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [fail("store", "writable", f"cannot open {shown}: {line}"),
+                fail("store", "durable", "not checked: the store cannot be opened")]
+    try:
+        if await store.ping():
+            writable = ok("store", "writable", f"{shown}: write probe accepted (as /readyz)")
+        else:
+            writable = fail("store", "writable", f"{shown}: write probe refused (as /readyz): "
+                            "down, read-only or full")
+        if isinstance(store, SQLiteStore):
+            durable = await _sqlite_durable(store)
+        elif isinstance(store, RedisStore):
+            durable = await _redis_durable(store, config)
+        else:  # pragma: no cover - only two backends
+            durable = warn("store", "durable", f"{shown}: no durability check for this store")
+    finally:
+        await store.close()
+    return [writable, durable]
+
+
+# ----------------------------------------------------------------------------- admin token
+
+
+def admin_token_check(config: GatewayConfig) -> Check:
+    token = config.admin_token
+    demo = all(p.sandbox for p in config.providers.values())
+    if not token:
+        return warn("gateway", "admin_token", "not configured: the /admin endpoints (routing "
+                    "reload, payment sync/resolve) answer 401")
+    if hmac.compare_digest(token.encode(), SANDBOX_ADMIN_TOKEN.encode()):
+        detail = "is the sandbox default of config/gateway.yaml: set GATEWAY_ADMIN_TOKEN"
+        if demo:
+            return warn("gateway", "admin_token", f"{detail} (every provider is a sandbox)")
+        return fail("gateway", "admin_token", detail)
+    if len(token) < MIN_ADMIN_TOKEN_LEN:
+        return warn("gateway", "admin_token", f"shorter than {MIN_ADMIN_TOKEN_LEN} characters")
+    return ok("gateway", "admin_token", "set, not the sandbox default")
+
+
+# ----------------------------------------------------------------------------- run
+
+
+async def provider_checks(cfg: ProviderConfig) -> list[Check]:
+    if cfg.sandbox:
+        return [warn(cfg.name, "sandbox", "sandbox provider: in-process simulator, no real "
+                     "account (credentials, accounts and clock not checked)")]
+    try:
+        if cfg.type == "stripe":
+            return await stripe_checks(cfg)
+        if cfg.type == "braintree":
+            return await asyncio.to_thread(braintree_checks_sync, cfg)
+        if cfg.type == "adyen":
+            return await asyncio.to_thread(adyen_checks_sync, cfg)
+    except Exception as exc:  # an SDK surprise is a failed check, never a traceback
+        return [fail(cfg.name, "credentials", f"not confirmed: {type(exc).__name__}")]
+    return [fail(cfg.name, "credentials", f"no check for provider type {cfg.type}")]
+
+
+async def run_checks(config: GatewayConfig, url: str | None = None) -> list[Check]:
+    """Every check, in report order (providers in gateway.yaml order, then the store and
+    the admin token). Provider calls run concurrently."""
+    names = list(config.providers)
+    per_provider, hooks, store = await asyncio.gather(
+        asyncio.gather(*(provider_checks(config.providers[n]) for n in names)),
+        webhook_checks(config, url),
+        store_checks(config),
+    )
+    out: list[Check] = []
+    for name, checks in zip(names, per_provider, strict=True):
+        out.extend(checks)
+        out.append(hooks[name])
+    out.extend(store)
+    out.append(admin_token_check(config))
+    return out
+
+
+def render(checks: Sequence[Check]) -> list[str]:
+    subject_w = max((len(c.subject) for c in checks), default=0)
+    name_w = max((len(c.name) for c in checks), default=0)
+    return [f"{c.status:<5} {c.subject:<{subject_w}}  {c.name:<{name_w}}  {c.detail}"
+            for c in checks]
+
+
+def exit_status(checks: Sequence[Check]) -> int:
+    return 1 if any(c.status == "fail" for c in checks) else 0
+
+
+def doctor_main(config_path: str, url: str | None = None) -> int:
+    from gateway.config import ConfigError, load_config
+    from routing.loader import RoutingConfigError, load_routing
+
+    try:
+        config = load_config(config_path)
+        if config.routing_file is not None:
+            load_routing(config.routing_file, config.providers)
+    except ConfigError as exc:
+        for line in getattr(exc, "errors", None) or (str(exc),):  # every error found
+            print(f"gateway: {line}", file=sys.stderr)
+        return 2
+    except RoutingConfigError as exc:
+        for issue in exc.errors:
+            print(f"gateway: {issue}", file=sys.stderr)
+        return 2
+    if url is not None and not url.startswith(("http://", "https://")):
+        print("gateway: --url must be an http:// or https:// URL", file=sys.stderr)
+        return 2
+    checks = asyncio.run(run_checks(config, url))
+    for line in render(checks):
+        print(line)
+    counts = {s: sum(1 for c in checks if c.status == s) for s in ("ok", "warn", "fail")}
+    print(f"doctor: {len(checks)} checks: {counts['ok']} ok, {counts['warn']} warn, "
+          f"{counts['fail']} fail", flush=True)
+    return exit_status(checks)
+
+
+__all__ = [
+    "CLOCK_FAIL_S", "CLOCK_WARN_S", "SANDBOX_ADMIN_TOKEN", "Check", "admin_token_check",
+    "clock_check", "doctor_main", "filesystem_type", "render", "run_checks",
+]
