@@ -514,6 +514,16 @@ async def test_webhook_event_recorded_once(store: Store) -> None:
     assert await store.record_webhook_event("stripe_main", "evt_2", 60.0) is True
 
 
+async def test_webhook_event_seen_is_a_read(store: Store) -> None:
+    assert await store.webhook_event_seen("stripe_main", "evt_seen") is False
+    assert await store.webhook_event_seen("stripe_main", "evt_seen") is False  # no record
+    assert await store.record_webhook_event("stripe_main", "evt_seen", 0.3) is True
+    assert await store.webhook_event_seen("stripe_main", "evt_seen") is True
+    assert await store.webhook_event_seen("stripe_other", "evt_seen") is False
+    await wait_until(lambda: store.webhook_event_seen("stripe_main", "evt_seen"),
+                     lambda seen: seen is False)  # expired with its ttl
+
+
 async def test_webhook_event_concurrent_records_one_winner(store_url: str, store: Store) -> None:
     other = await second_store(store_url)
     try:

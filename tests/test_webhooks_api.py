@@ -519,3 +519,68 @@ async def test_sandbox_providers_verify_with_the_simulator_defaults(
     assert r.status == 401
     r = await client.get("/webhooks/b", params={"bt_challenge": "0123456789abcdef0123"})
     assert r.status == 200 and (await r.text()).startswith(f"{SANDBOX_PUBLIC_KEY}|")
+
+
+# ------------------------------------------------------------------ store outage
+
+
+def store_dies_at(monkeypatch: pytest.MonkeyPatch, store: Any, trigger: str) -> dict[str, bool]:
+    """From the first call of ``store.<trigger>`` on, every store call raises StoreError
+    (the store died in the middle of a request) until ``state["down"]`` is set False."""
+    from gateway.store import StoreError
+
+    state = {"armed": True, "down": False}
+    names = [n for n in dir(type(store)) if not n.startswith("_")
+             and asyncio.iscoroutinefunction(getattr(type(store), n)) and n != "close"]
+
+    def wrap(name: str, real: Any) -> Any:
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if name == trigger and state["armed"]:
+                state.update(armed=False, down=True)
+            if state["down"]:
+                raise StoreError("store down (test)")
+            return await real(*args, **kwargs)
+        return call
+
+    for name in names:
+        monkeypatch.setattr(store, name, wrap(name, getattr(store, name)))
+    return state
+
+
+async def test_a_webhook_the_store_failed_to_apply_is_applied_when_redelivered(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store dies while an Adyen CAPTURE notification is applied (the only way Adyen
+    confirms a capture): 503 with Retry-After, so Adyen redelivers; the redelivery after
+    recovery is applied, not acknowledged as a duplicate (the payment would stay
+    capture_pending for good). Issue #11 item 3: nothing is lost. The failed delivery
+    could not release its lease on the event either (the store was down): until it
+    lapses a redelivery is 409 with Retry-After, never a 2xx."""
+    from gateway.api import webhooks
+
+    monkeypatch.setattr(webhooks, "APPLY_LEASE_S", 0.5)
+    pay = await env.create("a-outage", "adyen", capture="manual")
+    psp, pid = pay["provider_reference"], pay["id"]
+    status, pay = await env.post(f"/v1/payments/{pid}/capture", "a-outage-c")
+    assert status == 200 and pay["status"] == "capture_pending", pay
+    body, hdrs = await env.sent("adyen", adyen_code("CAPTURE", psp))
+
+    state = store_dies_at(monkeypatch, env.app[STORE], "update_payment")
+    r = await env.client.post(f"/webhooks/{NAMES['adyen']}", data=body, headers=hdrs)
+    assert r.status == 503 and r.headers.get("Retry-After"), await r.text()
+    assert not state["armed"], "the notification never reached the payment"
+    state["down"] = False  # the store is back
+
+    async def redelivered() -> tuple[int, str] | None:  # Adyen's redeliveries
+        r = await env.client.post(f"/webhooks/{NAMES['adyen']}", data=body, headers=hdrs)
+        answer = await r.json()
+        if r.status == 409:
+            assert answer["error"]["code"] == "webhook_in_progress" and r.headers["Retry-After"]
+            return None
+        return r.status, answer["results"][0]["result"]
+
+    assert await wait_for(redelivered, timeout=10) == (200, "applied")
+    pay = await env.get(pid)
+    assert pay["status"] == "captured" and pay["amount_captured"] == pay["amount"], pay
+    status, answer = await env.hook("adyen", body, hdrs)  # and now it is a duplicate
+    assert (status, answer["results"][0]["result"]) == (200, "duplicate"), answer

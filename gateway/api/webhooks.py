@@ -17,9 +17,11 @@ Answers: bad / missing signature -> 401 (``invalid_signature``); valid signature
 stale timestamp -> 400 (``stale``); unparseable body -> 400 (``malformed``); else 200
 ``{"received": true, "results": [...]}`` after each event was deduplicated
 (``duplicate``) and applied (see :mod:`gateway.webhook_apply`). Events that match no
-payment are kept via ``store.save_unmatched_webhook`` (``unmatched``). If applying
-fails (store down...), the dedupe record is dropped and the answer is 500, so the
-provider's redelivery is applied. Each outcome is counted in
+payment are kept via ``store.save_unmatched_webhook`` (``unmatched``). An event is
+recorded as done only once applied (:func:`_apply_once`): if the store fails (down,
+full), the answer is 503 with Retry-After and the provider's redelivery is applied; a
+delivery that arrives while another one of the same event is being applied gets 409
+with Retry-After. Each outcome is counted in
 ``gateway_webhooks_total{provider, result}``.
 
 ``GET /webhooks/{provider_name}?bt_challenge=..`` answers Braintree's endpoint
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -39,6 +42,7 @@ from gateway import metrics
 from gateway.api.errors import ApiError
 from gateway.appkeys import CONFIG, STORE
 from gateway.config import ProviderConfig
+from gateway.store import Store
 from gateway.webhook_apply import apply_webhook_event, unmatched_record
 from providers.webhook_event import (
     InvalidSignature,
@@ -53,6 +57,8 @@ routes = web.RouteTableDef()
 
 #: How long an event id is remembered (providers retry for up to a few days).
 DEDUPE_TTL_S = 30 * 86400.0
+#: How long one delivery may hold an event while applying it (a few store calls).
+APPLY_LEASE_S = 30.0
 #: Largest webhook body read (Adyen batches stay far below).
 MAX_BODY_BYTES = 256 * 1024
 
@@ -114,6 +120,38 @@ async def _read(request: web.Request) -> bytes:
     return await request.read()
 
 
+async def _apply_once(store: Store, name: str, event: WebhookEvent
+                      ) -> tuple[str, str | None] | None:
+    """Apply ``event`` unless it was applied before (None: a duplicate).
+
+    The event is recorded as done only AFTER it was applied, under a lease on it that
+    keeps a concurrent delivery of the same event out (409 with Retry-After: the provider
+    delivers it again later). A store that fails in between (down, full, read-only)
+    leaves the event unrecorded, so the provider's redelivery is applied; recording
+    first and dropping the record on failure would lose the event whenever the drop
+    fails too (the store is still down) -- then the redelivery is taken for a
+    duplicate. A failure after applying and before recording means the redelivery is
+    applied again, which the state machine makes a no-op (forward edges only)."""
+    if await store.webhook_event_seen(name, event.event_id):
+        return None
+    lease, owner = f"webhook:{name}:{event.event_id}", uuid.uuid4().hex
+    if not await store.acquire_lease(lease, owner, APPLY_LEASE_S):
+        raise ApiError(409, "invalid_state", "webhook_in_progress",
+                       "this notification is being applied by another delivery; send it "
+                       "again later", headers={"Retry-After": "5"})
+    try:
+        if await store.webhook_event_seen(name, event.event_id):
+            return None  # the delivery that held the lease before us applied it
+        result, payment_id = await apply_webhook_event(store, name, event)
+        if result == "unmatched":
+            await store.save_unmatched_webhook(name, unmatched_record(name, event))
+        await store.record_webhook_event(name, event.event_id, DEDUPE_TTL_S)
+        return result, payment_id
+    finally:
+        with contextlib.suppress(Exception):  # else it lapses after APPLY_LEASE_S
+            await store.release_lease(lease, owner)
+
+
 @routes.post("/webhooks/{provider_name}")
 async def receive_webhook(request: web.Request) -> web.Response:
     cfg = _provider(request)
@@ -141,18 +179,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
     store = request.app[STORE]
     results: list[dict[str, Any]] = []
     for event in events:
-        if not await store.record_webhook_event(name, event.event_id, DEDUPE_TTL_S):
+        applied = await _apply_once(store, name, event)
+        if applied is None:
             _count(name, "duplicate")
             results.append({"event_id": event.event_id, "result": "duplicate"})
             continue
-        try:
-            result, payment_id = await apply_webhook_event(store, name, event)
-            if result == "unmatched":
-                await store.save_unmatched_webhook(name, unmatched_record(name, event))
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await store.forget_webhook_event(name, event.event_id)
-            raise
+        result, payment_id = applied
         _count(name, result)
         log.info("webhook event", extra={"provider": name, "event_kind": event.kind,
                                          "result": result, "payment_id": payment_id})

@@ -156,11 +156,17 @@ class Store(abc.ABC):
 
     # provider webhooks -------------------------------------------------------
     @abc.abstractmethod
+    async def webhook_event_seen(self, provider: str, event_id: str) -> bool:
+        """Whether ``(provider, event_id)`` is remembered (see :meth:`record_webhook_event`).
+        A read: it works on a store that cannot take a write."""
+
+    @abc.abstractmethod
     async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
         """Atomically remember ``(provider, event_id)`` for ``ttl_s`` seconds.
 
-        True the first time (the caller applies the event), False while it is
-        remembered (a duplicate delivery). Shared by every replica of the backend.
+        True the first time, False while it is remembered. Shared by every replica of the
+        backend. The webhook endpoint records an event once it has been APPLIED (while
+        holding a lease on it), so a failure to apply never leaves it marked as done.
         """
 
     @abc.abstractmethod

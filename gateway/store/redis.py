@@ -519,6 +519,10 @@ class RedisStore(Store):
             await self._eval("lease_release", [lease_key(name)], [owner])
 
     # provider webhooks -----------------------------------------------------------
+    async def webhook_event_seen(self, provider: str, event_id: str) -> bool:
+        with _errors():
+            return bool(await self._r.exists(webhook_event_key(provider, event_id)))
+
     async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
         with _errors():
             return bool(await self._r.set(webhook_event_key(provider, event_id), "1", nx=True,

@@ -504,6 +504,16 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
 
     # provider webhooks -----------------------------------------------------------
+    async def webhook_event_seen(self, provider: str, event_id: str) -> bool:
+        return await self._run(self._webhook_seen_sync, provider, event_id)
+
+    def _webhook_seen_sync(self, provider: str, event_id: str) -> bool:
+        row = self._db().execute(
+            "SELECT 1 FROM webhook_events WHERE provider = ? AND event_id = ? AND expires_at > ?",
+            (provider, event_id, time.time()),
+        ).fetchone()
+        return row is not None
+
     async def record_webhook_event(self, provider: str, event_id: str, ttl_s: float) -> bool:
         return await self._run(self._record_webhook_sync, provider, event_id, float(ttl_s))
 
