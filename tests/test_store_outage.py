@@ -4,6 +4,7 @@ complete and nothing is lost (SPEC 12.1; issue #11). A real redis-server is kill
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +120,33 @@ async def test_a_redis_that_persists_nothing_is_refused_unless_allowed(
             await server.close()
     finally:
         redis_proc.kill()
+
+
+async def test_after_a_redis_restart_no_pooled_connection_fails(tmp_path: Path) -> None:
+    """Connections pooled before Redis was restarted were closed by the server: the store
+    must not hand them out (redis-py's default maintenance-notification mode skips that
+    check), else every one of them fails once after recovery, each a 503."""
+    from gateway.store.redis import RedisStore
+
+    redis_proc = RedisProcess(tmp_path / "redis")
+    redis_proc.start()
+    store = RedisStore(redis_proc.url)
+    try:
+        await redis_proc.wait_up()
+        await store.open()
+
+        async def busy(i: int) -> None:  # 16 connections in the pool, all idle after
+            await store.acquire_lease(f"pool-{i}", "owner", 60)
+            await asyncio.sleep(0.05)
+            await store.release_lease(f"pool-{i}", "owner")
+
+        await asyncio.gather(*[busy(i) for i in range(16)])
+        redis_proc.kill()
+        redis_proc.start()
+        await redis_proc.wait_up()
+        results = await asyncio.gather(*[store.acquire_lease(f"after-{i}", "owner", 60)
+                                         for i in range(16)], return_exceptions=True)
+        assert results == [True] * 16, results
+    finally:
+        await store.close()
+        redis_proc.stop()

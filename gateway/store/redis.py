@@ -313,6 +313,17 @@ class RedisStore(Store):
         }
         if self._max_connections is not None:
             kwargs["max_connections"] = self._max_connections
+        try:
+            from redis.maint_notifications import MaintNotificationsConfig
+        except ImportError:  # redis-py without maintenance notifications
+            pass
+        else:
+            # While they are on (redis-py's default "auto"), its pool hands out pooled
+            # connections without checking whether the server closed them, so after a
+            # Redis restart or failover every one of them failed once (a 503 each, once
+            # /readyz was already 200). They need RESP3 push messages; this client speaks
+            # RESP2, so nothing is lost by turning them off.
+            kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
         client = aredis.from_url(self._url, **kwargs)
         self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
         self._client = client
