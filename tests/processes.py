@@ -63,10 +63,13 @@ async def http_ok(session: aiohttp.ClientSession, url: str) -> bool:
 def sandbox_process(log: Path, providers: tuple[str, ...] = ("stripe", "braintree", "adyen"),
                     extra_args: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
     """Run `gateway sandbox` on OS-chosen ports; yields its ready line (ports, URLs).
+    ``providers``: the simulators the test uses. The sandbox runs all three whatever it
+    is given, so every one gets an OS-chosen port (one left on its default port, 1211x,
+    collides with another sandbox running at the same time).
     ``extra_args``: more `gateway sandbox` options (e.g. ``--webhook-url stripe=URL``)."""
     args = [sys.executable, "-m", "gateway", "sandbox", "--host", "127.0.0.1",
             "--control-port", "0"]
-    for name in providers:
+    for name in dict.fromkeys((*providers, "stripe", "braintree", "adyen")):
         args += [f"--{name}-port", "0"]
     args += list(extra_args)
     with log.open("ab") as err:
