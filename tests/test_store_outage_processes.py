@@ -413,6 +413,7 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing(tmp_path: Pat
 
 async def _redis_outage(m: Merchants, sim: SimControl, redis: RedisProcess) -> None:
     stop_load = asyncio.Event()
+    # before the kill; "down": from the kill until /readyz is 200 again; after that
     phase = {"now": "before"}
     by_phase: dict[str, Counter[str]] = {p: Counter() for p in ("before", "down", "after")}
 
@@ -495,11 +496,10 @@ async def _redis_outage(m: Merchants, sim: SimControl, redis: RedisProcess) -> N
           f"{down_s:.1f} s; first answers {dict(first_answers)}, to captures "
           f"{dict(capture_answers)}; by phase {({p: dict(c) for p, c in by_phase.items()})}; "
           f"keys retried: {rec.early} at once, {rec.late} after reconciliation; charged "
-          f"while the store failed: "
-          f"{v.charged_while_store_failed} ({len(rec.stuck)} recorded pending after recovery, "
-          f"{len(rec.left_to_reconciliation)} left to reconciliation); resolved by "
-          f"{dict(v.resolved_by)}; final "
-          f"{dict(v.statuses)}; {v.charges} charges at the simulators")
+          f"while the store failed: {v.charged_while_store_failed} ({len(rec.stuck)} recorded "
+          f"pending after recovery, {len(rec.left_to_reconciliation)} left to "
+          f"reconciliation); resolved by {dict(v.resolved_by)}; final {dict(v.statuses)}; "
+          f"{v.charges} charges at the simulators")
     assert not v.problems, "\n".join(v.problems[:20])
     # The kill landed while calls were at the providers: charged, then the write failed.
     assert v.charged_while_store_failed > 0, first_answers
