@@ -150,10 +150,11 @@ async def _breakers_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     sync = None
     if config.store_url.startswith(("redis://", "rediss://")):
-        from routing.breaker import RedisBreakerSync
+        from routing.breaker_sync import RedisBreakerSync
 
         sync = RedisBreakerSync(config.store_url)
-    board = BreakerBoard({n: p.breaker for n, p in config.providers.items()}, sync=sync)
+    board = BreakerBoard({n: p.breaker for n, p in config.providers.items()}, sync=sync,
+                         on_state=metrics.circuit_state_changed)
     await board.start()
     app[BREAKERS] = board
     try:

@@ -5,10 +5,19 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway import logs
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+    from routing.loader import RoutingConfigError
+    from routing.rules import RoutingTable
+    from routing.select import RouteRequest
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 log = logging.getLogger("gateway.cli")
@@ -107,15 +116,132 @@ def _keygen(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    from routing.explain import check_main
-
     return check_main(args.config)
 
 
 def _route(args: argparse.Namespace) -> int:
-    from routing.explain import route_main
-
     return route_main(args.config, args.request, args.merchant)
+
+
+# -- check-config and route: results on stdout, errors on stderr; exit 0, or 1 on any
+# error (gateway.yaml, routing file, merchant or request file). Nothing is sent to any
+# provider. ---------------------------------------------------------------------------
+
+#: The payment id ``gateway route`` hashes for split rules when the request has no "id".
+DEFAULT_PAYMENT_ID = "pay_explain"
+
+
+def _load(config_path: str | os.PathLike[str]) -> tuple[GatewayConfig, RoutingTable | None]:
+    """gateway.yaml and its routing table (None without routing_file); raises
+    ``ConfigError`` / ``RoutingConfigError``."""
+    from gateway.config import load_config
+    from routing.loader import load_routing
+
+    config = load_config(config_path)
+    if config.routing_file is None:
+        return config, None
+    return config, load_routing(config.routing_file, config.providers)
+
+
+def _load_or_report(config_path: str | os.PathLike[str]
+                    ) -> tuple[GatewayConfig, RoutingTable | None] | None:
+    """:func:`_load`, printing every error to stderr (None then)."""
+    from gateway.config import ConfigError
+    from routing.loader import RoutingConfigError
+
+    try:
+        return _load(config_path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        n = len(exc.errors)
+        print(f"{n} error{'s' if n != 1 else ''} in {exc.errors[0].split(':', 1)[0]}"
+              if n > 1 else "1 error in the gateway configuration", file=sys.stderr)
+    except RoutingConfigError as exc:
+        _print_routing_errors(exc)
+    return None
+
+
+def _print_routing_errors(exc: RoutingConfigError) -> None:
+    for issue in exc.errors:
+        print(f"error: {issue}", file=sys.stderr)
+    n = len(exc.errors)
+    print(f"{n} error{'s' if n != 1 else ''} in the routing file", file=sys.stderr)
+
+
+def check_main(config_path: str | os.PathLike[str]) -> int:
+    """Validate gateway.yaml and its routing file; print every error; 0 if both are valid."""
+    loaded = _load_or_report(config_path)
+    if loaded is None:
+        return 1
+    config, table = loaded
+    summary = (f"ok: {config.path} ({len(config.providers)} providers, "
+               f"{len(config.merchants)} merchants); ")
+    if table is None:
+        summary += ("no routing_file: static candidates "
+                    f"[{', '.join(config.candidates)}]")
+    else:
+        summary += (f"routing {table.source} version {table.version} "
+                    f"({len(table.rules)} rules)")
+    print(summary)
+    return 0
+
+
+def _read_request(request_path: str | os.PathLike[str],
+                  merchant: str | None) -> RouteRequest:
+    """Parse and validate the request JSON like POST /v1/payments (raises ``ValueError``)."""
+    from gateway.api.errors import ApiError
+    from gateway.api.validation import parse_json_body, validate_create
+    from routing.select import RouteRequest
+
+    try:
+        raw = Path(request_path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{request_path}: cannot read: {exc.strerror}") from None
+    try:
+        body = parse_json_body(raw)
+        payment_id = body.pop("id", None) if isinstance(body, dict) else None
+        if payment_id is None:
+            payment_id = DEFAULT_PAYMENT_ID
+        if not isinstance(payment_id, str) or not payment_id:
+            raise ValueError(f"{request_path}: id must be a non-empty string")
+        body = validate_create(body)
+    except ApiError as exc:
+        where = f"{exc.param}: " if exc.param else ""
+        raise ValueError(f"{request_path}: invalid request: {where}{exc.message}") from None
+    return RouteRequest.from_body(body, payment_id=payment_id, merchant_id=merchant)
+
+
+def route_main(config_path: str | os.PathLike[str], request_path: str | os.PathLike[str],
+               merchant: str | None = None) -> int:
+    """Explain the routing decision for the request in ``request_path`` (a POST
+    /v1/payments body, optionally with ``"id"``; default id ``pay_explain``)."""
+    from routing.explain import explain, static_table
+    from routing.select import NoRouteError, decide
+
+    loaded = _load_or_report(config_path)
+    if loaded is None:
+        return 1
+    config, table = loaded
+    if merchant is not None and merchant not in config.merchants:
+        known = ", ".join(sorted(config.merchants)) or "none"
+        print(f"error: unknown merchant {merchant!r} (configured: {known})", file=sys.stderr)
+        return 1
+    try:
+        request = _read_request(request_path, merchant)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if table is None:
+        table = static_table(config)
+        print(f"note: {config.path} has no routing_file; using its static candidates")
+    try:
+        decision = decide(table, request, config.providers)
+    except NoRouteError as exc:  # only for a table without a catch-all
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(explain(decision, table))
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:

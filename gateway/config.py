@@ -18,7 +18,8 @@ import yaml
 
 from gateway import logs
 from gateway.config_keys import key_lines, unknown_keys
-from gateway.currency import UnknownCurrency, minor_unit
+from providers.currency import UnknownCurrency, minor_unit
+from routing.breaker import BreakerSettings as BreakerSettings  # re-exported
 
 PROVIDER_TYPES = ("stripe", "braintree", "adyen")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
@@ -32,12 +33,6 @@ class ConfigError(ValueError):
     def __init__(self, message: str, errors: list[str] | None = None) -> None:
         super().__init__(message)
         self.errors: tuple[str, ...] = tuple(errors) if errors else (message,)
-
-
-@dataclass(frozen=True)
-class BreakerSettings:
-    fail_max: int = 5
-    reset_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)

@@ -77,9 +77,30 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
+# Imported here, not lazily in the functions: the SDK checks run in worker threads at
+# the same time, and concurrent first imports of modules that import each other can
+# deadlock (importlib's _DeadlockError).
+import Adyen
 import aiohttp
+import braintree
+import braintree.util.http
+from Adyen.exceptions import (
+    AdyenAPIAuthenticationError,
+    AdyenAPIInvalidPermission,
+    AdyenAPIResponseError,
+    AdyenError,
+)
+from braintree.exceptions import AuthenticationError, AuthorizationError, NotFoundError
+from braintree.exceptions.braintree_error import BraintreeError
+from braintree.exceptions.http.connection_error import ConnectionError as BtConnectionError
+from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
+from braintree.webhook_notification import WebhookNotification
 
+from gateway.api.webhooks import webhook_credentials
 from gateway.config import GatewayConfig, ProviderConfig
+from providers.adyen.hmac_signature import hmac_key, signature
+from providers.braintree.adapter import make_environment
+from providers.faults import classify_transport_error
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -146,8 +167,6 @@ def _header(headers: Any, name: str) -> str | None:
 
 
 def _unreachable(exc: BaseException, base_url: str) -> str:
-    from providers.faults import classify_transport_error
-
     return f"unreachable at {base_url}: {classify_transport_error(exc).error_code}"
 
 
@@ -234,8 +253,6 @@ async def stripe_checks(cfg: ProviderConfig) -> list[Check]:
 def _date_recording_http() -> type:
     """A ``braintree`` HTTP strategy that keeps the last response's Date header (the SDK
     returns only status and body)."""
-    import braintree.util.http
-
     class DateRecordingHttp(braintree.util.http.Http):
         last_date: str | None = None
 
@@ -258,14 +275,6 @@ def _date_recording_http() -> type:
 
 def braintree_checks_sync(cfg: ProviderConfig) -> list[Check]:
     """Runs in a worker thread: the braintree SDK is synchronous."""
-    import braintree
-    from braintree.exceptions import AuthenticationError, AuthorizationError, NotFoundError
-    from braintree.exceptions.braintree_error import BraintreeError
-    from braintree.exceptions.http.connection_error import ConnectionError as BtConnectionError
-    from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
-
-    from providers.braintree.adapter import make_environment
-
     name, base_url = cfg.name, _endpoint(cfg)
     creds = cfg.credentials
     missing = [k for k in ("merchant_id", "public_key", "private_key") if not creds.get(k)]
@@ -354,14 +363,6 @@ def _account_verdict(name: str, check: str, currency: str, account: Any, label: 
 
 def adyen_checks_sync(cfg: ProviderConfig) -> list[Check]:
     """Runs in a worker thread: the Adyen SDK is synchronous."""
-    import Adyen
-    from Adyen.exceptions import (
-        AdyenAPIAuthenticationError,
-        AdyenAPIInvalidPermission,
-        AdyenAPIResponseError,
-        AdyenError,
-    )
-
     name, base_url = cfg.name, _endpoint(cfg)
     api_key = cfg.credentials.get("api_key")
     merchant = cfg.options.get("merchant_account")
@@ -451,8 +452,6 @@ def stripe_notification(secret: str, now: int | None = None) -> SignedNotificati
 def adyen_notification(hex_key: str, merchant_account: str) -> SignedNotification:
     """A ``REPORT_AVAILABLE`` standard notification (moves no payment), its item signed
     with Adyen's HMAC scheme. Raises ValueError when ``hex_key`` is not hex."""
-    from providers.adyen.hmac_signature import hmac_key, signature
-
     key = hmac_key(hex_key)
     item: dict[str, Any] = {
         "eventCode": "REPORT_AVAILABLE", "success": "true",
@@ -470,9 +469,6 @@ def adyen_notification(hex_key: str, merchant_account: str) -> SignedNotificatio
 
 def braintree_notification(public_key: str, private_key: str) -> SignedNotification:
     """The SDK's own sample ``check`` notification (``bt_signature``/``bt_payload``)."""
-    import braintree
-    from braintree.webhook_notification import WebhookNotification
-
     config = braintree.Configuration(braintree.Environment.Sandbox, "gateway-doctor",
                                      public_key, private_key)
     sample = braintree.BraintreeGateway(config).webhook_testing.sample_notification(
@@ -486,8 +482,6 @@ def braintree_notification(public_key: str, private_key: str) -> SignedNotificat
 def build_notification(cfg: ProviderConfig) -> SignedNotification | Check:
     """The provider's signed test notification, or the failed check when the secret that
     would verify it is missing or unusable."""
-    from gateway.api.webhooks import webhook_credentials
-
     creds = webhook_credentials(cfg)  # sandbox providers fall back like the gateway does
     name = cfg.name
     if cfg.type == "stripe":

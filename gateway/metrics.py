@@ -118,13 +118,23 @@ CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout
 #: What a failover can follow (error codes of RejectedSafe, and a lookup's NotCreated).
 FAILOVER_REASONS = ("connection_refused", "connect_timeout", "rate_limited", "circuit_open",
                     "provider_auth_error", "provider_config_error", "not_created")
+_CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+
+
+def circuit_state_changed(provider: str, state: str) -> None:
+    """The breakers' observer (routing.breaker.StateObserver)."""
+    CIRCUIT_STATE.labels(provider).set(_CIRCUIT_GAUGE[state])
+    CIRCUIT_TRANSITIONS.labels(provider, state).inc()
+
+
 def initialise(providers: list[str]) -> None:
     """Create the known label combinations at 0, so a counter's first increment is a
     visible change to rate()/increase() (a series first seen at 1 hides that 1)."""
     outcomes = ("succeeded", "declined", "rejected_safe", "ambiguous")
     operations = ("authorize", "capture", "void", "refund", "lookup")
     for p in providers:
-        for state in ("closed", "open", "half_open"):
+        CIRCUIT_STATE.labels(p).set(0)
+        for state in _CIRCUIT_GAUGE:
             CIRCUIT_TRANSITIONS.labels(p, state)
         for status in PaymentStatus:
             PAYMENTS.labels(p, status)

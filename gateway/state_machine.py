@@ -2,7 +2,8 @@
 
 Everything that changes a payment's status or amounts goes through this module:
 
-* :class:`PaymentStatus` / :class:`RefundStatus` -- the canonical statuses;
+* :class:`PaymentStatus` / :class:`RefundStatus` -- the canonical statuses (defined in
+  :mod:`providers.statuses`);
 * :data:`TRANSITIONS` -- the allowed-transition table (anything else is rejected);
 * :class:`Ledger` -- the amounts of one payment and their invariants
   (captured <= authorized <= amount; refunds pending + succeeded <= captured);
@@ -16,32 +17,10 @@ The functions are pure: they take a snapshot and return a new one.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
-
-class PaymentStatus(StrEnum):
-    PENDING = "pending"
-    REQUIRES_ACTION = "requires_action"
-    PROCESSING = "processing"
-    UNKNOWN = "unknown"
-    AUTHORIZED = "authorized"
-    CAPTURE_PENDING = "capture_pending"
-    CAPTURED = "captured"
-    PARTIALLY_REFUNDED = "partially_refunded"
-    REFUNDED = "refunded"
-    VOID_PENDING = "void_pending"
-    VOIDED = "voided"
-    DECLINED = "declined"
-    FAILED = "failed"
-    EXPIRED = "expired"
-
-
-class RefundStatus(StrEnum):
-    PENDING = "pending"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    UNKNOWN = "unknown"
-
+# re-exported: the gateway names them from here
+from providers.statuses import PaymentStatus as PaymentStatus
+from providers.statuses import RefundStatus as RefundStatus
 
 S = PaymentStatus
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.statuses import PaymentStatus, RefundStatus
 
 
 class Outcome(StrEnum):

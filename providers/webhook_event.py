@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.state_machine import PaymentStatus, RefundStatus
+from providers.statuses import PaymentStatus, RefundStatus
 
 Target = Literal["payment", "refund", "ignore"]
 

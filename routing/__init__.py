@@ -1,6 +1,6 @@
 """Rule-based provider routing (SPEC section 7): load routing.yaml, pick candidates."""
 
-from routing.explain import check_main, explain, route_main
+from routing.explain import explain
 from routing.loader import RoutingConfigError, RoutingIssue, load_routing, parse_routing
 from routing.rules import Conditions, ProviderInfo, RoutingTable, Rule
 from routing.select import Decision, NoRouteError, RouteRequest, decide, split_bucket
@@ -15,11 +15,9 @@ __all__ = [
     "RoutingIssue",
     "RoutingTable",
     "Rule",
-    "check_main",
     "decide",
     "explain",
     "load_routing",
     "parse_routing",
-    "route_main",
     "split_bucket",
 ]

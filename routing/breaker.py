@@ -31,14 +31,11 @@ this module adds what pybreaker lacks for asyncio payments:
 * a ticket admitted before a transition is *stale*: its outcome is ignored, so late
   answers of calls sent before the circuit opened neither extend nor close it.
 
-Listeners set ``gateway_circuit_state`` / ``gateway_circuit_transitions_total`` inline.
+An ``on_state`` observer is told of every transition inline (the gateway sets
+``gateway_circuit_state`` / ``gateway_circuit_transitions_total`` from it).
 
-:class:`BreakerBoard` holds the breakers of all providers. With a :class:`RedisBreakerSync`
-each local transition is written to Redis (``gw:breaker:{<provider>}``) by a
-fire-and-forget task, and a background task reads all keys every ``refresh_s``
-(default 0.2 s) and applies newer remote states: a circuit opened by one replica is
-honoured by the others within about ``refresh_s``, with no Redis round trip on the
-payment path. Redis being down is logged; breakers keep working locally.
+:class:`BreakerBoard` holds the breakers of all providers; with a
+:class:`routing.breaker_sync.RedisBreakerSync` their states are shared by replicas.
 """
 
 from __future__ import annotations
@@ -51,27 +48,32 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeGuard
 
 import pybreaker
-import redis.asyncio as aredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
-from gateway.config import BreakerSettings
-from gateway.metrics import CIRCUIT_STATE, CIRCUIT_TRANSITIONS
 from providers.base import ProviderFault, RejectedSafe
 
 log = logging.getLogger(__name__)
 
 State = Literal["closed", "half_open", "open"]
+#: Told of every transition of a breaker (local or applied from another replica): the
+#: gateway sets its metrics from it. Runs inline: keep it cheap.
+StateObserver = Callable[[str, State], None]
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """``breaker:`` of one provider in gateway.yaml."""
+
+    fail_max: int = 5
+    reset_timeout_s: float = 30.0
 _FROM_PYBREAKER: dict[str, State] = {
     pybreaker.STATE_CLOSED: "closed",
     pybreaker.STATE_HALF_OPEN: "half_open",
     pybreaker.STATE_OPEN: "open",
 }
-_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
+_ORDER = {"closed": 0, "half_open": 1, "open": 2}
 
 #: A fault with one of these codes is a definite answer from the provider: success.
 DEFINITE_ANSWER_CODES = frozenset({"not_found"})
@@ -103,7 +105,11 @@ class BreakerRecord:
     @property
     def version(self) -> int:
         """Total order of records: newer wins; at the same ms, open > half_open > closed."""
-        return self.ts_ms * 3 + _GAUGE[self.state]
+        return self.ts_ms * 3 + _ORDER[self.state]
+
+
+def is_state(value: str) -> TypeGuard[State]:
+    return value in _ORDER
 
 
 def _now_ms() -> int:
@@ -190,12 +196,14 @@ class ProviderBreaker:
         settings: BreakerSettings,
         *,
         on_transition: Callable[[str, BreakerRecord], None] | None = None,
+        on_state: StateObserver | None = None,
         origin: str = "",
         probe_lease_s: float = 60.0,
     ) -> None:
         self.name = name
         self.settings = settings
         self._on_transition = on_transition
+        self._on_state = on_state
         self._origin = origin
         self._probe_lease_s = probe_lease_s  # a probe never settled frees its slot after this
         self._probe: Ticket | None = None
@@ -205,6 +213,7 @@ class ProviderBreaker:
         # never counted as failures (pybreaker counts them as successes): cancellation
         # and "not sent" never reach pybreaker (Ticket.release), listed for safety
         exclude: list[Any] = [asyncio.CancelledError, CircuitOpen, _is_definite_answer]
+        self._storage = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
         self._cb = pybreaker.CircuitBreaker(
             fail_max=settings.fail_max,
             reset_timeout=settings.reset_timeout_s,
@@ -212,8 +221,8 @@ class ProviderBreaker:
             exclude=exclude,
             listeners=[_Listener(self)],
             name=name,
+            state_storage=self._storage,
         )
-        CIRCUIT_STATE.labels(name).set(0)
 
     # -- state -------------------------------------------------------------------------
 
@@ -228,7 +237,7 @@ class ProviderBreaker:
 
     @property
     def opened_at(self) -> datetime | None:
-        return self._cb._state_storage.opened_at
+        return self._storage.opened_at
 
     def retry_after_s(self) -> float:
         """Seconds until an open circuit lets a probe through (0 when not open)."""
@@ -312,13 +321,13 @@ class ProviderBreaker:
 
     def _on_state_change(self, state: State) -> None:
         """pybreaker listener: runs inline on every transition, keep it cheap."""
-        CIRCUIT_STATE.labels(self.name).set(_GAUGE[state])
-        CIRCUIT_TRANSITIONS.labels(self.name, state).inc()
+        if self._on_state is not None:
+            self._on_state(self.name, state)
         self._probe = None
         if self._remote is not None:
             self.record = self._remote
             return
-        opened = self._cb._state_storage.opened_at  # already set by cb.open()
+        opened = self._storage.opened_at  # already set by cb.open()
         now = max(_now_ms(), self.record.ts_ms + 1)  # strictly increasing per breaker
         self.record = BreakerRecord(state, _to_ms(opened), now, self._origin)
         if self._on_transition is not None:
@@ -351,7 +360,7 @@ class ProviderBreaker:
                     if local != pybreaker.STATE_OPEN:
                         cb.open()
                     if rec.opened_at_ms > 0:
-                        cb._state_storage.opened_at = datetime.fromtimestamp(
+                        self._storage.opened_at = datetime.fromtimestamp(
                             rec.opened_at_ms / 1000, UTC
                         )
             finally:
@@ -389,13 +398,15 @@ class BreakerBoard:
     """All providers' breakers: ``board[provider]``, ``states()``, ``start()``/``close()``."""
 
     def __init__(
-        self, settings: Mapping[str, BreakerSettings], sync: BreakerSync | None = None
+        self, settings: Mapping[str, BreakerSettings], sync: BreakerSync | None = None, *,
+        on_state: StateObserver | None = None,
     ) -> None:
         self.origin = uuid.uuid4().hex[:12]
         self._sync = sync
         publish = sync.publish if sync is not None else None
         self._breakers = {
-            name: ProviderBreaker(name, s, on_transition=publish, origin=self.origin)
+            name: ProviderBreaker(name, s, on_transition=publish, on_state=on_state,
+                                  origin=self.origin)
             for name, s in settings.items()
         }
         if sync is not None:
@@ -425,181 +436,16 @@ class BreakerBoard:
             await self._sync.close()
 
 
-_PUBLISH_LUA = """
-local cur = redis.call('HGET', KEYS[1], 'ver')
-if cur and tonumber(cur) >= tonumber(ARGV[5]) then return 0 end
-redis.call('HSET', KEYS[1], 'state', ARGV[1], 'ts', ARGV[2], 'opened_at', ARGV[3],
-           'origin', ARGV[4], 'ver', ARGV[5])
-return 1
-"""
-
-
-class RedisBreakerSync:
-    """Breaker sharing through Redis hashes ``gw:breaker:{<provider>}`` (one per provider).
-
-    Writes are conditional on :attr:`BreakerRecord.version` (the newest transition wins,
-    whatever the arrival order) and run in fire-and-forget tasks. A background loop reads
-    every key each ``refresh_s`` seconds (one pipelined round trip), applies newer remote
-    records, and re-writes local records newer than Redis's (so writes lost while Redis
-    was down are repaired). Redis errors are logged once per outage and otherwise ignored.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        *,
-        refresh_s: float = 0.2,
-        op_timeout_s: float = 0.5,
-        key_prefix: str = "gw:breaker:",
-    ) -> None:
-        self._url = url
-        self.refresh_s = refresh_s
-        self._op_timeout_s = op_timeout_s
-        self._prefix = key_prefix
-        self._breakers: Mapping[str, ProviderBreaker] = {}
-        self._origin = ""
-        self._client: aredis.Redis | None = None
-        self._script: Any = None
-        self._loop_task: asyncio.Task[None] | None = None
-        self._pending: set[asyncio.Task[None]] = set()
-        self._healthy = True
-        self._closed = False
-
-    def key(self, provider: str) -> str:
-        return f"{self._prefix}{{{provider}}}"
-
-    def attach(self, breakers: Mapping[str, ProviderBreaker], origin: str) -> None:
-        self._breakers = breakers
-        self._origin = origin
-
-    async def start(self) -> None:
-        self._client = aredis.Redis.from_url(
-            self._url,
-            decode_responses=True,
-            socket_timeout=self._op_timeout_s,
-            socket_connect_timeout=self._op_timeout_s,
-            retry=Retry(NoBackoff(), 0),
-        )
-        self._script = self._client.register_script(_PUBLISH_LUA)
-        await self.refresh_once()
-        self._loop_task = asyncio.create_task(self._loop(), name="breaker-sync")
-
-    async def close(self) -> None:
-        self._closed = True
-        tasks = [t for t in (self._loop_task, *self._pending) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._pending.clear()
-        self._loop_task = None
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
-
-    # -- writes ------------------------------------------------------------------------
-
-    def publish(self, provider: str, record: BreakerRecord) -> None:
-        """Called inline by a breaker transition: schedule the write and return."""
-        if self._client is None or self._closed:
-            return  # not started: the refresh loop writes newer local states later
-        try:
-            task = asyncio.get_running_loop().create_task(self._write(provider, record))
-        except RuntimeError:
-            return  # no running loop (sync caller): the refresh loop catches up
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
-
-    async def _write(self, provider: str, rec: BreakerRecord) -> None:
-        try:
-            async with asyncio.timeout(self._op_timeout_s * 2):
-                await self._script(
-                    keys=[self.key(provider)],
-                    args=[rec.state, rec.ts_ms, rec.opened_at_ms, rec.origin, rec.version],
-                )
-            self._mark(ok=True)
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._mark(ok=False, exc=exc)
-        except Exception:
-            log.exception("breaker sync: writing %s failed", provider)
-
-    # -- reads -------------------------------------------------------------------------
-
-    async def _loop(self) -> None:
-        task = asyncio.current_task()
-        while not self._closed:
-            await asyncio.sleep(self.refresh_s)
-            try:
-                await self.refresh_once()
-            except Exception:  # keep refreshing whatever happens
-                log.exception("breaker sync: refresh failed")
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # a cancel swallowed inside a Redis call
-
-    async def refresh_once(self) -> None:
-        """Read all keys once; apply newer remote records, re-write newer local ones."""
-        client = self._client
-        names = list(self._breakers)
-        if client is None or not names:
-            return
-        try:
-            async with asyncio.timeout(self._op_timeout_s * 2):
-                pipe = client.pipeline(transaction=False)
-                for name in names:
-                    pipe.hgetall(self.key(name))
-                rows = await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as exc:
-            self._mark(ok=False, exc=exc)
-            return
-        self._mark(ok=True)
-        for name, row in zip(names, rows, strict=True):
-            breaker = self._breakers[name]
-            remote = _parse(row)
-            if remote is not None and breaker.apply_remote(remote):
-                log.info("breaker %s: applied %s from replica %s", name, remote.state,
-                         remote.origin)
-            elif breaker.record.ts_ms > 0 and (
-                remote is None or breaker.record.version > remote.version
-            ):
-                self.publish(name, breaker.record)
-
-    def _mark(self, *, ok: bool, exc: BaseException | None = None) -> None:
-        if ok and not self._healthy:
-            log.info("breaker sync: Redis reachable again")
-        elif not ok and self._healthy:
-            log.warning("breaker sync: Redis unavailable, breakers work locally: %r", exc)
-        self._healthy = ok
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy
-
-
-def _parse(row: Mapping[str, str] | None) -> BreakerRecord | None:
-    if not row:
-        return None
-    try:
-        state = row["state"]
-        if state not in _GAUGE:
-            return None
-        return BreakerRecord(
-            state=state,  # type: ignore[arg-type]
-            opened_at_ms=int(row.get("opened_at") or 0),
-            ts_ms=int(row["ts"]),
-            origin=row.get("origin", ""),
-        )
-    except (KeyError, ValueError):
-        return None
-
-
 __all__ = [
     "DEFINITE_ANSWER_CODES",
     "NOT_SENT_CODES",
     "BreakerBoard",
     "BreakerRecord",
+    "BreakerSettings",
     "BreakerSync",
     "CircuitOpen",
     "ProviderBreaker",
-    "RedisBreakerSync",
     "State",
+    "StateObserver",
     "Ticket",
 ]

@@ -14,11 +14,12 @@ import pybreaker
 import pytest
 import redis
 
-from gateway.config import BreakerSettings
+from gateway import metrics
 from gateway.metrics import REGISTRY
 from gateway.state_machine import PaymentStatus
 from providers.base import Ambiguous, Outcome, ProviderResult, RejectedSafe
-from routing.breaker import BreakerBoard, CircuitOpen, ProviderBreaker, RedisBreakerSync
+from routing.breaker import BreakerBoard, BreakerSettings, CircuitOpen, ProviderBreaker
+from routing.breaker_sync import RedisBreakerSync
 
 APPROVED = ProviderResult(Outcome.SUCCEEDED, PaymentStatus.AUTHORIZED, "ref_ok")
 DECLINED = ProviderResult(Outcome.DECLINED, PaymentStatus.DECLINED, "ref_declined")
@@ -30,7 +31,11 @@ def pname() -> str:
 
 
 def breaker(fail_max: int = 3, reset_timeout_s: float = 30.0) -> ProviderBreaker:
-    return ProviderBreaker(pname(), BreakerSettings(fail_max, reset_timeout_s))
+    """A breaker observed by the gateway's metrics, as gateway.app wires it."""
+    name = pname()
+    metrics.initialise([name])
+    return ProviderBreaker(name, BreakerSettings(fail_max, reset_timeout_s),
+                           on_state=metrics.circuit_state_changed)
 
 
 async def call(b: ProviderBreaker, fn: Callable[[], Awaitable[Any]]) -> Any:

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from iso4217 import Currency
 
-from gateway.currency import UnknownCurrency, minor_unit, tradeable
 from providers.adyen import amounts as adyen_amounts
 from providers.amounts import AmountError, wire_refusal
 from providers.braintree.amounts import to_decimal_string, to_minor_units
+from providers.currency import UnknownCurrency, minor_unit, tradeable
 from providers.stripe import amounts as stripe_amounts
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
-"""routing.explain: explanation text, `gateway route` and `gateway check-config` bodies."""
+"""routing.explain (explanation text) and the `gateway route` / `gateway check-config`
+bodies in gateway.cli."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from routing.explain import check_main, explain, route_main
+from gateway.cli import check_main, route_main
+from routing.explain import explain
 from routing.loader import load_routing
 from routing.select import RouteRequest, decide, split_bucket
 

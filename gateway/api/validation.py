@@ -10,10 +10,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from gateway import strict_json
 from gateway.api.errors import ApiError
-from gateway.currency import UnknownCurrency, minor_unit
 from gateway.logs import contains_card_number
+from providers import strict_json
+from providers.currency import UnknownCurrency, minor_unit
 
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 MAX_AMOUNT = 10**12

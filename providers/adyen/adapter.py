@@ -50,7 +50,6 @@ from typing import Any
 
 import Adyen
 
-from gateway.state_machine import PaymentStatus
 from providers.adyen.amounts import to_wire
 from providers.adyen.errors import Refusal, translate
 from providers.adyen.parse import (
@@ -75,6 +74,7 @@ from providers.base import (
     RejectedSafe,
 )
 from providers.sdk_pool import SdkPool
+from providers.statuses import PaymentStatus
 
 DEFAULT_RETURN_URL = "https://gateway.invalid/adyen/return"
 DEFAULT_MAX_WORKERS = 8

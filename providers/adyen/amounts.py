@@ -8,8 +8,8 @@ checks this copy against it); a currency Adyen does not list is not supported.
 
 from __future__ import annotations
 
-from gateway.currency import minor_unit
 from providers.amounts import AmountError, rescale
+from providers.currency import minor_unit
 
 #: Adyen's decimals per currency code (Adyen/adyen-salesforce-headless-commerce-pwa
 #: @ c6f39b34 : packages/adyen-salesforce-pwa/lib/utils/currencyList.mjs).

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.adyen.amounts import from_wire
 from providers.adyen.errors import Refusal
 from providers.adyen.status import (
@@ -24,6 +23,7 @@ from providers.adyen.status import (
 )
 from providers.amounts import AmountError
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
+from providers.statuses import PaymentStatus, RefundStatus
 
 P = PaymentStatus
 

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.status_table import lookup, report_unmapped
+from providers.statuses import PaymentStatus, RefundStatus
 
 P, R = PaymentStatus, RefundStatus
 

@@ -38,11 +38,11 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from gateway import strict_json
-from gateway.state_machine import PaymentStatus
+from providers import strict_json
 from providers.adyen.hmac_signature import hmac_key, signature, signing_string
 from providers.adyen.parse import iso_amount
 from providers.adyen.status import Target, webhook_effect
+from providers.statuses import PaymentStatus
 from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
 
 

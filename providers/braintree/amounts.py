@@ -1,7 +1,7 @@
 """Minor units <-> Braintree decimal amount strings, by currency exponent.
 
 Braintree amounts are decimal strings in the currency's major unit ("10.50" EUR,
-"500" JPY, "1.234" KWD), with the currency's ISO 4217 decimals (:mod:`gateway.currency`).
+"500" JPY, "1.234" KWD), with the currency's ISO 4217 decimals (:mod:`providers.currency`).
 The gateway counts integers in the minor unit. Conversion is exact and integer-only: no
 float is ever involved.
 """
@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from decimal import Decimal, InvalidOperation
 
-from gateway.currency import UnknownCurrency, minor_unit
 from providers.amounts import AmountError
+from providers.currency import UnknownCurrency, minor_unit
 
 __all__ = ["AmountError", "exponent", "to_decimal_string", "to_minor_units"]
 

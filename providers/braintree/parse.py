@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
 from providers.braintree.amounts import AmountError, to_minor_units
 from providers.braintree.errors import idempotency_fault, validation_failure_code
 from providers.braintree.status import map_refund_status, map_transaction_status
+from providers.statuses import PaymentStatus, RefundStatus
 
 #: Processor response codes -> gateway decline codes (Braintree's documented codes).
 DECLINE_CODES: dict[str, str] = {

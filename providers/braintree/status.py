@@ -29,8 +29,8 @@ Refunds are credit transactions with their own status (:data:`REFUND_STATUS`).
 
 from __future__ import annotations
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.status_table import lookup
+from providers.statuses import PaymentStatus, RefundStatus
 
 P, R = PaymentStatus, RefundStatus
 

@@ -33,8 +33,8 @@ from urllib.parse import parse_qs
 
 import braintree
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.braintree.amounts import AmountError, to_minor_units
+from providers.statuses import PaymentStatus, RefundStatus
 from providers.webhook_event import (
     InvalidSignature,
     MalformedWebhook,

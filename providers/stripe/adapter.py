@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 import aiohttp
 import stripe
 
-from gateway.state_machine import PaymentStatus
 from providers.amounts import AmountError
 from providers.base import (
     Ambiguous,
@@ -34,6 +33,7 @@ from providers.base import (
     RefundResult,
     RejectedSafe,
 )
+from providers.statuses import PaymentStatus
 from providers.stripe.amounts import to_wire
 from providers.stripe.errors import Refusal, translate
 from providers.stripe.parse import (

@@ -18,8 +18,8 @@ applies to payouts, not to PaymentIntents).
 
 from __future__ import annotations
 
-from gateway.currency import minor_unit
 from providers.amounts import AmountError, rescale
+from providers.currency import minor_unit
 
 ZERO_DECIMAL: frozenset[str] = frozenset(
     "BIF CLP DJF GNF JPY KMF KRW MGA PYG RWF UGX VND VUV XAF XOF XPF".split())

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.amounts import AmountError
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
+from providers.statuses import PaymentStatus, RefundStatus
 from providers.stripe.amounts import from_wire
 from providers.stripe.errors import Refusal
 from providers.stripe.status import map_payment_intent_status, map_refund_status

@@ -18,8 +18,8 @@ PaymentIntent notes:
 
 from __future__ import annotations
 
-from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.status_table import lookup
+from providers.statuses import PaymentStatus, RefundStatus
 
 P, R = PaymentStatus, RefundStatus
 

@@ -38,8 +38,8 @@ from typing import Any
 
 import stripe
 
-from gateway import strict_json
-from gateway.state_machine import PaymentStatus
+from providers import strict_json
+from providers.statuses import PaymentStatus
 from providers.stripe.parse import iso_amount
 from providers.stripe.status import map_refund_status
 from providers.webhook_event import (
