@@ -13,23 +13,13 @@ import pytest
 import redis
 
 from gateway.store import Store, make_store
-from tests.processes import free_port, stop
+from tests.processes import free_port, redis_answers, stop
 
 # ---------------------------------------------------------------------------
 # Redis
 # ---------------------------------------------------------------------------
 
 REDIS_START_TIMEOUT_S = 10.0
-
-
-def _redis_answers(url: str) -> bool:
-    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        return bool(client.ping())
-    except (redis.exceptions.RedisError, OSError):
-        return False
-    finally:
-        client.close()
 
 
 def _start_private_redis(exe: str, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
@@ -53,7 +43,7 @@ def _start_private_redis(exe: str, log_path: Path) -> tuple[subprocess.Popen[byt
             )  # fmt: skip
         deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         while time.monotonic() < deadline and proc.poll() is None:
-            if _redis_answers(url):
+            if redis_answers(url):
                 return proc, url
             time.sleep(0.02)  # poll interval, bounded by the deadline
         stop(proc)
@@ -66,7 +56,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a Redis for the whole session: $REDIS_URL, or a private redis-server."""
     env_url = os.environ.get("REDIS_URL")
     if env_url:
-        if not _redis_answers(env_url):
+        if not redis_answers(env_url):
             pytest.fail(f"REDIS_URL={env_url} does not answer PING", pytrace=False)
         yield env_url
         return

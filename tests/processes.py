@@ -22,6 +22,19 @@ import aiohttp
 START_TIMEOUT_S = 30.0
 
 
+def redis_answers(url: str) -> bool:
+    """The Redis at ``url`` answers PING now."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    try:
+        return bool(client.ping())
+    except (redis.exceptions.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
 def free_port() -> int:
     """A TCP port that was free a moment ago on 127.0.0.1."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -196,15 +209,7 @@ class RedisProcess:
 
     def answers(self) -> bool:
         """PING answered (a restarted server answers once it has loaded its AOF)."""
-        import redis
-
-        client = redis.Redis.from_url(self.url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        except (redis.exceptions.RedisError, OSError):
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.url)
 
     async def wait_up(self, timeout_s: float = START_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout_s

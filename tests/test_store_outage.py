@@ -14,9 +14,8 @@ from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
 from gateway.config import load_config
-from tests.conftest import _redis_answers
 from tests.gateway_harness import headers, payment_body, wait_for, write_config
-from tests.processes import RedisProcess
+from tests.processes import RedisProcess, redis_answers
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ async def test_redis_down_is_503_everywhere_and_nothing_is_lost(
     tmp_path: Path, aiohttp_client, redis_proc: RedisProcess
 ) -> None:
     async def up() -> bool:
-        return _redis_answers(redis_proc.url)
+        return redis_answers(redis_proc.url)
 
     await wait_for(up, timeout=10)
     app = create_app(load_config(write_config(tmp_path, redis_proc.url)))
@@ -102,7 +101,7 @@ async def test_a_redis_that_persists_nothing_is_refused_unless_allowed(
     redis_proc.start()
     try:
         async def up() -> bool:
-            return _redis_answers(redis_proc.url)
+            return redis_answers(redis_proc.url)
 
         await wait_for(up, timeout=10)
         config = write_config(tmp_path, redis_proc.url, store_options={"allow_volatile": allowed})
