@@ -74,6 +74,21 @@ def redact(text: str) -> str:
     return _DIGIT_RUN.sub(_card, text)
 
 
+def _redacted(value: Any) -> Any:
+    """``value`` with every string (and any number that reads as a card) redacted."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int | float):
+        return REDACTED if redact(str(value)) != str(value) else value
+    if isinstance(value, dict):
+        return {str(k): _redacted(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_redacted(v) for v in value]
+    return redact(str(value))
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -93,7 +108,11 @@ class JsonFormatter(logging.Formatter):
                 out[k] = v
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return redact(json.dumps(out, default=str, separators=(",", ":")))
+        # Redact the values, not the rendered line: the line's own timestamp
+        # ("1796238425.123") is 13 digits around a dot and passes the Luhn check one time
+        # in ten, which turned it into an unquoted [REDACTED] and the line into bad JSON.
+        ts = out.pop("ts")
+        return json.dumps({"ts": ts, **_redacted(out)}, separators=(",", ":"))
 
 
 class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg,unused-ignore]

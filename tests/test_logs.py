@@ -53,3 +53,21 @@ def test_context_ids_on_every_line() -> None:
         logs.request_id_var.set(None)
         logs.payment_id_var.set(None)
     assert line["request_id"] == "req_abc" and line["payment_id"] == "pay_xyz"
+
+
+def test_a_timestamp_that_reads_like_a_card_number_stays_a_number() -> None:
+    """1796238425.123 is 13 digits around a dot, Luhn-valid one time in ten: redacting the
+    rendered line made it ``"ts":[REDACTED]``, which is not JSON."""
+    ts = next(t / 1000 for t in range(1796238425000, 1796238425100)
+              if logs.luhn_valid(str(t)))
+    record = logging.LogRecord("test.redaction", logging.INFO, __file__, 1, "hello", None, None)
+    record.created = ts
+    line = json.loads(logs.JsonFormatter().format(record))
+    assert line["ts"] == round(ts, 3) and line["msg"] == "hello"
+
+
+def test_card_numbers_in_nested_and_numeric_extras_are_redacted() -> None:
+    line = _capture("x", card=4242424242424242, nested={"pan": ["4111 1111 1111 1111"]},
+                    amount=1250)
+    assert line["card"] == "[REDACTED]" and line["nested"] == {"pan": ["[REDACTED]"]}
+    assert line["amount"] == 1250
