@@ -46,11 +46,35 @@ def luhn_valid(digits: str) -> bool:
     return total % 10 == 0
 
 
+_SEPARATOR_RUN = re.compile(r"[ \t./-]+")
+#: digit groups joined by one or two separators (a card may start at any group)
+_GROUP_RUN = re.compile(r"\d+(?:[ \t./-]{1,2}\d+)*")
+#: How card numbers are written when they are split: groups of four (the last may be
+#: shorter: 4-4-4-4, 4-4-4-4-3, 4-4-4-1), Amex 4-6-5, Diners 4-6-4.
+_CARD_GROUPINGS = ((4, 6, 5), (4, 6, 4))
+
+
+def _card_like(sizes: tuple[int, ...]) -> bool:
+    return len(sizes) == 1 or sizes in _CARD_GROUPINGS or (
+        all(n == 4 for n in sizes[:-1]) and 1 <= sizes[-1] <= 4)
+
+
 def contains_card_number(text: str) -> bool:
-    for m in _DIGIT_RUN.finditer(text):
-        digits = _SEPARATORS.sub("", m.group(0))
-        if 13 <= len(digits) <= 19 and luhn_valid(digits):
-            return True
+    """A 13-19 digit Luhn-valid number, contiguous or split into card-like groups by
+    spaces, tabs, dots, dashes or slashes (``4242.4242.4242.4242``), also inside a longer
+    run of digit groups (``ref 7 4242 4242 4242 4242``). Digit groups that are not
+    card-like (``order-1006503816-106``) are not a card: a merchant's order id must not be
+    refused because its digits happen to pass the Luhn check."""
+    for m in _GROUP_RUN.finditer(text):
+        groups = _SEPARATOR_RUN.split(m.group(0))
+        for i in range(len(groups)):
+            for j in range(i + 1, len(groups) + 1):
+                digits = "".join(groups[i:j])
+                if len(digits) > 19:
+                    break
+                if (len(digits) >= 13 and luhn_valid(digits)
+                        and _card_like(tuple(len(g) for g in groups[i:j]))):
+                    return True
     return False
 
 

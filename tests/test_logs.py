@@ -6,6 +6,8 @@ import io
 import json
 import logging
 
+import pytest
+
 from gateway import logs
 
 
@@ -71,3 +73,14 @@ def test_card_numbers_in_nested_and_numeric_extras_are_redacted() -> None:
                     amount=1250)
     assert line["card"] == "[REDACTED]" and line["nested"] == {"pan": ["[REDACTED]"]}
     assert line["amount"] == 1250
+
+
+@pytest.mark.parametrize(("text", "card"), [
+    ("4242.4242.4242.4242", True), ("3782 822463 10005", True),  # Amex 4-6-5
+    ("ref 1234 4242 4242 4242 4242", True),  # the card starts at a later group
+    ("x 5555-5555-5555-4444 y", True), ("4242424242424242", True),
+    ("chaos-1006503816-106", False),  # Luhn-valid digits, not grouped like a card
+    ("1234567890123456", False),  # not Luhn-valid
+])
+def test_card_detection_follows_how_cards_are_written(text: str, card: bool) -> None:
+    assert logs.contains_card_number(text) is card

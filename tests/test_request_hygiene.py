@@ -142,6 +142,20 @@ async def test_a_card_number_as_idempotency_key_is_refused_and_not_kept(
     assert not await _stored(client, idem)
 
 
+@pytest.mark.parametrize("idem", ["chaos-1006503816-106", "inv 20261202-00004"])
+async def test_order_ids_whose_digits_pass_luhn_are_not_card_numbers(
+    client: TestClient, idem: str
+) -> None:
+    """13+ digits that pass the Luhn check but are not grouped as a card is written
+    (e.g. a 10-digit order number and a 3-digit suffix) are a merchant's own id."""
+    from gateway.logs import luhn_valid
+
+    assert luhn_valid("".join(ch for ch in idem if ch.isdigit()))
+    body = json.loads(BODY)
+    status, pay = await _post(client, json.dumps({**body, "reference": idem}).encode(), idem)
+    assert status == 201, pay
+
+
 @pytest.mark.parametrize("provider", ["stripe_main", "adyen_main", "bt_main"])
 @pytest.mark.parametrize("raw", [b"[" * 5000 + b"]" * 5000, b"\xff\xfe\x00", b'{"a":' * 3000])
 async def test_malformed_webhook_bodies_are_a_4xx(client: TestClient, provider: str,
