@@ -651,7 +651,9 @@ async def _disk_full(m: Merchants, sim: SimControl, proc: subprocess.Popen[bytes
         status, doc = await m.get(f"/v1/payments/{call.payment_id}")
         if status == 200:
             recorded += 1
-            assert doc["status"] in UNRESOLVED, doc
+            # unresolved, or already authorized when the status change was written and
+            # a later write of the same request (its idempotency record) hit the limit
+            assert doc["status"] in UNRESOLVED | {"authorized"}, doc
         else:
             assert status == 404, doc
 
