@@ -13,6 +13,7 @@ import pytest
 import redis
 
 from gateway.store import Store, make_store
+from tests.log_scan import SESSION_LOG_NAME
 from tests.processes import free_port, redis_answers, stop
 
 # ---------------------------------------------------------------------------
@@ -111,11 +112,10 @@ async def store(store_url: str) -> AsyncIterator[Store]:
 
 
 # ---------------------------------------------------------------------------
-# Every log line of the session, as the gateway's formatter writes it, for the
-# redaction check in tests/test_zzz_log_redaction.py (which runs last).
+# Every log line of the session, as the gateway's formatter writes it, and every process
+# log the tests wrote are checked for secrets and card numbers when the session finishes
+# (tests/log_scan.py): a leak fails the run, whichever tests ran in whatever order.
 # ---------------------------------------------------------------------------
-
-SESSION_LOG_NAME = "session-logs.jsonl"
 
 
 @pytest.hookimpl(trylast=True)  # after the tmpdir plugin made the base temp dir
@@ -132,6 +132,19 @@ def pytest_configure(config: pytest.Config) -> None:
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.WARNING, logging.INFO))  # record INFO too
     config._gateway_session_log = path  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    from tests.log_scan import session_problems
+
+    base = Path(session.config._tmp_path_factory.getbasetemp())  # type: ignore[attr-defined]
+    problems = session_problems(base)
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["secrets or card numbers in the session's logs:", *problems[:20]]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _dump_asyncio_tasks(signum: int, frame: object) -> None:
