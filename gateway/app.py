@@ -31,7 +31,7 @@ from gateway.appkeys import (
 )
 from gateway.config import GatewayConfig
 from gateway.orchestrator import Orchestrator
-from gateway.provider_registry import build_providers, sandbox_types
+from gateway.provider_registry import build_providers, declaration_of, sandbox_types
 from gateway.reconcile import Reconciler
 from gateway.routing_runtime import RoutingRuntime
 from gateway.store import Store, StoreError, make_store
@@ -60,8 +60,8 @@ async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
             continue
         if public_url:
             hooks[p.type] = f"{public_url.rstrip('/')}/webhooks/{name}"
-        secret = p.credentials.get({"stripe": "webhook_secret", "adyen": "hmac_key"}.get(
-            p.type, ""))
+        signing_key = declaration_of(p).simulator_signing_key
+        secret = p.credentials.get(signing_key) if signing_key else None
         if secret:
             secrets[p.type] = secret
     sim_host = await start_sandbox(

@@ -19,9 +19,9 @@ import yaml
 from gateway import logs
 from gateway.config_keys import key_lines, unknown_keys
 from providers.currency import UnknownCurrency, minor_unit
+from providers.registry import DECLARATIONS, declaration
 from routing.breaker import BreakerSettings as BreakerSettings  # re-exported
 
-PROVIDER_TYPES = ("stripe", "braintree", "adyen")
 _ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?\}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -153,7 +153,6 @@ def resolve_secret(value: Any, where: str) -> str:
 Path_ = tuple[str | int, ...]  # a key path in gateway.yaml: ("providers", "p", "timeout_s")
 
 _NUM = (int, float)
-_HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
 _URL = re.compile(r"^https?://[^/\s]+")
 
 
@@ -237,15 +236,6 @@ def resolve_store_url(url: str, base: Path) -> str:
     raise ConfigError(f"store: unsupported URL scheme in {url!r} (use sqlite:// or redis://)")
 
 
-#: Credentials a real (not sandbox) provider cannot work without.
-_REQUIRED_SECRETS = {"stripe": ("api_key",), "braintree": ("merchant_id", "public_key",
-                                                          "private_key"),
-                     "adyen": ("api_key",)}
-_SECRET_KEYS = {
-    "stripe": ("api_key", "webhook_secret"),
-    "braintree": ("merchant_id", "public_key", "private_key"),
-    "adyen": ("api_key", "hmac_key"),
-}
 _DEFAULT_CURRENCIES = ["USD", "EUR", "GBP", "JPY"]
 
 
@@ -271,24 +261,20 @@ def _provider(c: _Checks, name: str, raw: Any, path: Path_) -> ProviderConfig | 
         c.error(path, "expected a mapping")
         return None
     ptype = raw.get("type")
-    if ptype not in PROVIDER_TYPES:
-        c.error((*path, "type"), f"must be one of {', '.join(PROVIDER_TYPES)}")
+    if ptype not in DECLARATIONS:
+        c.error((*path, "type"), f"must be one of {', '.join(DECLARATIONS)}")
         return None
     sandbox = bool(c.get(raw, "sandbox", bool, path, False))
-    secret_keys = _SECRET_KEYS[ptype]
+    decl = declaration(ptype)
+    secret_keys = decl.secret_keys
     creds: dict[str, str] = {}
     for key in secret_keys:
         if key in raw:
             value = c.secret(raw[key], (*path, key))
             if value is not None:
                 creds[key] = value
-        elif not sandbox and key in _REQUIRED_SECRETS[ptype]:
+        elif not sandbox and key in decl.required_secrets:
             c.error((*path, key), "required unless sandbox: true")
-    hmac_key = creds.get("hmac_key")
-    if hmac_key is not None and not _HEX.match(hmac_key):
-        # Adyen's HMAC key is hex; any other value fails every notification's signature
-        c.error((*path, "hmac_key"), "must be the hex HMAC key from Adyen's Customer Area "
-                "(an even number of 0-9/A-F characters)")
     breaker_raw = c.mapping(raw, "breaker", path)
     bpath = (*path, "breaker")
     breaker = BreakerSettings(
@@ -403,51 +389,10 @@ def _retry(c: _Checks, raw: dict[str, Any], path: Path_) -> RetrySettings:
     return out
 
 
-def _check_braintree_currencies(c: _Checks, pc: ProviderConfig, path: Path_) -> None:
-    """A Braintree sale has no currency field: it is charged in the merchant account's
-    currency. Every listed currency needs its account, or must be the declared currency of
-    the default account (``default_currency``); otherwise JPY 500 is charged as USD 500.00."""
-    if pc.sandbox:
-        return  # the in-process simulator gets one merchant account per listed currency
-    accounts = pc.options.get("merchant_account_ids") or {}
-    if not isinstance(accounts, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) and v for k, v in accounts.items()):
-        c.error((*path, "merchant_account_ids"), "a mapping currency -> merchant account id")
-        return
-    for k in accounts:
-        if k not in pc.currencies:
-            c.error((*path, "merchant_account_ids", k), "is not one of the provider's "
-                    "currencies")
-    default = pc.options.get("default_currency")
-    if default is not None and (not isinstance(default, str) or default not in pc.currencies):
-        c.error((*path, "default_currency"), "must be one of the provider's currencies")
-    for cur in sorted(pc.currencies):
-        if cur not in accounts and cur != default:
-            c.error((*path, "currencies"),
-                    f"{cur} has no merchant account (merchant_account_ids) and is not the "
-                    "default account's currency (default_currency); Braintree would charge "
-                    "it in the default account's currency")
-
-
 def _check_provider_options(c: _Checks, pc: ProviderConfig, path: Path_) -> None:
-    if pc.type == "braintree":
-        _check_braintree_currencies(c, pc, path)
-        proof = pc.options.get("lookup_proof_after_s")
-        if proof is not None and (isinstance(proof, bool) or not isinstance(proof, _NUM)
-                                  or proof <= pc.timeout_s):
-            c.error((*path, "lookup_proof_after_s"),
-                    f"must be a number above timeout_s ({pc.timeout_s:g})")
-    if pc.type == "adyen":
-        account = pc.options.get("merchant_account")
-        if account is not None and (not isinstance(account, str) or not account):
-            c.error((*path, "merchant_account"), "must be a non-empty string")
-        elif account is None and not pc.sandbox:
-            c.error((*path, "merchant_account"), "required unless sandbox: true")
-    if pc.type == "stripe":
-        tol = pc.options.get("webhook_tolerance_s")
-        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, _NUM)
-                                or not 0 < tol <= 3600):
-            c.error((*path, "webhook_tolerance_s"), "must be a number of seconds in (0, 3600]")
+    """The provider folder's own checks of its options and credentials."""
+    for key_path, message in declaration(pc.type).check_options(pc):
+        c.error((*path, *key_path), message)
 
 
 def load_config(path: str | os.PathLike[str]) -> GatewayConfig:

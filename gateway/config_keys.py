@@ -13,6 +13,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from providers.registry import DECLARATIONS
+
 Schema = dict[str, Any]  # key -> nested Schema, LIST_OF(Schema), MAP_OF(Schema) or None
 
 _RETRY = {"attempts": None, "backoff_s": None, "backoff_max_s": None, "jitter_s": None}
@@ -25,14 +27,10 @@ _MERCHANT = {"id": None, "api_key_sha256": None,
 _PROVIDER_COMMON = {"type": None, "sandbox": None, "currencies": None, "base_url": None,
                     "timeout_s": None, "connect_timeout_s": None,
                     "breaker": {"fail_max": None, "reset_timeout_s": None}}
-#: Keys each provider type adds (credentials and its own options).
-PROVIDER_KEYS: dict[str, Schema] = {
-    "stripe": {"api_key": None, "webhook_secret": None, "webhook_tolerance_s": None},
-    "braintree": {"merchant_id": None, "public_key": None, "private_key": None,
-                  "merchant_account_ids": "free", "default_currency": None,
-                  "lookup_proof_after_s": None},
-    "adyen": {"api_key": None, "hmac_key": None, "merchant_account": None},
-}
+def provider_keys(provider_type: str) -> Schema:
+    """Keys a provider type adds (credentials and its own options), from its declaration."""
+    decl = DECLARATIONS.get(provider_type)
+    return {**dict.fromkeys(decl.secret_keys), **decl.option_keys} if decl else {}
 
 
 class _ListOf:
@@ -61,7 +59,7 @@ def _provider_schema(node: MappingNode) -> Schema:
     ptype = next((v.value for k, v in node.value
                   if isinstance(k, ScalarNode) and k.value == "type"
                   and isinstance(v, ScalarNode)), None)
-    return {**_PROVIDER_COMMON, **PROVIDER_KEYS.get(str(ptype), {})}
+    return {**_PROVIDER_COMMON, **provider_keys(str(ptype))}
 
 
 def _walk(node: Node, schema: Any, where: str, file: str, out: list[str]) -> None:

@@ -60,114 +60,42 @@ gateway.yaml or its routing file is invalid (nothing checked; like ``serve``).
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
-import json
-import secrets
 import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
-from itertools import islice
 from pathlib import Path
-from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-# Imported here, not lazily in the functions: the SDK checks run in worker threads at
-# the same time, and concurrent first imports of modules that import each other can
-# deadlock (importlib's _DeadlockError).
-import Adyen
 import aiohttp
-import braintree
-import braintree.util.http
-from Adyen.exceptions import (
-    AdyenAPIAuthenticationError,
-    AdyenAPIInvalidPermission,
-    AdyenAPIResponseError,
-    AdyenError,
-)
-from braintree.exceptions import AuthenticationError, AuthorizationError, NotFoundError
-from braintree.exceptions.braintree_error import BraintreeError
-from braintree.exceptions.http.connection_error import ConnectionError as BtConnectionError
-from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
-from braintree.webhook_notification import WebhookNotification
 
-from gateway.api.webhooks import webhook_credentials
 from gateway.config import GatewayConfig, ProviderConfig
-from providers.adyen.hmac_signature import hmac_key, signature
-from providers.braintree.adapter import make_environment
-from providers.faults import classify_transport_error
 
-Status = Literal["ok", "warn", "fail"]
+# gateway.provider_registry loads every provider folder, whose doctor module imports its
+# SDK at import time, not lazily: the SDK checks run in worker threads at the same time,
+# and concurrent first imports of modules that import each other can deadlock
+# (importlib's _DeadlockError).
+from gateway.provider_registry import declaration_of, effective
+from providers.doctor_checks import (
+    CLOCK_FAIL_S,
+    CLOCK_WARN_S,
+    Answered,
+    Check,
+    SignedNotification,
+    clock_check,
+    fail,
+    ok,
+    warn,
+)
 
-#: Clock skew against a provider's ``Date`` header: above this, warn ...
-CLOCK_WARN_S = 5.0
-#: ... and above this, fail.
-CLOCK_FAIL_S = 60.0
 #: ``admin_token`` default of the shipped config/gateway.yaml (a test keeps them equal).
 SANDBOX_ADMIN_TOKEN = "sandbox-admin-token"
 #: An admin token shorter than this is a warning.
 MIN_ADMIN_TOKEN_LEN = 16
-#: Braintree merchant accounts read from the list at most.
-MAX_LISTED_ACCOUNTS = 1000
 #: How long one test notification may take to be answered.
 WEBHOOK_TIMEOUT_S = 15.0
-STRIPE_PROBE = "GET /v1/balance"
-BRAINTREE_PROBE = "GET merchant_accounts"
-ADYEN_PROBE = "POST /paymentMethods"
-
-
-@dataclass(frozen=True)
-class Check:
-    subject: str  # provider name, "store" or "gateway"
-    name: str  # e.g. "credentials", "account:USD", "clock", "webhook", "writable"
-    status: Status
-    detail: str
-
-
-def ok(subject: str, name: str, detail: str) -> Check:
-    return Check(subject, name, "ok", detail)
-
-
-def warn(subject: str, name: str, detail: str) -> Check:
-    return Check(subject, name, "warn", detail)
-
-
-def fail(subject: str, name: str, detail: str) -> Check:
-    return Check(subject, name, "fail", detail)
-
-
-@dataclass(frozen=True)
-class Answered:
-    """When the harmless call went out and came back, and the provider's Date header."""
-
-    sent_at: float
-    received_at: float
-    date: str | None
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _header(headers: Any, name: str) -> str | None:
-    if not headers:
-        return None
-    try:
-        value = headers.get(name)
-        if value is None and isinstance(headers, Mapping):
-            lname = name.lower()
-            value = next((v for k, v in headers.items() if str(k).lower() == lname), None)
-    except AttributeError:
-        return None
-    return str(value) if value is not None else None
-
-
-def _unreachable(exc: BaseException, base_url: str) -> str:
-    return f"unreachable at {base_url}: {classify_transport_error(exc).error_code}"
 
 
 def _without_password(url: str) -> str:
@@ -179,335 +107,20 @@ def _without_password(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
-def clock_check(subject: str, answered: Answered | None) -> Check:
-    """Skew between the provider's ``Date`` header and this host's clock."""
-    if answered is None:
-        return warn(subject, "clock", "not measured: no answer from the provider")
-    if not answered.date:
-        return warn(subject, "clock", "not measured: the answer had no Date header")
-    try:
-        provider_ts = parsedate_to_datetime(answered.date).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return warn(subject, "clock", "not measured: unreadable Date header")
-    local = (answered.sent_at + answered.received_at) / 2
-    skew = provider_ts + 0.5 - local  # Date is truncated to the second
-    error = 0.5 + (answered.received_at - answered.sent_at) / 2
-    size = abs(skew)
-    direction = "ahead of" if skew > 0 else "behind"
-    detail = f"provider clock {size:.1f} s {direction} this host (Date header, +/-{error:.1f} s)"
-    if size > CLOCK_FAIL_S:
-        return fail(subject, "clock", f"{detail}: over {CLOCK_FAIL_S:g} s, webhook timestamps "
-                    "and reconciliation ages are wrong; fix NTP")
-    if size > CLOCK_WARN_S:
-        return warn(subject, "clock", f"{detail}: over {CLOCK_WARN_S:g} s; check NTP")
-    return ok(subject, "clock", detail)
-
-
-def _endpoint(cfg: ProviderConfig) -> str | None:
-    return cfg.base_url.rstrip("/") if cfg.base_url else None
-
-
-# ----------------------------------------------------------------------------- Stripe
-
-
-async def stripe_checks(cfg: ProviderConfig) -> list[Check]:
-    import stripe
-
-    name, base_url = cfg.name, _endpoint(cfg)
-    api_key = cfg.credentials.get("api_key")
-    if not api_key or not base_url:
-        missing = "api_key" if not api_key else "base_url"
-        return [fail(name, "credentials", f"{missing} is not configured"),
-                clock_check(name, None)]
-    stripe.enable_telemetry = False
-    http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
-        total=cfg.timeout_s, sock_connect=cfg.connect_timeout_s))
-    client = stripe.StripeClient(api_key, base_addresses={"api": base_url}, http_client=http,
-                                 max_network_retries=0)
-    sent = time.time()
-    answered: Answered | None = None
-    try:
-        balance = await client.v1.balance.retrieve_async()
-        response = balance.last_response
-        answered = Answered(sent, time.time(), _header(response.headers if response else None,
-                                                       "Date"))
-        code = response.code if response is not None else 200
-        creds = ok(name, "credentials", f"accepted ({STRIPE_PROBE} {code})")
-    except stripe.APIConnectionError as exc:
-        creds = fail(name, "credentials", _unreachable(exc, base_url))
-    except stripe.StripeError as exc:
-        answered = Answered(sent, time.time(), _header(exc.headers, "Date"))
-        what = f"{STRIPE_PROBE} {exc.http_status} {type(exc).__name__}"
-        if isinstance(exc, stripe.AuthenticationError | stripe.PermissionError):
-            creds = fail(name, "credentials", f"rejected ({what})")
-        else:
-            creds = fail(name, "credentials", f"not confirmed ({what})")
-    finally:
-        await http.close_async()
-    return [creds, clock_check(name, answered)]
-
-
-# ----------------------------------------------------------------------------- Braintree
-
-
-def _date_recording_http() -> type:
-    """A ``braintree`` HTTP strategy that keeps the last response's Date header (the SDK
-    returns only status and body)."""
-    class DateRecordingHttp(braintree.util.http.Http):
-        last_date: str | None = None
-
-        def _get_session(self) -> Any:
-            session = super()._get_session()  # one requests.Session per thread
-            if not getattr(session, "doctor_records_date", False):
-                send = session.send
-
-                def recording_send(request: Any, **kwargs: Any) -> Any:
-                    response = send(request, **kwargs)
-                    self.last_date = response.headers.get("Date")
-                    return response
-
-                session.send = recording_send
-                session.doctor_records_date = True
-            return session
-
-    return DateRecordingHttp
-
-
-def braintree_checks_sync(cfg: ProviderConfig) -> list[Check]:
-    """Runs in a worker thread: the braintree SDK is synchronous."""
-    name, base_url = cfg.name, _endpoint(cfg)
-    creds = cfg.credentials
-    missing = [k for k in ("merchant_id", "public_key", "private_key") if not creds.get(k)]
-    if missing or not base_url:
-        what = ", ".join(missing) if missing else "base_url"
-        return [fail(name, "credentials", f"{what} not configured"), clock_check(name, None)]
-    try:
-        environment = make_environment(base_url)
-    except ValueError:
-        return [fail(name, "credentials", f"base_url {base_url} is not http(s)://host[:port]"),
-                clock_check(name, None)]
-    config = braintree.Configuration(
-        environment=environment, merchant_id=creds["merchant_id"],
-        public_key=creds["public_key"], private_key=creds["private_key"],
-        timeout=(cfg.connect_timeout_s, cfg.timeout_s), wrap_http_exceptions=True,
-        http_strategy=_date_recording_http())
-    gateway = braintree.BraintreeGateway(config)
-    strategy = config.http_strategy()
-    sent = time.time()
-    try:
-        listed = list(islice(gateway.merchant_account.all().merchant_accounts,
-                             MAX_LISTED_ACCOUNTS))
-    except (BtConnectionError, BtTimeoutError) as exc:
-        return [fail(name, "credentials", _unreachable(exc, base_url)), clock_check(name, None)]
-    except BraintreeError as exc:
-        answered = Answered(sent, time.time(), getattr(strategy, "last_date", None))
-        what = f"{BRAINTREE_PROBE}: {type(exc).__name__}"
-        verdict = "rejected" if isinstance(exc, AuthenticationError | AuthorizationError) \
-            else "not confirmed"
-        return [fail(name, "credentials", f"{verdict} ({what})"), clock_check(name, answered)]
-    answered = Answered(sent, time.time(), getattr(strategy, "last_date", None))
-    out = [ok(name, "credentials", f"accepted ({BRAINTREE_PROBE}: {len(listed)} listed)")]
-    accounts = {str(k).upper(): str(v)
-                for k, v in (cfg.options.get("merchant_account_ids") or {}).items()}
-    raw_default = cfg.options.get("default_currency")
-    default_currency = str(raw_default).upper() if raw_default else None
-    default = next((a for a in listed if getattr(a, "default", False) is True), None)
-    for currency in sorted(cfg.currencies):
-        check = f"account:{currency}"
-        account_id = accounts.get(currency)
-        if account_id is not None:
-            try:
-                found = gateway.merchant_account.find(account_id)
-            except NotFoundError:
-                out.append(fail(name, check, f"merchant account {account_id!r} not found at "
-                                "Braintree: sales in this currency would be refused"))
-                continue
-            except (BtConnectionError, BtTimeoutError) as exc:
-                out.append(fail(name, check, _unreachable(exc, base_url)))
-                continue
-            except BraintreeError as exc:
-                out.append(fail(name, check, f"lookup of {account_id!r} failed: "
-                                f"{type(exc).__name__}"))
-                continue
-            out.append(_account_verdict(name, check, currency, found, account_id))
-        elif currency == default_currency:
-            if default is None:
-                out.append(fail(name, check, "default_currency, but Braintree lists no default "
-                                "merchant account"))
-            else:
-                out.append(_account_verdict(name, check, currency, default,
-                                            f"default account {getattr(default, 'id', '?')!r}"))
-        else:
-            out.append(fail(name, check, "no merchant_account_ids entry and not the "
-                            "default_currency: Braintree would charge it in the default "
-                            "account's currency"))
-    out.append(clock_check(name, answered))
-    return out
-
-
-def _account_verdict(name: str, check: str, currency: str, account: Any, label: str) -> Check:
-    got = str(getattr(account, "currency_iso_code", "") or "").upper()
-    status = str(getattr(account, "status", "") or "")
-    account_id = getattr(account, "id", None)
-    shown = label if label.startswith("default") else repr(account_id or label)
-    if got != currency:
-        return fail(name, check, f"{shown} is a {got or 'currency-less'} account: {currency} "
-                    f"sales would be charged in {got or 'another currency'}")
-    if status and status != "active":
-        return fail(name, check, f"{shown} is {status}, not active")
-    return ok(name, check, f"{shown} ({got}, {status or 'status unknown'})")
-
-
-# ----------------------------------------------------------------------------- Adyen
-
-
-def adyen_checks_sync(cfg: ProviderConfig) -> list[Check]:
-    """Runs in a worker thread: the Adyen SDK is synchronous."""
-    name, base_url = cfg.name, _endpoint(cfg)
-    api_key = cfg.credentials.get("api_key")
-    merchant = cfg.options.get("merchant_account")
-    if not api_key or not base_url:
-        missing = "api_key" if not api_key else "base_url"
-        return [fail(name, "credentials", f"{missing} is not configured"),
-                clock_check(name, None)]
-    sdk = Adyen.Adyen(xapikey=api_key, platform="test",
-                      http_timeout=(cfg.connect_timeout_s, cfg.timeout_s), http_force="requests")
-    sdk.checkout.payments_api.baseUrl = base_url
-    seen: dict[str, Any] = {}
-    api = sdk.client
-    api._init_http_client()
-    inner = api.http_client.request
-
-    def recording(*args: Any, **kwargs: Any) -> Any:
-        out = inner(*args, **kwargs)
-        seen["headers"] = out[3]  # (raw response, raw request, status, headers)
-        return out
-
-    api.http_client.request = recording
-    account = str(merchant) if merchant else "SandboxECOM"  # the adapter's default
-    sent = time.time()
-    out: list[Check] = []
-    answered: Answered | None = None
-    try:
-        result = sdk.checkout.payments_api.payment_methods({"merchantAccount": account})
-    except AdyenAPIResponseError as exc:
-        answered = Answered(sent, time.time(), _header(seen.get("headers") or exc.headers,
-                                                       "Date"))
-        code = str(exc.error_code or "")
-        what = f"{ADYEN_PROBE} {exc.status_code}" + (f" errorCode {code}" if code else "")
-        if isinstance(exc, AdyenAPIInvalidPermission) and code == "901":
-            out.append(ok(name, "credentials", f"accepted (the API key is valid; {what})"))
-            out.append(fail(name, "merchant_account", f"{account!r} refused ({what} Invalid "
-                            "Merchant Account): not an account of this API key"))
-        elif isinstance(exc, AdyenAPIAuthenticationError | AdyenAPIInvalidPermission):
-            out.append(fail(name, "credentials", f"rejected ({what})"))
-        else:
-            out.append(fail(name, "credentials", f"not confirmed ({what})"))
-    except AdyenError as exc:
-        out.append(fail(name, "credentials", f"not sent: {type(exc).__name__}"))
-    except Exception as exc:  # requests / urllib3 errors propagate unwrapped
-        out.append(fail(name, "credentials", _unreachable(exc, base_url)))
-    else:
-        answered = Answered(sent, time.time(), _header(seen.get("headers"), "Date"))
-        out.append(ok(name, "credentials", f"accepted ({ADYEN_PROBE} {result.status_code})"))
-        methods = (result.message or {}).get("paymentMethods") if isinstance(
-            result.message, dict) else None
-        types = {m.get("type") for m in methods or [] if isinstance(m, dict)}
-        if not merchant and not cfg.sandbox:
-            out.append(fail(name, "merchant_account", "not configured: the gateway would send "
-                            f"{account!r}"))
-        elif "scheme" not in types:
-            out.append(warn(name, "merchant_account", f"{account!r} accepted but offers no "
-                            "card payments (no 'scheme' in /paymentMethods)"))
-        else:
-            out.append(ok(name, "merchant_account", f"{account!r} accepted, cards offered"))
-    out.append(clock_check(name, answered))
-    return out
-
 
 # ----------------------------------------------------------------------------- webhooks
 
 
-@dataclass(frozen=True)
-class SignedNotification:
-    body: bytes
-    headers: dict[str, str]
-
-
-def stripe_notification(secret: str, now: int | None = None) -> SignedNotification:
-    """A ``balance.available`` event (moves no payment), with Stripe's ``Stripe-Signature``
-    (``t=<ts>,v1=HMAC-SHA256(secret, "<ts>.<body>")``)."""
-    ts = int(time.time()) if now is None else now
-    event = {"id": f"evt_doctor_{secrets.token_hex(12)}", "object": "event",
-             "type": "balance.available", "created": ts, "livemode": False,
-             "pending_webhooks": 1, "request": {"id": None, "idempotency_key": None},
-             "data": {"object": {"object": "balance", "available": [], "pending": [],
-                                 "livemode": False}}}
-    body = json.dumps(event, separators=(",", ":")).encode()
-    sig = hmac.new(secret.encode(), f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
-    return SignedNotification(body, {"Stripe-Signature": f"t={ts},v1={sig}",
-                                   "Content-Type": "application/json"})
-
-
-def adyen_notification(hex_key: str, merchant_account: str) -> SignedNotification:
-    """A ``REPORT_AVAILABLE`` standard notification (moves no payment), its item signed
-    with Adyen's HMAC scheme. Raises ValueError when ``hex_key`` is not hex."""
-    key = hmac_key(hex_key)
-    item: dict[str, Any] = {
-        "eventCode": "REPORT_AVAILABLE", "success": "true",
-        "pspReference": f"DOCTOR{secrets.token_hex(5).upper()}",
-        "merchantAccountCode": merchant_account, "merchantReference": "gateway-doctor",
-        "amount": {"value": 0, "currency": "EUR"},
-        "eventDate": datetime.now(UTC).isoformat(timespec="seconds"),
-        "reason": "https://gateway.invalid/gateway-doctor-report.csv",
-    }
-    item["additionalData"] = {"hmacSignature": signature(item, key).decode()}
-    body = json.dumps({"live": "false",
-                       "notificationItems": [{"NotificationRequestItem": item}]}).encode()
-    return SignedNotification(body, {"Content-Type": "application/json"})
-
-
-def braintree_notification(public_key: str, private_key: str) -> SignedNotification:
-    """The SDK's own sample ``check`` notification (``bt_signature``/``bt_payload``)."""
-    config = braintree.Configuration(braintree.Environment.Sandbox, "gateway-doctor",
-                                     public_key, private_key)
-    sample = braintree.BraintreeGateway(config).webhook_testing.sample_notification(
-        WebhookNotification.Kind.Check, "gateway-doctor")
-    payload = sample["bt_payload"]
-    payload = payload.decode("ascii") if isinstance(payload, bytes) else str(payload)
-    body = urlencode({"bt_signature": sample["bt_signature"], "bt_payload": payload}).encode()
-    return SignedNotification(body, {"Content-Type": "application/x-www-form-urlencoded"})
-
-
 def build_notification(cfg: ProviderConfig) -> SignedNotification | Check:
     """The provider's signed test notification, or the failed check when the secret that
-    would verify it is missing or unusable."""
-    creds = webhook_credentials(cfg)  # sandbox providers fall back like the gateway does
-    name = cfg.name
-    if cfg.type == "stripe":
-        secret = creds.get("webhook_secret")
-        if not secret:
-            return fail(name, "webhook", "webhook_secret is not configured: every Stripe "
-                        "webhook would be rejected (401)")
-        return stripe_notification(secret)
-    if cfg.type == "adyen":
-        key = creds.get("hmac_key")
-        if not key:
-            return fail(name, "webhook", "hmac_key is not configured: every Adyen "
-                        "notification would be rejected (401)")
-        try:
-            return adyen_notification(key, str(cfg.options.get("merchant_account")
-                                               or "SandboxECOM"))
-        except ValueError:
-            return fail(name, "webhook", "hmac_key is not a hex string: every Adyen "
-                        "notification would be rejected (401)")
-    if cfg.type == "braintree":
-        public, private = creds.get("public_key"), creds.get("private_key")
-        if not public or not private:
-            return fail(name, "webhook", "public_key/private_key are not configured: every "
-                        "Braintree webhook would be rejected (401)")
-        return braintree_notification(public, private)
-    return fail(name, "webhook", f"no webhook scheme for provider type {cfg.type}")
+    would verify it is missing or unusable (sandbox providers fall back like the gateway)."""
+    try:
+        decl = declaration_of(cfg)
+    except ValueError:
+        return fail(cfg.name, "webhook", f"no webhook scheme for provider type {cfg.type}")
+    return decl.test_notification(effective(cfg))
+
+
 
 
 @asynccontextmanager
@@ -738,15 +351,13 @@ async def provider_checks(cfg: ProviderConfig) -> list[Check]:
         return [warn(cfg.name, "sandbox", "sandbox provider: in-process simulator, no real "
                      "account (credentials, accounts and clock not checked)")]
     try:
-        if cfg.type == "stripe":
-            return await stripe_checks(cfg)
-        if cfg.type == "braintree":
-            return await asyncio.to_thread(braintree_checks_sync, cfg)
-        if cfg.type == "adyen":
-            return await asyncio.to_thread(adyen_checks_sync, cfg)
+        decl = declaration_of(cfg)
+    except ValueError:
+        return [fail(cfg.name, "credentials", f"no check for provider type {cfg.type}")]
+    try:
+        return await decl.doctor_checks(cfg)
     except Exception as exc:  # an SDK surprise is a failed check, never a traceback
         return [fail(cfg.name, "credentials", f"not confirmed: {type(exc).__name__}")]
-    return [fail(cfg.name, "credentials", f"no check for provider type {cfg.type}")]
 
 
 async def run_checks(config: GatewayConfig, url: str | None = None) -> list[Check]:
@@ -807,6 +418,7 @@ def doctor_main(config_path: str, url: str | None = None) -> int:
 
 
 __all__ = [
-    "CLOCK_FAIL_S", "CLOCK_WARN_S", "SANDBOX_ADMIN_TOKEN", "Check", "admin_token_check",
+    "CLOCK_FAIL_S", "CLOCK_WARN_S", "SANDBOX_ADMIN_TOKEN", "Answered", "Check",
+    "admin_token_check",
     "clock_check", "doctor_main", "filesystem_type", "render", "run_checks",
 ]

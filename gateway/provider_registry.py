@@ -1,79 +1,44 @@
-"""Build the configured provider adapters (and in-process simulators for sandbox ones)."""
+"""Build the configured provider adapters from their folders' declarations
+(``providers/registry.py``); the gateway never branches on a provider type."""
 
 from __future__ import annotations
 
+import dataclasses
+
 from gateway.config import GatewayConfig, ProviderConfig
 from providers.base import Provider
+from providers.declaration import ProviderDeclaration
+from providers.registry import declaration
 
-SANDBOX_STRIPE_KEY = "sk_test_sandbox"
-SANDBOX_CREDENTIALS = {
-    "braintree": {"merchant_id": "sandbox_merchant", "public_key": "sandbox_public_key",
-                  "private_key": "sandbox_private_key"},
-    "adyen": {"api_key": "sandbox_adyen_key"},
-}
-ADYEN_SANDBOX_PATH = "/checkout/v71"
+
+def declaration_of(cfg: ProviderConfig) -> ProviderDeclaration:
+    try:
+        return declaration(cfg.type)
+    except KeyError:
+        raise ValueError(f"provider {cfg.name}: type {cfg.type!r} is not supported") from None
+
+
+def effective(cfg: ProviderConfig) -> ProviderConfig:
+    """``cfg`` with the in-process simulator's credentials under the configured ones
+    (``sandbox: true``); what the adapter, the webhook verifier and doctor use."""
+    merged = declaration_of(cfg).credentials_of(cfg)
+    return cfg if merged == cfg.credentials else dataclasses.replace(cfg, credentials=merged)
 
 
 def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str) -> Provider:
+    decl = declaration_of(cfg)
     base_url = cfg.base_url
     if cfg.sandbox:
         port = sandbox_ports.get(cfg.type)
         if port is None:
             raise ValueError(f"provider {cfg.name}: no in-process {cfg.type} simulator running")
-        base_url = f"http://{host}:{port}"
-        if cfg.type == "adyen":
-            base_url += ADYEN_SANDBOX_PATH
+        base_url = f"http://{host}:{port}{decl.sandbox_path}"
     assert base_url is not None
-    creds = {**(SANDBOX_CREDENTIALS.get(cfg.type, {}) if cfg.sandbox else {}), **cfg.credentials}
-    if cfg.type == "stripe":
-        from providers.stripe.adapter import StripeProvider
-
-        return StripeProvider(
-            cfg.name,
-            api_key=cfg.credentials.get("api_key", SANDBOX_STRIPE_KEY),
-            base_url=base_url,
-            currencies=cfg.currencies,
-            timeout_s=cfg.timeout_s,
-            connect_timeout_s=cfg.connect_timeout_s,
-        )
-    if cfg.type == "braintree":
-        from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
-
-        return BraintreeProvider(
-            cfg.name,
-            merchant_id=_need(creds, "merchant_id", cfg),
-            public_key=_need(creds, "public_key", cfg),
-            private_key=_need(creds, "private_key", cfg),
-            base_url=base_url,
-            currencies=cfg.currencies,
-            timeout_s=cfg.timeout_s,
-            connect_timeout_s=cfg.connect_timeout_s,
-            # Braintree takes the currency from the merchant account: one per currency.
-            merchant_account_ids=cfg.options.get("merchant_account_ids")
-            or ({c: f"sandbox_{c.lower()}" for c in cfg.currencies} if cfg.sandbox else None),
-            lookup_proof_after_s=float(cfg.options.get("lookup_proof_after_s",
-                                                       DEFAULT_LOOKUP_PROOF_AFTER_S)),
-            default_currency=cfg.options.get("default_currency"),
-        )
-    if cfg.type == "adyen":
-        from providers.adyen.adapter import AdyenProvider
-
-        return AdyenProvider(
-            cfg.name,
-            api_key=_need(creds, "api_key", cfg),
-            merchant_account=str(cfg.options.get("merchant_account", "SandboxECOM")),
-            base_url=base_url,
-            currencies=cfg.currencies,
-            timeout_s=cfg.timeout_s,
-            connect_timeout_s=cfg.connect_timeout_s,
-        )
-    raise ValueError(f"provider {cfg.name}: type {cfg.type!r} is not supported")
-
-
-def _need(creds: dict[str, str], key: str, cfg: ProviderConfig) -> str:
-    if key not in creds:
-        raise ValueError(f"provider {cfg.name}: {key} is required")
-    return creds[key]
+    settings = dataclasses.replace(effective(cfg), base_url=base_url)
+    for key in decl.required_secrets:
+        if key not in settings.credentials:
+            raise ValueError(f"provider {cfg.name}: {key} is required")
+    return decl.build(settings)
 
 
 def sandbox_types(config: GatewayConfig) -> set[str]:

@@ -35,6 +35,7 @@ from gateway.notifications import flush_outbox
 from gateway.orchestrator import OperationError, Orchestrator, mutate
 from gateway.state_machine import PaymentStatus
 from gateway.store import PaymentQuery, Store
+from providers.registry import declaration
 
 log = logging.getLogger("gateway.reconcile")
 SOURCE = "reconciliation"
@@ -177,7 +178,8 @@ class Reconciler:
 
     def _why(self, doc: dict[str, Any], age: float) -> str:
         provider = self.orchestrator.providers.get(doc.get("provider") or "")
-        asynchronous = provider is not None and provider.type == "adyen"
+        asynchronous = provider is not None and declaration(
+            provider.type).capabilities.modifications_confirmed_by_webhook
         pending_mod = doc["status"] in ("capture_pending", "void_pending") or any(
             r["status"] == "pending" for r in doc["refunds"])
         if asynchronous and pending_mod:

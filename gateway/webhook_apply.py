@@ -30,8 +30,9 @@ Special cases:
   operation's amount (``doc["_operation"]``), else the event's amount; capture
   refused -> ``authorized``; ``void_pending`` + cancel confirmed / refused ->
   ``voided`` / ``authorized``. The pending operation is cleared in each case.
-* An Adyen ``AUTHORISATION`` success on an automatic-capture payment means
-  ``captured`` (Adyen captures by itself; see providers/adyen/status.py).
+* An authorization event marked ``captured_if_automatic`` (Adyen ``AUTHORISATION``: Adyen
+  captures by itself; see providers/adyen/status.py) means ``captured`` on an
+  automatic-capture payment.
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
         raw_op = d.get("_operation")
         op: dict[str, Any] = raw_op if isinstance(raw_op, dict) else {}
         op_name = op.get("op")
-        if (event.provider_type == "adyen" and event.kind == "AUTHORISATION"
-                and target == S.AUTHORIZED and d.get("capture") == "automatic"):
+        if (event.captured_if_automatic and target == S.AUTHORIZED
+                and d.get("capture") == "automatic"):
             target = S.CAPTURED
         authorized: int | None = None
         captured: int | None = None

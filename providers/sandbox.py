@@ -6,7 +6,8 @@ In-process use (``gateway serve`` with ``sandbox: true`` providers)::
     host.base_url("stripe"); host.control_url
     await host.stop()
 
-Simulators are found by name in :data:`SIMULATORS` (``module:Class``); a provider
+Simulators are found by name in :data:`SIMULATORS` (``module:Class``, from each
+provider folder's declaration in ``providers/registry.py``); a provider
 whose simulator module does not exist yet is skipped. Each simulator class takes
 keyword arguments ``webhook_url`` and (optionally) ``webhook_secret``.
 """
@@ -23,15 +24,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from providers.registry import DECLARATIONS
 from providers.simulator.host import SimulatorHost
 from providers.simulator.provider import SimulatedProvider
 
-SIMULATORS: dict[str, str] = {
-    "stripe": "providers.stripe.simulator:StripeSimulator",
-    "braintree": "providers.braintree.simulator:BraintreeSimulator",
-    "adyen": "providers.adyen.simulator:AdyenSimulator",
-}
-DEFAULT_PORTS: dict[str, int] = {"stripe": 12111, "braintree": 12112, "adyen": 12113}
+#: Provider type -> its simulator (``module:Class``) and default port, from the registry.
+SIMULATORS: dict[str, str] = {t: d.simulator for t, d in DECLARATIONS.items()}
+DEFAULT_PORTS: dict[str, int] = {t: d.default_sandbox_port for t, d in DECLARATIONS.items()}
 DEFAULT_CONTROL_PORT = 12100
 
 

@@ -64,6 +64,9 @@ class WebhookEvent:
     refund_reference: str | None = None
     refund_id: str | None = None  # the gateway refund id, when the event carries it
     raw_summary: str = ""
+    #: An authorization that the provider captures by itself when the payment is
+    #: automatic-capture (Adyen ``AUTHORISATION``): then it means ``captured``.
+    captured_if_automatic: bool = False
 
     def payment_status(self) -> PaymentStatus | None:
         return self.status if isinstance(self.status, PaymentStatus) else None

@@ -11,7 +11,6 @@ from urllib.parse import parse_qs, urlencode
 
 import pytest
 
-from gateway.api.webhooks import SANDBOX_WEBHOOK_SECRETS
 from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.adyen import sim_notify
 from providers.adyen import webhook as adyen_webhook
@@ -19,6 +18,7 @@ from providers.adyen.simulator import DEFAULT_HMAC_KEY
 from providers.braintree import webhook as bt_webhook
 from providers.braintree import webhooks as bt_sim
 from providers.braintree.simulator import SANDBOX_PRIVATE_KEY, SANDBOX_PUBLIC_KEY
+from providers.registry import declaration
 from providers.stripe import sim_events
 from providers.stripe import webhook as stripe_webhook
 from providers.stripe.simulator import DEFAULT_WEBHOOK_SECRET
@@ -30,10 +30,11 @@ HEX = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"
 
 
 def test_sandbox_defaults_match_the_simulators() -> None:
-    assert SANDBOX_WEBHOOK_SECRETS["stripe"]["webhook_secret"] == DEFAULT_WEBHOOK_SECRET
-    assert SANDBOX_WEBHOOK_SECRETS["adyen"]["hmac_key"] == DEFAULT_HMAC_KEY
-    assert SANDBOX_WEBHOOK_SECRETS["braintree"] == {
-        "public_key": SANDBOX_PUBLIC_KEY, "private_key": SANDBOX_PRIVATE_KEY}
+    """The declarations' sandbox secrets are the ones the simulators sign with."""
+    assert declaration("stripe").sandbox_credentials["webhook_secret"] == DEFAULT_WEBHOOK_SECRET
+    assert declaration("adyen").sandbox_credentials["hmac_key"] == DEFAULT_HMAC_KEY
+    bt = declaration("braintree").sandbox_credentials
+    assert (bt["public_key"], bt["private_key"]) == (SANDBOX_PUBLIC_KEY, SANDBOX_PRIVATE_KEY)
 
 
 # ------------------------------------------------------------------ stripe

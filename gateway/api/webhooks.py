@@ -10,7 +10,7 @@ authentication, checked on the raw bytes by the provider package's
 * braintree: ``public_key`` + ``private_key``.
 
 A ``sandbox: true`` provider without that credential uses the simulator's signing
-secret (:data:`SANDBOX_WEBHOOK_SECRETS`). A non-sandbox provider without it rejects
+secret (the declaration's ``sandbox_credentials``). A non-sandbox provider without it rejects
 every webhook (401).
 
 Answers: bad / missing signature -> 401 (``invalid_signature``); valid signature but
@@ -25,7 +25,7 @@ with Retry-After. Each outcome is counted in
 ``gateway_webhooks_total{provider, result}``.
 
 ``GET /webhooks/{provider_name}?bt_challenge=..`` answers Braintree's endpoint
-verification challenge.
+verification challenge (a declaration's ``webhook_challenge``).
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ from gateway import metrics
 from gateway.api.errors import ApiError
 from gateway.appkeys import CONFIG, STORE
 from gateway.config import ProviderConfig
+from gateway.provider_registry import declaration_of, effective
 from gateway.store import Store
 from gateway.webhook_apply import apply_webhook_event, unmatched_record
 from providers.webhook_event import (
@@ -62,42 +63,19 @@ APPLY_LEASE_S = 30.0
 #: Largest webhook body read (Adyen batches stay far below).
 MAX_BODY_BYTES = 256 * 1024
 
-#: Signing secrets of the in-process simulators (used for ``sandbox: true`` providers
-#: that do not configure their own): Stripe ``DEFAULT_WEBHOOK_SECRET``, Adyen
-#: ``DEFAULT_HMAC_KEY``, Braintree ``SANDBOX_PUBLIC_KEY`` / ``SANDBOX_PRIVATE_KEY``.
-SANDBOX_WEBHOOK_SECRETS: dict[str, dict[str, str]] = {
-    "stripe": {"webhook_secret": "whsec_sandbox_stripe"},
-    "adyen": {"hmac_key": "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"},
-    "braintree": {"public_key": "sandbox_public_key", "private_key": "sandbox_private_key"},
-}
-
-
 def webhook_credentials(cfg: ProviderConfig) -> dict[str, str]:
-    base = SANDBOX_WEBHOOK_SECRETS.get(cfg.type, {}) if cfg.sandbox else {}
-    return {**base, **cfg.credentials}
+    """The configured secrets, over the in-process simulator's under ``sandbox: true``."""
+    return effective(cfg).credentials
 
 
 def verify_and_parse(cfg: ProviderConfig, raw: bytes, headers: Mapping[str, str],
                      now: float | None = None) -> list[WebhookEvent]:
-    """Dispatch to the provider package's verifier with ``cfg``'s secret(s)."""
-    creds = webhook_credentials(cfg)
-    if cfg.type == "stripe":
-        from providers.stripe import webhook as stripe_webhook
-
-        tolerance = float(cfg.options.get("webhook_tolerance_s",
-                                          stripe_webhook.DEFAULT_TOLERANCE_S))
-        return stripe_webhook.verify_and_parse(raw, headers, creds.get("webhook_secret"),
-                                               tolerance_s=tolerance, now=now)
-    if cfg.type == "adyen":
-        from providers.adyen import webhook as adyen_webhook
-
-        return adyen_webhook.verify_and_parse(raw, headers, creds.get("hmac_key"), now=now)
-    if cfg.type == "braintree":
-        from providers.braintree import webhook as braintree_webhook
-
-        return braintree_webhook.verify_and_parse(raw, headers, creds.get("public_key"),
-                                                  creds.get("private_key"), now=now)
-    raise InvalidSignature(f"no webhook verifier for provider type {cfg.type}")
+    """The provider folder's verifier, with ``cfg``'s secret(s)."""
+    try:
+        decl = declaration_of(cfg)
+    except ValueError:
+        raise InvalidSignature(f"no webhook verifier for provider type {cfg.type}") from None
+    return decl.verify_webhook(effective(cfg), raw, headers, now)
 
 
 def _provider(request: web.Request) -> ProviderConfig:
@@ -194,24 +172,22 @@ async def receive_webhook(request: web.Request) -> web.Response:
 
 @routes.get("/webhooks/{provider_name}")
 async def webhook_challenge(request: web.Request) -> web.Response:
-    """Braintree's endpoint verification (``bt_challenge``)."""
+    """The provider's endpoint verification (Braintree's ``bt_challenge``)."""
     cfg = _provider(request)
-    challenge = request.query.get("bt_challenge")
-    creds = webhook_credentials(cfg)
-    if cfg.type != "braintree" or not challenge:
+    challenge = declaration_of(cfg).webhook_challenge
+    value = request.query.get(challenge[0]) if challenge else None
+    if challenge is None or not value:
         raise ApiError(405, "invalid_request", "method_not_allowed",
                        "webhooks are delivered with POST")
-    public, private = creds.get("public_key"), creds.get("private_key")
-    if not public or not private:
-        raise ApiError(404, "not_found", "unknown_provider", "no Braintree keys configured")
-    from providers.braintree.webhook import challenge_response
-
     try:
-        answer = challenge_response(challenge, public, private)
+        answer = challenge[1](effective(cfg), value)
+    except LookupError:
+        raise ApiError(404, "not_found", "unknown_provider",
+                       f"no {cfg.type} webhook keys configured") from None
     except MalformedWebhook:
         raise ApiError(400, "invalid_request", "malformed_webhook",
-                       "bt_challenge must be 20-32 hex characters") from None
+                       f"{challenge[0]} must be 20-32 hex characters") from None
     return web.Response(text=answer, content_type="text/plain")
 
 
-__all__ = ["SANDBOX_WEBHOOK_SECRETS", "routes", "verify_and_parse", "webhook_credentials"]
+__all__ = ["routes", "verify_and_parse", "webhook_credentials"]

@@ -132,6 +132,8 @@ class WebhookEffect:
     payment_status: PaymentStatus | None = None
     refund_status: RefundStatus | None = None
     note: str = ""
+    #: Adyen captures an automatic-capture payment by itself once authorised.
+    captured_if_automatic: bool = False
 
 
 def _pay(status: PaymentStatus, note: str = "") -> WebhookEffect:
@@ -151,7 +153,9 @@ def _ignore(note: str) -> WebhookEffect:
 #: ignored for both values.
 EVENT_CODES: Mapping[tuple[str, bool], WebhookEffect] = {
     # authorised; the gateway turns it into captured for auto-capture payments
-    ("AUTHORISATION", True): _pay(P.AUTHORIZED, "captured when the payment is auto-capture"),
+    ("AUTHORISATION", True): WebhookEffect(Target.PAYMENT, payment_status=P.AUTHORIZED,
+                                           note="captured when the payment is auto-capture",
+                                           captured_if_automatic=True),
     ("AUTHORISATION", False): _pay(P.DECLINED, "refused / cancelled / error"),
     ("CAPTURE", True): _pay(P.CAPTURED),
     ("CAPTURE", False): _pay(P.AUTHORIZED, "capture refused: capture_pending -> authorized"),

@@ -127,7 +127,8 @@ def to_event(item: Mapping[str, Any]) -> WebhookEvent:
                        + (f" ({effect.note})" if effect.note else ""),
     }
     if effect.target is Target.PAYMENT and effect.payment_status is not None:
-        fields.update(target="payment", status=PaymentStatus(effect.payment_status))
+        fields.update(target="payment", status=PaymentStatus(effect.payment_status),
+                      captured_if_automatic=effect.captured_if_automatic)
     elif effect.target is Target.REFUND and effect.refund_status is not None:
         fields.update(target="refund", status=effect.refund_status, refund_reference=psp,
                       refund_id=merchant_ref, merchant_reference=None)
