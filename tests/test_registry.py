@@ -120,7 +120,7 @@ def test_config_takes_the_keys_and_checks_of_a_registered_type(
 
 
 def test_an_unregistered_type_is_refused_with_the_registered_ones(tmp_path: Path) -> None:
-    path = write_config(tmp_path, "sqlite://gw.db", {"d": {"type": "dummy", "sandbox": True}})
+    path = write_config(tmp_path, "sqlite://gw.db", {"d": {"type": "nosuch", "sandbox": True}})
     with pytest.raises(ConfigError) as exc:
         load_config(path)
     assert f"must be one of {', '.join(DECLARATIONS)}" in str(exc.value)
