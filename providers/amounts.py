@@ -29,27 +29,24 @@ def rescale(amount: int, from_exp: int, to_exp: int, what: str) -> int:
 def currency_refusal(provider_type: str | None, currency: str) -> str | None:
     """Why a provider of ``provider_type`` cannot charge ``currency`` at all (Adyen: not in
     its published table), or None."""
-    if provider_type == "adyen":
-        from providers.adyen.amounts import ADYEN_DECIMALS
+    from providers.registry import DECLARATIONS  # the declarations import this module
 
-        if currency.upper() not in ADYEN_DECIMALS:
-            return f"Adyen does not support {currency.upper()}"
-    return None
+    decl = DECLARATIONS.get(provider_type or "")
+    if decl is None or decl.currency_refusal is None:
+        return None
+    return decl.currency_refusal(currency)
 
 
 def wire_refusal(provider_type: str | None, amount: int, currency: str) -> str | None:
     """Why a provider of ``provider_type`` cannot be sent ``amount`` ``currency`` exactly,
-    or None when it can (or the type is not known here)."""
-    from providers.adyen.amounts import to_wire as adyen
-    from providers.braintree.amounts import to_decimal_string as braintree
-    from providers.stripe.amounts import to_wire as stripe
+    or None when it can (or the type is not registered)."""
+    from providers.registry import DECLARATIONS  # the declarations import this module
 
-    convert = {"stripe": stripe, "adyen": adyen, "braintree": braintree}.get(
-        provider_type or "")
-    if convert is None:
+    decl = DECLARATIONS.get(provider_type or "")
+    if decl is None:
         return None
     try:
-        convert(amount, currency)
+        decl.amount_to_wire(amount, currency)
     except (AmountError, ValueError) as exc:
         return str(exc)
     return None

@@ -54,6 +54,9 @@ class ProviderDeclaration:
     check_options: Callable[[ProviderSettings], Sequence[OptionError]]
     #: The adapter.
     build: Callable[[ProviderSettings], Provider]
+    #: The amount as the provider's wire carries it (raises AmountError / ValueError when
+    #: ``amount`` ``currency`` cannot be sent exactly); routing excludes such a provider.
+    amount_to_wire: Callable[[int, str], object]
     #: Verify a webhook on its raw bytes and parse it (``providers.webhook_event`` errors).
     verify_webhook: Callable[[ProviderSettings, bytes, Mapping[str, str], float | None],
                              list[WebhookEvent]]
@@ -70,6 +73,9 @@ class ProviderDeclaration:
     #: check when the secret that would verify it is missing or unusable.
     test_notification: Callable[[ProviderSettings], SignedNotification | Check]
     capabilities: Capabilities = field(default_factory=Capabilities)
+    #: Why the provider cannot charge a currency at all (e.g. not in its published table),
+    #: or None; routing excludes it for that currency.
+    currency_refusal: Callable[[str], str | None] | None = None
     #: Appended to the simulator's URL to form the adapter's ``base_url``.
     sandbox_path: str = ""
     #: The credential that signs the webhooks the in-process simulator sends, when the

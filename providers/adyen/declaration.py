@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from providers.adyen import doctor, webhook
 from providers.adyen.adapter import AdyenProvider
+from providers.adyen.amounts import ADYEN_DECIMALS, to_wire
 from providers.declaration import Capabilities, OptionError, ProviderDeclaration
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
@@ -16,6 +17,13 @@ from providers.webhook_event import WebhookEvent
 _HEX = re.compile(r"^(?:[0-9A-Fa-f]{2})+$")
 #: The merchant account of the in-process simulator (and the default of a sandbox entry).
 SANDBOX_MERCHANT_ACCOUNT = "SandboxECOM"
+
+
+def currency_refusal(currency: str) -> str | None:
+    """Adyen charges only the currencies of its published table."""
+    if currency.upper() not in ADYEN_DECIMALS:
+        return f"Adyen does not support {currency.upper()}"
+    return None
 
 
 def check_options(cfg: ProviderSettings) -> list[OptionError]:
@@ -71,6 +79,7 @@ DECLARATION = ProviderDeclaration(
     option_keys={"merchant_account": None},
     check_options=check_options,
     build=build,
+    amount_to_wire=to_wire,
     verify_webhook=verify_webhook,
     simulator="providers.adyen.simulator:AdyenSimulator",
     default_sandbox_port=12113,
@@ -82,4 +91,5 @@ DECLARATION = ProviderDeclaration(
     test_notification=test_notification,
     capabilities=Capabilities(modifications_confirmed_by_webhook=True),
     simulator_signing_key="hmac_key",
+    currency_refusal=currency_refusal,
 )

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from providers.braintree import doctor, webhook
 from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
+from providers.braintree.amounts import to_decimal_string
 from providers.declaration import OptionError, ProviderDeclaration
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
@@ -100,6 +101,7 @@ DECLARATION = ProviderDeclaration(
                  "lookup_proof_after_s": None},
     check_options=check_options,
     build=build,
+    amount_to_wire=to_decimal_string,
     verify_webhook=verify_webhook,
     simulator="providers.braintree.simulator:BraintreeSimulator",
     default_sandbox_port=12112,

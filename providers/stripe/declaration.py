@@ -9,6 +9,7 @@ from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
 from providers.stripe import doctor, webhook
 from providers.stripe.adapter import StripeProvider
+from providers.stripe.amounts import to_wire
 from providers.webhook_event import WebhookEvent
 
 SANDBOX_API_KEY = "sk_test_sandbox"
@@ -51,6 +52,7 @@ DECLARATION = ProviderDeclaration(
     option_keys={"webhook_tolerance_s": None},
     check_options=check_options,
     build=build,
+    amount_to_wire=to_wire,
     verify_webhook=verify_webhook,
     simulator="providers.stripe.simulator:StripeSimulator",
     default_sandbox_port=12111,
