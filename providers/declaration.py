@@ -73,6 +73,8 @@ class ProviderDeclaration:
     #: check when the secret that would verify it is missing or unusable.
     test_notification: Callable[[ProviderSettings], SignedNotification | Check]
     capabilities: Capabilities = field(default_factory=Capabilities)
+    #: The canonical decline codes (``providers.decline_codes``) its declines can carry.
+    decline_codes: frozenset[str] = frozenset()
     #: Why the provider cannot charge a currency at all (e.g. not in its published table),
     #: or None; routing excludes it for that currency.
     currency_refusal: Callable[[str], str | None] | None = None

@@ -62,6 +62,11 @@ def explain(decision: Decision, table: RoutingTable) -> str:
                 lines.append("fallback: " + ", ".join(matched.fallback))
         elif matched.providers:
             lines.append("priority: " + ", ".join(matched.providers))
+        if matched.cascade_on:
+            lines.append("cascade on decline: " + ", ".join(matched.cascade_on)
+                         + " (moves to the next candidate; any other decline is final)")
+        else:
+            lines.append("cascade on decline: off (every decline is final)")
     if decision.candidates:
         lines.append("candidates (in order; open circuit breakers are skipped at run time):")
         lines.extend(f"  {i}. {name}" for i, name in enumerate(decision.candidates, 1))

@@ -21,12 +21,16 @@ Accepted schema::
         providers: [adyen, stripe]    # priority list ...
         split: {stripe: 70, bt: 30}   # ... or weighted split (positive ints, sum 100)
         fallback: [adyen]             #     with an optional fallback list (split only)
+        cascade_on: [issuer_not_available]  # optional (SPEC 7.1): canonical decline codes
+                                      # a decline with one of these moves to the next
+                                      # candidate as a new attempt; any other stays final
 
 The last rule must be a catch-all, and no rule may follow a catch-all.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import re
@@ -39,13 +43,14 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from providers.decline_codes import canonical_decline_codes
 from routing.rules import Conditions, RoutingTable, Rule
 
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 _COUNTRY = re.compile(r"^[A-Z]{2}$")
 _RULE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
 _TOP_KEYS = ("version", "rules")
-_RULE_KEYS = ("name", "description", "when", "providers", "split", "fallback")
+_RULE_KEYS = ("name", "description", "when", "providers", "split", "fallback", "cascade_on")
 _WHEN_KEYS = ("currency", "amount", "country", "brand", "merchant", "metadata")
 _AMOUNT_KEYS = ("min", "max")
 
@@ -344,8 +349,31 @@ class _Validator:
                 fallback = ()
             else:
                 fallback = self.provider_list(fnode, name, "fallback")
+        cascade_on: tuple[str, ...] = ()
+        if "cascade_on" in keys:
+            cascade_on = self.decline_codes(keys["cascade_on"][1], name)
         return Rule(name=name, when=when, providers=providers, split=split,
-                    fallback=fallback, line=line)
+                    fallback=fallback, cascade_on=cascade_on, line=line)
+
+    def decline_codes(self, node: Node, rule: str) -> tuple[str, ...]:
+        if self.string_list(node, rule, "cascade_on", None, "a decline code") is None \
+                and not isinstance(node, SequenceNode):
+            return ()
+        assert isinstance(node, SequenceNode)
+        known = canonical_decline_codes()
+        out: list[str] = []
+        for item in node.value:
+            code = self.scalar(item)
+            if not isinstance(code, str) or not code:
+                continue  # reported by string_list
+            if code not in known:
+                close = difflib.get_close_matches(code, known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                self.err(_line(item), rule, f"cascade_on: {code!r} is not a canonical decline "
+                                            f"code{hint}")
+            elif code not in out:
+                out.append(code)
+        return tuple(out)
 
     def split(self, node: Node, key_line: int, rule: str) -> tuple[tuple[str, int], ...]:
         if not isinstance(node, MappingNode):

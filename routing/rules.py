@@ -136,6 +136,8 @@ class Rule:
     providers: tuple[str, ...] = ()
     split: tuple[tuple[str, int], ...] = ()
     fallback: tuple[str, ...] = ()
+    #: Canonical decline codes that move to the next candidate (SPEC 7.1; empty = off).
+    cascade_on: tuple[str, ...] = ()
     line: int = 0  # 1-based line of the rule in its file (0 = not from a file)
 
     @property

@@ -79,6 +79,8 @@ class Decision:
     request: RouteRequest = field(compare=False, hash=False)
     split_bucket: int | None = None  # 0..99 for a split rule
     split_choice: str | None = None  # the provider the bucket picked
+    #: The matched rule's cascade_on: these decline codes move to the next candidate.
+    cascade_on: frozenset[str] = frozenset()
 
 
 def split_bucket(payment_id: str) -> int:
@@ -158,4 +160,5 @@ def decide(table: RoutingTable, request: RouteRequest,
         request=request,
         split_bucket=bucket,
         split_choice=split_order(rule.split, bucket)[0] if bucket is not None else None,
+        cascade_on=frozenset(rule.cascade_on),
     )

@@ -309,3 +309,19 @@ def test_route_with_invalid_routing_file(tmp_path: Path,
     assert out == ""
     assert ":4: rule 'd': providers: unknown provider 'nope'" in err
     assert err.splitlines()[-1] == "1 error in the routing file"
+
+
+def test_explain_says_whether_declines_cascade(tmp_path: Path) -> None:
+    providers = {"stripe": _P({"EUR"}), "adyen": _P({"EUR"})}
+    text = ("version: 1\nrules:\n  - name: soft\n    when: {currency: [EUR]}\n"
+            "    providers: [adyen, stripe]\n    cascade_on: [issuer_not_available]\n"
+            "  - name: default\n    providers: [stripe]\n")
+    (tmp_path / "r.yaml").write_text(text)
+    table = load_routing(tmp_path / "r.yaml", providers)
+    eur = decide(table, RouteRequest("pay_1", 100, "EUR"), providers)
+    assert eur.cascade_on == frozenset({"issuer_not_available"})
+    assert ("cascade on decline: issuer_not_available (moves to the next candidate; any other "
+            "decline is final)") in explain(eur, table).splitlines()
+    usd = decide(table, RouteRequest("pay_1", 100, "USD"), providers)
+    assert usd.cascade_on == frozenset()
+    assert "cascade on decline: off (every decline is final)" in explain(usd, table).splitlines()

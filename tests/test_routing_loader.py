@@ -129,7 +129,7 @@ def test_many_errors_fixture_reports_all_with_exact_lines() -> None:
         f"{f}:10: rule 'usd-split': split weights sum to 90, must be 100",
         f"{f}:12: rule 'eur-to-adyen': duplicate rule name (first on line 3)",
         f"{f}:14: rule 'eur-to-adyen': unknown key 'colour' (allowed: name, description, "
-        "when, providers, split, fallback)",
+        "when, providers, split, fallback, cascade_on)",
         f"{f}:15: rule 'late': unreachable: follows catch-all rule 'eur-to-adyen' (line 12), "
         "which matches every request",
     ]
@@ -409,3 +409,42 @@ def test_merge_keys_are_rejected() -> None:
 def test_no_providers_configured_says_none() -> None:
     [(_, _, message)] = issues_of("version: 1\nrules:\n" + RULE_OK, providers=set())
     assert message == "providers: unknown provider 'stripe' (configured in gateway.yaml: none)"
+
+
+# --- cascade_on (SPEC 7.1) -------------------------------------------------------------------
+
+
+def test_cascade_on_is_parsed_deduplicated_and_off_by_default() -> None:
+    text = ("version: 1\nrules:\n"
+            "  - name: soft\n    when: {currency: [EUR]}\n    providers: [adyen, stripe]\n"
+            "    cascade_on: [issuer_not_available, try_again_later, issuer_not_available]\n"
+            "  - name: default\n    providers: [stripe]\n")
+    table = parse_routing(text, "r.yaml", PROVIDERS)
+    assert table.rule("soft").cascade_on == ("issuer_not_available", "try_again_later")
+    assert table.rule("default").cascade_on == ()
+
+
+def test_cascade_on_codes_come_from_the_providers_tables() -> None:
+    """Codes only one provider's table produces (Braintree 3000, Adyen 'Blocked Card')
+    are canonical too; a code no table produces is refused with its line."""
+    from providers.decline_codes import canonical_decline_codes
+
+    known = canonical_decline_codes()
+    assert "braintree" in known["processor_network_unavailable"]
+    assert "adyen" in known["blocked_card"]
+    assert "stripe" in known["do_not_honor"]
+    text = ("version: 1\nrules:\n  - name: default\n    providers: [stripe]\n"
+            "    cascade_on: [processor_network_unavailable, isuer_not_available, 7]\n")
+    assert issues_of(text) == [
+        (5, "default", "cascade_on: 7 is not a decline code"),
+        (5, "default", "cascade_on: 'isuer_not_available' is not a canonical decline code "
+                       "(did you mean 'issuer_not_available'?)"),
+    ]
+
+
+@pytest.mark.parametrize("value", ["[]", "issuer_not_available", "{a: 1}"])
+def test_cascade_on_must_be_a_non_empty_list(value: str) -> None:
+    text = ("version: 1\nrules:\n  - name: default\n    providers: [stripe]\n"
+            f"    cascade_on: {value}\n")
+    [(line, rule, message)] = issues_of(text)
+    assert (line, rule) == (5, "default") and message.startswith("cascade_on: ")

@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from providers.adyen import doctor, webhook
 from providers.adyen.adapter import AdyenProvider
 from providers.adyen.amounts import ADYEN_DECIMALS, to_wire
+from providers.adyen.parse import REFUSAL_DECLINE_CODES
 from providers.declaration import Capabilities, OptionError, ProviderDeclaration
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
@@ -79,6 +80,7 @@ DECLARATION = ProviderDeclaration(
     option_keys={"merchant_account": None},
     check_options=check_options,
     build=build,
+    decline_codes=frozenset(REFUSAL_DECLINE_CODES.values()) | {"generic_decline"},
     amount_to_wire=to_wire,
     verify_webhook=verify_webhook,
     simulator="providers.adyen.simulator:AdyenSimulator",

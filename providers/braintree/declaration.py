@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from providers.braintree import doctor, webhook
 from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
 from providers.braintree.amounts import to_decimal_string
+from providers.braintree.parse import DECLINE_CODES
 from providers.declaration import OptionError, ProviderDeclaration
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
@@ -101,6 +102,7 @@ DECLARATION = ProviderDeclaration(
                  "lookup_proof_after_s": None},
     check_options=check_options,
     build=build,
+    decline_codes=frozenset(DECLINE_CODES.values()),
     amount_to_wire=to_decimal_string,
     verify_webhook=verify_webhook,
     simulator="providers.braintree.simulator:BraintreeSimulator",

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from providers.declaration import OptionError, ProviderDeclaration
+from providers.decline_codes import STRIPE_DECLINE_CODES
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
 from providers.stripe import doctor, webhook
@@ -52,6 +53,7 @@ DECLARATION = ProviderDeclaration(
     option_keys={"webhook_tolerance_s": None},
     check_options=check_options,
     build=build,
+    decline_codes=STRIPE_DECLINE_CODES,
     amount_to_wire=to_wire,
     verify_webhook=verify_webhook,
     simulator="providers.stripe.simulator:StripeSimulator",
