@@ -32,3 +32,12 @@ class RefundStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     UNKNOWN = "unknown"
+
+
+class DisputeStatus(StrEnum):
+    """A dispute's (chargeback's) status, SPEC section 16's vocabulary."""
+
+    NEEDS_RESPONSE = "needs_response"
+    UNDER_REVIEW = "under_review"
+    WON = "won"
+    LOST = "lost"

@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from providers.statuses import PaymentStatus, RefundStatus
+from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
 
-Target = Literal["payment", "refund", "ignore"]
+Target = Literal["payment", "refund", "dispute", "ignore"]
 
 
 class WebhookError(Exception):
@@ -40,6 +40,27 @@ class MalformedWebhook(WebhookError):
 
 
 @dataclass(frozen=True)
+class DisputeInfo:
+    """What a dispute (chargeback) notification says (SPEC section 16), provider-neutral.
+
+    ``dispute_reference`` is the provider's id of the dispute (Stripe ``dp_...``, the
+    Braintree dispute id, Adyen's dispute ``pspReference``); ``amount`` the disputed
+    amount in ISO 4217 minor units (None when the notification has none that converts);
+    ``reason`` the provider's own reason (code); ``status`` is None when the provider's
+    state is not in that provider's table (reported through
+    :data:`providers.status_table.on_unmapped`, never guessed); ``evidence_due_by`` the
+    deadline to respond (epoch seconds) when the provider says one.
+    """
+
+    dispute_reference: str
+    amount: int | None
+    currency: str | None
+    reason: str | None
+    status: DisputeStatus | None
+    evidence_due_by: float | None = None
+
+
+@dataclass(frozen=True)
 class WebhookEvent:
     """One verified provider event, normalized.
 
@@ -49,7 +70,9 @@ class WebhookEvent:
     Braintree sale transaction id, Adyen payment pspReference = ``originalReference``
     of a modification); ``merchant_reference`` the gateway payment id when the event
     carries it. ``status`` is a :class:`PaymentStatus` for ``target == "payment"``,
-    a :class:`RefundStatus` for ``"refund"``, None for ``"ignore"``.
+    a :class:`RefundStatus` for ``"refund"``, None for ``"ignore"`` and ``"dispute"``:
+    a dispute event carries its facts in ``dispute`` (:class:`DisputeInfo`) and never
+    moves the payment's own status.
     """
 
     provider_type: str
@@ -67,6 +90,8 @@ class WebhookEvent:
     #: An authorization that the provider captures by itself when the payment is
     #: automatic-capture (Adyen ``AUTHORISATION``): then it means ``captured``.
     captured_if_automatic: bool = False
+    #: set when ``target == "dispute"``
+    dispute: DisputeInfo | None = None
 
     def payment_status(self) -> PaymentStatus | None:
         return self.status if isinstance(self.status, PaymentStatus) else None
@@ -76,6 +101,7 @@ class WebhookEvent:
 
 
 __all__ = [
+    "DisputeInfo",
     "InvalidSignature",
     "MalformedWebhook",
     "StaleTimestamp",

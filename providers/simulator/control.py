@@ -7,6 +7,8 @@
     GET  /_sim/{provider}/requests          {"total": n, "by_operation": {...}}
     GET  /_sim/{provider}/webhooks          webhook delivery settings
     POST /_sim/{provider}/webhooks          {"duplicate_rate", "reorder_window_ms"} (merged)
+    POST /_sim/{provider}/disputes          {"reference", "action": open|win|lose, "amount"?}
+                                            (providers/simulator/disputes.py)
     POST /_sim/{provider}/reset             clear one simulator
     POST /_sim/reset                        clear every simulator (state, counters, faults)
 """
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from providers.simulator.disputes import DisputeRefused, parse_request
 from providers.simulator.faults import FaultValidationError
 
 if TYPE_CHECKING:
@@ -114,6 +117,19 @@ async def post_webhooks(request: web.Request) -> web.Response:
     return web.json_response(settings)
 
 
+async def post_disputes(request: web.Request) -> web.Response:
+    name = _provider(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "invalid_json", "body must be a JSON object")
+    try:
+        answer = request.app[HOST_KEY].simulator(name).dispute(parse_request(body))
+    except DisputeRefused as exc:
+        return _error(exc.status, exc.code, exc.message, exc.param)
+    return web.json_response(answer)
+
+
 def build_control_app(host: SimulatorHost) -> web.Application:
     app = web.Application()
     app[HOST_KEY] = host
@@ -125,5 +141,6 @@ def build_control_app(host: SimulatorHost) -> web.Application:
     app.router.add_get("/_sim/{provider}/requests", get_requests)
     app.router.add_get("/_sim/{provider}/webhooks", get_webhooks)
     app.router.add_post("/_sim/{provider}/webhooks", post_webhooks)
+    app.router.add_post("/_sim/{provider}/disputes", post_disputes)
     app.router.add_post("/_sim/{provider}/reset", reset_one)
     return app

@@ -40,3 +40,16 @@ def wire_to_iso(value: int, wire_exponent: int, currency: str) -> int | float:
         return value
     exact = Fraction(value) * Fraction(10) ** (iso - wire_exponent)
     return int(exact) if exact.denominator == 1 else float(exact)
+
+
+def iso_to_wire(value: int, wire_exponent: int, currency: str) -> int:
+    """ISO minor units of ``currency`` as a provider's wire integer (10**-wire_exponent);
+    ValueError when the wire units cannot hold it exactly. A currency ISO 4217 does not
+    know is taken as already in wire units."""
+    iso = iso_exponent(currency)
+    if iso is None:
+        return value
+    exact = Fraction(value) * Fraction(10) ** (wire_exponent - iso)
+    if exact.denominator != 1:
+        raise ValueError(f"{value} {currency} minor units is not a whole wire amount")
+    return int(exact)

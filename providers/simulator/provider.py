@@ -33,6 +33,7 @@ from email.utils import formatdate
 
 from aiohttp import web
 
+from providers.simulator.disputes import DisputeRefused, DisputeRequest
 from providers.simulator.faults import FaultMode, FaultSettings
 from providers.simulator.ledger import ChargeView, RequestCounter
 from providers.simulator.webhooks import WebhookSender
@@ -91,6 +92,14 @@ class SimulatedProvider(abc.ABC):
     @abc.abstractmethod
     def reset_state(self) -> None:
         """Forget all payments, refunds and idempotency records."""
+
+    def dispute(self, request: DisputeRequest) -> dict[str, object]:
+        """Open / win / lose a dispute on a gateway payment's captured charge and send
+        the provider's notification (``POST /_sim/{provider}/disputes``); raises
+        :class:`~providers.simulator.disputes.DisputeRefused`. Returns what the control
+        API answers."""
+        raise DisputeRefused(404, "disputes_unsupported",
+                             f"the {self.name} simulator does not simulate disputes")
 
     # ---------------------------------------------------------------- shared
 

@@ -479,3 +479,41 @@ def parse_search_query(query: str) -> Predicate:
                             "clauses.")
     combine = any if joins == {"OR"} else all
     return lambda pi: combine(c(pi) for c in clauses)
+
+
+#: How long Stripe gives to respond to a new dispute in the simulator (Stripe's
+#: ``evidence_details.due_by`` is set by the card network; 7-21 days is typical).
+DISPUTE_RESPONSE_S = 14 * 24 * 3600
+
+
+@dataclass
+class Dispute:
+    """Stripe's Dispute object (spec3 ``dispute``; required fields only, plus
+    ``payment_intent``). ``status`` uses Stripe's own enum."""
+
+    id: str
+    amount: int
+    currency: str
+    charge: str
+    payment_intent: str
+    reason: str = "fraudulent"
+    status: str = "needs_response"
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def open(self) -> bool:
+        return self.status not in ("won", "lost", "warning_closed")
+
+    def to_dict(self) -> dict[str, Any]:
+        due = self.created + DISPUTE_RESPONSE_S
+        return {
+            "id": self.id, "object": "dispute", "amount": self.amount,
+            "balance_transactions": [], "charge": self.charge, "created": self.created,
+            "currency": self.currency, "evidence": {},
+            "evidence_details": {"due_by": due if self.open else None,
+                                 "has_evidence": False, "past_due": False,
+                                 "submission_count": 0},
+            "is_charge_refundable": False, "livemode": False, "metadata": {},
+            "payment_intent": self.payment_intent, "reason": self.reason,
+            "status": self.status,
+        }

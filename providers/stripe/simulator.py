@@ -41,7 +41,9 @@ from typing import Any
 
 from aiohttp import web
 
+from providers.simulator import disputes as dsp
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
+from providers.simulator.iso_units import iso_to_wire
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
 from providers.simulator.tokens import resolve_token
@@ -149,6 +151,7 @@ class StripeSimulator(SimulatedProvider):
         self.processing_delay_s = processing_delay_s
         self.intents: dict[str, m.PaymentIntent] = {}
         self.refunds: dict[str, m.Refund] = {}
+        self.disputes: dict[str, m.Dispute] = {}  # by PaymentIntent id (one per charge)
         self.idempotency = IdempotencyStore()
 
     # ------------------------------------------------------------ framework hooks
@@ -195,11 +198,52 @@ class StripeSimulator(SimulatedProvider):
     def reset_state(self) -> None:
         self.intents.clear()
         self.refunds.clear()
+        self.disputes.clear()
         self.idempotency.clear()
 
     async def close(self) -> None:
         self.reset_state()
         await super().close()
+
+    def dispute(self, request: dsp.DisputeRequest) -> dict[str, object]:
+        """A dispute on the PaymentIntent's charge: ``open`` -> ``charge.dispute.created``
+        (``needs_response``), ``win`` / ``lose`` -> ``charge.dispute.closed`` (``won`` /
+        ``lost``), as Stripe sends them (spec3 ``dispute`` object)."""
+        ref = request.reference
+        intents = [pi for pi in self.intents.values()
+                   if ref in (pi.metadata.get("gateway_payment_id"), pi.metadata.get("reference"))]
+        if not intents:
+            raise dsp.unknown_reference(ref)
+        captured = [pi for pi in intents if pi.amount_received > 0 and pi.latest_charge]
+        if not captured:
+            raise dsp.not_captured(ref)
+        pi = captured[-1]
+        existing = self.disputes.get(pi.id)
+        if request.action == "open":
+            if existing is not None:
+                raise dsp.already_disputed(ref, existing.open)
+            amount = pi.amount_received
+            if request.amount is not None:
+                try:
+                    amount = iso_to_wire(request.amount, m.wire_exponent(pi.currency),
+                                         pi.currency)
+                except ValueError:
+                    raise dsp.bad_wire_amount(request.amount, pi.currency.upper()) from None
+                if amount > pi.amount_received:
+                    raise dsp.too_large(request.amount,
+                                        m.iso_minor(pi.amount_received, pi.currency))
+            assert pi.latest_charge is not None
+            existing = m.Dispute(m.new_id("dp"), amount, pi.currency, pi.latest_charge, pi.id)
+            self.disputes[pi.id] = existing
+            event_type = "charge.dispute.created"
+        else:
+            if existing is None or not existing.open:
+                raise dsp.no_open_dispute(ref)
+            existing.status = "won" if request.action == "win" else "lost"
+            event_type = "charge.dispute.closed"
+        obj = existing.to_dict()
+        self._emit(event_type, obj, None)
+        return {"dispute": obj, "event": event_type}
 
     # ------------------------------------------------------------ request plumbing
 

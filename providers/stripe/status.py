@@ -19,9 +19,9 @@ PaymentIntent notes:
 from __future__ import annotations
 
 from providers.status_table import lookup
-from providers.statuses import PaymentStatus, RefundStatus
+from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
 
-P, R = PaymentStatus, RefundStatus
+P, R, D = PaymentStatus, RefundStatus, DisputeStatus
 
 PAYMENT_INTENT_STATUS: dict[str, PaymentStatus] = {
     "requires_payment_method": P.DECLINED,
@@ -40,6 +40,37 @@ REFUND_STATUS: dict[str, RefundStatus] = {
     "failed": R.FAILED,
     "canceled": R.FAILED,  # the refund will not happen
 }
+
+#: Dispute ``status`` (spec3 ``dispute.status`` enum, all seven values). ``warning_*`` are
+#: inquiries (retrievals): no funds withdrawn yet, but a response is still due or under
+#: review. ``warning_closed`` is an inquiry closed without becoming a chargeback: the
+#: merchant keeps the money, which is what ``won`` means to the merchant.
+DISPUTE_STATUS: dict[str, DisputeStatus] = {
+    "warning_needs_response": D.NEEDS_RESPONSE,
+    "needs_response": D.NEEDS_RESPONSE,
+    "warning_under_review": D.UNDER_REVIEW,
+    "under_review": D.UNDER_REVIEW,
+    "warning_closed": D.WON,
+    "won": D.WON,
+    "lost": D.LOST,
+}
+
+#: Event types whose ``data.object`` is a Dispute; the status comes from the object.
+DISPUTE_EVENTS: frozenset[str] = frozenset({
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "charge.dispute.funds_withdrawn",
+    "charge.dispute.funds_reinstated",
+})
+
+
+def map_dispute_status(raw: str | None) -> tuple[DisputeStatus | None, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(None, False)``, reported."""
+    status: DisputeStatus | None
+    status, mapped = lookup(DISPUTE_STATUS, raw, None, "stripe", "dispute")
+    return status, mapped
+
 
 def map_payment_intent_status(raw: str | None) -> tuple[PaymentStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""

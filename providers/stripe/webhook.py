@@ -22,12 +22,17 @@ refund.created / refund.updated /           refund     refund ``status`` via the
 refund.failed                                          REFUND_STATUS table
 charge.refunded                             refund     one event per refund in
                                                        ``refunds.data`` (if listed)
+charge.dispute.created / .updated /         dispute    ``dispute`` = DisputeInfo,
+.closed / .funds_withdrawn /                           its status via DISPUTE_STATUS
+.funds_reinstated                                      (unmapped -> None, reported)
 anything else                               ignore     --
 ==========================================  =========  ===========================
 
 ``payment_reference`` is the PaymentIntent id; ``merchant_reference`` the
 ``metadata.gateway_payment_id`` the adapter sets; refunds carry
-``metadata.gateway_refund_id`` as ``refund_id``.
+``metadata.gateway_refund_id`` as ``refund_id``. A Dispute carries no metadata of the
+payment: its ``payment_intent`` (or, when null, its ``charge``) is the
+``payment_reference`` and ``merchant_reference`` stays None.
 """
 
 from __future__ import annotations
@@ -41,8 +46,9 @@ import stripe
 from providers import strict_json
 from providers.statuses import PaymentStatus
 from providers.stripe.parse import iso_amount
-from providers.stripe.status import map_refund_status
+from providers.stripe.status import DISPUTE_EVENTS, map_dispute_status, map_refund_status
 from providers.webhook_event import (
+    DisputeInfo,
     InvalidSignature,
     MalformedWebhook,
     StaleTimestamp,
@@ -160,6 +166,8 @@ def parse_event(event: Mapping[str, Any]) -> list[WebhookEvent]:
                      amount=amount)]
     if etype in REFUND_EVENTS:
         return [_refund_event(base, obj, etype)]
+    if etype in DISPUTE_EVENTS:
+        return [_dispute_event(base, obj, etype)]
     if etype == "charge.refunded":
         refunds = obj.get("refunds")
         items = refunds.get("data") if isinstance(refunds, Mapping) else None
@@ -172,6 +180,30 @@ def parse_event(event: Mapping[str, Any]) -> list[WebhookEvent]:
         if out:
             return out
     return [base(payment_reference=_str(obj.get("payment_intent")) or _str(obj.get("id")))]
+
+
+def _charge_id(value: Any) -> str | None:
+    if isinstance(value, Mapping):  # expanded
+        return _str(value.get("id"))
+    return _str(value)
+
+
+def _dispute_event(base: Any, obj: Mapping[str, Any], etype: str) -> WebhookEvent:
+    dispute_id = _str(obj.get("id"))
+    if dispute_id is None:
+        raise MalformedWebhook(f"Stripe {etype} without a dispute id")
+    status, _ = map_dispute_status(_str(obj.get("status")))
+    details = obj.get("evidence_details")
+    due = _int(details.get("due_by")) if isinstance(details, Mapping) else None
+    currency = _str(obj.get("currency"))
+    info = DisputeInfo(
+        dispute_reference=dispute_id, amount=iso_amount(obj, "amount"),
+        currency=currency.upper() if currency else None, reason=_str(obj.get("reason")),
+        status=status, evidence_due_by=float(due) if due is not None else None)
+    event: WebhookEvent = base(
+        payment_reference=_charge_id(obj.get("payment_intent")) or _charge_id(obj.get("charge")),
+        target="dispute", status=None, amount=info.amount, dispute=info)
+    return event
 
 
 def _refund_event(base: Any, obj: Mapping[str, Any], etype: str, *,
