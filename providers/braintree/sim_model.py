@@ -270,3 +270,66 @@ def complete_authorization(txn: Transaction, submit: bool) -> bool:
     if submit:
         txn.set_status("submitted_for_settlement")
     return True
+
+
+#: Days the simulator gives to reply to a new dispute (``reply_by_date``).
+DISPUTE_REPLY_DAYS = 7
+#: Closed ``braintree.Dispute.Status`` values.
+DISPUTE_CLOSED = frozenset({"won", "lost", "accepted", "auto_accepted", "expired"})
+
+
+@dataclass
+class Dispute:
+    """A Braintree dispute (the SDK's ``Dispute`` attributes, as its sample notifications
+    carry them); ``amount`` in minor units of the transaction's currency."""
+
+    id: str
+    amount: int
+    transaction: Transaction
+    reason: str = "fraud"
+    kind: str = "chargeback"
+    status: str = "open"
+    created_at: dt.datetime = field(default_factory=now)
+    updated_at: dt.datetime = field(default_factory=now)
+    history: list[tuple[str, dt.datetime]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.history.append((self.status, self.created_at))
+
+    @property
+    def open(self) -> bool:
+        return self.status not in DISPUTE_CLOSED
+
+    def set_status(self, status: str) -> None:
+        self.status, self.updated_at = status, now()
+        self.history.append((status, self.updated_at))
+
+    def to_xml(self) -> dict[str, Any]:
+        txn = self.transaction
+        received = self.created_at.date()
+        return {
+            "id": self.id,
+            "amount": txn.money(self.amount),
+            "amount_disputed": txn.money(self.amount),
+            "amount_won": txn.money(self.amount if self.status == "won" else 0),
+            "case_number": f"CASE-{self.id.upper()}",
+            "created_at": self.created_at,
+            "currency_iso_code": txn.currency,
+            "kind": self.kind,
+            "merchant_account_id": txn.merchant_account_id,
+            "reason": self.reason,
+            "reason_code": None,
+            "reason_description": None,
+            "received_date": received,
+            "reference_number": None,
+            "reply_by_date": received + dt.timedelta(days=DISPUTE_REPLY_DAYS),
+            "status": self.status,
+            "updated_at": self.updated_at,
+            "status_history": Array("status_history", [
+                {"status": status, "timestamp": ts} for status, ts in self.history]),
+            "evidence": Array("evidence", []),
+            "transaction": {"id": txn.id, "amount": txn.money(txn.amount),
+                            "created_at": txn.created_at, "order_id": txn.order_id,
+                            "purchase_order_number": None},
+            "date_opened": received,
+        }

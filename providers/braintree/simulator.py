@@ -59,6 +59,7 @@ from aiohttp import web
 from providers.braintree import sim_model as m
 from providers.braintree.webhooks import FORM_CONTENT_TYPE, form_body
 from providers.braintree.xml import Array, Repeated, XmlError, decode, encode
+from providers.simulator import disputes as dsp
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
 from providers.simulator.iso_units import iso_exponent
 from providers.simulator.ledger import ChargeView
@@ -151,6 +152,7 @@ class BraintreeSimulator(SimulatedProvider):
         self.merchant_accounts = {k: v.upper() for k, v in (merchant_accounts or {}).items()}
         self.processing_delay_s = processing_delay_s
         self.transactions: dict[str, m.Transaction] = {}
+        self.disputes: dict[str, m.Dispute] = {}  # by sale transaction id
         self.idempotency = IdempotencyStore()
 
     # ------------------------------------------------------------ framework hooks
@@ -189,7 +191,43 @@ class BraintreeSimulator(SimulatedProvider):
 
     def reset_state(self) -> None:
         self.transactions.clear()
+        self.disputes.clear()
         self.idempotency.clear()
+
+    def dispute(self, request: dsp.DisputeRequest) -> dict[str, object]:
+        """A dispute on the sale: ``open`` -> ``dispute_opened`` (status ``open``),
+        ``win`` -> ``dispute_won``, ``lose`` -> ``dispute_lost``: the SDK's notification
+        kinds, the subject a ``<dispute>`` as in its sample notifications."""
+        ref = request.reference
+        sales = [t for t in self.transactions.values()
+                 if t.type == "sale" and t.order_id == ref]
+        if not sales:
+            raise dsp.unknown_reference(ref)
+        captured = [t for t in sales if t.status in m.CAPTURED_LIKE]
+        if not captured:
+            raise dsp.not_captured(ref)
+        txn = captured[-1]
+        existing = self.disputes.get(txn.id)
+        if request.action == "open":
+            if existing is not None:
+                raise dsp.already_disputed(ref, existing.open)
+            amount = txn.amount if request.amount is None else request.amount
+            if amount > txn.amount:
+                raise dsp.too_large(amount, txn.amount)
+            existing = self.disputes[txn.id] = m.Dispute(m.new_id(), amount, txn)
+            kind = "dispute_opened"
+        else:
+            if existing is None or not existing.open:
+                raise dsp.no_open_dispute(ref)
+            existing.set_status("won" if request.action == "win" else "lost")
+            kind = "dispute_won" if request.action == "win" else "dispute_lost"
+        if self.webhooks.enabled:
+            body = form_body(self.sign_public_key, self.sign_private_key, kind,
+                             {"dispute": existing.to_xml()})
+            self.webhooks.send(body, {"Content-Type": FORM_CONTENT_TYPE})
+        return {"dispute": {"id": existing.id, "status": existing.status,
+                            "amount": existing.amount, "currency": txn.currency,
+                            "transaction_id": txn.id}, "kind": kind}
 
     async def close(self) -> None:
         self.reset_state()

@@ -30,9 +30,9 @@ Refunds are credit transactions with their own status (:data:`REFUND_STATUS`).
 from __future__ import annotations
 
 from providers.status_table import lookup
-from providers.statuses import PaymentStatus, RefundStatus
+from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
 
-P, R = PaymentStatus, RefundStatus
+P, R, D = PaymentStatus, RefundStatus, DisputeStatus
 
 TRANSACTION_STATUS: dict[str, PaymentStatus] = {
     "authorization_expired": P.EXPIRED,
@@ -74,6 +74,36 @@ REFUND_STATUS: dict[str, RefundStatus] = {
     "settlement_failed": R.FAILED,
     "authorization_expired": R.FAILED,
 }
+
+#: ``braintree.Dispute.Status`` (all eight) -> SPEC 16. ``disputed``: the merchant answered
+#: with evidence, the processor is deciding. ``accepted`` (by the merchant),
+#: ``auto_accepted`` (by Braintree's settings) and ``expired`` (no answer by the
+#: reply-by date) end with the funds kept by the cardholder: ``lost``.
+DISPUTE_STATUS: dict[str, DisputeStatus] = {
+    "open": D.NEEDS_RESPONSE,
+    "disputed": D.UNDER_REVIEW,
+    "under_review": D.UNDER_REVIEW,
+    "won": D.WON,
+    "lost": D.LOST,
+    "accepted": D.LOST,
+    "auto_accepted": D.LOST,
+    "expired": D.LOST,
+}
+
+#: ``braintree.WebhookNotification.Kind.Dispute*``: notifications whose subject is a
+#: dispute; the status comes from the dispute's own ``status``.
+DISPUTE_KINDS: frozenset[str] = frozenset({
+    "dispute_opened", "dispute_under_review", "dispute_disputed", "dispute_won",
+    "dispute_lost", "dispute_accepted", "dispute_auto_accepted", "dispute_expired",
+})
+
+
+def map_dispute_status(raw: str | None) -> tuple[DisputeStatus | None, bool]:
+    """``(canonical status, mapped)``; unmapped -> ``(None, False)``, reported."""
+    status: DisputeStatus | None
+    status, mapped = lookup(DISPUTE_STATUS, raw, None, "braintree", "dispute")
+    return status, mapped
+
 
 def map_transaction_status(raw: str | None) -> tuple[PaymentStatus, bool]:
     """``(canonical status, mapped)``; unmapped -> ``(unknown, False)``."""

@@ -16,7 +16,13 @@ Kinds:
   :mod:`providers.braintree.status`: from ``captured`` the state machine has no
   edge and ignores + audits it); a credit: refund ``failed``.
 * ``refund_failed`` -> refund ``failed``.
-* anything else (``check``, disbursements, disputes, subscriptions...) -> ignore.
+* ``dispute_*`` (:data:`providers.braintree.status.DISPUTE_KINDS`) -> target
+  ``dispute``: :class:`DisputeInfo` with the dispute's id, ``amount_disputed`` (else
+  ``amount``) in minor units, reason, status via ``DISPUTE_STATUS`` (unmapped -> None,
+  reported) and ``evidence_due_by`` = the end (24:00 UTC) of ``reply_by_date``;
+  ``payment_reference`` = the disputed transaction's id, ``merchant_reference`` its
+  ``order_id``.
+* anything else (``check``, disbursements, subscriptions...) -> ignore.
 
 ``event_id`` = ``kind:subject id:timestamp`` (SPEC section 8). ``merchant_reference``
 is the transaction's ``order_id`` (the adapter sends the gateway payment id there).
@@ -27,15 +33,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 import braintree
 
 from providers.braintree.amounts import AmountError, to_minor_units
+from providers.braintree.status import DISPUTE_KINDS, map_dispute_status
 from providers.statuses import PaymentStatus, RefundStatus
 from providers.webhook_event import (
+    DisputeInfo,
     InvalidSignature,
     MalformedWebhook,
     StaleTimestamp,
@@ -142,6 +150,9 @@ def to_event(n: Any) -> WebhookEvent:
         "raw_summary": f"{kind} {subject_id}"
                        + (f" status={getattr(txn, 'status', None)}" if txn is not None else ""),
     }
+    dispute = getattr(n, "dispute", None)
+    if kind in DISPUTE_KINDS and dispute is not None:
+        return _dispute_event(fields, dispute)
     if txn is None or kind not in ("transaction_settled", "transaction_settlement_declined",
                                    "refund_failed"):
         return WebhookEvent(**fields)
@@ -165,6 +176,48 @@ def to_event(n: Any) -> WebhookEvent:
     else:
         fields.update(target="payment", payment_reference=subject_id,
                       status=P.CAPTURED if kind == "transaction_settled" else P.FAILED)
+    return WebhookEvent(**fields)
+
+
+def _minor(raw: Any, currency: str | None) -> int | None:
+    if raw is None or not currency:
+        return None
+    try:
+        return to_minor_units(raw, currency)
+    except AmountError:
+        return None
+
+
+def _end_of_day(value: Any) -> float | None:
+    if isinstance(value, datetime):
+        return _timestamp(value)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp() + \
+            timedelta(days=1).total_seconds()
+    return None
+
+
+def _dispute_event(fields: dict[str, Any], dispute: Any) -> WebhookEvent:
+    dispute_id = _str(getattr(dispute, "id", None))
+    if dispute_id is None:
+        raise MalformedWebhook("Braintree dispute notification without a dispute id")
+    raw_status = _str(getattr(dispute, "status", None))
+    status, _ = map_dispute_status(raw_status)
+    currency = _str(getattr(dispute, "currency_iso_code", None))
+    raw_amount = getattr(dispute, "amount_disputed", None)
+    if raw_amount is None:
+        raw_amount = getattr(dispute, "amount", None)
+    txn = getattr(dispute, "transaction", None)
+    info = DisputeInfo(
+        dispute_reference=dispute_id, amount=_minor(raw_amount, currency),
+        currency=currency.upper() if currency else None,
+        reason=_str(getattr(dispute, "reason", None)), status=status,
+        evidence_due_by=_end_of_day(getattr(dispute, "reply_by_date", None)))
+    fields.update(
+        target="dispute", status=None, amount=info.amount, dispute=info,
+        payment_reference=_str(getattr(txn, "id", None)) if txn is not None else None,
+        merchant_reference=_str(getattr(txn, "order_id", None)) if txn is not None else None,
+        raw_summary=f"{fields['kind']} {dispute_id} status={raw_status}")
     return WebhookEvent(**fields)
 
 

@@ -110,6 +110,9 @@ def _fill(el: ET.Element, value: Any) -> None:
     elif isinstance(value, dt.datetime):
         el.set("type", "datetime")
         el.text = value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    elif isinstance(value, dt.date):  # after datetime, its subclass
+        el.set("type", "date")
+        el.text = value.isoformat()
     elif isinstance(value, Decimal):
         el.text = format(value, "f")
     elif isinstance(value, str):
