@@ -150,7 +150,7 @@ def test_documented_event_codes_are_mapped(
     ("REFUND_FAILED", "true", st.Target.REFUND, R.FAILED),
     ("REFUNDED_REVERSED", "true", st.Target.REFUND, R.FAILED),
     ("OFFER_CLOSED", "true", st.Target.PAYMENT, P.EXPIRED),
-    ("CHARGEBACK", "true", st.Target.IGNORE, None),
+    ("CHARGEBACK", "true", st.Target.DISPUTE, None),  # its rows: test_adyen_disputes.py
 ])
 def test_event_rows(code: str, success: str, target: st.Target,
                     status: PaymentStatus | RefundStatus | None) -> None:

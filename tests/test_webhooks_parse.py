@@ -217,7 +217,7 @@ def _adyen_item(code: str, success: bool, key: str = HEX, **kw: Any) -> dict[str
     ("REFUND", True, "refund", R.SUCCEEDED),
     ("REFUND", False, "refund", R.FAILED),
     ("REFUND_FAILED", True, "refund", R.FAILED),
-    ("CHARGEBACK", True, "ignore", None),
+    ("CHARGEBACK", True, "dispute", None),  # status in .dispute: test_adyen_disputes.py
     ("SOMETHING_NEW", True, "ignore", None),
 ])
 def test_adyen_event_codes(code: str, success: bool, target: str, status: Any) -> None:

@@ -238,3 +238,40 @@ class SimPayment:
             raise invalid("Invalid amount specified: refund exceeds the captured amount",
                           "137")
         self.refunded += value
+
+
+#: Days of the defence period the simulator gives (``defensePeriodEndsAt``).
+DEFENSE_PERIOD_DAYS = 14
+
+
+@dataclass
+class SimDispute:
+    """A chargeback on a payment, in the terms of Adyen's dispute notifications
+    (Webhooks-v1 ``DisputesNotificationAdditionalData``): its own ``psp``, the
+    ``disputeStatus`` enum, a Visa fraud reason code."""
+
+    psp: str
+    payment: SimPayment
+    value: int  # Adyen's decimals, like amount.value
+    defense_period_ends_at: str
+    dispute_status: str = "Undefended"
+    reason_code: str = "10.4"
+
+    @property
+    def open(self) -> bool:
+        return self.dispute_status not in ("Won", "Lost", "Accepted", "Expired")
+
+    def additional_data(self) -> dict[str, str]:
+        """All strings, as the published schema has them."""
+        scheme = {"visa": "visa", "mastercard": "mc", "amex": "amex"}.get(
+            self.payment.card.brand, self.payment.card.brand)
+        return {
+            "chargebackReasonCode": self.reason_code,
+            "chargebackSchemeCode": scheme,
+            "defendable": "true" if self.open else "false",
+            "defensePeriodEndsAt": self.defense_period_ends_at,
+            "disputeStatus": self.dispute_status,
+            "grossCurrency": self.payment.currency,
+            "grossValue": str(self.value),
+            "paymentMethodVariant": scheme,
+        }

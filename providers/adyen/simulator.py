@@ -60,13 +60,16 @@ import asyncio
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from providers.adyen import sim_model as m
 from providers.adyen.sim_notify import build_body, build_item, check_hmac_key
+from providers.simulator import disputes as dsp
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
+from providers.simulator.iso_units import iso_to_wire
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
 from providers.simulator.tokens import CardBehavior
@@ -110,6 +113,7 @@ class AdyenSimulator(SimulatedProvider):
         self.notification_delay_s = notification_delay_s
         self.processing_delay_s = processing_delay_s
         self.payments: dict[str, m.SimPayment] = {}
+        self.disputes: dict[str, m.SimDispute] = {}  # by payment pspReference
         self.idempotency = IdempotencyStore()
         self.notifications: list[dict[str, Any]] = []  # every item emitted (tests)
 
@@ -141,6 +145,7 @@ class AdyenSimulator(SimulatedProvider):
 
     def reset_state(self) -> None:
         self.payments.clear()
+        self.disputes.clear()
         self.idempotency.clear()
         self.notifications.clear()
 
@@ -222,6 +227,57 @@ class AdyenSimulator(SimulatedProvider):
         if payment is None:
             raise m.invalid("Original pspReference required for this operation", "167")
         return payment
+
+    # ------------------------------------------------------------ disputes
+
+    def dispute(self, request: dsp.DisputeRequest) -> dict[str, object]:
+        """A chargeback on the captured payment: ``open`` -> ``CHARGEBACK``
+        (disputeStatus ``Undefended``), ``win`` -> ``CHARGEBACK_REVERSED`` (``Won``),
+        ``lose`` -> ``SECOND_CHARGEBACK`` (``Lost``); each item's ``pspReference`` is the
+        dispute's, ``originalReference`` the payment's, HMAC-signed like every item."""
+        ref = request.reference
+        payments = [p for p in self.payments.values() if p.reference == ref]
+        if not payments:
+            raise dsp.unknown_reference(ref)
+        captured = [p for p in payments if p.captured > 0]
+        if not captured:
+            raise dsp.not_captured(ref)
+        payment = captured[-1]
+        existing = self.disputes.get(payment.psp)
+        if request.action == "open":
+            if existing is not None:
+                raise dsp.already_disputed(ref, existing.open)
+            value = payment.captured
+            if request.amount is not None:
+                try:
+                    value = iso_to_wire(request.amount, m.adyen_decimals()[payment.currency],
+                                        payment.currency)
+                except ValueError:
+                    raise dsp.bad_wire_amount(request.amount, payment.currency) from None
+                if value > payment.captured:
+                    raise dsp.too_large(request.amount, payment.iso(payment.captured))
+            ends = (datetime.now(UTC).replace(microsecond=0)
+                    + timedelta(days=m.DEFENSE_PERIOD_DAYS)).isoformat()
+            existing = m.SimDispute(m.new_psp(self.rng), payment, value, ends)
+            self.disputes[payment.psp] = existing
+            code = "CHARGEBACK"
+        else:
+            if existing is None or not existing.open:
+                raise dsp.no_open_dispute(ref)
+            existing.dispute_status = "Won" if request.action == "win" else "Lost"
+            code = "CHARGEBACK_REVERSED" if request.action == "win" else "SECOND_CHARGEBACK"
+        item = build_item(
+            event_code=code, success=True, psp=existing.psp, original_reference=payment.psp,
+            merchant_account=payment.merchant_account, reference=payment.reference,
+            value=existing.value, currency=payment.currency, payment_method=payment.card.brand,
+            reason=f"{existing.reason_code}:Fraud", hex_key=self.webhook_secret,
+            extra=existing.additional_data())
+        self.notifications.append(item)
+        if self.webhooks.enabled:
+            self.webhooks.send(build_body([item]), {"Content-Type": "application/json"})
+        return {"dispute": {"pspReference": existing.psp, "disputeStatus": existing.dispute_status,
+                            "amount": payment.iso(existing.value), "currency": payment.currency,
+                            "originalReference": payment.psp}, "eventCode": code}
 
     # ------------------------------------------------------------ notifications
 

@@ -46,9 +46,9 @@ from enum import StrEnum
 from typing import Any
 
 from providers.status_table import lookup, report_unmapped
-from providers.statuses import PaymentStatus, RefundStatus
+from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
 
-P, R = PaymentStatus, RefundStatus
+P, R, D = PaymentStatus, RefundStatus, DisputeStatus
 
 #: Result codes that become ``captured`` when the payment used automatic capture.
 AUTHORISED_RESULT_CODES = frozenset({"Authorised", "PartiallyAuthorised"})
@@ -122,6 +122,7 @@ def map_refund_modification(raw: str | None) -> tuple[RefundStatus, bool]:
 class Target(StrEnum):
     PAYMENT = "payment"  # moves the payment status (forward edges only)
     REFUND = "refund"  # settles the refund whose pspReference is the item's pspReference
+    DISPUTE = "dispute"  # a chargeback stage on the payment (dispute_status set)
     IGNORE = "ignore"  # acknowledged and audited, no state change
     UNKNOWN = "unknown"  # unmapped: acknowledged, counted, kept for reconciliation
 
@@ -134,6 +135,8 @@ class WebhookEffect:
     note: str = ""
     #: Adyen captures an automatic-capture payment by itself once authorised.
     captured_if_automatic: bool = False
+    #: for Target.DISPUTE: None when additionalData.disputeStatus is unmapped (reported)
+    dispute_status: DisputeStatus | None = None
 
 
 def _pay(status: PaymentStatus, note: str = "") -> WebhookEffect:
@@ -189,8 +192,7 @@ EVENT_CODES: Mapping[tuple[str, bool], WebhookEffect] = {
 #: Known event codes that never change a payment here (disputes, orders, reports,
 #: adjustments the gateway does not request, recurring contracts, review results).
 IGNORED_EVENT_CODES = frozenset({
-    "AUTHORISATION_ADJUSTMENT", "CHARGEBACK", "CHARGEBACK_REVERSED", "SECOND_CHARGEBACK",
-    "NOTIFICATION_OF_CHARGEBACK", "NOTIFICATION_OF_FRAUD", "PREARBITRATION_WON",
+    "AUTHORISATION_ADJUSTMENT", "NOTIFICATION_OF_FRAUD", "PREARBITRATION_WON",
     "PREARBITRATION_LOST", "REQUEST_FOR_INFORMATION", "INFORMATION_SUPPLIED",
     "DISPUTE_DEFENSE_PERIOD_ENDED", "ISSUER_RESPONSE_TIMEFRAME_EXPIRED", "ISSUER_COMMENTS",
     "ORDER_OPENED", "ORDER_CLOSED", "REPORT_AVAILABLE", "RECURRING_CONTRACT",
@@ -199,6 +201,47 @@ IGNORED_EVENT_CODES = frozenset({
     "PAYOUT_THIRDPARTY", "PAYOUT_DECLINE", "PAYOUT_EXPIRE", "FRAUD_ONLY",
     "DONATION", "ACH_NOTIFICATION_OF_CHANGE",
 })
+
+
+#: Dispute (chargeback) notifications (Webhooks-v1 ``DisputesNotificationRequestItem``):
+#: the status a stage means when the item carries no ``additionalData.disputeStatus``.
+#: ``NOTIFICATION_OF_CHARGEBACK``: the issuer announced a chargeback, defence possible;
+#: ``CHARGEBACK``: the funds were debited, defence possible until defensePeriodEndsAt;
+#: ``CHARGEBACK_REVERSED``: the defence succeeded, funds returned; ``SECOND_CHARGEBACK``:
+#: the issuer rejected the defence (funds debited again): lost.
+DISPUTE_EVENT_CODES: Mapping[str, DisputeStatus] = {
+    "NOTIFICATION_OF_CHARGEBACK": D.NEEDS_RESPONSE,
+    "CHARGEBACK": D.NEEDS_RESPONSE,
+    "CHARGEBACK_REVERSED": D.WON,
+    "SECOND_CHARGEBACK": D.LOST,
+}
+
+#: ``additionalData.disputeStatus`` (the published enum, all eight), which wins over the
+#: event code's default when present. ``Undefended`` / ``Unresponded``: no defence or
+#: answer yet; ``Responded`` / ``Pending``: defended, the scheme decides; ``Accepted``
+#: (by the merchant) / ``Expired`` (defence period over) / ``Lost``: the funds stay with
+#: the cardholder; ``Won``.
+DISPUTE_STATUS: Mapping[str, DisputeStatus] = {
+    "Undefended": D.NEEDS_RESPONSE,
+    "Unresponded": D.NEEDS_RESPONSE,
+    "Responded": D.UNDER_REVIEW,
+    "Pending": D.UNDER_REVIEW,
+    "Accepted": D.LOST,
+    "Expired": D.LOST,
+    "Lost": D.LOST,
+    "Won": D.WON,
+}
+
+
+def map_dispute_status(code: str, additional_data: Any) -> tuple[DisputeStatus | None, bool]:
+    """Status of a dispute item: ``disputeStatus`` via :data:`DISPUTE_STATUS` when present
+    (unmapped -> ``(None, False)``, reported), else the code's default."""
+    raw = additional_data.get("disputeStatus") if isinstance(additional_data, Mapping) else None
+    if raw is None:
+        return DISPUTE_EVENT_CODES[code], True
+    status: DisputeStatus | None
+    status, mapped = lookup(DISPUTE_STATUS, raw, None, "adyen", "dispute_status")
+    return status, mapped
 
 
 def parse_success(raw: Any) -> bool | None:
@@ -217,6 +260,11 @@ def webhook_effect(item: Mapping[str, Any]) -> WebhookEffect:
         return WebhookEffect(Target.UNKNOWN, note="malformed eventCode/success")
     if code in IGNORED_EVENT_CODES:
         return _ignore(f"{code} does not change payments here")
+    if code in DISPUTE_EVENT_CODES:
+        if not success:  # like CAPTURE_FAILED false: Adyen sends disputes as success=true
+            return _ignore(f"{code} with success=false has no meaning")
+        status, _ = map_dispute_status(code, item.get("additionalData"))
+        return WebhookEffect(Target.DISPUTE, dispute_status=status, note=f"dispute {code}")
     if code == "CANCEL_OR_REFUND" and success:
         extra = item.get("additionalData")
         action = extra.get("modification.action") if isinstance(extra, Mapping) else None

@@ -21,6 +21,12 @@ with these consequences for the gateway:
 * ``CANCELLATION`` true -> voided, false -> authorized (void refused);
 * ``REFUND`` true -> refund succeeded, false -> refund failed; ``REFUND_FAILED`` /
   ``REFUNDED_REVERSED`` -> refund failed;
+* ``NOTIFICATION_OF_CHARGEBACK`` / ``CHARGEBACK`` / ``CHARGEBACK_REVERSED`` /
+  ``SECOND_CHARGEBACK`` -> target ``dispute`` (:class:`DisputeInfo`: the item's
+  ``pspReference`` is the dispute's, ``originalReference`` the payment's; amount;
+  ``additionalData.chargebackReasonCode`` (else the item's ``reason``); status from
+  ``disputeStatus`` or the code (``DISPUTE_EVENT_CODES``); ``evidence_due_by`` =
+  ``defensePeriodEndsAt``);
 * unmapped / informational codes -> ignore.
 
 References: ``payment_reference`` = ``originalReference`` (modifications) or
@@ -40,10 +46,15 @@ from typing import Any
 
 from providers import strict_json
 from providers.adyen.hmac_signature import hmac_key, signature, signing_string
-from providers.adyen.parse import iso_amount
+from providers.adyen.parse import amount_currency, iso_amount
 from providers.adyen.status import Target, webhook_effect
 from providers.statuses import PaymentStatus
-from providers.webhook_event import InvalidSignature, MalformedWebhook, WebhookEvent
+from providers.webhook_event import (
+    DisputeInfo,
+    InvalidSignature,
+    MalformedWebhook,
+    WebhookEvent,
+)
 
 
 def _str(value: Any) -> str | None:
@@ -129,6 +140,18 @@ def to_event(item: Mapping[str, Any]) -> WebhookEvent:
     if effect.target is Target.PAYMENT and effect.payment_status is not None:
         fields.update(target="payment", status=PaymentStatus(effect.payment_status),
                       captured_if_automatic=effect.captured_if_automatic)
+    elif effect.target is Target.DISPUTE:
+        extra = item.get("additionalData")
+        extra = extra if isinstance(extra, Mapping) else {}
+        reason = _str(extra.get("chargebackReasonCode"))
+        currency = amount_currency(item)
+        info = DisputeInfo(
+            dispute_reference=psp, amount=amount,
+            currency=currency.upper() if currency else None,
+            reason=reason.strip() if reason else _str(item.get("reason")),
+            status=effect.dispute_status,
+            evidence_due_by=_occurred(extra.get("defensePeriodEndsAt")))
+        fields.update(target="dispute", dispute=info, payment_reference=original)
     elif effect.target is Target.REFUND and effect.refund_status is not None:
         fields.update(target="refund", status=effect.refund_status, refund_reference=psp,
                       refund_id=merchant_ref, merchant_reference=None)
