@@ -1,5 +1,7 @@
 """Store work per request on the hot path: SQLite transactions and statements, Redis round
-trips and commands, for a new approved payment, an idempotent replay and a GET.
+trips and commands, for a new approved payment, an idempotent replay, a GET, and a capture
+that owes the merchant a notification (its merchant has ``notify_all``; the notification
+worker polls once an hour here, so no delivery is counted).
 
 Counts, not timings (issue #12 "one write path", issue #15 "fewer, smaller writes"): the
 SQLite connection's trace callback sees every statement (a write outside ``BEGIN`` is its
@@ -13,6 +15,7 @@ breaker sharing) are measured over an idle period of the same length and subtrac
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 import time
@@ -25,12 +28,20 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import headers, private_redis, tempdir, write_config
+from bench.common import API_KEY, headers, private_redis, tempdir, write_config
 from gateway.app import create_app
 from gateway.appkeys import STORE
 from gateway.config import load_config
 
 N = 50
+#: The merchant is notified of every change (its endpoint is never called: see above).
+NOTIFIED = {
+    "merchants": [{"id": "bench",
+                   "api_key_sha256": [hashlib.sha256(API_KEY.encode()).hexdigest()],
+                   "webhook": {"url": "http://127.0.0.1:9/hooks", "secret": "bench-secret-0123",
+                               "notify_all": True}}],
+    "notifications": {"poll_interval_s": 3600},
+}
 PROVIDERS = {"stripe_main": {"type": "stripe", "sandbox": True, "currencies": ["EUR"]}}
 BODY = json.dumps({"amount": 1000, "currency": "EUR", "capture": "manual",
                    "payment_method": {"type": "card", "token": "tok_visa"}})
@@ -116,9 +127,15 @@ async def _measure(base: str, snapshot: Callable[[], tuple[int, int]],
             async with s.get(f"{base}/v1/payments/{ids[i]}", headers=headers("unused")) as r:
                 assert r.status == 200
 
+        async def capture(i: int) -> None:
+            async with s.post(f"{base}/v1/payments/{ids[i]}/capture", data="{}",
+                              headers=headers(f"wp-cap-{i}")) as r:
+                assert r.status == 200, await r.text()
+
         await run("new approved payment", create)
         await run("idempotent replay", replay)
         await run("GET payment", get)
+        await run("capture, merchant notified", capture)
     return out
 
 
@@ -133,7 +150,8 @@ async def _serve(config: Path) -> tuple[web.AppRunner, str]:
 
 
 async def sqlite_figures(tmp: Path) -> dict[str, tuple[float, float]]:
-    runner, base = await _serve(write_config(tmp, f"sqlite:///{tmp / 'wp.db'}", PROVIDERS))
+    config = write_config(tmp, f"sqlite:///{tmp / 'wp.db'}", PROVIDERS, **NOTIFIED)
+    runner, base = await _serve(config)
     try:
         store: Any = runner.app[STORE]
         counter = SqliteCounter()
@@ -153,7 +171,7 @@ async def redis_figures(tmp: Path, url: str) -> dict[str, tuple[float, float]]:
         stats = info.info("commandstats")
         return sum(int(v["calls"]) for k, v in stats.items() if k != "cmdstat_info")
 
-    runner, base = await _serve(write_config(tmp, url, PROVIDERS))
+    runner, base = await _serve(write_config(tmp, url, PROVIDERS, **NOTIFIED))
     try:
         return await _measure(base, counter.snapshot, commands)
     finally:

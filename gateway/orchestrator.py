@@ -140,13 +140,12 @@ async def mutate(
         events = fn(doc)
         doc["updated_at"] = now()
         # A change the merchant did not ask for (webhook, lookup, reconciliation) owes a
-        # notification: it is written with the change itself, then moved to the outbox.
+        # notification: it joins the outbox in the same atomic write as the change.
         record = outbox_record(store, before, doc, events, version + 1)
-        if record is not None:
-            doc["_outbox"] = [*(doc.get("_outbox") or []), record]
         doc["needs_reconcile"] = needs_reconcile(doc)
-        if await store.update_payment(doc, version, events):
+        if await store.update_payment(doc, version, events, [record] if record else ()):
             _count_corrections(doc, events)
+            # records carried in the document by an earlier version of the gateway
             return await flush_outbox(store, doc) if doc.get("_outbox") else doc
 
 

@@ -833,3 +833,32 @@ async def test_notification_outbox_is_durable(store_url: str, store: Store) -> N
     finally:
         await reopened.close()
     await store.open()
+
+
+async def test_update_writes_its_notifications_in_the_same_change(store: Store) -> None:
+    """A change and the notification it owes are one atomic write (#12 item 2): a lost
+    CAS writes neither; an id already queued is kept once; the payment list, due queue
+    and get all see it."""
+    await store.insert_payment(payment("pay_n"), [])
+    doc = await store.get_payment("pay_n")
+    assert doc is not None
+    stale = dict(doc)
+    doc["status"] = "authorized"
+    assert await store.update_payment(doc, 1, [{"type": "a"}], [notification("evt_a")]) is True
+    [queued] = await store.list_notifications("pay_n")
+    assert queued["id"] == "evt_a" and queued["state"] == "pending"
+    assert (await store.get_notification("evt_a") or {}).get("payment_id") == "pay_n"
+    claimed = await store.claim_due_notifications(2000.0, 10, 30.0, "w1")
+    assert [c["id"] for c in claimed] == ["evt_a"]
+
+    # the CAS loses: nothing of the write exists, neither the event nor the notification
+    stale["status"] = "voided"
+    assert await store.update_payment(stale, 1, [{"type": "b"}], [notification("evt_b")]) \
+        is False
+    assert await store.get_notification("evt_b") is None
+    assert [e["type"] for e in await store.list_events("pay_n")] == ["a"]
+
+    # a notification already in the outbox (a replayed write) is not queued twice
+    assert await store.update_payment(doc, 2, [], [notification("evt_a"), notification("evt_c")])
+    assert [n["id"] for n in await store.list_notifications("pay_n")] == ["evt_a", "evt_c"]
+    assert (await store.get_notification("evt_a") or {}).get("state") == "pending"

@@ -19,6 +19,7 @@ Atomicity (where money is concerned):
 from __future__ import annotations
 
 import abc
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -102,13 +103,16 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def update_payment(
-        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
+        notifications: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Replace the payment if its stored version is ``expected_version``.
 
         On success the stored document has ``version = expected_version + 1`` (also set
-        on ``doc``) and ``events`` are appended to its audit trail, atomically. Returns
-        False (and writes nothing) on a version mismatch or a missing payment.
+        on ``doc``), ``events`` are appended to its audit trail and ``notifications``
+        (records as :meth:`enqueue_notification` takes them; one already queued is kept)
+        join the notification outbox, all in one atomic change. Returns False (and writes
+        nothing) on a version mismatch or a missing payment.
         """
 
     @abc.abstractmethod

@@ -43,7 +43,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -78,11 +78,25 @@ return 1
 """
 
 # ARGV: expected version, new version, doc JSON, events...
+# KEYS: doc, events, then per notification: its key, the due zset, the payment's list.
+# ARGV: expected version, new version, doc, number of events, events...,
+#       then per notification: id, stored doc, due at. One atomic change (SPEC 3.2: the
+#       notification a change owes is written with it).
 _UPDATE = """
 local v = redis.call('HGET', KEYS[1], 'v')
 if v ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'doc', ARGV[3])
-for i = 4, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local n = tonumber(ARGV[4])
+for i = 5, 4 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local a, k = 5 + n, 3
+while a <= #ARGV do
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    redis.call('HSET', KEYS[k], 'doc', ARGV[a + 1])
+    redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a])
+    redis.call('RPUSH', KEYS[k + 2], ARGV[a])
+  end
+  a, k = a + 3, k + 3
+end
 return 1
 """
 
@@ -413,16 +427,24 @@ class RedisStore(Store):
         return None if raw is None else json.loads(raw)
 
     async def update_payment(
-        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
+        notifications: Sequence[dict[str, Any]] = (),
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
         stored = {**doc, "version": new_version}
-        args = [str(int(expected_version)), str(new_version), _dumps(stored)]
+        args = [str(int(expected_version)), str(new_version), _dumps(stored), str(len(events))]
         args.extend(_dumps(e) for e in events)
+        keys = [doc_key(pid), events_key(pid)]
+        for record in notifications:
+            ntf = new_notification(record)
+            eid = str(ntf["id"])
+            keys += [notification_key(eid), NTF_DUE_KEY,
+                     notification_payment_key(str(ntf.get("payment_id") or ""))]
+            args += [eid, self._ntf_stored(ntf), repr(float(ntf["next_attempt_at"]))]
         with _errors():
             await self._index_before_write(pid, stored, updated_at)
-            ok = await self._eval("update", [doc_key(pid), events_key(pid)], args)
+            ok = await self._eval("update", keys, args)
             if not ok:
                 return False
             doc["version"] = new_version

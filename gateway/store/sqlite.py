@@ -22,7 +22,7 @@ import json
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -288,7 +288,8 @@ class SQLiteStore(Store):
         return None if row is None else str(row["doc"])
 
     async def update_payment(
-        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]]
+        self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
+        notifications: Sequence[dict[str, Any]] = (),
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
@@ -300,6 +301,7 @@ class SQLiteStore(Store):
             stored,
             updated_at,
             [_dumps(e) for e in events],
+            [new_notification(n) for n in notifications],
         )
         if ok:
             doc["version"] = new_version
@@ -312,6 +314,7 @@ class SQLiteStore(Store):
         stored: dict[str, Any],
         updated_at: float,
         events: list[str],
+        notifications: Sequence[dict[str, Any]] = (),
     ) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
@@ -336,6 +339,8 @@ class SQLiteStore(Store):
             conn.executemany(
                 "INSERT INTO events (payment_id, event) VALUES (?, ?)", [(pid, e) for e in events]
             )
+            for ntf in notifications:
+                self._insert_ntf(conn, ntf)
             return True
 
     async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
@@ -586,12 +591,16 @@ class SQLiteStore(Store):
 
     def _enqueue_ntf_sync(self, doc: dict[str, Any]) -> bool:
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO notifications (id, payment_id, state, next_attempt_at,"
-                " lease_owner, lease_until, doc) VALUES (?, ?, 'pending', ?, NULL, NULL, ?)",
-                (doc["id"], doc.get("payment_id"), doc["next_attempt_at"], _dumps(doc)),
-            )
-            return cur.rowcount == 1
+            return self._insert_ntf(conn, doc)
+
+    @staticmethod
+    def _insert_ntf(conn: sqlite3.Connection, doc: dict[str, Any]) -> bool:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO notifications (id, payment_id, state, next_attempt_at,"
+            " lease_owner, lease_until, doc) VALUES (?, ?, 'pending', ?, NULL, NULL, ?)",
+            (doc["id"], doc.get("payment_id"), doc["next_attempt_at"], _dumps(doc)),
+        )
+        return cur.rowcount == 1
 
     async def claim_due_notifications(
         self, now: float, limit: int, lease_s: float, owner: str
