@@ -190,12 +190,12 @@ async def host(receiver: Receiver) -> AsyncIterator[SimulatorHost]:
 
 
 async def pay(host: SimulatorHost, ref: str, *, manual: bool = False,
-              value: int = 2000) -> str:
+              value: int = 2000, currency: str = "EUR") -> str:
     client = Adyen.Adyen(xapikey=API_KEY, platform="test", http_timeout=5)
     client.checkout.payments_api.baseUrl = f"{host.base_url('adyen')}/checkout/v71"
     body: dict[str, Any] = {
         "merchantAccount": MERCHANT, "reference": ref,
-        "amount": {"value": value, "currency": "EUR"},
+        "amount": {"value": value, "currency": currency},
         "paymentMethod": {"type": "scheme", "storedPaymentMethodId": "tok_visa"},
         "returnUrl": "https://example.test/return"}
     if manual:
@@ -270,13 +270,21 @@ async def test_simulator_refusals(host: SimulatorHost, receiver: Receiver) -> No
     await dispute_items(receiver, 1)
 
 
-async def test_wire_units_follow_adyen_decimals(host: SimulatorHost) -> None:
-    """ISO minor units in the control request, Adyen's decimals on the wire."""
-    sim = host.simulator("adyen")
-    assert isinstance(sim, AdyenSimulator)
-    await pay(host, "pay_eur")
-    status, _ = await dispute(host, "adyen", {"reference": "pay_eur", "action": "open",
-                                              "amount": 700})
-    assert status == 200
-    item = sim.notifications[-1]
-    assert item["amount"] == {"currency": "EUR", "value": 700}
+async def test_wire_units_follow_adyen_decimals(host: SimulatorHost, receiver: Receiver
+                                               ) -> None:
+    """ISO minor units in the control request, Adyen's decimals on the wire: IDR has two
+    ISO decimals and none at Adyen (its published currency table)."""
+    await pay(host, "pay_idr", value=1000, currency="IDR")  # 1000 IDR = 100000 ISO units
+    status, answer = await dispute(host, "adyen", {"reference": "pay_idr", "action": "open",
+                                                   "amount": 150})  # 1.50 IDR
+    assert (status, answer["error"]["code"]) == (400, "invalid_amount"), answer
+    status, answer = await dispute(host, "adyen", {"reference": "pay_idr", "action": "open",
+                                                   "amount": 100100})
+    assert (status, answer["error"]["code"]) == (400, "amount_too_large"), answer
+    status, answer = await dispute(host, "adyen", {"reference": "pay_idr", "action": "open",
+                                                   "amount": 50000})
+    assert status == 200 and answer["dispute"]["amount"] == 50000, answer
+    [(body, ev)] = await dispute_items(receiver, 1)
+    item = body["notificationItems"][0]["NotificationRequestItem"]
+    assert item["amount"] == {"currency": "IDR", "value": 500}
+    assert ev.dispute is not None and (ev.dispute.amount, ev.dispute.currency) == (50000, "IDR")

@@ -126,12 +126,12 @@ async def host(receiver: Receiver) -> AsyncIterator[SimulatorHost]:
 
 
 async def pay(host: SimulatorHost, ref: str, *, capture: bool = True,
-              amount: int = 2000) -> None:
+              amount: int = 2000, currency: str = "eur") -> None:
     client = stripe.StripeClient("sk_test_disputes", base_addresses={
         "api": host.base_url("stripe")}, http_client=stripe.AIOHTTPClient(),
         max_network_retries=0)
     await client.v1.payment_intents.create_async({
-        "amount": amount, "currency": "eur", "confirm": True, "payment_method": "tok_visa",
+        "amount": amount, "currency": currency, "confirm": True, "payment_method": "tok_visa",
         "capture_method": "automatic" if capture else "manual",
         "metadata": {"gateway_payment_id": ref}})
 
@@ -200,3 +200,19 @@ async def test_simulator_refusals(host: SimulatorHost, receiver: Receiver) -> No
     status, answer = await dispute(host, "stripe", {"reference": "pay_cap", "action": "open"})
     assert (status, answer["error"]["code"]) == (409, "dispute_already_open")
     await disputes_sent(receiver, 1)  # refusals sent nothing
+
+
+async def test_wire_units_follow_stripe_rules(host: SimulatorHost, receiver: Receiver) -> None:
+    """ISO minor units in the control request, Stripe's on the wire: ISK has no ISO
+    decimals and two (always 00) at Stripe."""
+    await pay(host, "pay_isk", amount=50000, currency="isk")  # 500 ISK
+    status, answer = await dispute(host, "stripe", {"reference": "pay_isk", "action": "open",
+                                                    "amount": 501})
+    assert (status, answer["error"]["code"]) == (400, "amount_too_large"), answer
+    status, answer = await dispute(host, "stripe", {"reference": "pay_isk", "action": "open",
+                                                    "amount": 200})
+    assert status == 200 and answer["dispute"]["amount"] == 200, answer  # ISO, as asked
+    [(body, ev)] = await disputes_sent(receiver, 1)
+    assert (body["data"]["object"]["amount"], body["data"]["object"]["currency"]) == (
+        20000, "isk")
+    assert ev.dispute is not None and (ev.dispute.amount, ev.dispute.currency) == (200, "ISK")

@@ -4,7 +4,9 @@ Body: ``{"reference": <gateway payment id>, "action": "open"|"win"|"lose", "amou
 (``amount`` in ISO 4217 minor units, like ``GET /_sim/{provider}/charges``; default: the
 captured amount). Each simulator finds the captured charge for that gateway payment,
 moves a dispute on it in its provider's own terms and sends that provider's real signed
-notification to its webhook URL. Every refusal is a :class:`DisputeRefused` (a 4xx with
+notification to its webhook URL. The answer is ``{"dispute": {"id" (or Adyen's
+"pspReference"), "status" (the provider's own), "amount" (ISO minor units), "currency",
+...}, <what was sent>}``. Every refusal is a :class:`DisputeRefused` (a 4xx with
 a code), rendered by the control API as ``{"error": {...}}``:
 
 =====  ========================  ==================================================

@@ -241,9 +241,12 @@ class StripeSimulator(SimulatedProvider):
                 raise dsp.no_open_dispute(ref)
             existing.status = "won" if request.action == "win" else "lost"
             event_type = "charge.dispute.closed"
-        obj = existing.to_dict()
-        self._emit(event_type, obj, None)
-        return {"dispute": obj, "event": event_type}
+        self._emit(event_type, existing.to_dict(), None)
+        return {"dispute": {"id": existing.id, "status": existing.status,
+                            "amount": m.iso_minor(existing.amount, existing.currency),
+                            "currency": existing.currency.upper(), "charge": existing.charge,
+                            "payment_intent": existing.payment_intent},
+                "event": event_type}
 
     # ------------------------------------------------------------ request plumbing
 
