@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from gateway import metrics
@@ -68,6 +68,9 @@ class Execution:
 class Outcome:
     status: int
     payment_id: str
+    #: The payment as the request's last write stored it (answered without reading it
+    #: again); None: read it. Not part of the stored idempotency record.
+    payment: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
 
 async def run_idempotent(

@@ -39,7 +39,6 @@ import logging
 import random
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -63,19 +62,6 @@ MERCHANT_SOURCES: frozenset[str] = frozenset({"merchant", "provider_response", "
 #: Extra lease time beyond the POST timeout (recording the attempt, slow store). A
 #: worker killed mid-delivery delays that event's next attempt by at most the lease.
 LEASE_MARGIN_S = 5.0
-
-_bound: weakref.WeakKeyDictionary[Store, GatewayConfig] = weakref.WeakKeyDictionary()
-
-
-def bind(store: Store, config: GatewayConfig) -> None:
-    """Remember ``config`` for ``store`` (done by the app), so code that only has the
-    store (webhook application) can enqueue notifications."""
-    _bound[store] = config
-
-
-def bound_config(store: Store) -> GatewayConfig | None:
-    return _bound.get(store)
-
 
 def event_id(payment_id: str, version: int) -> str:
     """Deterministic: one event per stored version of a payment."""
@@ -127,8 +113,7 @@ async def enqueue_status_change(
     """Put a notification for this change in the outbox; returns its id, or None when
     the merchant is not to be notified (no webhook URL; its own request without
     ``notify_all``). ``doc_after`` is the payment as stored (with its new ``version``).
-    ``config`` None: the config bound to ``store`` by the app (see :func:`bind`)."""
-    config = config if config is not None else bound_config(store)
+    ``config`` None: nobody is notified."""
     record = _record(config, doc_after, from_status, source,
                      time.time() if now is None else now)
     if record is None:
@@ -159,17 +144,17 @@ def change_source(events: list[dict[str, Any]]) -> str:
     return "gateway"
 
 
-def outbox_record(store: Store, before: tuple[Any, ...], after: dict[str, Any],
+def outbox_record(config: GatewayConfig | None, before: tuple[Any, ...], after: dict[str, Any],
                   events: list[dict[str, Any]], new_version: int) -> dict[str, Any] | None:
     """The notification a payment write owes, built BEFORE the write so that it is stored
-    in the same atomic write as the change (``doc["_outbox"]``, see :func:`flush_outbox`).
+    in the same atomic write as the change (see :class:`gateway.payment_writer.PaymentWriter`).
     ``before`` is :func:`visible_state` of the payment as read. None when nothing visible
     changed or the merchant is not to be notified (its own request without
     ``notify_all``; no webhook URL). The source comes from the audit events; the id from
     (payment id, new version), so a re-flush dedupes."""
     if before == visible_state(after):
         return None
-    return _record(bound_config(store), {**after, "version": new_version},
+    return _record(config, {**after, "version": new_version},
                    before[0], change_source(events), time.time())
 
 
@@ -364,11 +349,10 @@ def _ok(attempt: dict[str, Any]) -> bool:
 
 
 async def worker_ctx(app: Any) -> AsyncIterator[None]:
-    """aiohttp ``cleanup_ctx``: bind the config to the store and run the worker."""
+    """aiohttp ``cleanup_ctx``: run the worker."""
     from gateway.appkeys import CONFIG, STORE
 
     store, config = app[STORE], app[CONFIG]
-    bind(store, config)
     worker = NotificationWorker(store, config)
     await worker.start()
     try:
@@ -383,8 +367,6 @@ __all__ = [
     "SIGNATURE_HEADER",
     "NotificationWorker",
     "backoff_delay",
-    "bind",
-    "bound_config",
     "build_event",
     "change_source",
     "encode_body",

@@ -41,12 +41,11 @@ from gateway.model import (
     apply_status,
     audit,
     iso,
-    needs_reconcile,
     now,
     snapshot,
     store_snapshot,
 )
-from gateway.notifications import flush_outbox, outbox_record, visible_state
+from gateway.payment_writer import Events, PaymentWriter
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
@@ -81,7 +80,6 @@ log = logging.getLogger("gateway.orchestrator")
 OPS_DONE_LIMIT = 50
 T = TypeVar("T")
 S = PaymentStatus
-Events = list[dict[str, Any]]
 
 
 class OperationError(Exception):
@@ -122,42 +120,6 @@ class ProviderUnavailable(OperationError):
                    f"{provider} is unavailable ({fault.error_code}); nothing was changed")
 
 
-class PaymentMissing(Exception):
-    pass
-
-
-async def mutate(
-    store: Store, payment_id: str, fn: Callable[[dict[str, Any]], Events]
-) -> dict[str, Any]:
-    """Read-modify-CAS-write loop. ``fn`` edits the doc and returns audit events,
-    or raises to abort without writing."""
-    while True:
-        doc = await store.get_payment(payment_id)
-        if doc is None:
-            raise PaymentMissing(payment_id)
-        version = doc["version"]
-        before = visible_state(doc)
-        events = fn(doc)
-        doc["updated_at"] = now()
-        # A change the merchant did not ask for (webhook, lookup, reconciliation) owes a
-        # notification: it joins the outbox in the same atomic write as the change.
-        record = outbox_record(store, before, doc, events, version + 1)
-        doc["needs_reconcile"] = needs_reconcile(doc)
-        if await store.update_payment(doc, version, events, [record] if record else ()):
-            _count_corrections(doc, events)
-            # records carried in the document by an earlier version of the gateway
-            return await flush_outbox(store, doc) if doc.get("_outbox") else doc
-
-
-def _count_corrections(doc: dict[str, Any], events: Events) -> None:
-    """A "no money moved" overturned by a provider's answer or webhook is an alert-worthy
-    correction (reconciliation counts its own changes itself)."""
-    for ev in events:
-        if ev.get("correction") and ev.get("source") != "reconciliation":
-            metrics.RECONCILIATION_CORRECTIONS.labels(
-                doc.get("provider") or "none", ev["from_status"], ev["to_status"]).inc()
-
-
 def finish_operation(doc: dict[str, Any], outcome: str) -> None:
     """Clear the in-flight follow-up and remember its outcome by provider key, so a retry of
     the request that started it returns what it did (not "invalid state")."""
@@ -183,6 +145,7 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.store = store
+        self.writer = PaymentWriter(store, config)
         self.providers = providers
         self.routing = routing
         self.breakers = breakers
@@ -276,7 +239,7 @@ class Orchestrator:
                     d["failure"] = failure
             return events
 
-        return await mutate(self.store, doc_id, fn)
+        return await self.writer.mutate(doc_id, fn)
 
     async def _guarded(
         self, provider: Provider, operation: str, factory: Callable[[], Awaitable[T]],
@@ -321,7 +284,7 @@ class Orchestrator:
                 d["provider"] = p.name
                 return [audit("attempt_started", "gateway", provider=p.name)]
 
-            doc = await mutate(self.store, doc["id"], begin)
+            doc = await self.writer.mutate(doc["id"], begin)
             req = self._auth_request(doc, provider.name, key)
             rec = CallRecord()
             try:
@@ -379,7 +342,7 @@ class Orchestrator:
                                            "than requested; it was voided, no money moved"}
             return events
 
-        return await mutate(self.store, payment_id, fn)
+        return await self.writer.mutate(payment_id, fn)
 
     async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
         def fn(d: dict[str, Any]) -> Events:
@@ -389,7 +352,7 @@ class Orchestrator:
                                 "message": "no provider could process the payment; no money moved"}
             return [ev]
 
-        return await mutate(self.store, doc["id"], fn)
+        return await self.writer.mutate(doc["id"], fn)
 
     def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
         if i + 1 < len(cands):
@@ -468,7 +431,7 @@ class Orchestrator:
                                                 error_code="not_created")
                 return []
 
-            await mutate(self.store, doc["id"], mark)
+            await self.writer.mutate(doc["id"], mark)
             return await self._fail(doc["id"], source, "not_created",
                                     "the provider never created the payment; no money moved")
         except ProviderFault:
@@ -479,7 +442,7 @@ class Orchestrator:
                 d["attempts"][index]["outcome"] = result.outcome.value
             return self._apply_result(d, result, source)
 
-        return await mutate(self.store, doc["id"], fn)
+        return await self.writer.mutate(doc["id"], fn)
 
     async def _fail(self, payment_id: str, source: str, code: str, message: str):
         def fn(d: dict[str, Any]) -> Events:
@@ -488,7 +451,7 @@ class Orchestrator:
                 d["failure"] = {"code": code, "message": message}
             return [ev]
 
-        return await mutate(self.store, payment_id, fn)
+        return await self.writer.mutate(payment_id, fn)
 
     # ----------------------------------------------------------- capture / void
 
@@ -521,7 +484,7 @@ class Orchestrator:
             created: list[bool] = []
             reserve = functools.partial(self._reserve_operation, op=op, amount=amount,
                                         key=key, stale=stale, created=created)
-            doc = await mutate(self.store, payment_id, reserve)
+            doc = await self.writer.mutate(payment_id, reserve)
             if stale:
                 # Another request's operation outlived its lease (its owner crashed): we
                 # took it over; finish it with its own provider key, then try ours again.
@@ -610,7 +573,7 @@ class Orchestrator:
                 return [audit(f"{name}_failed_safe", source,
                               error_code=fault.error_code)]
 
-            await mutate(self.store, doc["id"], release)
+            await self.writer.mutate(doc["id"], release)
             raise ProviderUnavailable.of(provider.name, fault) from None
         except (Ambiguous, ProviderMismatch) as exc:
             _count_mismatch(provider, exc)
@@ -621,7 +584,7 @@ class Orchestrator:
                 return [apply_status(d, StatusEvent(pending), "gateway",
                                      detail=f"outcome unknown: {park_code}")]
 
-            return await mutate(self.store, doc["id"], park)
+            return await self.writer.mutate(doc["id"], park)
 
         def finish(d: dict[str, Any]) -> Events:
             finish_operation(d, "refused" if result.outcome == Outcome.DECLINED else "succeeded")
@@ -634,7 +597,7 @@ class Orchestrator:
             captured = op["amount"] if name == "capture" else None
             return self._apply_result(d, result, source, amount_captured=captured)
 
-        doc = await mutate(self.store, doc["id"], finish)
+        doc = await self.writer.mutate(doc["id"], finish)
         if result.outcome == Outcome.DECLINED:
             failure = result.failure
             raise OperationError(
@@ -680,7 +643,7 @@ class Orchestrator:
                 created.append(True)
             return events
 
-        doc = await mutate(self.store, payment_id, reserve_once)
+        doc = await self.writer.mutate(payment_id, reserve_once)
         refund = next(r for r in doc["refunds"] if r["id"] == refund_id)
         if not refund.get("_in_flight") and refund["status"] != RefundStatus.UNKNOWN:
             return doc
@@ -720,7 +683,7 @@ class Orchestrator:
             )
         except ProviderFault:
             return None
-        return await mutate(self.store, doc["id"], functools.partial(
+        return await self.writer.mutate(doc["id"], functools.partial(
             _settle_refund, refund_id=refund["id"], result=result, source=source))
 
     async def _send_refund(self, doc: dict[str, Any], refund: dict[str, Any], *,
@@ -748,7 +711,7 @@ class Orchestrator:
                 return [audit("refund_failed_safe", source, refund_id=rid,
                               error_code=fault.error_code)]
 
-            await mutate(self.store, doc["id"], drop)
+            await self.writer.mutate(doc["id"], drop)
             raise ProviderUnavailable.of(provider.name, fault) from None
         except (Ambiguous, ProviderMismatch) as exc:
             _count_mismatch(provider, exc)
@@ -766,12 +729,12 @@ class Orchestrator:
                 return [audit("refund_unknown", source, refund_id=rid,
                               error_code=unknown_code)]
 
-            return await mutate(self.store, doc["id"], unknown)
+            return await self.writer.mutate(doc["id"], unknown)
 
         def settle(d: dict[str, Any]) -> Events:
             return apply_refund_result(d, rid, result, source)
 
-        return await mutate(self.store, doc["id"], settle)
+        return await self.writer.mutate(doc["id"], settle)
 
 
 def apply_refund_result(

@@ -32,7 +32,7 @@ from gateway import metrics
 from gateway.config import GatewayConfig, ReconcileSettings
 from gateway.model import audit, busy_until, iso
 from gateway.notifications import flush_outbox
-from gateway.orchestrator import OperationError, Orchestrator, mutate
+from gateway.orchestrator import OperationError, Orchestrator
 from gateway.state_machine import PaymentStatus
 from gateway.store import PaymentQuery, Store
 from providers.registry import declaration
@@ -194,7 +194,7 @@ class Reconciler:
             d["_flagged"] = iso(time.time())
             return [audit("flagged", SOURCE, reason=reason)]
 
-        await mutate(self.store, payment_id, fn)
+        await self.orchestrator.writer.mutate(payment_id, fn)
         log.warning("payment flagged by reconciliation",
                     extra={"payment_id": payment_id, "reason": reason})
 

@@ -1,8 +1,8 @@
 """Apply one verified provider webhook event to a payment (SPEC sections 4 and 8).
 
-Everything goes through the state machine (forward edges only) inside the
-orchestrator's compare-and-swap :func:`~gateway.orchestrator.mutate`, and every event
-that reaches a payment lands in its audit trail (``status_changed`` /
+Everything goes through the state machine (forward edges only) inside the payment
+writer's compare-and-swap (:meth:`~gateway.payment_writer.PaymentWriter.mutate`), and every
+event that reaches a payment lands in its audit trail (``status_changed`` /
 ``refund_updated`` when applied, ``event_ignored`` otherwise), with source
 ``webhook:<provider name>``.
 
@@ -39,14 +39,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from gateway.config import GatewayConfig
 from gateway.model import apply_status, audit
-from gateway.orchestrator import (
-    PaymentMissing,
-    apply_refund_result,
-    finish_operation,
-    mutate,
-)
+from gateway.orchestrator import apply_refund_result, finish_operation
+from gateway.payment_writer import PaymentMissing, PaymentWriter
 from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
 from gateway.store import Store
 from providers.base import Outcome, RefundResult
@@ -181,14 +176,13 @@ def _refund_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
     return fn
 
 
-async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEvent,
-                              config: GatewayConfig | None = None
+async def apply_webhook_event(writer: PaymentWriter, provider_name: str, event: WebhookEvent
                               ) -> tuple[Result, str | None]:
     """Apply ``event``; returns ``(result, payment id or None)``.
 
     An applied change is notified to the merchant (source ``webhook:<provider>``) by the
-    write itself (see :func:`gateway.orchestrator.mutate`). ``config`` is unused (kept for
-    callers)."""
+    write itself (:meth:`gateway.payment_writer.PaymentWriter.mutate`)."""
+    store = writer.store
     if event.target == "ignore" or event.status is None:
         return "ignored", None
     pid = await find_payment(store, provider_name, event)
@@ -197,7 +191,7 @@ async def apply_webhook_event(store: Store, provider_name: str, event: WebhookEv
     out: list[Result] = ["ignored"]
     fn = (_payment_fn if event.target == "payment" else _refund_fn)(provider_name, event, out)
     try:
-        await mutate(store, pid, fn)  # an applied change owes the merchant a notification
+        await writer.mutate(pid, fn)  # an applied change owes the merchant a notification
     except (PaymentMissing, _Unmatched):
         return "unmatched", pid
     return out[0], pid

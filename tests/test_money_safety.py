@@ -26,7 +26,8 @@ from gateway.config import ConfigError, load_config
 from gateway.idempotency import fingerprint
 from gateway.metrics import REGISTRY
 from gateway.model import derived_id, snapshot, store_snapshot
-from gateway.orchestrator import _op_key, mutate
+from gateway.orchestrator import _op_key
+from gateway.payment_writer import PaymentWriter
 from gateway.reconcile import Reconciler
 from gateway.state_machine import reserve_refund
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
@@ -307,7 +308,7 @@ async def _crashed_capture(env: Env, provider: str, idem: str, *, lease_left_s: 
                            "lease_until": time.time() + lease_left_s}
         return []
 
-    await mutate(store, pay["id"], crashed)
+    await PaymentWriter(store, None).mutate(pay["id"], crashed)
     fp = fingerprint("POST", f"/v1/payments/{pay['id']}/capture", {})
     lapses_at = time.time() + 0.05
     await store.claim_idempotency("acme", idem, fp, 0.05, 86400)
@@ -484,7 +485,7 @@ async def _crashed_refund(env: Env, provider: str, idem: str) -> dict[str, Any]:
                              "_in_flight": True, "_live_until": time.time() - 1})
         return []
 
-    await mutate(store, pay["id"], crashed)
+    await PaymentWriter(store, None).mutate(pay["id"], crashed)
     return pay
 
 

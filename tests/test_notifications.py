@@ -21,7 +21,7 @@ from aiohttp import web
 from gateway import notifications
 from gateway.api.auth import hash_key
 from gateway.app import create_app
-from gateway.appkeys import CONFIG, STORE
+from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
 from gateway.config import GatewayConfig, NotificationSettings, load_config
 from gateway.model import audit, new_payment
 from gateway.notification_signing import (
@@ -282,7 +282,6 @@ async def test_outbox_record_takes_source_from_audit_events(
     store: Store, tmp_path: Path, store_url: str
 ) -> None:
     config = make_config(tmp_path, store_url, "http://127.0.0.1:9/hooks")
-    notifications.bind(store, config)
     before = pay_doc("pay_mut", status="unknown")
     after = {**before, "status": "authorized"}
     recon = [audit("status_changed", "reconciliation", from_status="unknown",
@@ -293,9 +292,9 @@ async def test_outbox_record_takes_source_from_audit_events(
     assert notifications.change_source(own) == "provider_response"
     # the merchant's own request (no notify_all): nothing; unchanged doc: nothing
     seen = notifications.visible_state(before)
-    assert notifications.outbox_record(store, seen, after, own, 2) is None
-    assert notifications.outbox_record(store, seen, dict(before), recon, 2) is None
-    record = notifications.outbox_record(store, seen, after, recon, 2)  # bound config
+    assert notifications.outbox_record(config, seen, after, own, 2) is None
+    assert notifications.outbox_record(config, seen, dict(before), recon, 2) is None
+    record = notifications.outbox_record(config, seen, after, recon, 2)
     assert record is not None and record["id"] == event_id("pay_mut", 2)
     assert record["payload"]["source"] == "reconciliation"
     assert record["payload"]["previous_status"] == "unknown"
@@ -307,11 +306,10 @@ async def test_a_write_carries_its_notification_until_it_is_in_the_outbox(
     """The notification is stored in the same write as the change; a crash before it is
     moved to the outbox leaves it on the payment, and the next reconciliation pass (or
     the next write) moves it. Either way exactly one event."""
-    from gateway.orchestrator import mutate
+    from gateway.payment_writer import PaymentWriter
     from gateway.store import PaymentQuery
 
     config = make_config(tmp_path, store_url, "http://127.0.0.1:9/hooks")
-    notifications.bind(store, config)
     doc = pay_doc("pay_carry", status="unknown")
     await store.insert_payment(doc, [])
 
@@ -325,7 +323,7 @@ async def test_a_write_carries_its_notification_until_it_is_in_the_outbox(
     assert stored is not None
     before = notifications.visible_state(stored)
     events = resolve(stored)
-    record = notifications.outbox_record(store, before, stored, events, stored["version"] + 1)
+    record = notifications.outbox_record(config, before, stored, events, stored["version"] + 1)
     assert record is not None
     stored["_outbox"] = [record]
     stored["needs_reconcile"] = True
@@ -343,13 +341,13 @@ async def test_a_write_carries_its_notification_until_it_is_in_the_outbox(
     assert again["_outbox"] == []
     assert len(await store.list_notifications("pay_carry")) == 1  # idempotent by event id
 
-    # the normal path: mutate writes and moves in one call
+    # the normal path: the writer stores the change and its notification in one write
     def void(d: dict[str, Any]) -> list[dict[str, Any]]:
         d["status"] = "voided"
         return [audit("status_changed", "webhook:stripe_main", from_status="authorized",
                       to_status="voided")]
 
-    done = await mutate(store, "pay_carry", void)
+    done = await PaymentWriter(store, config).mutate("pay_carry", void)
     assert done["_outbox"] == []
     assert len(await store.list_notifications("pay_carry")) == 2
 
@@ -469,7 +467,8 @@ async def test_webhook_change_is_notified_and_visible(gw_app, receiver: Receiver
                         payment_reference=doc["provider_reference"],
                         merchant_reference=pay["id"], target="payment",
                         status=PaymentStatus.CAPTURED, amount=1000)
-    result, _ = await apply_webhook_event(store, "stripe_main", hook)  # config: bound by app
+    writer = app[ORCHESTRATOR].writer  # the app's store and config
+    result, _ = await apply_webhook_event(writer, "stripe_main", hook)
     assert result == "applied"
     events = await store.list_notifications(pay["id"])
     assert len(events) == 1
@@ -482,7 +481,7 @@ async def test_webhook_change_is_notified_and_visible(gw_app, receiver: Receiver
                          payment_reference=doc["provider_reference"],
                          merchant_reference=pay["id"], target="payment",
                          status=PaymentStatus.AUTHORIZED, amount=1000)
-    assert (await apply_webhook_event(store, "stripe_main", stale))[0] == "stale"
+    assert (await apply_webhook_event(writer, "stripe_main", stale))[0] == "stale"
     assert len(await store.list_notifications(pay["id"])) == 1
 
     async def api_delivered() -> dict[str, Any] | None:

@@ -13,7 +13,8 @@ from gateway.api.errors import ApiError, not_found
 from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
 from gateway.idempotency import Execution, Outcome, fingerprint, require_key, run_idempotent
 from gateway.model import audit, derived_id, new_payment, public_view
-from gateway.orchestrator import OperationError, PaymentMissing
+from gateway.orchestrator import OperationError
+from gateway.payment_writer import PaymentMissing
 from gateway.store import AlreadyExists
 from routing.select import AMOUNT_NOT_REPRESENTABLE
 
@@ -67,7 +68,7 @@ async def _idempotent_post(
         guarded, replay,
     )
     if isinstance(result, Outcome):
-        doc = await store.get_payment(result.payment_id)
+        doc = result.payment or await store.get_payment(result.payment_id)
         assert doc is not None
         return _payment_response(status, doc, replayed)
     headers = {"Idempotent-Replayed": "true"}
@@ -119,10 +120,8 @@ async def create_payment(request: web.Request) -> web.Response:
                                param="Idempotency-Key") from None
             # An earlier request with this key crashed (or its record expired): never
             # start a second authorization; bring the recorded payment up to date.
-            await orch.resolve(existing)
-            return Outcome(201, payment_id)
-        await orch.authorize(doc)
-        return Outcome(201, payment_id)
+            return Outcome(201, payment_id, await orch.resolve(existing))
+        return Outcome(201, payment_id, await orch.authorize(doc))
 
     return await _idempotent_post(request, merchant_id, body, execute)
 
@@ -150,8 +149,8 @@ async def capture_payment(request: web.Request) -> web.Response:
     doc = await _owned_payment(request, merchant_id)
 
     async def execute(ex: Execution) -> Outcome:
-        await request.app[ORCHESTRATOR].capture(doc["id"], amount, ex.key)
-        return Outcome(200, doc["id"])
+        done = await request.app[ORCHESTRATOR].capture(doc["id"], amount, ex.key)
+        return Outcome(200, doc["id"], done)
 
     return await _idempotent_post(request, merchant_id, body, execute)
 
@@ -164,8 +163,8 @@ async def void_payment(request: web.Request) -> web.Response:
     doc = await _owned_payment(request, merchant_id)
 
     async def execute(ex: Execution) -> Outcome:
-        await request.app[ORCHESTRATOR].void(doc["id"], ex.key)
-        return Outcome(200, doc["id"])
+        done = await request.app[ORCHESTRATOR].void(doc["id"], ex.key)
+        return Outcome(200, doc["id"], done)
 
     return await _idempotent_post(request, merchant_id, body, execute)
 
@@ -179,7 +178,7 @@ async def refund_payment(request: web.Request) -> web.Response:
 
     async def execute(ex: Execution) -> Outcome:
         refund_id = derived_id("ref_", ex.merchant_id, ex.key)
-        await request.app[ORCHESTRATOR].refund(doc["id"], refund_id, amount, reason)
-        return Outcome(201, doc["id"])
+        done = await request.app[ORCHESTRATOR].refund(doc["id"], refund_id, amount, reason)
+        return Outcome(201, doc["id"], done)
 
     return await _idempotent_post(request, merchant_id, body, execute)

@@ -42,8 +42,8 @@ from gateway import metrics
 from gateway.api.errors import ApiError
 from gateway.appkeys import CONFIG, STORE
 from gateway.config import ProviderConfig
+from gateway.payment_writer import PaymentWriter
 from gateway.provider_registry import declaration_of, effective
-from gateway.store import Store
 from gateway.webhook_apply import apply_webhook_event, unmatched_record
 from providers.webhook_event import (
     InvalidSignature,
@@ -98,7 +98,7 @@ async def _read(request: web.Request) -> bytes:
     return await request.read()
 
 
-async def _apply_once(store: Store, name: str, event: WebhookEvent
+async def _apply_once(writer: PaymentWriter, name: str, event: WebhookEvent
                       ) -> tuple[str, str | None] | None:
     """Apply ``event`` unless it was applied before (None: a duplicate).
 
@@ -110,6 +110,7 @@ async def _apply_once(store: Store, name: str, event: WebhookEvent
     fails too (the store is still down) -- then the redelivery is taken for a
     duplicate. A failure after applying and before recording means the redelivery is
     applied again, which the state machine makes a no-op (forward edges only)."""
+    store = writer.store
     if await store.webhook_event_seen(name, event.event_id):
         return None
     lease, owner = f"webhook:{name}:{event.event_id}", uuid.uuid4().hex
@@ -120,7 +121,7 @@ async def _apply_once(store: Store, name: str, event: WebhookEvent
     try:
         if await store.webhook_event_seen(name, event.event_id):
             return None  # the delivery that held the lease before us applied it
-        result, payment_id = await apply_webhook_event(store, name, event)
+        result, payment_id = await apply_webhook_event(writer, name, event)
         if result == "unmatched":
             await store.save_unmatched_webhook(name, unmatched_record(name, event))
         await store.record_webhook_event(name, event.event_id, DEDUPE_TTL_S)
@@ -154,10 +155,10 @@ async def receive_webhook(request: web.Request) -> web.Response:
         raise ApiError(400, "invalid_request", "malformed_webhook",
                        "webhook body cannot be parsed") from None
 
-    store = request.app[STORE]
+    writer = PaymentWriter(request.app[STORE], request.app[CONFIG])
     results: list[dict[str, Any]] = []
     for event in events:
-        applied = await _apply_once(store, name, event)
+        applied = await _apply_once(writer, name, event)
         if applied is None:
             _count(name, "duplicate")
             results.append({"event_id": event.event_id, "result": "duplicate"})

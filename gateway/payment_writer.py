@@ -1,0 +1,67 @@
+"""The one write path of a payment (issue #12 item 2).
+
+:class:`PaymentWriter` is built by the app factory with the store and the config and
+handed to everything that changes a payment (orchestrator, reconciliation, webhook
+application). :meth:`PaymentWriter.mutate` reads the payment, lets a function change it
+and name the audit events, and writes, in ONE atomic store change: the document
+(compare-and-swap on its version), its audit events, the merchant notification the change
+owes (SPEC 3.2) and the reconcile flag. It returns what it wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gateway import metrics
+from gateway.config import GatewayConfig
+from gateway.model import needs_reconcile, now
+from gateway.notifications import flush_outbox, outbox_record, visible_state
+from gateway.store import Store
+
+Events = list[dict[str, Any]]
+
+
+class PaymentMissing(Exception):
+    """No payment with this id."""
+
+
+class PaymentWriter:
+    def __init__(self, store: Store, config: GatewayConfig | None) -> None:
+        self.store = store
+        #: None: nobody is notified (tools that write without the app's merchants).
+        self.config = config
+
+    async def mutate(self, payment_id: str, fn: Callable[[dict[str, Any]], Events]
+                     ) -> dict[str, Any]:
+        """Read-modify-CAS-write loop. ``fn`` edits the doc and returns audit events, or
+        raises to abort without writing. Returns the document as stored."""
+        while True:
+            doc = await self.store.get_payment(payment_id)
+            if doc is None:
+                raise PaymentMissing(payment_id)
+            version = doc["version"]
+            before = visible_state(doc)
+            events = fn(doc)
+            doc["updated_at"] = now()
+            # A change the merchant did not ask for (webhook, lookup, reconciliation) owes
+            # a notification: it joins the outbox in the same atomic write as the change.
+            record = outbox_record(self.config, before, doc, events, version + 1)
+            doc["needs_reconcile"] = needs_reconcile(doc)
+            if await self.store.update_payment(doc, version, events,
+                                               [record] if record else ()):
+                _count_corrections(doc, events)
+                # records carried in the document by an earlier version of the gateway
+                return await flush_outbox(self.store, doc) if doc.get("_outbox") else doc
+
+
+def _count_corrections(doc: dict[str, Any], events: Events) -> None:
+    """A "no money moved" overturned by a provider's answer or webhook is an alert-worthy
+    correction (reconciliation counts its own changes itself)."""
+    for ev in events:
+        if ev.get("correction") and ev.get("source") != "reconciliation":
+            metrics.RECONCILIATION_CORRECTIONS.labels(
+                doc.get("provider") or "none", ev["from_status"], ev["to_status"]).inc()
+
+
+__all__ = ["Events", "PaymentMissing", "PaymentWriter"]
