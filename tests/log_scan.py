@@ -2,7 +2,7 @@
 gateway's formatter writes them, and every log file of the gateway, sandbox and helper
 processes the tests started. Run by tests/conftest.py when the session finishes, whatever
 the order or subset of tests run (a leak fails the session); unit-tested in
-tests/test_log_scan.py."""
+tests/unit/test_log_scan.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,8 @@
 ``redis://...`` / ``rediss://...`` -> :class:`RedisStore`. Call ``await store.open()``
 before use and ``await store.close()`` at shutdown.
 
-Semantics both backends share (``tests/test_store.py`` runs one suite against both):
+Semantics both backends share (``tests/unit/gateway/store/test_store.py`` runs one suite
+against both):
 
 Payments
   * ``insert_payment`` stores ``version = 1`` (also set on the caller's ``doc``); the doc

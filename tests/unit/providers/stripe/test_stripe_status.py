@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,9 @@ from providers.base import Failure, Outcome, ProviderResult, RefundResult
 from providers.stripe import status as st
 from providers.stripe.errors import Refusal, translate
 from providers.stripe.parse import declined_payment, parse_payment_intent, parse_refund
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "stripe"
+FIXTURES = FIXTURES_DIR / "stripe"
 
 
 def fixture(name: str) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from tests.gateway_harness import (
     wait_for,
     write_config,
 )
+from tests.paths import REPO
 from tests.processes import child_env, free_port, sandbox_process, start_gateway, stop
 
 pytestmark = pytest.mark.slow
@@ -568,7 +569,7 @@ async def test_admin_token_warnings_on_a_sandbox_only_config(
 
 
 def test_sandbox_admin_token_is_the_shipped_default() -> None:
-    raw = yaml.safe_load((Path(__file__).parents[1] / "config" / "gateway.yaml").read_text())
+    raw = yaml.safe_load((REPO / "config" / "gateway.yaml").read_text())
     assert raw["admin_token"] == f"${{GATEWAY_ADMIN_TOKEN:-{doctor.SANDBOX_ADMIN_TOKEN}}}"
 
 

@@ -19,7 +19,7 @@ from gateway.store import Store, make_store
 from tests.conftest import free_port
 from tests.gateway_harness import headers, wait_for, write_config
 from tests.processes import restart_gateway, start_gateway, stop
-from tests.test_notifications import ACME_SECRET, Receiver, merchants, outbox_event
+from tests.unit.gateway.test_notifications import ACME_SECRET, Receiver, merchants, outbox_event
 
 pytestmark = pytest.mark.slow
 

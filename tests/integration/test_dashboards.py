@@ -3,7 +3,8 @@
 Static checks (no server): promtool accepts the rules and the config; every PromQL
 expression of the dashboard parses (promtool checks them as recording rules); every metric
 they name is one the gateway exports (gateway.metrics.REGISTRY). That the expressions also
-return data against a real Prometheus scraping a real gateway is tests/test_prometheus_e2e.py.
+return data against a real Prometheus scraping a real gateway is
+tests/integration/test_prometheus_e2e.py.
 
 promtool comes with the Debian package ``prometheus``; ``.ci/run`` installs it. A missing
 promtool fails these tests, it never skips them.
@@ -22,8 +23,9 @@ import pytest
 import yaml
 
 from gateway import metrics
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DASHBOARDS = ROOT / "dashboards"
 GRAFANA = DASHBOARDS / "grafana" / "gateway.json"
 ALERTS = DASHBOARDS / "prometheus" / "alerts.yml"

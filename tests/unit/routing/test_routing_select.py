@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 from collections import Counter
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -21,8 +20,9 @@ from routing.select import (
     split_bucket,
     split_order,
 )
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "routing"
+FIXTURES = FIXTURES_DIR / "routing"
 ALL = frozenset({"USD", "EUR", "GBP", "JPY"})
 
 

@@ -43,11 +43,17 @@ import pytest
 import yaml
 
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
-from tests.test_dashboards import ALERTS, PROMETHEUS_YML, dashboard_queries, load_alert_rules
+from tests.integration.test_dashboards import (
+    ALERTS,
+    PROMETHEUS_YML,
+    dashboard_queries,
+    load_alert_rules,
+)
+from tests.paths import REPO
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 STARTUP_TIMEOUT_S = 30.0
 TRAFFIC_S = 20.0           # total traffic duration

@@ -13,7 +13,6 @@ Witness data used here:
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from iso4217 import Currency
@@ -23,8 +22,9 @@ from providers.amounts import AmountError, wire_refusal
 from providers.braintree.amounts import to_decimal_string, to_minor_units
 from providers.currency import UnknownCurrency, minor_unit, tradeable
 from providers.stripe import amounts as stripe_amounts
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 ISO = sorted(c.code for c in Currency if c.exponent is not None)
 
 # docs.stripe.com/currencies, as published (not the adapter's copy).

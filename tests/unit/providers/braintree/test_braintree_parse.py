@@ -3,7 +3,6 @@ unmodified SDK, then by the adapter's parsers, into the expected results."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import braintree
@@ -17,8 +16,9 @@ from providers.braintree.parse import (
     parse_refund_result,
     parse_transaction,
 )
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "braintree"
+FIXTURES = FIXTURES_DIR / "braintree"
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,9 @@ from providers.sandbox import DEFAULT_PORTS, simulator_class
 from providers.settings import ProviderSettings
 from providers.simulator.provider import SimulatedProvider
 from tests.gateway_harness import write_config
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 COMMON_KEYS = {"type", "sandbox", "currencies", "base_url", "timeout_s", "connect_timeout_s",
                "breaker"}
 

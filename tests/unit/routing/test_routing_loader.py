@@ -15,9 +15,10 @@ from routing.loader import (
     version_of,
 )
 from routing.rules import Conditions
+from tests.paths import FIXTURES_DIR, REPO
 
-FIXTURES = Path(__file__).parent / "fixtures" / "routing"
-REPO = Path(__file__).resolve().parent.parent
+FIXTURES = FIXTURES_DIR / "routing"
+REPO = REPO
 PROVIDERS = {"stripe", "braintree", "adyen"}
 
 

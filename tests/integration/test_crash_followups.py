@@ -17,8 +17,8 @@ Adyen is left out: it confirms modifications only by webhook. A `gateway sandbox
 them to one URL fixed when it starts (``--webhook-url``) and gives up after 3 tries within
 ~0.6 s, so a notification for the killed gateway is lost while it restarts, and with two
 replicas only one of them receives any; the outcome would depend on that, not on the
-gateway. Adyen's webhook crash paths are in tests/test_notifications_crash.py and
-tests/test_webhooks_api.py."""
+gateway. Adyen's webhook crash paths are in tests/integration/test_notifications_crash.py and
+tests/unit/gateway/api/test_webhooks_api.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import Adyen
@@ -24,8 +23,9 @@ from providers.adyen.parse import (
 )
 from providers.adyen.simulator import DEFAULT_HMAC_KEY
 from providers.base import Ambiguous, Failure, Outcome, ProviderResult, RefundResult, RejectedSafe
+from tests.paths import FIXTURES_DIR
 
-FIXTURES = Path(__file__).parent / "fixtures" / "adyen"
+FIXTURES = FIXTURES_DIR / "adyen"
 P, R = PaymentStatus, RefundStatus
 
 #: Every resultCode Adyen documents for /payments (reference 3.3).

@@ -18,7 +18,7 @@ from providers.adyen.simulator import AdyenSimulator
 from providers.braintree.simulator import BraintreeSimulator
 from providers.simulator import SimulatorHost
 from providers.stripe.simulator import StripeSimulator
-from tests.test_simulator_host import ToySimulator
+from tests.unit.providers.simulator.test_simulator_host import ToySimulator
 
 DEADLINE_S = 5.0
 

@@ -12,9 +12,10 @@ from gateway.cli import check_main, route_main
 from routing.explain import explain
 from routing.loader import load_routing
 from routing.select import RouteRequest, decide, split_bucket
+from tests.paths import FIXTURES_DIR, REPO
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).parent / "fixtures" / "routing"
+REPO = REPO
+FIXTURES = FIXTURES_DIR / "routing"
 
 GATEWAY_YAML = """\
 store: sqlite://gw.db

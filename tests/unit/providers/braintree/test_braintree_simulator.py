@@ -24,6 +24,7 @@ from braintree.exceptions.http import TimeoutError as SdkTimeoutError
 
 from providers.braintree.simulator import BraintreeSimulator
 from providers.simulator.host import SimulatorHost
+from tests.paths import REPO
 
 T = TypeVar("T")
 MERCHANT, PUBLIC, PRIVATE = "merch1", "pub1", "priv1"
@@ -404,9 +405,8 @@ def test_simulators_take_no_facts_from_the_adapters() -> None:
     """A simulator is a witness, not a mirror: no import of the adapters' amount tables,
     parsers, signature code or the adapters' currency module."""
     import ast
-    from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     modules = SIMULATOR_MODULES + [str(p.relative_to(root))
                                    for p in (root / "providers" / "simulator").glob("*.py")]
     borrowed = []

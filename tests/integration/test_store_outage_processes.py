@@ -23,7 +23,7 @@ up at every simulator finds every charge the gateway ever made.
 Turning the file read-only UNDER a running gateway is not possible without privileges
 or a block device: Linux refuses to remount read-only a mount with a file open for
 writing (EBUSY), and the gateway holds its database open. That case stays covered
-in-process by tests/test_store_outage.py (PRAGMA query_only gives the same
+in-process by tests/integration/test_store_outage.py (PRAGMA query_only gives the same
 SQLITE_READONLY).
 """
 

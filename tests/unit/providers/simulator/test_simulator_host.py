@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -26,8 +25,9 @@ from providers.simulator import (
     resolve_token,
 )
 from providers.simulator.tokens import CardBehavior
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 class ToySimulator(SimulatedProvider):
