@@ -27,7 +27,6 @@ import Adyen.util
 import braintree
 import pytest
 import stripe
-from aiohttp import web
 
 from providers.adyen import webhook as adyen_webhook
 from providers.adyen.simulator import AdyenSimulator
@@ -38,6 +37,7 @@ from providers.stripe import webhook as stripe_webhook
 from providers.stripe.simulator import StripeSimulator
 from providers.webhook_event import InvalidSignature, StaleTimestamp, WebhookError
 from tests.fixtures.provider_specs.schemas import Conformance
+from tests.webhook_receiver import Receiver
 
 T = TypeVar("T")
 STRIPE_SECRET = "whsec_signatures"
@@ -45,36 +45,6 @@ ADYEN_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
 BT_MERCHANT, BT_PUBLIC, BT_PRIVATE = "merch_sig", "pub_sig", "priv_sig"
 
 
-class Receiver:
-    def __init__(self) -> None:
-        self.requests: list[tuple[bytes, dict[str, str]]] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        self.requests.append((await request.read(), dict(request.headers)))
-        return web.Response(text="[accepted]")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://127.0.0.1:{port}/hook"
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    async def wait(self, count: int, within: float = 5.0) -> None:
-        deadline = time.monotonic() + within
-        while len(self.requests) < count:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(self.requests)} of {count} webhooks arrived")
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture

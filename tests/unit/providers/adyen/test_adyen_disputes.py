@@ -29,13 +29,13 @@ from providers.simulator import SimulatorHost
 from providers.statuses import DisputeStatus
 from tests.dispute_harness import (
     EXAMPLES,
-    Receiver,
     Unmapped,
     check_open_twice_and_closed,
     check_refusals,
     dispute,
 )
 from tests.fixtures.provider_specs.schemas import ADYEN_WEBHOOKS, Conformance, document
+from tests.webhook_receiver import Receiver
 
 D = DisputeStatus
 KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"

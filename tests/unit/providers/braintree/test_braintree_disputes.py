@@ -26,12 +26,12 @@ from providers.braintree.webhooks import form_body
 from providers.simulator import SimulatorHost
 from providers.statuses import DisputeStatus
 from tests.dispute_harness import (
-    Receiver,
     Unmapped,
     check_open_twice_and_closed,
     check_refusals,
     dispute,
 )
+from tests.webhook_receiver import Receiver
 
 D = DisputeStatus
 MERCHANT, PUBLIC, PRIVATE = "merch_disputes", "pub_disputes", "priv_disputes"

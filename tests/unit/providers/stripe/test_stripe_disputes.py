@@ -25,13 +25,13 @@ from providers.stripe.simulator import StripeSimulator
 from providers.stripe.status import DISPUTE_EVENTS, DISPUTE_STATUS, map_dispute_status
 from tests.dispute_harness import (
     EXAMPLES,
-    Receiver,
     Unmapped,
     check_open_twice_and_closed,
     check_refusals,
     dispute,
 )
 from tests.fixtures.provider_specs.schemas import STRIPE, Conformance, document
+from tests.webhook_receiver import Receiver
 
 D = DisputeStatus
 SECRET = "whsec_disputes"
