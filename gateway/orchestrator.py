@@ -320,10 +320,7 @@ class Orchestrator:
                           rec: CallRecord, wrong: ProviderMismatch) -> dict[str, Any]:
         """The provider charged another amount/currency: never a success, no failover.
         ``failed`` when the adapter provably released it, else ``unknown``."""
-        metrics.PROVIDER_MISMATCHES.labels(provider.name).inc()
-        log.error("provider answered for another amount or currency",
-                  extra={"provider": provider.name, "detail": wrong.message,
-                         "released": wrong.released})
+        _count_mismatch(provider, wrong)
         status = S.FAILED if wrong.released else S.UNKNOWN
 
         def fn(d: dict[str, Any]) -> Events:
@@ -345,14 +342,9 @@ class Orchestrator:
         return await self.writer.mutate(payment_id, fn)
 
     async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
-        def fn(d: dict[str, Any]) -> Events:
-            ev = apply_status(d, StatusEvent(S.FAILED), "gateway", detail="no provider available")
-            if ev["type"] == "status_changed":
-                d["failure"] = {"code": "no_provider_available",
-                                "message": "no provider could process the payment; no money moved"}
-            return [ev]
-
-        return await self.writer.mutate(doc["id"], fn)
+        return await self._fail(doc["id"], "gateway", "no_provider_available",
+                                "no provider could process the payment; no money moved",
+                                detail="no provider available")
 
     def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
         if i + 1 < len(cands):
@@ -444,9 +436,12 @@ class Orchestrator:
 
         return await self.writer.mutate(doc["id"], fn)
 
-    async def _fail(self, payment_id: str, source: str, code: str, message: str):
+    async def _fail(self, payment_id: str, source: str, code: str, message: str, *,
+                    detail: str | None = None) -> dict[str, Any]:
+        """Fail the payment with ``failure = {code, message}``; the audit event's detail is
+        ``detail`` (default: the message)."""
         def fn(d: dict[str, Any]) -> Events:
-            ev = apply_status(d, StatusEvent(S.FAILED), source, detail=message)
+            ev = apply_status(d, StatusEvent(S.FAILED), source, detail=detail or message)
             if ev["type"] == "status_changed":
                 d["failure"] = {"code": code, "message": message}
             return [ev]
@@ -779,7 +774,8 @@ def _count_mismatch(provider: Provider, fault: ProviderFault) -> None:
     if isinstance(fault, ProviderMismatch):
         metrics.PROVIDER_MISMATCHES.labels(provider.name).inc()
         log.error("provider answered for another amount or currency",
-                  extra={"provider": provider.name, "detail": fault.message})
+                  extra={"provider": provider.name, "detail": fault.message,
+                         "released": fault.released})
 
 
 def _op_done(doc: dict[str, Any], key: str) -> dict[str, Any] | None:
