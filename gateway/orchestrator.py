@@ -608,8 +608,10 @@ class Orchestrator:
         self, payment_id: str, refund_id: str, amount: int | None, reason: str | None
     ) -> dict[str, Any]:
         key = f"{payment_id}:refund:{refund_id}"
+        created: list[bool] = []  # whether the write that won reserved the refund
 
         def reserve(d: dict[str, Any]) -> Events:
+            created.clear()  # a lost compare-and-swap runs this again
             if any(r["id"] == refund_id for r in d["refunds"]):
                 return []  # retry of the same refund request: resume / replay
             self._provider_of(d)
@@ -627,18 +629,10 @@ class Orchestrator:
                                  "reason": reason,
                                  "created_at": model_iso(), "_key": key, "_in_flight": True,
                                  "_live_until": now() + self._live_s(d.get("provider") or "")})
+            created.append(True)
             return [audit("refund_requested", "merchant", refund_id=refund_id, amount=amt)]
 
-        created: list[bool] = []
-
-        def reserve_once(d: dict[str, Any]) -> Events:
-            created.clear()
-            events = reserve(d)
-            if events:
-                created.append(True)
-            return events
-
-        doc = await self.writer.mutate(payment_id, reserve_once)
+        doc = await self.writer.mutate(payment_id, reserve)
         refund = next(r for r in doc["refunds"] if r["id"] == refund_id)
         if not refund.get("_in_flight") and refund["status"] != RefundStatus.UNKNOWN:
             return doc
