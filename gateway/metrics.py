@@ -61,6 +61,10 @@ FAILOVERS = Counter(
     "gateway_failovers_total", "Failovers to another provider",
     ["from_provider", "to_provider", "reason"], registry=REGISTRY,
 )
+CASCADES = Counter(
+    "gateway_cascades_total", "Soft declines moved to the next candidate (cascade_on, SPEC 7.1)",
+    ["from_provider", "to_provider", "code"], registry=REGISTRY,
+)
 RETRIES = Counter(
     "gateway_retries_total", "Retries of the same provider call with the same key",
     ["provider", "operation"], registry=REGISTRY,

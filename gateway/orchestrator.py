@@ -170,6 +170,8 @@ class Orchestrator:
         doc["routing"] = {"rule": decision.rule, "config_version": decision.version}
         doc["_candidates"] = list(decision.candidates)
         doc["_excluded"] = [list(x) for x in decision.excluded]
+        if decision.cascade_on:
+            doc["_cascade_on"] = sorted(decision.cascade_on)
 
     def candidates(self, doc: dict[str, Any]) -> list[Provider]:
         return [self.providers[n] for n in doc.get("_candidates", []) if n in self.providers]
@@ -219,10 +221,18 @@ class Orchestrator:
             doc["next_action"] = None
         return events
 
+    @staticmethod
+    def _cascade_code(doc: dict[str, Any], result: ProviderResult) -> str | None:
+        """The decline code when ``result`` is a decline the payment's rule cascades."""
+        if result.status != S.DECLINED or result.failure is None:
+            return None
+        code = result.failure.decline_code
+        return code if code and code in (doc.get("_cascade_on") or ()) else None
+
     async def _finish_attempt(
         self, doc_id: str, index: int, outcome: str, rec: CallRecord, error_code: str | None,
         result: ProviderResult | None = None, status: PaymentStatus | None = None,
-        failure: dict[str, Any] | None = None,
+        failure: dict[str, Any] | None = None, cascaded: bool = False,
     ) -> dict[str, Any]:
         def fn(d: dict[str, Any]) -> Events:
             att = d["attempts"][index]
@@ -230,7 +240,8 @@ class Orchestrator:
             if error_code:
                 att["error_code"] = error_code
             events = [audit("attempt_finished", "provider_response", provider=att["provider"],
-                            outcome=outcome, error_code=error_code)]
+                            outcome=outcome, error_code=error_code,
+                            cascaded=True if cascaded else None)]
             if result is not None:
                 events += self._apply_result(d, result, "provider_response")
             if status is not None:
@@ -269,6 +280,8 @@ class Orchestrator:
         deadline = self._deadline()
         cands = self.candidates(doc)[: self.config.failover_budget]
         start = len(doc["attempts"])
+        #: the last decline cascaded to the next candidate: (provider name, its answer)
+        declined: tuple[str, ProviderResult] | None = None
         for offset, provider in enumerate(cands):
             if time.monotonic() >= deadline:
                 break
@@ -309,7 +322,26 @@ class Orchestrator:
                     doc = await self.store.get_payment(doc["id"]) or doc
                     continue
                 return resolved
+            code = self._cascade_code(doc, result)
+            if code is not None and offset + 1 < len(cands) and time.monotonic() < deadline:
+                # A soft decline the rule cascades: a definite answer (nothing was
+                # charged), so the next candidate is tried as a new attempt; the payment
+                # stays pending instead of taking the final "declined".
+                doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, code,
+                                                 cascaded=True)
+                metrics.CASCADES.labels(provider.name, cands[offset + 1].name, code).inc()
+                declined = (provider.name, result)
+                continue
             doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result)
+            self._count_payment(doc)
+            return doc
+        if declined is not None:
+            # nobody after a cascaded decline answered: the payment is that decline
+            def final(d: dict[str, Any], last: tuple[str, ProviderResult] = declined) -> Events:
+                d["provider"] = last[0]  # the payment ends as that provider declined it
+                return self._apply_result(d, last[1], "provider_response")
+
+            doc = await self.writer.mutate(doc["id"], final)
             self._count_payment(doc)
             return doc
         doc = await self._finish_attempt_none(doc)
