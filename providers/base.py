@@ -10,6 +10,11 @@ into one provider SDK call and reports exactly one :class:`Outcome`:
       ProviderFault                 integration fault, never a decline
       +-- RejectedSafe              provably not processed -> fail over is safe
       |   +-- NotCreated            a lookup's final proof that an attempt created nothing
+      |   +-- NotFound              the provider answered: no such object (a definite
+      |   |                         answer: the provider is healthy)
+      |   +-- NotSent               refused before anything was sent (breaker open, no
+      |                             provider reference, amount/currency it cannot take):
+      |                             says nothing about the provider's health
       +-- Ambiguous                 may have been processed -> retry same key, then lookup
       +-- ProviderMismatch          answered for another amount/currency than was sent:
                                     never a success, never retried, never failed over
@@ -72,6 +77,19 @@ class NotCreated(RejectedSafe):
 
     def __init__(self, message: str = "") -> None:
         super().__init__("not_created", message or "the provider created nothing")
+
+
+class NotFound(RejectedSafe):
+    """The provider answered that the referenced object does not exist (HTTP 404,
+    ``resource_missing``). A definite answer: a circuit breaker counts it as a success."""
+
+    def __init__(self, message: str = "", *, status: int | None = None) -> None:
+        super().__init__("not_found", message or "not found", status=status)
+
+
+class NotSent(RejectedSafe):
+    """Refused before anything was sent to the provider (``error_code`` says why): a
+    circuit breaker neither counts it as a failure nor as a success."""
 
 
 class Ambiguous(ProviderFault):

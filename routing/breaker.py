@@ -52,7 +52,7 @@ from typing import Any, Literal, Protocol, TypeGuard
 
 import pybreaker
 
-from providers.base import ProviderFault, RejectedSafe
+from providers.base import NotFound, NotSent, ProviderFault
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +75,7 @@ _FROM_PYBREAKER: dict[str, State] = {
 }
 _ORDER = {"closed": 0, "half_open": 1, "open": 2}
 
-#: A fault with one of these codes is a definite answer from the provider: success.
-DEFINITE_ANSWER_CODES = frozenset({"not_found"})
-#: A fault with one of these codes was raised before anything reached the provider and
-#: says nothing about its health: ``settle`` releases the ticket.
-NOT_SENT_CODES = frozenset(
-    {"circuit_open", "missing_provider_reference", "invalid_amount", "currency_not_configured"}
-)
-
-
-class CircuitOpen(RejectedSafe):
+class CircuitOpen(NotSent):
     """The provider's circuit is open (or half-open with its probe in flight): not sent."""
 
     def __init__(self, provider: str, retry_after_s: float = 0.0) -> None:
@@ -121,7 +112,7 @@ def _to_ms(dt: datetime | None) -> int:
 
 
 def _is_definite_answer(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderFault) and exc.error_code in DEFINITE_ANSWER_CODES
+    return isinstance(exc, NotFound)
 
 
 class _Failed(Exception):
@@ -168,15 +159,15 @@ class Ticket:
 
     def settle(self, exc: BaseException | None) -> None:
         """Classify how the call ended: ``None`` -> success; a ProviderFault -> failure,
-        except codes in :data:`DEFINITE_ANSWER_CODES` (success) and :data:`NOT_SENT_CODES`
+        except :class:`NotFound` (a definite answer: success) and :class:`NotSent`
         (release); anything else (CancelledError, bugs) -> release."""
         if exc is None:
             self.success()
         elif isinstance(exc, ProviderFault):
-            if exc.error_code in NOT_SENT_CODES:
+            if isinstance(exc, NotSent):
                 self.release()
             else:
-                self.failure(exc)  # DEFINITE_ANSWER_CODES are excluded inside pybreaker
+                self.failure(exc)  # NotFound is excluded inside pybreaker
         else:
             self.release()
 
@@ -437,8 +428,6 @@ class BreakerBoard:
 
 
 __all__ = [
-    "DEFINITE_ANSWER_CODES",
-    "NOT_SENT_CODES",
     "BreakerBoard",
     "BreakerRecord",
     "BreakerSettings",

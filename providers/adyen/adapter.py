@@ -66,12 +66,12 @@ from providers.amounts import AmountError
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
+    NotSent,
     PaymentRef,
     Provider,
     ProviderMismatch,
     ProviderResult,
     RefundResult,
-    RejectedSafe,
 )
 from providers.sdk_pool import SdkPool
 from providers.statuses import PaymentStatus
@@ -145,7 +145,7 @@ class AdyenProvider(Provider):
     @staticmethod
     def _require_reference(ref: PaymentRef) -> str:
         if not ref.provider_reference:
-            raise RejectedSafe("missing_provider_reference",
+            raise NotSent("missing_provider_reference",
                                "no Adyen pspReference known for this payment")
         return ref.provider_reference
 
@@ -155,7 +155,7 @@ class AdyenProvider(Provider):
         try:
             return {"value": to_wire(value, currency), "currency": currency.upper()}
         except (AmountError, ValueError) as exc:
-            raise RejectedSafe("invalid_amount", str(exc)) from None
+            raise NotSent("invalid_amount", str(exc)) from None
 
     @staticmethod
     def _verify(got: Mapping[str, Any], amount: int, currency: str, what: str,

@@ -46,13 +46,13 @@ from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     NotCreated,
+    NotSent,
     PaymentRef,
     Provider,
     ProviderFault,
     ProviderMismatch,
     ProviderResult,
     RefundResult,
-    RejectedSafe,
 )
 from providers.braintree.amounts import AmountError, to_decimal_string, to_minor_units
 from providers.braintree.errors import translate
@@ -158,12 +158,12 @@ class BraintreeProvider(Provider):
         try:
             return to_decimal_string(amount, currency)
         except AmountError as exc:
-            raise RejectedSafe("invalid_amount", str(exc)) from None
+            raise NotSent("invalid_amount", str(exc)) from None
 
     @staticmethod
     def _require_reference(ref: PaymentRef) -> str:
         if not ref.provider_reference:
-            raise RejectedSafe("missing_provider_reference",
+            raise NotSent("missing_provider_reference",
                                "no Braintree transaction id known for this payment")
         return ref.provider_reference
 
@@ -179,7 +179,7 @@ class BraintreeProvider(Provider):
         if account:
             params["merchant_account_id"] = account
         elif req.currency.upper() != self.default_currency:
-            raise RejectedSafe("currency_not_configured",
+            raise NotSent("currency_not_configured",
                                f"no Braintree merchant account for {req.currency.upper()} "
                                "(and it is not the declared default_currency)")
         return params

@@ -46,7 +46,7 @@ from braintree.exceptions.http.invalid_response_error import InvalidResponseErro
 from braintree.exceptions.http.timeout_error import ConnectTimeoutError, ReadTimeoutError
 from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
 
-from providers.base import Ambiguous, ProviderFault, RejectedSafe
+from providers.base import Ambiguous, NotFound, ProviderFault, RejectedSafe
 from providers.faults import classify_http_status, classify_transport_error, exception_chain
 
 # ------------------------------------------------------------------ validation codes
@@ -129,7 +129,7 @@ def translate(exc: BaseException) -> ProviderFault:
             assert fault is not None
             return fault
     if isinstance(exc, bte.NotFoundError):
-        return RejectedSafe("not_found", str(exc) or "not found", status=404)
+        return NotFound(str(exc) or "not found", status=404)
     if isinstance(exc, bte.UpgradeRequiredError):
         return RejectedSafe("provider_config_error", "API version refused (426)", status=426)
     if isinstance(exc, bte.ConfigurationError):

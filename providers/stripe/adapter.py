@@ -25,13 +25,14 @@ from providers.amounts import AmountError
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
+    NotFound,
+    NotSent,
     PaymentRef,
     Provider,
     ProviderFault,
     ProviderMismatch,
     ProviderResult,
     RefundResult,
-    RejectedSafe,
 )
 from providers.statuses import PaymentStatus
 from providers.stripe.amounts import to_wire
@@ -109,7 +110,7 @@ class StripeProvider(Provider):
         try:
             return to_wire(amount, currency)
         except (AmountError, ValueError) as exc:
-            raise RejectedSafe("invalid_amount", str(exc)) from None
+            raise NotSent("invalid_amount", str(exc)) from None
 
     async def _verify(self, obj: dict[str, Any], amount_key: str, amount: int,
                       currency: str, *, cancel: bool = False) -> None:
@@ -141,7 +142,7 @@ class StripeProvider(Provider):
     @staticmethod
     def _require_reference(ref: PaymentRef) -> str:
         if not ref.provider_reference:
-            raise RejectedSafe("missing_provider_reference",
+            raise NotSent("missing_provider_reference",
                                "no Stripe PaymentIntent id known for this payment")
         return ref.provider_reference
 
@@ -232,7 +233,7 @@ class StripeProvider(Provider):
         got = await self._call(lambda: client.v1.refunds.retrieve_async(refund_reference))
         if isinstance(got, Refusal):
             if got.not_found:
-                raise RejectedSafe("not_found", got.failure.message)
+                raise NotFound(got.failure.message)
             raise Ambiguous("lookup_refused", got.failure.message)
         return parse_refund(_as_dict(got))
 
@@ -241,7 +242,7 @@ class StripeProvider(Provider):
         got = await self._call(lambda: client.v1.payment_intents.retrieve_async(pi_id))
         if isinstance(got, Refusal):
             if got.not_found:
-                raise RejectedSafe("not_found", got.failure.message)
+                raise NotFound(got.failure.message)
             raise Ambiguous("lookup_refused", got.failure.message)
         return parse_payment_intent(_as_dict(got))
 

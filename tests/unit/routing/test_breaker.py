@@ -17,7 +17,7 @@ import redis
 from gateway import metrics
 from gateway.metrics import REGISTRY
 from gateway.state_machine import PaymentStatus
-from providers.base import Ambiguous, Outcome, ProviderResult, RejectedSafe
+from providers.base import Ambiguous, NotFound, NotSent, Outcome, ProviderResult, RejectedSafe
 from routing.breaker import BreakerBoard, BreakerSettings, CircuitOpen, ProviderBreaker
 from routing.breaker_sync import RedisBreakerSync
 
@@ -270,7 +270,7 @@ async def test_guard_context_manager_classifies_outcomes() -> None:
     assert b.fail_counter == 1
     with pytest.raises(RejectedSafe):  # the provider proved nothing exists: an answer
         async with b.guard():
-            raise RejectedSafe("not_found")
+            raise NotFound("no such payment_intent")
     assert b.fail_counter == 0
     with pytest.raises(Ambiguous):
         async with b.guard():
@@ -444,3 +444,15 @@ async def test_state_lost_from_redis_is_written_again(redis_url: str) -> None:
     finally:
         client.close()
         await board.close()
+
+
+async def test_breaker_classifies_by_fault_type_not_by_code() -> None:
+    """NotFound is an answer (success), NotSent says nothing (released); a code string
+    alone decides nothing: a plain RejectedSafe that happens to say "not_found" is a failure."""
+    b = breaker(fail_max=5)
+    for fault, failures in ((NotSent("invalid_amount"), 0), (NotFound(), 0),
+                            (RejectedSafe("not_found"), 1), (NotSent("circuit_open"), 1)):
+        with pytest.raises(RejectedSafe):
+            async with b.guard():
+                raise fault
+        assert b.fail_counter == failures, fault
