@@ -169,7 +169,8 @@ class Orchestrator:
         decision = self.routing.decide(body, doc["id"], doc["merchant_id"])
         doc["routing"] = {"rule": decision.rule, "config_version": decision.version}
         doc["_candidates"] = list(decision.candidates)
-        doc["_excluded"] = [list(x) for x in decision.excluded]
+        doc["_excluded"] = [[name, reason, decision.exclusion_kinds[name].value]
+                            for name, reason in decision.excluded]
         if decision.cascade_on:
             doc["_cascade_on"] = sorted(decision.cascade_on)
 

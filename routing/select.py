@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from providers.amounts import currency_refusal, wire_refusal
@@ -81,6 +82,9 @@ class Decision:
     split_choice: str | None = None  # the provider the bucket picked
     #: The matched rule's cascade_on: these decline codes move to the next candidate.
     cascade_on: frozenset[str] = frozenset()
+    #: The kind of each excluded provider's exclusion.
+    exclusion_kinds: Mapping[str, ExclusionKind] = field(default_factory=dict, compare=False,
+                                                          hash=False)
 
 
 def split_bucket(payment_id: str) -> int:
@@ -113,22 +117,39 @@ def rule_order(rule: Rule, payment_id: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def exclusion_reason(name: str, request: RouteRequest,
-                     providers: Mapping[str, ProviderInfo]) -> str | None:
+class ExclusionKind(StrEnum):
+    """Why routing left a provider out, as a type (the reason text is for people)."""
+
+    NOT_CONFIGURED = "not_configured"
+    CURRENCY = "currency"  # the provider (or its configuration) cannot charge the currency
+    NO_TOKEN = "no_token"  # the payment method has no token for this provider
+    AMOUNT_NOT_REPRESENTABLE = "amount_not_representable"  # not exactly on its wire
+
+
+def exclusion(name: str, request: RouteRequest, providers: Mapping[str, ProviderInfo]
+              ) -> tuple[ExclusionKind, str] | None:
+    """Why ``name`` cannot take ``request`` (kind, human reason), or None."""
     info = providers.get(name)
     if info is None:
-        return "provider not configured"
+        return ExclusionKind.NOT_CONFIGURED, "provider not configured"
     if request.currency not in info.currencies:
-        return f"currency {request.currency} not supported"
+        return ExclusionKind.CURRENCY, f"currency {request.currency} not supported"
     if request.provider_tokens is not None and name not in request.provider_tokens:
-        return "no provider token"
+        return ExclusionKind.NO_TOKEN, "no provider token"
     ptype = getattr(info, "type", None)
     if currency_refusal(ptype, request.currency) is not None:
-        return f"currency {request.currency} not supported by {ptype}"
+        return ExclusionKind.CURRENCY, f"currency {request.currency} not supported by {ptype}"
     refusal = wire_refusal(ptype, request.amount, request.currency)
     if refusal is not None:
-        return f"{AMOUNT_NOT_REPRESENTABLE}: {refusal}"
+        return (ExclusionKind.AMOUNT_NOT_REPRESENTABLE,
+                f"{AMOUNT_NOT_REPRESENTABLE}: {refusal}")
     return None
+
+
+def exclusion_reason(name: str, request: RouteRequest,
+                     providers: Mapping[str, ProviderInfo]) -> str | None:
+    found = exclusion(name, request, providers)
+    return found[1] if found is not None else None
 
 
 def match(table: RoutingTable, request: RoutableRequest) -> Rule:
@@ -145,12 +166,14 @@ def decide(table: RoutingTable, request: RouteRequest,
     rule = match(table, request)
     candidates: list[str] = []
     excluded: list[tuple[str, str]] = []
+    kinds: dict[str, ExclusionKind] = {}
     for name in rule_order(rule, request.payment_id):
-        reason = exclusion_reason(name, request, providers)
-        if reason is None:
+        found = exclusion(name, request, providers)
+        if found is None:
             candidates.append(name)
         else:
-            excluded.append((name, reason))
+            kinds[name] = found[0]
+            excluded.append((name, found[1]))
     bucket = split_bucket(request.payment_id) if rule.split else None
     return Decision(
         rule=rule.name,
@@ -161,4 +184,5 @@ def decide(table: RoutingTable, request: RouteRequest,
         split_bucket=bucket,
         split_choice=split_order(rule.split, bucket)[0] if bucket is not None else None,
         cascade_on=frozenset(rule.cascade_on),
+        exclusion_kinds=kinds,
     )

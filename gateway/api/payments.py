@@ -16,7 +16,7 @@ from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError
 from gateway.payment_writer import PaymentMissing
 from gateway.store import AlreadyExists
-from routing.select import AMOUNT_NOT_REPRESENTABLE
+from routing.select import ExclusionKind
 
 routes = web.RouteTableDef()
 
@@ -80,10 +80,11 @@ def _refuse_unchargeable(doc: dict[str, Any]) -> None:
     anything is stored (never a 201 ``failed``, never a rounded amount)."""
     if doc["_candidates"]:
         return
-    reasons = [f"{name}: {why}" for name, why in doc["_excluded"]]
-    amount = [r for _n, r in doc["_excluded"] if r.startswith(AMOUNT_NOT_REPRESENTABLE)]
-    currency = [r for _n, r in doc["_excluded"] if r.startswith("currency ")]
-    tokens = [r for _n, r in doc["_excluded"] if r == "no provider token"]
+    reasons = [f"{name}: {why}" for name, why, _kind in doc["_excluded"]]
+    kinds = [ExclusionKind(kind) for _name, _why, kind in doc["_excluded"]]
+    amount = [k for k in kinds if k is ExclusionKind.AMOUNT_NOT_REPRESENTABLE]
+    currency = [k for k in kinds if k is ExclusionKind.CURRENCY]
+    tokens = [k for k in kinds if k is ExclusionKind.NO_TOKEN]
     if not amount and (not currency or len(currency) + len(tokens) < len(reasons)):
         return  # other reasons (configuration): the payment fails as before
     if amount:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from routing.loader import load_routing
 from routing.rules import Conditions, RoutingTable, Rule
 from routing.select import (
+    ExclusionKind,
     NoRouteError,
     RouteRequest,
     decide,
@@ -254,3 +255,25 @@ def test_from_body() -> None:
                                       "payment_method": {"token": "t"}}, payment_id="p")
     assert minimal == RouteRequest("p", 5, "USD")
     assert minimal.provider_tokens is None
+
+
+@dataclass(frozen=True)
+class Typed:
+    currencies: frozenset[str]
+    type: str
+
+
+def test_each_exclusion_has_a_kind() -> None:
+    """The 400 a merchant gets for an unchargeable payment is chosen by these kinds, not by
+    the reason text (which is for people and `gateway route`)."""
+    providers = {"adyen": P(frozenset({"KWD"})), "braintree": P(frozenset({"USD"})),
+                 "stripe": Typed(frozenset({"KWD", "EUR"}), "stripe")}
+    t = RoutingTable("v", (Rule("d", providers=("gone", "braintree", "stripe", "adyen")),), "x")
+    # Stripe takes KWD only with the last of its three decimals 0
+    d = decide(t, req(currency="KWD", amount=615,
+                      provider_tokens=frozenset({"gone", "braintree", "stripe"})), providers)
+    assert d.candidates == ()
+    assert dict(d.exclusion_kinds) == {
+        "gone": ExclusionKind.NOT_CONFIGURED, "braintree": ExclusionKind.CURRENCY,
+        "stripe": ExclusionKind.AMOUNT_NOT_REPRESENTABLE, "adyen": ExclusionKind.NO_TOKEN}
+    assert [name for name, _ in d.excluded] == ["gone", "braintree", "stripe", "adyen"]
