@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.public_schema import ATTEMPT_FIELDS, PAYMENT_FIELDS, REFUND_FIELDS
 from gateway.state_machine import (
+    OPEN_REFUND_STATUSES,
     Applied,
     Ledger,
     PaymentStatus,
@@ -82,7 +83,7 @@ def needs_reconcile(doc: dict[str, Any]) -> bool:
     pending/unknown, a capture/void not finished (its request may have crashed), or a
     notification not yet moved to the outbox."""
     return bool(doc.get("_outbox")) or bool(doc.get("_operation")) or any(
-        r["status"] in ("pending", "unknown") for r in doc.get("refunds") or [])
+        r["status"] in OPEN_REFUND_STATUSES for r in doc.get("refunds") or [])
 
 
 def busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:

@@ -49,7 +49,7 @@ from gateway.payment_writer import Events, PaymentWriter
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.routing_runtime import RoutingRuntime
 from gateway.state_machine import (
-    UNRESOLVED,
+    AUTHORIZATION_UNRESOLVED,
     InvariantError,
     PaymentStatus,
     RefundStatus,
@@ -426,7 +426,7 @@ class Orchestrator:
         if doc.get("_operation"):
             return await self._resume_operation(doc, source=source)
         status = PaymentStatus(doc["status"])
-        if status not in UNRESOLVED or status in (S.CAPTURE_PENDING, S.VOID_PENDING):
+        if status not in AUTHORIZATION_UNRESOLVED:
             return doc
         if not doc["attempts"]:
             # Crashed before any provider was called (the attempt is written first).

@@ -33,14 +33,13 @@ from gateway.config import GatewayConfig, ReconcileSettings
 from gateway.model import audit, busy_until, iso
 from gateway.notifications import flush_outbox
 from gateway.orchestrator import OperationError, Orchestrator
-from gateway.state_machine import PaymentStatus
+from gateway.state_machine import OPEN_REFUND_STATUSES, UNRESOLVED, PaymentStatus
 from gateway.store import PaymentQuery, Store
 from providers.registry import declaration
 
 log = logging.getLogger("gateway.reconcile")
 SOURCE = "reconciliation"
-WATCHED = [PaymentStatus.PENDING, PaymentStatus.UNKNOWN, PaymentStatus.PROCESSING,
-           PaymentStatus.CAPTURE_PENDING, PaymentStatus.VOID_PENDING]
+WATCHED = UNRESOLVED
 # Payments in any status can be flagged needs_reconcile (refunds still open, or a
 # notification not yet moved to the outbox); the store's index holds only those.
 QUERIED = [s.value for s in PaymentStatus]
@@ -92,7 +91,7 @@ def _refund_states(doc: dict[str, Any]) -> dict[str, str]:
 
 
 def _open_refunds(doc: dict[str, Any]) -> bool:
-    return any(r["status"] in ("pending", "unknown") for r in doc["refunds"])
+    return any(r["status"] in OPEN_REFUND_STATUSES for r in doc["refunds"])
 
 
 class Reconciler:

@@ -87,10 +87,18 @@ CORRECTION_EDGES: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozenset(
      (S.DECLINED, S.AUTHORIZED), (S.DECLINED, S.CAPTURED)}
 )
 
-#: Unresolved statuses: reconciliation looks at payments in these.
+#: Unresolved statuses, the one definition: reconciliation looks at payments in these
+#: (the stores' reconciliation index, the unresolved gauge, crash recovery derive from it).
 UNRESOLVED: frozenset[PaymentStatus] = frozenset(
     {S.PENDING, S.UNKNOWN, S.PROCESSING, S.CAPTURE_PENDING, S.VOID_PENDING}
 )
+#: A refund in these is not settled yet (reconciliation asks about it).
+OPEN_REFUND_STATUSES: frozenset[RefundStatus] = frozenset(
+    {RefundStatus.PENDING, RefundStatus.UNKNOWN})
+#: Unresolved because the authorization's outcome is not known yet (the follow-ups
+#: capture_pending / void_pending wait on their own operation instead).
+AUTHORIZATION_UNRESOLVED: frozenset[PaymentStatus] = UNRESOLVED - {S.CAPTURE_PENDING,
+                                                                   S.VOID_PENDING}
 
 
 def can_transition(current: PaymentStatus, target: PaymentStatus) -> bool:

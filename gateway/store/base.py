@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from gateway.state_machine import UNRESOLVED
+
 
 class StoreError(Exception):
     """The store could not be reached or answered unexpectedly."""
@@ -67,9 +69,7 @@ class PaymentQuery:
 
 
 #: Statuses covered by the reconciliation index that :meth:`Store.query_payments` searches.
-RECONCILE_STATUSES: frozenset[str] = frozenset(
-    {"pending", "unknown", "processing", "capture_pending", "void_pending"}
-)
+RECONCILE_STATUSES: frozenset[str] = frozenset(s.value for s in UNRESOLVED)
 
 
 def in_reconcile_index(doc: dict[str, Any]) -> bool:
