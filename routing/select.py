@@ -146,12 +146,6 @@ def exclusion(name: str, request: RouteRequest, providers: Mapping[str, Provider
     return None
 
 
-def exclusion_reason(name: str, request: RouteRequest,
-                     providers: Mapping[str, ProviderInfo]) -> str | None:
-    found = exclusion(name, request, providers)
-    return found[1] if found is not None else None
-
-
 def match(table: RoutingTable, request: RoutableRequest) -> Rule:
     """The first rule whose conditions hold."""
     for rule in table.rules:
