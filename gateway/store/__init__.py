@@ -27,6 +27,13 @@ Payments
     ``provider`` if given, ``doc[k] == v`` for each ``extra`` item; oldest
     ``updated_at`` first (then id), at most ``limit``.
 
+  * ``search_payments`` (SPEC 3.1) pages through one merchant's payments newest first,
+    ordered by ``(created_at desc, id desc)``; filters ``reference``, ``status``,
+    ``provider``, ``created_gte`` <= created_at < ``created_lt``; ``starting_after``
+    ``(created_at, id)`` continues strictly after that position; at most ``limit`` docs
+    plus ``has_more``. Docs without a string ``merchant_id`` or a numeric ``created_at``
+    are not searchable. Its indexes change in the same atomic write as the payment.
+
 Idempotency (``claim_idempotency(scope, key, fingerprint, lease_s, ttl_s)``)
   * No record, or an expired one (past its ttl: it behaves as absent) -> a new
     ``in_progress`` record with ``lease_until = now + lease_s``, kept
@@ -67,6 +74,7 @@ from gateway.store.base import (
     ClaimOutcome,
     IdempotencyRecord,
     PaymentQuery,
+    PaymentSearch,
     Store,
     StoreError,
     in_reconcile_index,
@@ -81,6 +89,7 @@ __all__ = [
     "ClaimOutcome",
     "IdempotencyRecord",
     "PaymentQuery",
+    "PaymentSearch",
     "RedisStore",
     "SQLiteStore",
     "Store",

@@ -68,6 +68,60 @@ class PaymentQuery:
     extra: dict[str, Any] = field(default_factory=dict)  # doc[k] == v for every item
 
 
+@dataclass
+class PaymentSearch:
+    """One page of a merchant's payments (SPEC 3.1), newest first.
+
+    Order is ``(created_at desc, id desc)``: a total order, so pages neither repeat nor
+    skip. ``starting_after`` is the ``(created_at, id)`` of the last payment of the previous
+    page; the page continues strictly after it in that order (payments inserted meanwhile
+    are newer, so they only ever show on the first page). ``created_gte`` / ``created_lt``
+    bound ``created_at`` (unix seconds). Only payments with a string ``merchant_id`` and a
+    numeric ``created_at`` are searchable.
+    """
+
+    merchant_id: str
+    limit: int = 20
+    reference: str | None = None
+    status: str | None = None
+    provider: str | None = None
+    created_gte: float | None = None
+    created_lt: float | None = None
+    starting_after: tuple[float, str] | None = None
+
+
+def search_fields(doc: dict[str, Any]) -> tuple[str, float] | None:
+    """``(merchant_id, created_at)`` of a searchable doc, None when it is not searchable."""
+    merchant, created = doc.get("merchant_id"), doc.get("created_at")
+    if not isinstance(merchant, str) or isinstance(created, bool):
+        return None
+    if not isinstance(created, int | float):
+        return None
+    return merchant, float(created)
+
+
+def search_reference(doc: dict[str, Any]) -> str | None:
+    ref = doc.get("reference")
+    return ref if isinstance(ref, str) else None
+
+
+def search_matches(doc: dict[str, Any], query: PaymentSearch) -> bool:
+    """Whether ``doc`` belongs to ``query``'s result set (cursor and limit aside)."""
+    fields = search_fields(doc)
+    if fields is None or fields[0] != query.merchant_id:
+        return False
+    created = fields[1]
+    if query.created_gte is not None and created < query.created_gte:
+        return False
+    if query.created_lt is not None and created >= query.created_lt:
+        return False
+    if query.reference is not None and search_reference(doc) != query.reference:
+        return False
+    if query.status is not None and doc.get("status") != query.status:
+        return False
+    return query.provider is None or doc.get("provider") == query.provider
+
+
 #: Statuses covered by the reconciliation index that :meth:`Store.query_payments` searches.
 RECONCILE_STATUSES: frozenset[str] = frozenset(s.value for s in UNRESOLVED)
 
@@ -130,6 +184,16 @@ class Store(abc.ABC):
         Only payments in the reconciliation index are searched (see
         :func:`in_reconcile_index`), on every backend. ``provider`` and ``extra`` narrow
         the result further; at most ``limit`` docs are returned.
+        """
+
+    @abc.abstractmethod
+    async def search_payments(self, query: PaymentSearch) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ``query.merchant_id``'s payments matching every given filter, in
+        ``(created_at desc, id desc)`` order, strictly after ``starting_after`` if given;
+        at most ``query.limit`` (>= 1) docs, and whether more match after the last one.
+
+        Served from indexes kept in the same atomic write as the payment (insert and
+        update), so a status or provider change moves the payment between filters at once.
         """
 
     # idempotency -------------------------------------------------------------

@@ -11,6 +11,9 @@ Cluster too):
   (``fp``, ``state``, ``lease_until``/``created_at`` in server milliseconds,
   ``response``), expired by Redis (PEXPIRE) after its ttl
 * ``gw:lease:{<name>}`` - string holding the owner, expired by Redis (PX)
+* ``gw:ix:{<merchant digest>}:all`` / ``:st:<status>`` / ``:pv:<provider>`` /
+  ``:ref:<reference>`` - the search indexes (SPEC 3.1): per merchant, sorted sets of
+  payment ids scored by ``created_at``; see "Search indexes" below.
 
 Atomic steps are Lua scripts: insert (fail if exists), update (CAS on ``v`` + RPUSH of
 the events), the idempotency claim / completion, lease renew / release.
@@ -27,6 +30,23 @@ needed) in an order that never loses an entry, at worst leaves a stale one:
 Readers re-check every candidate against the current doc, so stale entries (a failed
 CAS, a crash between steps, an old reference) are filtered out. Ordering relies on
 ``updated_at`` growing with each version of a payment.
+
+Search indexes (SPEC 3.1) are NOT derived that way: they change inside the insert and
+update scripts, in the same atomic step as the doc (the update script reads the old doc
+and moves the member out of the old status / provider / reference set), so a capture
+shows under ``captured`` and no longer under ``authorized`` the moment it is written.
+Equal scores order members by id bytes, so ``ZREVRANGE`` is exactly the page order
+``(created_at desc, id desc)``; a page is one read-only script on the merchant's keys
+(:data:`_SEARCH`). Redis Cluster, honestly: the index keys of a merchant share one hash
+tag (the merchant's digest) and so live on the merchant's slot, and the search script
+touches only that slot; but the insert / update scripts also write the payment's own
+keys (``{<payment_id>}`` slot), so they cross slots and a Cluster would refuse them
+(CROSSSLOT), as it already would the update script that writes ``{ntf}`` keys with the
+payment. The index keys of the old status etc. are also built inside the script from a
+prefix argument (like the outbox claim does), which Cluster does not allow either.
+This backend therefore needs one Redis primary (with replicas / Sentinel), where each
+script is atomic. Running on Cluster would mean tagging a payment's keys with its
+merchant (one slot per merchant), which this layout does not do.
 
 No automatic command retries: a lost reply to a CAS or claim must surface as
 :class:`StoreError`, never be silently re-sent (a re-sent reservation could be applied
@@ -58,10 +78,14 @@ from gateway.store.base import (
     ClaimOutcome,
     IdempotencyRecord,
     PaymentQuery,
+    PaymentSearch,
     Store,
     StoreError,
     in_reconcile_index,
     new_notification,
+    search_fields,
+    search_matches,
+    search_reference,
     settle_notification,
 )
 
@@ -69,26 +93,60 @@ log = logging.getLogger(__name__)
 
 UNRESOLVED_KEY = "gw:unresolved"
 
-_INSERT = """
+# Search index maintenance shared by the insert and update scripts. ``p`` is the
+# merchant's key prefix ('' = the doc is not searchable), ``sc`` the created_at score,
+# ``st`` the status, ``pv`` / ``ref`` ':' .. provider / reference, or '' when absent.
+_IX_LUA = """
+local function ix_put(p, id, sc, st, pv, ref)
+  if p == '' then return end
+  redis.call('ZADD', p .. 'all', sc, id)
+  redis.call('ZADD', p .. 'st:' .. st, sc, id)
+  if pv ~= '' then redis.call('ZADD', p .. 'pv' .. pv, sc, id) end
+  if ref ~= '' then redis.call('ZADD', p .. 'ref' .. ref, sc, id) end
+end
+local function ix_enc(x)
+  if type(x) == 'string' then return ':' .. x end
+  return ''
+end
+local function ix_drop_old(p, id, old, st, pv, ref)
+  if p == '' or not old then return end
+  local ok, o = pcall(cjson.decode, old)
+  if not ok or type(o) ~= 'table' then return end
+  if type(o.status) == 'string' and o.status ~= st then
+    redis.call('ZREM', p .. 'st:' .. o.status, id)
+  end
+  local opv = ix_enc(o.provider)
+  if opv ~= '' and opv ~= pv then redis.call('ZREM', p .. 'pv' .. opv, id) end
+  local oref = ix_enc(o.reference)
+  if oref ~= '' and oref ~= ref then redis.call('ZREM', p .. 'ref' .. oref, id) end
+end
+"""
+
+# KEYS: doc, events. ARGV: doc, id, ix prefix, score, status, provider, reference, events...
+_INSERT = _IX_LUA + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', '1', 'doc', ARGV[1])
 redis.call('DEL', KEYS[2])
-for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
 
-# ARGV: expected version, new version, doc JSON, events...
 # KEYS: doc, events, then per notification: its key, the due zset, the payment's list.
-# ARGV: expected version, new version, doc, number of events, events...,
+# ARGV: expected version, new version, doc, id, ix prefix, score, status, provider,
+#       reference (search index, see _IX_LUA), number of events, events...,
 #       then per notification: id, stored doc, due at. One atomic change (SPEC 3.2: the
-#       notification a change owes is written with it).
-_UPDATE = """
+#       notification a change owes is written with it; SPEC 3.1: so is the search index).
+_UPDATE = _IX_LUA + """
 local v = redis.call('HGET', KEYS[1], 'v')
 if v ~= ARGV[1] then return 0 end
+local old = redis.call('HGET', KEYS[1], 'doc')
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'doc', ARGV[3])
-local n = tonumber(ARGV[4])
-for i = 5, 4 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-local a, k = 5 + n, 3
+ix_drop_old(ARGV[5], ARGV[4], old, ARGV[7], ARGV[8], ARGV[9])
+ix_put(ARGV[5], ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
+local n = tonumber(ARGV[10])
+for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local a, k = 11 + n, 3
 while a <= #ARGV do
   if redis.call('EXISTS', KEYS[k]) == 0 then
     redis.call('HSET', KEYS[k], 'doc', ARGV[a + 1])
@@ -190,7 +248,64 @@ end
 return out
 """
 
+# One page of search (read only; every key on the merchant's slot). KEYS: the index
+# sets of the filters (all of them must hold a member); the smallest is walked, by rank,
+# the others are checked with ZSCORE. ARGV: upper score ('+inf' = none), '1' if the upper
+# score itself is included, lower score ('' = none, included), cursor score ('' = none)
+# and cursor id: a member at exactly the cursor score is kept only if its id sorts
+# before the cursor's (bytewise: Lua's < on strings follows the locale), number wanted.
+_SEARCH = """
+local best, bestn = 1, redis.call('ZCARD', KEYS[1])
+for i = 2, #KEYS do
+  local n = redis.call('ZCARD', KEYS[i])
+  if n < bestn then best, bestn = i, n end
+end
+local key = KEYS[best]
+local pos = 0
+if ARGV[1] ~= '+inf' then
+  if ARGV[2] == '1' then pos = redis.call('ZCOUNT', key, '(' .. ARGV[1], '+inf')
+  else pos = redis.call('ZCOUNT', key, ARGV[1], '+inf') end
+end
+local lo = nil
+if ARGV[3] ~= '' then lo = tonumber(ARGV[3]) end
+local cs = nil
+if ARGV[4] ~= '' then cs = tonumber(ARGV[4]) end
+local cid = ARGV[5]
+local want = tonumber(ARGV[6])
+local function before(a, b)
+  local n = math.min(#a, #b)
+  for i = 1, n do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+local out, batch = {}, want + 8
+while #out < want do
+  local page = redis.call('ZREVRANGE', key, pos, pos + batch - 1, 'WITHSCORES')
+  if #page == 0 then break end
+  for i = 1, #page, 2 do
+    local m, s = page[i], tonumber(page[i + 1])
+    if lo and s < lo then return out end
+    local keep = not (cs and s == cs and not before(m, cid))
+    if keep then
+      for k = 1, #KEYS do
+        if k ~= best and not redis.call('ZSCORE', KEYS[k], m) then keep = false break end
+      end
+    end
+    if keep then
+      out[#out + 1] = m
+      if #out >= want then return out end
+    end
+  end
+  pos = pos + batch
+  batch = math.min(batch * 2, 1000)
+end
+return out
+"""
+
 _SCRIPTS = {
+    "search": _SEARCH,
     "ntf_enqueue": _NTF_ENQUEUE,
     "ntf_claim": _NTF_CLAIM,
     "insert": _INSERT,
@@ -215,6 +330,32 @@ def events_key(payment_id: str) -> str:
 
 def pref_key(provider: str, reference: str) -> str:
     return f"gw:pref:{{{provider}}}:{reference}"
+
+
+def search_prefix(merchant_id: str) -> str:
+    """Prefix of the merchant's search index keys; the hash tag is a digest of the
+    merchant id (any string) so that keys of two merchants can never be confused."""
+    digest = hashlib.sha256(merchant_id.encode()).hexdigest()[:32]
+    return f"gw:ix:{{{digest}}}:"
+
+
+def search_key(merchant_id: str, kind: str, value: str = "") -> str:
+    """One search index: ``all``, or ``st`` / ``pv`` / ``ref`` with the status, provider
+    or reference."""
+    prefix = search_prefix(merchant_id)
+    return prefix + "all" if kind == "all" else f"{prefix}{kind}:{value}"
+
+
+def search_index_args(doc: dict[str, Any]) -> list[str]:
+    """ix prefix, score, status, provider, reference as the insert / update scripts take
+    them (see _IX_LUA); prefix '' when the doc is not searchable."""
+    fields = search_fields(doc)
+    if fields is None:
+        return ["", "0", str(doc["status"]), "", ""]
+    provider, reference = doc.get("provider"), search_reference(doc)
+    return [search_prefix(fields[0]), repr(fields[1]), str(doc["status"]),
+            f":{provider}" if isinstance(provider, str) else "",
+            "" if reference is None else f":{reference}"]
 
 
 def idem_key(scope: str, key: str) -> str:
@@ -412,7 +553,7 @@ class RedisStore(Store):
     async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
         pid, updated_at = _payment_fields(doc)
         stored = {**doc, "version": 1}
-        args = [_dumps(stored), *(_dumps(e) for e in events)]
+        args = [_dumps(stored), pid, *search_index_args(stored), *(_dumps(e) for e in events)]
         with _errors():
             await self._index_before_write(pid, stored, updated_at)
             ok = await self._eval("insert", [doc_key(pid), events_key(pid)], args)
@@ -433,7 +574,8 @@ class RedisStore(Store):
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
         stored = {**doc, "version": new_version}
-        args = [str(int(expected_version)), str(new_version), _dumps(stored), str(len(events))]
+        args = [str(int(expected_version)), str(new_version), _dumps(stored), pid,
+                *search_index_args(stored), str(len(events))]
         args.extend(_dumps(e) for e in events)
         keys = [doc_key(pid), events_key(pid)]
         for record in notifications:
@@ -500,6 +642,37 @@ class RedisStore(Store):
                         found[pid] = doc
         docs = sorted(found.values(), key=lambda d: (float(d["updated_at"]), str(d["id"])))
         return docs[: query.limit]
+
+    async def search_payments(self, query: PaymentSearch) -> tuple[list[dict[str, Any]], bool]:
+        if query.limit <= 0:
+            return [], False
+        m = query.merchant_id
+        keys = [search_key(m, kind, value) for kind, value in
+                (("ref", query.reference), ("st", query.status), ("pv", query.provider))
+                if value is not None] or [search_key(m, "all")]
+        upper, inclusive, cursor, cursor_id = "+inf", "0", "", ""
+        if query.created_lt is not None:
+            upper = repr(float(query.created_lt))
+        if query.starting_after is not None:
+            c = float(query.starting_after[0])
+            if query.created_lt is None or c < float(query.created_lt):
+                upper, inclusive = repr(c), "1"
+                cursor, cursor_id = repr(c), str(query.starting_after[1])
+        lower = "" if query.created_gte is None else repr(float(query.created_gte))
+        with _errors():
+            ids = [str(x) for x in await self._eval(
+                "search", keys, [upper, inclusive, lower, cursor, cursor_id, int(query.limit) + 1])]
+            if not ids:
+                return [], False
+            async with self._r.pipeline(transaction=False) as pipe:
+                for pid in ids:
+                    pipe.hget(doc_key(pid), "doc")
+                raws = await pipe.execute()
+        # A doc changed after the index was read (a capture between the two trips) is left
+        # out rather than shown under a filter it no longer matches.
+        docs = [d for d in (json.loads(r) for r in raws if r is not None)
+                if search_matches(d, query)]
+        return docs[: query.limit], len(ids) > query.limit
 
     async def _drop_orphan(self, pid: str) -> None:
         """Drop an index entry whose doc never got written (failed insert), once old."""
@@ -673,5 +846,8 @@ __all__ = [
     "notification_key",
     "notification_payment_key",
     "pref_key",
+    "search_index_args",
+    "search_key",
+    "search_prefix",
     "webhook_event_key",
 ]

@@ -34,10 +34,13 @@ from gateway.store.base import (
     ClaimOutcome,
     IdempotencyRecord,
     PaymentQuery,
+    PaymentSearch,
     Store,
     StoreError,
     in_reconcile_index,
     new_notification,
+    search_fields,
+    search_reference,
     settle_notification,
 )
 
@@ -54,7 +57,9 @@ CREATE TABLE IF NOT EXISTS payments (
     updated_at REAL NOT NULL,
     version INTEGER NOT NULL,
     reconcile INTEGER NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL
+    doc TEXT NOT NULL,
+    created_at REAL,
+    reference TEXT
 );
 CREATE INDEX IF NOT EXISTS payments_reconcile ON payments (reconcile, updated_at);
 CREATE INDEX IF NOT EXISTS payments_provider_ref ON payments (provider, provider_reference);
@@ -108,6 +113,20 @@ CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attem
 CREATE INDEX IF NOT EXISTS notifications_payment ON notifications (payment_id, seq);
 """
 
+# Search (SPEC 3.1): one index per way in, each ending in the page order (created_at, id)
+# so a page is one index range read backwards, whatever its depth. Created after
+# _migrate, which adds the columns to a database made before them.
+_SEARCH_INDEXES = {
+    "all": "payments_search ON payments (merchant_id, created_at, id)",
+    "reference": "payments_search_reference ON payments (merchant_id, reference, created_at, id)",
+    "status": "payments_search_status ON payments (merchant_id, status, created_at, id)",
+    "provider": "payments_search_provider ON payments (merchant_id, provider, created_at, id)",
+}
+
+#: ``PRAGMA user_version`` of the current schema: 1 = payments.created_at / reference
+#: (search). A database at an older version is upgraded by :meth:`SQLiteStore._migrate`.
+SCHEMA_VERSION = 1
+
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
 UNMATCHED_WEBHOOKS_MAX = 10_000
 
@@ -128,6 +147,45 @@ def _payment_fields(doc: dict[str, Any]) -> tuple[str, float]:
     if not isinstance(doc.get("status"), str):
         raise ValueError("payment doc needs a string 'status'")
     return pid, float(updated_at)
+
+
+def _search_columns(doc: dict[str, Any]) -> tuple[float | None, str | None]:
+    fields = search_fields(doc)
+    return (None if fields is None else fields[1]), search_reference(doc)
+
+
+def _search_sql(query: PaymentSearch) -> tuple[str, list[Any]]:
+    """The page query: equality filters, then one index range in page order."""
+    way = ("reference" if query.reference is not None else "status"
+           if query.status is not None else "provider" if query.provider is not None else "all")
+    index = _SEARCH_INDEXES[way].split(" ", 1)[0]
+    where = ["merchant_id = ?"]
+    params: list[Any] = [query.merchant_id]
+    for column in ("reference", "status", "provider"):
+        value = getattr(query, column)
+        if value is not None:
+            where.append(f"{column} = ?")
+            params.append(value)
+    if query.created_gte is not None:
+        where.append("created_at >= ?")
+        params.append(float(query.created_gte))
+    else:
+        where.append("created_at IS NOT NULL")
+    # One upper bound as a row value, so a deep page starts at its cursor in the index:
+    # created_at < lt is (created_at, id) < (lt, '') ('' sorts before every id).
+    upper: tuple[float, str] | None = None
+    if query.created_lt is not None:
+        upper = (float(query.created_lt), "")
+    if query.starting_after is not None:
+        after = (float(query.starting_after[0]), str(query.starting_after[1]))
+        upper = after if upper is None or after < upper else upper
+    if upper is not None:
+        where.append("(created_at, id) < (?, ?)")
+        params.extend(upper)
+    sql = (f"SELECT doc FROM payments INDEXED BY {index} WHERE {' AND '.join(where)}"
+           " ORDER BY created_at DESC, id DESC LIMIT ?")
+    params.append(int(query.limit) + 1)
+    return sql, params
 
 
 def _matches(doc: dict[str, Any], query: PaymentQuery) -> bool:
@@ -208,11 +266,44 @@ class SQLiteStore(Store):
                 raise StoreError(f"sqlite: could not enable WAL (journal_mode={mode})")
             conn.execute("PRAGMA synchronous = FULL")
             conn.executescript(_SCHEMA)
+            self._migrate(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._purge(time.time())
+
+    @staticmethod
+    def _migrate(conn: sqlite3.Connection) -> None:
+        """Bring a database made by an older version up to :data:`SCHEMA_VERSION`, in one
+        transaction (a crash leaves it as it was; the next open tries again).
+
+        0 -> 1: payments gets ``created_at`` and ``reference`` (filled from each doc) and
+        the search indexes.
+        """
+        if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(payments)")}
+            if "created_at" not in columns:
+                conn.execute("ALTER TABLE payments ADD COLUMN created_at REAL")
+            if "reference" not in columns:
+                conn.execute("ALTER TABLE payments ADD COLUMN reference TEXT")
+            conn.execute(
+                "UPDATE payments SET"
+                " created_at = CASE WHEN json_type(doc, '$.created_at') IN ('integer', 'real')"
+                " THEN json_extract(doc, '$.created_at') END,"
+                " reference = CASE WHEN json_type(doc, '$.reference') = 'text'"
+                " THEN json_extract(doc, '$.reference') END"
+            )
+            for spec in _SEARCH_INDEXES.values():
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {spec}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
 
     async def close(self) -> None:
         if self._executor is None:
@@ -261,7 +352,8 @@ class SQLiteStore(Store):
                 return False
             conn.execute(
                 "INSERT INTO payments (id, merchant_id, status, provider, provider_reference,"
-                " updated_at, version, reconcile, doc) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " updated_at, version, reconcile, doc, created_at, reference)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     pid,
                     stored.get("merchant_id"),
@@ -272,6 +364,7 @@ class SQLiteStore(Store):
                     1,
                     int(in_reconcile_index(stored)),
                     _dumps(stored),
+                    *_search_columns(stored),
                 ),
             )
             conn.executemany(
@@ -319,8 +412,8 @@ class SQLiteStore(Store):
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE payments SET merchant_id = ?, status = ?, provider = ?,"
-                " provider_reference = ?, updated_at = ?, version = ?, reconcile = ?, doc = ?"
-                " WHERE id = ? AND version = ?",
+                " provider_reference = ?, updated_at = ?, version = ?, reconcile = ?, doc = ?,"
+                " created_at = ?, reference = ? WHERE id = ? AND version = ?",
                 (
                     stored.get("merchant_id"),
                     stored["status"],
@@ -330,6 +423,7 @@ class SQLiteStore(Store):
                     stored["version"],
                     int(in_reconcile_index(stored)),
                     _dumps(stored),
+                    *_search_columns(stored),
                     pid,
                     expected_version,
                 ),
@@ -399,6 +493,18 @@ class SQLiteStore(Store):
         finally:
             cur.close()
         return out
+
+    async def search_payments(self, query: PaymentSearch) -> tuple[list[dict[str, Any]], bool]:
+        if query.limit <= 0:
+            return [], False
+        sql, params = _search_sql(query)
+        rows = await self._run(self._search_sync, sql, params)
+        docs = [json.loads(r) for r in rows]
+        return docs[: query.limit], len(docs) > query.limit
+
+    def _search_sync(self, sql: str, params: list[Any]) -> list[str]:
+        # one statement: a consistent snapshot of the page (WAL readers see one commit)
+        return [str(r["doc"]) for r in self._db().execute(sql, params).fetchall()]
 
     # idempotency ---------------------------------------------------------------
     async def claim_idempotency(
