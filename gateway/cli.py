@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING
 from gateway import logs
 
 if TYPE_CHECKING:
+    from aiohttp import web
+
     from gateway.config import GatewayConfig
     from routing.loader import RoutingConfigError
     from routing.rules import RoutingTable
@@ -104,6 +107,107 @@ def _reconcile(args: argparse.Namespace) -> int:
 
     print(asyncio.run(run()))
     return 0
+
+
+def _payments(args: argparse.Namespace) -> int:
+    """``gateway payments show|sync|resolve --config F ID``: the operator tools (SPEC 9.2)
+    on the configured store, in this process, like ``gateway reconcile`` (no running
+    gateway needed). The payment object (and for ``show`` its audit trail) is printed as
+    JSON on stdout, a one-line summary on stderr. Exit 0 done, 1 refused (unknown id,
+    not allowed now, provider unavailable, store unreachable), 2 invalid configuration."""
+    import asyncio
+
+    from gateway.config import ConfigError, load_config
+    from gateway.store import StoreError
+    from routing.loader import RoutingConfigError
+
+    try:
+        config = load_config(args.config)
+        config = dataclasses.replace(config, reconciliation=dataclasses.replace(
+            config.reconciliation, enabled=False))  # no background loop in this process
+        if args.payments_command == "sync":  # validates the routing file as serve does
+            from gateway.app import create_app
+
+            app = create_app(config)
+    except (ConfigError, RoutingConfigError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    from gateway.operator import OperatorRefused
+
+    try:
+        if args.payments_command == "sync":
+            return asyncio.run(_payments_sync(app, args.payment_id))
+        return asyncio.run(_payments_store(config, args))
+    except OperatorRefused as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        print(f"gateway: refused: {exc.code}{where}: {exc.message}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"gateway: the store cannot be used: {exc}", file=sys.stderr)
+        return 1
+
+
+def _print_json(value: object) -> None:
+    import json
+
+    print(json.dumps(value, indent=2, sort_keys=False))
+
+
+async def _payments_sync(app: web.Application, payment_id: str) -> int:
+    from aiohttp import web
+
+    from gateway import operator
+    from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
+    from gateway.model import public_view
+    from gateway.reconcile import Reconciler
+
+    runner = web.AppRunner(app)  # opens the store and providers; serves nothing
+    await runner.setup()
+    try:
+        reconciler = Reconciler(app[CONFIG], app[STORE], app[ORCHESTRATOR])
+        synced = await operator.sync(reconciler, payment_id)
+    finally:
+        await runner.cleanup()
+    _print_json(public_view(synced.payment))
+    print(synced.summary, file=sys.stderr)
+    return 0
+
+
+async def _payments_store(config: GatewayConfig, args: argparse.Namespace) -> int:
+    """show and resolve need the store only (no provider is called)."""
+    from gateway import operator
+    from gateway.model import busy_until, iso, public_view
+    from gateway.payment_writer import PaymentWriter
+    from gateway.state_machine import UNRESOLVED, PaymentStatus
+    from gateway.store import make_store
+
+    store = make_store(config.store_url)
+    await store.open()
+    try:
+        if args.payments_command == "resolve":
+            resolution = operator.parse_resolution({
+                "status": args.status, "reason": args.reason,
+                **({"provider_reference": args.provider_reference}
+                   if args.provider_reference is not None else {})})
+            doc = await operator.resolve(store, PaymentWriter(store, config), config,
+                                         args.payment_id, resolution)
+            _print_json(public_view(doc))
+            print(f"resolved {doc['id']}: {doc['status']}", file=sys.stderr)
+            return 0
+        found = await store.get_payment(args.payment_id)
+        if found is None:
+            raise operator.OperatorRefused(404, "not_found", "resource_missing",
+                                           f"no such payment {args.payment_id}")
+        live_until = busy_until(found, config.request_deadline_s)
+        _print_json({"payment": public_view(found),
+                     "merchant_id": found.get("merchant_id"),
+                     "unresolved": PaymentStatus(found["status"]) in UNRESOLVED,
+                     "live_until": iso(live_until) if live_until > time.time() else None,
+                     "flagged": found.get("_flagged"),
+                     "events": await store.list_events(found["id"])})
+        return 0
+    finally:
+        await store.close()
 
 
 def _keygen(args: argparse.Namespace) -> int:
@@ -281,6 +385,26 @@ def build_parser() -> argparse.ArgumentParser:
     rec = sub.add_parser("reconcile", help="one reconciliation pass with a drift report")
     rec.add_argument("--config", default=DEFAULT_CONFIG)
     rec.set_defaults(func=_reconcile)
+    payments = sub.add_parser("payments", help="operator tools: show, sync or resolve one "
+                              "payment (SPEC 9.2)")
+    psub = payments.add_subparsers(dest="payments_command", required=True)
+    for verb, text in (("show", "the payment, its audit trail and whether it is in flight"),
+                       ("sync", "look the payment up at its provider now; apply what is "
+                                "proven"),
+                       ("resolve", "resolve an unresolved payment by hand (audited, source "
+                                   "operator)")):
+        p = psub.add_parser(verb, help=text)
+        p.add_argument("--config", default=DEFAULT_CONFIG)
+        p.add_argument("payment_id", metavar="ID")
+        if verb == "resolve":
+            p.add_argument("--status", required=True,
+                           help="authorized, captured, voided, declined or failed (along "
+                                "the state machine's edges)")
+            p.add_argument("--reason", required=True, help="why (audited)")
+            p.add_argument("--provider-reference", default=None,
+                           help="the provider's id of the charge (required for authorized "
+                                "or captured when the payment has none)")
+        p.set_defaults(func=_payments)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
     doctor = sub.add_parser("doctor", help="pre-production checks; exit 1 on a failed check")

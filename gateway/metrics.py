@@ -96,6 +96,13 @@ CONFIG_RELOADS = Counter(
 IDEMPOTENCY = Counter(
     "gateway_idempotency_total", "Idempotency-Key handling", ["result"], registry=REGISTRY,
 )
+OPERATOR_ACTIONS = Counter(
+    "gateway_operator_actions_total", "Operator tools (SPEC 9.2): sync and resolve by result",
+    ["action", "result"], registry=REGISTRY,
+)
+#: The bounded label values of gateway_operator_actions_total.
+OPERATOR_RESULTS = {"sync": ("corrected", "unchanged", "unresolved", "refused", "unavailable"),
+                    "resolve": ("applied", "refused")}
 PROVIDER_MISMATCHES = Counter(
     "gateway_provider_mismatches_total",
     "Provider answers for another amount or currency than was sent (never a success)",
@@ -162,3 +169,6 @@ def initialise(providers: list[str]) -> None:
         CONFIG_RELOADS.labels(result)
     for result in ("new", "replayed", "conflict", "mismatch"):
         IDEMPOTENCY.labels(result)
+    for action, results in OPERATOR_RESULTS.items():
+        for result in results:
+            OPERATOR_ACTIONS.labels(action, result)

@@ -418,11 +418,14 @@ class Orchestrator:
 
     async def resolve(
         self, doc: dict[str, Any], source: str = "status_lookup", *, may_create: bool = True,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """Bring an unresolved payment up to date with its provider (crash recovery,
         reconciliation). Only :class:`NotCreated` (final proof) fails the payment.
         ``may_create=False`` (past the replay window) allows only lookups that cannot
-        create a payment, and never starts a first authorization."""
+        create a payment, and never starts a first authorization. ``strict`` (an
+        operator's sync): a lookup the provider does not answer raises
+        :class:`ProviderUnavailable` (nothing changed) instead of returning ``doc``."""
         if doc.get("_operation"):
             return await self._resume_operation(doc, source=source)
         status = PaymentStatus(doc["status"])
@@ -459,7 +462,9 @@ class Orchestrator:
             await self.writer.mutate(doc["id"], mark)
             return await self._fail(doc["id"], source, "not_created",
                                     "the provider never created the payment; no money moved")
-        except ProviderFault:
+        except ProviderFault as fault:
+            if strict and not isinstance(fault, ProviderMismatch):
+                raise ProviderUnavailable.of(provider.name, fault) from None
             return doc
 
         def fn(d: dict[str, Any]) -> Events:

@@ -17,12 +17,16 @@ operation or refund may still be in flight on the gateway's side
 status. Replays that could create a payment are made only within ``replay_window_s`` of
 its creation; past that only lookups, and a payment still unresolved is flagged for an
 operator.
+
+:meth:`Reconciler.sync` is the same work for one payment, now (the operator's sync, SPEC
+9.2): the same lease, the same 9.1 check, the same :meth:`Reconciler._one`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -32,7 +36,8 @@ from gateway import metrics
 from gateway.config import GatewayConfig, ReconcileSettings
 from gateway.model import audit, busy_until, iso
 from gateway.notifications import flush_outbox
-from gateway.orchestrator import OperationError, Orchestrator
+from gateway.orchestrator import OperationError, Orchestrator, ProviderUnavailable
+from gateway.payment_writer import PaymentMissing
 from gateway.state_machine import OPEN_REFUND_STATUSES, UNRESOLVED, PaymentStatus
 from gateway.store import PaymentQuery, Store
 from providers.registry import declaration
@@ -44,6 +49,23 @@ WATCHED = UNRESOLVED
 # notification not yet moved to the outbox); the store's index holds only those.
 QUERIED = [s.value for s in PaymentStatus]
 UNRESOLVED_LIMIT = 10_000
+#: Retry-After for a payment another reconciliation (or operator) is working on right now
+BUSY_RETRY_S = 5.0
+
+
+def lease_name(payment_id: str) -> str:
+    """The store lease whoever reconciles or resolves a payment holds meanwhile."""
+    return f"reconcile:{payment_id}"
+
+
+class Busy(Exception):
+    """Someone owns the payment now: a request of the gateway may still be working on it
+    (SPEC 9.1), or another reconciliation is. Nothing was looked up."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -110,7 +132,7 @@ class Reconciler:
             statuses=QUERIED, updated_before=now - self.settings.min_age_s,
             limit=self.settings.batch_size))
         for doc in due:
-            lease = f"reconcile:{doc['id']}"
+            lease = lease_name(doc["id"])
             if not await self.store.acquire_lease(lease, self.owner, self.settings.lease_s):
                 report.skipped_locked += 1
                 continue
@@ -133,7 +155,37 @@ class Reconciler:
         await self._export_unresolved(now)
         return report
 
-    async def _one(self, doc: dict[str, Any], now: float, report: Report) -> None:
+    async def sync(self, payment_id: str, now: float | None = None
+                   ) -> tuple[dict[str, Any], Report]:
+        """Reconcile one payment now, whatever its age (the operator's sync, SPEC 9.2):
+        what a pass does for it, under the same lease and the same 9.1 check, except that
+        a lookup the provider does not answer raises :class:`ProviderUnavailable`
+        (nothing changed) instead of waiting for the next pass. Returns the payment as
+        stored afterwards and the one-payment report. Raises :class:`PaymentMissing`,
+        :class:`Busy` (nothing looked up)."""
+        now = time.time() if now is None else now
+        if await self.store.get_payment(payment_id) is None:
+            raise PaymentMissing(payment_id)
+        lease = lease_name(payment_id)
+        if not await self.store.acquire_lease(lease, self.owner, self.settings.lease_s):
+            raise Busy("reconciliation is working on this payment right now", BUSY_RETRY_S)
+        try:
+            fresh = await self.store.get_payment(payment_id)
+            if fresh is None:  # pragma: no cover - payments are never deleted
+                raise PaymentMissing(payment_id)
+            until = busy_until(fresh, self.config.request_deadline_s)
+            if now < until:
+                raise Busy(f"a request may still be working on this payment for "
+                           f"{math.ceil(until - now)} s (SPEC 9.1); nothing was looked up",
+                           until - now)
+            report = Report(examined=1)
+            await self._one(fresh, now, report, strict=True)
+            return await self.store.get_payment(payment_id) or fresh, report
+        finally:
+            await self.store.release_lease(lease, self.owner)
+
+    async def _one(self, doc: dict[str, Any], now: float, report: Report, *,
+                   strict: bool = False) -> None:
         if doc.get("_outbox"):  # a crash between a write and its outbox move
             doc = await flush_outbox(self.store, doc)
         before_status, before_refunds = doc["status"], _refund_states(doc)
@@ -143,10 +195,13 @@ class Reconciler:
         may_create = age <= self.settings.replay_window_s
         try:
             if PaymentStatus(doc["status"]) in WATCHED or doc.get("_operation"):
-                after = await self.orchestrator.resolve(doc, SOURCE, may_create=may_create)
+                after = await self.orchestrator.resolve(doc, SOURCE, may_create=may_create,
+                                                        strict=strict)
             if _open_refunds(after):
                 after = await self.orchestrator.resolve_refunds(after, SOURCE)
         except OperationError as exc:
+            if strict and isinstance(exc, ProviderUnavailable):
+                raise
             reason = exc.message
         provider = after.get("provider")
         refunds = [(rid, before_refunds[rid], new) for rid, new in _refund_states(after).items()
