@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.state_machine import PaymentStatus
+from providers.statuses import DisputeStatus
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
 REGISTRY = CollectorRegistry(auto_describe=True)
@@ -80,6 +81,11 @@ PAYMENTS_UNRESOLVED = Gauge(
 WEBHOOKS = Counter(
     "gateway_webhooks_total", "Provider webhooks received", ["provider", "result"],
     registry=REGISTRY,
+)
+DISPUTES = Counter(
+    "gateway_disputes_total",
+    "Dispute (chargeback) changes applied, by the dispute's status after it (SPEC 16)",
+    ["provider", "status"], registry=REGISTRY,
 )
 RECONCILIATION_CORRECTIONS = Counter(
     "gateway_reconciliation_corrections_total", "Corrections made by reconciliation",
@@ -161,6 +167,8 @@ def initialise(providers: list[str]) -> None:
         for result in ("applied", "duplicate", "stale", "invalid_signature", "unmatched",
                        "ignored", "malformed"):
             WEBHOOKS.labels(p, result)
+        for dispute_status in DisputeStatus:
+            DISPUTES.labels(p, dispute_status)
         PAYMENTS_UNRESOLVED.labels(p)
         PROVIDER_MISMATCHES.labels(p)
     for reason in CONNECTION_CLOSE_REASONS:

@@ -15,7 +15,12 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.public_schema import ATTEMPT_FIELDS, PAYMENT_FIELDS, REFUND_FIELDS
+from gateway.public_schema import (
+    ATTEMPT_FIELDS,
+    DISPUTE_FIELDS,
+    PAYMENT_FIELDS,
+    REFUND_FIELDS,
+)
 from gateway.state_machine import (
     OPEN_REFUND_STATUSES,
     Applied,
@@ -63,6 +68,7 @@ def new_payment(
         "routing": None,
         "attempts": [],
         "refunds": [],
+        "disputes": [],
         "failure": None,
         "next_action": None,
         "metadata": body.get("metadata") or {},
@@ -114,6 +120,15 @@ def public_view(doc: dict[str, Any]) -> dict[str, Any]:
     out["updated_at"] = iso(doc["updated_at"])
     out["attempts"] = [_listed(a, ATTEMPT_FIELDS) for a in doc["attempts"]]
     out["refunds"] = [_listed(r, REFUND_FIELDS) for r in doc["refunds"]]
+    out["disputes"] = [dispute_view(d) for d in doc.get("disputes") or []]
+    return out
+
+
+def dispute_view(dispute: dict[str, Any]) -> dict[str, Any]:
+    """One dispute as the merchant sees it (:data:`DISPUTE_FIELDS`)."""
+    out = _listed(dispute, DISPUTE_FIELDS)
+    due = dispute.get("evidence_due_by")
+    out["evidence_due_by"] = iso(float(due)) if due is not None else None
     return out
 
 

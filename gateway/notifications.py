@@ -10,9 +10,10 @@ The event (the POSTed JSON body)
   ``{"id": "evt_...", "object": "event", "type": "payment.<status>", "created": <unix>,
   "data": {"object": <payment object after the change>}, "previous_status": ...,
   "source": ...}``; ``type`` is ``payment.updated`` when the status did not change (a
-  refund settled, for instance). The id is derived from (payment id, payment version),
-  so a retried enqueue of the same change is deduplicated by the store, and merchants
-  dedupe on it.
+  refund settled, for instance), and ``dispute.created|updated|won|lost`` for a dispute
+  change (SPEC 16), whose ``data.dispute`` is that dispute. The id is derived from
+  (payment id, payment version), so a retried enqueue of the same change is
+  deduplicated by the store, and merchants dedupe on it.
 
 Delivery
   :class:`NotificationWorker` polls the outbox (``notifications.poll_interval_s``),
@@ -39,13 +40,14 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import aiohttp
 
 from gateway.config import GatewayConfig, MerchantConfig, NotificationSettings
-from gateway.model import derived_id, iso, needs_reconcile, public_view
+from gateway.disputes import merchant_event
+from gateway.model import derived_id, dispute_view, iso, needs_reconcile, public_view
 from gateway.notification_signing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
@@ -80,27 +82,38 @@ def wants_notification(config: GatewayConfig, merchant_id: Any, source: str) -> 
 
 
 def build_event(
-    doc_after: dict[str, Any], from_status: str | None, source: str, created: float
+    doc_after: dict[str, Any], from_status: str | None, source: str, created: float,
+    events: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The merchant-facing event body for a change that produced ``doc_after``."""
+    """The merchant-facing event body for a change that produced ``doc_after``; a dispute
+    change that leaves the payment's status alone is a ``dispute.*`` event whose
+    ``data.dispute`` is that dispute (``events``: the write's audit events)."""
     status = str(doc_after["status"])
+    kind = f"payment.{status}" if status != from_status else "payment.updated"
+    data: dict[str, Any] = {"object": public_view(doc_after)}
+    dispute = merchant_event(list(events)) if status == from_status else None
+    if dispute is not None:
+        kind, changed_id = dispute
+        data["dispute"] = next((dispute_view(d) for d in doc_after.get("disputes") or []
+                                if d.get("id") == changed_id), None)
     return {
         "id": event_id(str(doc_after["id"]), int(doc_after.get("version") or 0)),
         "object": "event",
-        "type": f"payment.{status}" if status != from_status else "payment.updated",
+        "type": kind,
         "created": int(created),
-        "data": {"object": public_view(doc_after)},
+        "data": data,
         "previous_status": from_status,
         "source": source,
     }
 
 
 def _record(config: GatewayConfig | None, doc_after: dict[str, Any], from_status: str | None,
-            source: str, ts: float) -> dict[str, Any] | None:
+            source: str, ts: float, events: Sequence[dict[str, Any]] = ()
+            ) -> dict[str, Any] | None:
     """The outbox record for a change (None: this merchant is not to be notified)."""
     if config is None or not wants_notification(config, doc_after.get("merchant_id"), source):
         return None
-    payload = build_event(doc_after, from_status, source, ts)
+    payload = build_event(doc_after, from_status, source, ts, events)
     return {"id": payload["id"], "merchant_id": str(doc_after["merchant_id"]),
             "payment_id": str(doc_after["id"]), "type": payload["type"], "created_at": ts,
             "next_attempt_at": ts, "payload": payload}
@@ -126,11 +139,13 @@ def visible_state(doc: dict[str, Any]) -> tuple[Any, ...]:
     """What a merchant notification reports on, status first: a cheap, immutable
     snapshot to compare a payment before and after a write."""
     refunds = tuple((r.get("id"), r.get("status")) for r in doc.get("refunds") or [])
+    disputes = tuple((d.get("id"), d.get("status"), d.get("amount"), d.get("reason"),
+                      d.get("evidence_due_by")) for d in doc.get("disputes") or [])
     return (doc.get("status"), doc.get("amount_authorized"), doc.get("amount_captured"),
-            doc.get("amount_refunded"), refunds)
+            doc.get("amount_refunded"), refunds, disputes)
 
 
-_CHANGE_EVENTS = ("status_changed", "refund_updated")
+_CHANGE_EVENTS = ("status_changed", "refund_updated", "dispute_created", "dispute_updated")
 
 
 def change_source(events: list[dict[str, Any]]) -> str:
@@ -155,7 +170,7 @@ def outbox_record(config: GatewayConfig | None, before: tuple[Any, ...], after: 
     if before == visible_state(after):
         return None
     return _record(config, {**after, "version": new_version},
-                   before[0], change_source(events), time.time())
+                   before[0], change_source(events), time.time(), events)
 
 
 async def flush_outbox(store: Store, doc: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.disputes import lost_amount, refund_refusal
 from gateway.model import (
     apply_status,
     audit,
@@ -654,7 +655,11 @@ class Orchestrator:
                 return []  # retry of the same refund request: resume / replay
             self._provider_of(d)
             snap = snapshot(d)
-            amt = snap.ledger.refundable if amount is None else amount
+            amt = (max(0, snap.ledger.refundable - lost_amount(d)) if amount is None
+                   else amount)
+            refusal = refund_refusal(d, amt, snap.ledger.refundable)
+            if refusal is not None:
+                raise OperationError(*refusal)
             try:
                 store_snapshot(d, reserve_refund(snap, amt))
             except InvariantError as exc:

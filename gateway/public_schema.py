@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from providers.statuses import DisputeStatus
+
 STATUSES = ["pending", "requires_action", "processing", "unknown", "authorized",
             "capture_pending", "captured", "partially_refunded", "refunded", "void_pending",
             "voided", "declined", "failed", "expired"]
 REFUND_STATUSES = ["pending", "succeeded", "failed", "unknown"]
+DISPUTE_STATUSES = [s.value for s in DisputeStatus]
 
 _STR: dict[str, Any] = {"type": "string"}
 _INT: dict[str, Any] = {"type": "integer"}
@@ -40,6 +43,18 @@ REFUND_FIELDS: dict[str, dict[str, Any]] = {
     "failure": _FAILURE,
 }
 
+#: SPEC section 16. ``reason`` is the provider's own reason code; ``evidence_due_by`` the
+#: deadline to answer, when the provider says one.
+DISPUTE_FIELDS: dict[str, dict[str, Any]] = {
+    "id": _STR,
+    "amount": {"type": "integer", "nullable": True},  # None: the provider sent none
+    "currency": _STR,
+    "reason": _NSTR,
+    "status": {"type": "string", "enum": DISPUTE_STATUSES},
+    "evidence_due_by": {"type": "string", "format": "date-time", "nullable": True},
+    "provider_reference": _STR,
+}
+
 PAYMENT_FIELDS: dict[str, dict[str, Any]] = {
     "id": _STR,
     "object": {"type": "string", "enum": ["payment"]},
@@ -57,6 +72,7 @@ PAYMENT_FIELDS: dict[str, dict[str, Any]] = {
         "rule": _STR, "config_version": _STR}},
     "attempts": {"type": "array", "items": {"type": "object", "properties": ATTEMPT_FIELDS}},
     "refunds": {"type": "array", "items": {"type": "object", "properties": REFUND_FIELDS}},
+    "disputes": {"type": "array", "items": {"type": "object", "properties": DISPUTE_FIELDS}},
     "failure": _FAILURE,
     "next_action": {"type": "object", "nullable": True},
     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},

@@ -30,6 +30,8 @@ Special cases:
   operation's amount (``doc["_operation"]``), else the event's amount; capture
   refused -> ``authorized``; ``void_pending`` + cancel confirmed / refused ->
   ``voided`` / ``authorized``. The pending operation is cleared in each case.
+* A dispute event (``target == "dispute"``) creates or updates an entry of the
+  payment's ``disputes`` and never moves its status (:mod:`gateway.disputes`).
 * An authorization event marked ``captured_if_automatic`` (Adyen ``AUTHORISATION``: Adyen
   captures by itself; see providers/adyen/status.py) means ``captured`` on an
   automatic-capture payment.
@@ -39,6 +41,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from gateway import metrics
+from gateway.disputes import DisputeChange, apply_dispute
 from gateway.model import apply_status, audit
 from gateway.orchestrator import apply_refund_result, finish_operation
 from gateway.payment_writer import PaymentMissing, PaymentWriter
@@ -176,6 +180,37 @@ def _refund_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
     return fn
 
 
+def _dispute_fn(provider_name: str, event: WebhookEvent, out: list[DisputeChange]):
+    source = f"webhook:{provider_name}"
+    info = event.dispute
+    assert info is not None
+
+    def fn(d: dict[str, Any]) -> Events:
+        change, events = apply_dispute(d, info, source=source,
+                                       detail=f"{event.kind} ({event.event_id})",
+                                       occurred_at=event.occurred_at)
+        out[:] = [change]
+        return events
+
+    return fn
+
+
+async def _apply_dispute_event(writer: PaymentWriter, provider_name: str, event: WebhookEvent
+                               ) -> tuple[Result, str | None]:
+    pid = await find_payment(writer.store, provider_name, event)
+    if pid is None:
+        return "unmatched", None
+    out: list[DisputeChange] = [DisputeChange("ignored")]
+    try:
+        await writer.mutate(pid, _dispute_fn(provider_name, event, out))
+    except PaymentMissing:
+        return "unmatched", pid
+    change = out[0]
+    if change.result == "applied" and change.status is not None:
+        metrics.DISPUTES.labels(provider_name, change.status.value).inc()
+    return change.result, pid
+
+
 async def apply_webhook_event(writer: PaymentWriter, provider_name: str, event: WebhookEvent
                               ) -> tuple[Result, str | None]:
     """Apply ``event``; returns ``(result, payment id or None)``.
@@ -183,6 +218,8 @@ async def apply_webhook_event(writer: PaymentWriter, provider_name: str, event: 
     An applied change is notified to the merchant (source ``webhook:<provider>``) by the
     write itself (:meth:`gateway.payment_writer.PaymentWriter.mutate`)."""
     store = writer.store
+    if event.target == "dispute" and event.dispute is not None:
+        return await _apply_dispute_event(writer, provider_name, event)
     if event.target == "ignore" or event.status is None:
         return "ignored", None
     pid = await find_payment(store, provider_name, event)
@@ -207,6 +244,12 @@ def unmatched_record(provider_name: str, event: WebhookEvent) -> dict[str, Any]:
         "status": None if event.status is None else str(event.status),
         "amount": event.amount, "refund_reference": event.refund_reference,
         "refund_id": event.refund_id, "summary": event.raw_summary,
+        "dispute": None if event.dispute is None else {
+            "dispute_reference": event.dispute.dispute_reference,
+            "amount": event.dispute.amount, "currency": event.dispute.currency,
+            "reason": event.dispute.reason,
+            "status": None if event.dispute.status is None else str(event.dispute.status),
+            "evidence_due_by": event.dispute.evidence_due_by},
     }
 
 

@@ -34,7 +34,8 @@ References: ``payment_reference`` = ``originalReference`` (modifications) or
 ``pspReference``. The adapter sends the gateway payment id as ``reference`` of the
 payment, capture and cancel, and the gateway refund id for refunds, so
 ``merchantReference`` is ``merchant_reference`` or ``refund_id`` accordingly.
-``event_id`` = ``pspReference:eventCode:success``.
+``event_id`` = ``pspReference:eventCode:success`` (``:disputeStatus`` appended on dispute
+items that carry one).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def to_event(item: Mapping[str, Any]) -> WebhookEvent:
             status=effect.dispute_status,
             evidence_due_by=_occurred(extra.get("defensePeriodEndsAt")))
         fields.update(target="dispute", dispute=info, payment_reference=original)
+        stage = _str(extra.get("disputeStatus"))
+        if stage:  # Adyen repeats a stage's code when only its disputeStatus moves on
+            fields["event_id"] = f"{psp}:{code}:{success}:{stage}"
     elif effect.target is Target.REFUND and effect.refund_status is not None:
         fields.update(target="refund", status=effect.refund_status, refund_reference=psp,
                       refund_id=merchant_ref, merchant_reference=None)

@@ -131,6 +131,21 @@ def test_published_examples_parse(code: str) -> None:
     assert (info.reason, info.evidence_due_by) == (reason, due)
 
 
+@pytest.mark.parametrize("code", CODES)
+def test_a_stage_repeated_with_a_new_dispute_status_is_a_new_event(code: str) -> None:
+    """The gateway dedupes on event_id: the same code whose disputeStatus moved on
+    (Undefended -> Responded) must not be taken for a duplicate delivery."""
+    ids = []
+    for raw in ("Undefended", "Responded", "Responded"):
+        body = example(code)
+        body["notificationItems"][0]["NotificationRequestItem"]["additionalData"][
+            "disputeStatus"] = raw
+        [ev] = adyen_webhook.verify_and_parse(signed(body), {}, KEY)
+        ids.append(ev.event_id)
+    assert ids[0] == f"QFQTPCQ8HXSKGK82:{code}:true:Undefended"
+    assert ids[0] != ids[1] == ids[2]
+
+
 @pytest.mark.parametrize("raw", sorted(EXPECTED_DISPUTE_STATUS))
 @pytest.mark.parametrize("code", CODES)
 def test_dispute_status_decides_when_present(code: str, raw: str) -> None:
