@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.public_schema import payment_schema
+from gateway.public_schema import STATUSES, payment_schema
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -37,6 +37,42 @@ def _post(summary: str, body: str | None, ok: int, *errors: int) -> dict[str, An
         op["requestBody"] = {"required": body == "CreatePayment",
                              "content": {"application/json": {"schema": _ref(body)}}}
     return {"post": op}
+
+
+def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "string", **schema}}
+
+
+#: GET /v1/payments (SPEC 3.1).
+_LIST: dict[str, Any] = {
+    "summary": "Search and list payments, newest first",
+    "description": (
+        "The merchant's own payments ordered by created_at, then id, both descending. "
+        "Every filter given must match. Pages: pass the last id of a page as "
+        "starting_after; the next page continues strictly after that payment, so pages "
+        "neither repeat nor skip while payments are created. An unknown query "
+        "parameter, a repeated one or an invalid value is a 400 naming it in param; "
+        "starting_after that is not one of the merchant's payments is a 400 "
+        "resource_missing."),
+    "parameters": [
+        _query("reference", "the merchant's reference given at creation", maxLength=255),
+        _query("status", "current status", enum=STATUSES),
+        _query("provider", "the provider holding the payment (gateway.yaml name)",
+               maxLength=255),
+        _query("created[gte]", "created at or after (ISO 8601 with a time zone, or a date)",
+               format="date-time"),
+        _query("created[lt]", "created before (ISO 8601 with a time zone, or a date)",
+               format="date-time"),
+        {"name": "limit", "in": "query", "required": False,
+         "description": "page size", "schema": {"type": "integer", "minimum": 1,
+                                                "maximum": 100, "default": 20}},
+        _query("starting_after", "a payment id: the page starts after it"),
+    ],
+    "responses": {"200": {"description": "One page of payments", "content": {
+        "application/json": {"schema": _ref("PaymentList")}}},
+        **_error_responses(400, 401)},
+}
 
 
 OPENAPI: dict[str, Any] = {
@@ -79,12 +115,17 @@ OPENAPI: dict[str, Any] = {
             "Void": {"type": "object", "additionalProperties": False,
                      "properties": {"reason": {"type": "string", "maxLength": 255}}},
             "Payment": payment_schema(),
+            "PaymentList": {
+                "type": "object", "required": ["object", "data", "has_more"],
+                "properties": {"object": {"type": "string", "enum": ["list"]},
+                               "data": {"type": "array", "items": _ref("Payment")},
+                               "has_more": {"type": "boolean"}}},
         },
     },
     "security": [{"bearer": []}],
     "paths": {
-        "/v1/payments": _post("Create and authorize a payment", "CreatePayment", 201,
-                              400, 401, 409, 422),
+        "/v1/payments": {**_post("Create and authorize a payment", "CreatePayment", 201,
+                                 400, 401, 409, 422), "get": _LIST},
         "/v1/payments/{payment_id}": {"get": {
             "summary": "Current state of a payment", "parameters": [_PAYMENT_ID],
             "responses": {"200": {"description": "The payment", "content": {

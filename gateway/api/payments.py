@@ -1,4 +1,4 @@
-"""Merchant API v1 handlers: /v1/payments and its follow-ups."""
+"""Merchant API v1 handlers: /v1/payments (create, search and list) and its follow-ups."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gateway.idempotency import Execution, Outcome, fingerprint, require_key, ru
 from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError
 from gateway.payment_writer import PaymentMissing
-from gateway.store import AlreadyExists
+from gateway.store import AlreadyExists, PaymentSearch
 from routing.select import ExclusionKind
 
 routes = web.RouteTableDef()
@@ -125,6 +125,37 @@ async def create_payment(request: web.Request) -> web.Response:
         return Outcome(201, payment_id, await orch.authorize(doc))
 
     return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.get("/v1/payments")
+async def list_payments(request: web.Request) -> web.Response:
+    """Search and list (SPEC 3.1): the merchant's payments, newest first (created_at, then
+    id, both descending), each the same payment object GET /v1/payments/{id} answers.
+
+    ``starting_after`` continues strictly after that payment's (created_at, id), so pages
+    neither repeat nor skip while payments are created (new ones are newer: page 1 only).
+    An unknown id, or another merchant's, is a 400 ``resource_missing`` with
+    ``param: starting_after`` (a bad parameter of this request, and the same answer for
+    both, so nothing tells that another merchant's id exists).
+    """
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    params = validation.validate_search(request.query, [k for k, _ in request.query.items()])
+    store = request.app[STORE]
+    after: tuple[float, str] | None = None
+    if "starting_after" in params:
+        cursor = await store.get_payment(params["starting_after"])
+        if cursor is None or cursor.get("merchant_id") != merchant_id:
+            raise ApiError(400, "invalid_request", "resource_missing",
+                           "starting_after must be the id of one of your payments",
+                           param="starting_after")
+        after = (float(cursor["created_at"]), str(cursor["id"]))
+    docs, has_more = await store.search_payments(PaymentSearch(
+        merchant_id=merchant_id, limit=params["limit"], reference=params.get("reference"),
+        status=params.get("status"), provider=params.get("provider"),
+        created_gte=params.get("created_gte"), created_lt=params.get("created_lt"),
+        starting_after=after))
+    return web.json_response({"object": "list", "data": [public_view(d) for d in docs],
+                              "has_more": has_more})
 
 
 @routes.get("/v1/payments/{payment_id}")

@@ -8,10 +8,13 @@ Raw card data is refused before anything else looks at the body: a ``number`` /
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from gateway.api.errors import ApiError
 from gateway.logs import contains_card_number
+from gateway.public_schema import STATUSES
 from providers import strict_json
 from providers.currency import UnknownCurrency, minor_unit
 
@@ -158,3 +161,74 @@ def validate_refund(body: dict[str, Any]) -> tuple[int | None, str | None]:
     if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
         raise _bad("reason", "reason must be a string of at most 255 characters")
     return _amount(body, "amount", required=False), reason
+
+
+#: Query parameters of ``GET /v1/payments`` (SPEC 3.1); any other one is a 400.
+SEARCH_PARAMS = ("reference", "status", "provider", "created[gte]", "created[lt]", "limit",
+                 "starting_after")
+SEARCH_LIMIT_DEFAULT = 20
+SEARCH_LIMIT_MAX = 100
+_LIMIT = re.compile(r"^[0-9]{1,3}$")
+_DATE_ONLY = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+
+
+def _iso_timestamp(param: str, raw: str) -> float:
+    """An ISO 8601 date-time with a UTC offset (``Z`` or ``+02:00``), or a date (00:00
+    UTC), as unix seconds. A date-time without an offset is refused: it names no instant."""
+    bad = _bad(param, f"{param} must be an ISO 8601 date-time with a time zone, such as "
+               "2026-12-03T08:00:00Z, or a date such as 2026-12-03")
+    text = raw.strip()
+    if not text or len(text) > 64:
+        raise bad
+    try:
+        if _DATE_ONLY.match(text):
+            return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
+        parsed = datetime.fromisoformat(text)
+    except (ValueError, OverflowError):
+        raise bad from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise bad
+    try:
+        return parsed.timestamp()
+    except (ValueError, OverflowError):
+        raise bad from None
+
+
+def validate_search(query: Mapping[str, str], keys: list[str]) -> dict[str, Any]:
+    """The query of ``GET /v1/payments``: ``reference``, ``status``, ``provider``,
+    ``created_gte`` / ``created_lt`` (unix seconds), ``limit`` and ``starting_after`` (the
+    payment id, resolved by the handler). ``keys`` lists every parameter name as sent
+    (repeats included): an unknown or repeated one is a 400."""
+    if any(contains_card_number(k) or contains_card_number(query[k]) for k in query):
+        raise ApiError(400, "invalid_request", "raw_card_data_rejected",
+                       "raw card data is not accepted")
+    seen: set[str] = set()
+    for k in keys:
+        if k not in SEARCH_PARAMS:
+            shown = k if len(k) <= 64 and k.isprintable() else "?"
+            raise _bad(shown, f"unknown query parameter {shown!r}; allowed: "
+                       f"{', '.join(SEARCH_PARAMS)}", "parameter_unknown")
+        if k in seen:
+            raise _bad(k, f"{k} may be given once", "parameter_repeated")
+        seen.add(k)
+    out: dict[str, Any] = {"limit": SEARCH_LIMIT_DEFAULT}
+    for param in ("reference", "provider", "starting_after"):
+        if param in query:
+            value = query[param]
+            if (not value and param != "reference") or len(value) > 255:
+                raise _bad(param, f"{param} must be a string of 1 to 255 characters")
+            out[param] = value
+    if "status" in query:
+        if query["status"] not in STATUSES:
+            raise _bad("status", f"status must be one of {', '.join(STATUSES)}")
+        out["status"] = query["status"]
+    if "created[gte]" in query:
+        out["created_gte"] = _iso_timestamp("created[gte]", query["created[gte]"])
+    if "created[lt]" in query:
+        out["created_lt"] = _iso_timestamp("created[lt]", query["created[lt]"])
+    if "limit" in query:
+        raw = query["limit"]
+        if not _LIMIT.match(raw) or not 1 <= int(raw) <= SEARCH_LIMIT_MAX:
+            raise _bad("limit", f"limit must be an integer from 1 to {SEARCH_LIMIT_MAX}")
+        out["limit"] = int(raw)
+    return out
