@@ -129,6 +129,10 @@ def _payments(args: argparse.Namespace) -> int:
             from gateway.app import create_app
 
             app = create_app(config)
+            if any(p.sandbox for p in config.providers.values()):
+                print("gateway: note: sandbox providers run in this process: their "
+                      "simulators know nothing of a running gateway's in-process ones "
+                      "(use POST /admin/payments/{id}/sync there)", file=sys.stderr)
     except (ConfigError, RoutingConfigError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
