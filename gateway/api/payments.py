@@ -16,6 +16,7 @@ from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError
 from gateway.payment_writer import PaymentMissing
 from gateway.store import AlreadyExists, PaymentSearch
+from gateway.store.base import search_fields
 from routing.select import ExclusionKind
 
 routes = web.RouteTableDef()
@@ -144,11 +145,12 @@ async def list_payments(request: web.Request) -> web.Response:
     after: tuple[float, str] | None = None
     if "starting_after" in params:
         cursor = await store.get_payment(params["starting_after"])
-        if cursor is None or cursor.get("merchant_id") != merchant_id:
+        position = None if cursor is None else search_fields(cursor)
+        if cursor is None or position is None or position[0] != merchant_id:
             raise ApiError(400, "invalid_request", "resource_missing",
                            "starting_after must be the id of one of your payments",
                            param="starting_after")
-        after = (float(cursor["created_at"]), str(cursor["id"]))
+        after = (position[1], str(cursor["id"]))
     docs, has_more = await store.search_payments(PaymentSearch(
         merchant_id=merchant_id, limit=params["limit"], reference=params.get("reference"),
         status=params.get("status"), provider=params.get("provider"),
