@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
     from gateway.http_server import ConnectionGuard
+    from gateway.notifications import NotificationWorker
     from gateway.orchestrator import Orchestrator
     from gateway.routing_runtime import RoutingRuntime
     from gateway.store import Store
@@ -24,3 +25,5 @@ ROUTING: web.AppKey[RoutingRuntime] = web.AppKey("routing")
 BREAKERS: web.AppKey[BreakerBoard] = web.AppKey("breakers")
 PUBLIC_URL: web.AppKey[str] = web.AppKey("public_url", str)
 CONNECTION_GUARD: web.AppKey[ConnectionGuard] = web.AppKey("connection_guard")
+#: The merchant notification worker (its ``wake()`` sends a re-queued event at once).
+NOTIFIER: web.AppKey[NotificationWorker] = web.AppKey("notifier")

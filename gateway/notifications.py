@@ -8,10 +8,12 @@ What is notified
 
 The event (the POSTed JSON body)
   ``{"id": "evt_...", "object": "event", "type": "payment.<status>", "created": <unix>,
-  "data": {"object": <payment object after the change>}, "previous_status": ...,
-  "source": ...}``; ``type`` is ``payment.updated`` when the status did not change (a
-  refund settled, for instance), and ``dispute.created|updated|won|lost`` for a dispute
-  change (SPEC 16), whose ``data.dispute`` is that dispute. The id is derived from
+  "sequence": <payment version after the change>, "previous_sequence": <sequence of the
+  payment's previous event, null for its first>, "data": {"object": <payment object after
+  the change>}, "previous_status": ..., "source": ...}``; ``type`` is ``payment.updated``
+  when the status did not change (a refund settled, for instance), and
+  ``dispute.created|updated|won|lost`` for a dispute change (SPEC 16), whose
+  ``data.dispute`` is that dispute. The id is derived from
   (payment id, payment version), so a retried enqueue of the same change is
   deduplicated by the store, and merchants dedupe on it.
 
@@ -26,9 +28,14 @@ Delivery
   (``GET /v1/events/{id}``). Delivery is at least once: a worker killed mid-delivery
   leaves a lease that lapses, and the event is sent again.
 
-Crash window: the outbox write follows the payment's compare-and-swap write (the
-store interface has no single atomic "update payment + enqueue" step), so a crash (or a
-store failure) exactly between the two loses that one notification. It is logged.
+Order (SPEC 3.2): per payment, events go out in ``sequence`` order. The store's claim
+  hands out only a payment's earliest event still ``pending`` (one in flight per
+  payment); a later one waits until it is delivered or given up (``failed``). A
+  re-delivery asked by the merchant (``POST /v1/events/{id}/redeliver``) puts the event
+  back in that queue at its place.
+
+The notification a change owes is written in the same atomic store write as the change
+(:class:`gateway.payment_writer.PaymentWriter`), so a crash never loses one.
 """
 
 from __future__ import annotations
@@ -96,11 +103,15 @@ def build_event(
         kind, changed_id = dispute
         data["dispute"] = next((dispute_view(d) for d in doc_after.get("disputes") or []
                                 if d.get("id") == changed_id), None)
+    sequence = int(doc_after.get("version") or 0)
+    previous = doc_after.get("_notified_sequence")
     return {
-        "id": event_id(str(doc_after["id"]), int(doc_after.get("version") or 0)),
+        "id": event_id(str(doc_after["id"]), sequence),
         "object": "event",
         "type": kind,
         "created": int(created),
+        "sequence": sequence,
+        "previous_sequence": int(previous) if isinstance(previous, int) else None,
         "data": data,
         "previous_status": from_status,
         "source": source,
@@ -116,7 +127,7 @@ def _record(config: GatewayConfig | None, doc_after: dict[str, Any], from_status
     payload = build_event(doc_after, from_status, source, ts, events)
     return {"id": payload["id"], "merchant_id": str(doc_after["merchant_id"]),
             "payment_id": str(doc_after["id"]), "type": payload["type"], "created_at": ts,
-            "next_attempt_at": ts, "payload": payload}
+            "sequence": payload["sequence"], "next_attempt_at": ts, "payload": payload}
 
 
 async def enqueue_status_change(
@@ -328,9 +339,12 @@ class NotificationWorker:
             attempt["status"] = status
         if error is not None:
             attempt["error"] = error
-        failures = 1 + sum(1 for a in event.get("attempts") or [] if not _ok(a))
+        # A redelivery the merchant asked for starts a fresh schedule (age and backoff).
+        since = float(event.get("requeued_at") or event["created_at"])
+        failures = 1 + sum(1 for a in event.get("attempts") or []
+                           if not _ok(a) and float(a.get("at") or 0) >= since)
         nxt = None if delivered else next_attempt_at(
-            float(event["created_at"]), failures, time.time(), self.settings, self.jitter)
+            since, failures, time.time(), self.settings, self.jitter)
         try:
             stored = await self.store.record_notification_attempt(
                 str(event["id"]), attempt, delivered, nxt, owner=self.owner)
@@ -365,10 +379,11 @@ def _ok(attempt: dict[str, Any]) -> bool:
 
 async def worker_ctx(app: Any) -> AsyncIterator[None]:
     """aiohttp ``cleanup_ctx``: run the worker."""
-    from gateway.appkeys import CONFIG, STORE
+    from gateway.appkeys import CONFIG, NOTIFIER, STORE
 
     store, config = app[STORE], app[CONFIG]
     worker = NotificationWorker(store, config)
+    app[NOTIFIER] = worker
     await worker.start()
     try:
         yield

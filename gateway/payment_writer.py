@@ -47,6 +47,8 @@ class PaymentWriter:
             # A change the merchant did not ask for (webhook, lookup, reconciliation) owes
             # a notification: it joins the outbox in the same atomic write as the change.
             record = outbox_record(self.config, before, doc, events, version + 1)
+            if record is not None:  # the next event names this one as its predecessor
+                doc["_notified_sequence"] = version + 1
             doc["needs_reconcile"] = needs_reconcile(doc)
             if await self.store.update_payment(doc, version, events,
                                                [record] if record else ()):

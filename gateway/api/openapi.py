@@ -141,11 +141,30 @@ OPENAPI: dict[str, Any] = {
             "parameters": [{"name": "event_id", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
             "responses": {"200": {"description": "The event"}, **_error_responses(401, 404)}}},
+        "/v1/events/{event_id}/redeliver": {"post": {
+            "summary": "Queue an event for delivery again, in its payment's order (SPEC 3.2)",
+            "parameters": [{"name": "event_id", "in": "path", "required": True,
+                            "schema": {"type": "string"}},
+                           {"name": "Idempotency-Key", "in": "header", "required": True,
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
+            "responses": {"200": {"description": "The event"},
+                          **_error_responses(400, 401, 404, 409, 422)}}},
         "/v1/events": {"get": {
-            "summary": "Notification events of one payment",
-            "parameters": [{"name": "payment_id", "in": "query", "required": True,
-                            "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "Events"}, **_error_responses(400, 401, 404)}}},
+            "summary": "Notification events: one payment's (oldest first, all) or the "
+                       "merchant's (newest first, in pages)",
+            "parameters": [
+                {"name": "payment_id", "in": "query", "schema": {"type": "string"}},
+                {"name": "type", "in": "query", "schema": {"type": "string"},
+                 "description": "e.g. payment.captured, dispute.created"},
+                {"name": "delivery", "in": "query",
+                 "schema": {"type": "string", "enum": ["pending", "delivered", "failed"]}},
+                {"name": "limit", "in": "query", "description": "without payment_id only",
+                 "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}},
+                {"name": "starting_after", "in": "query", "description":
+                 "the last event id of the previous page (without payment_id only)",
+                 "schema": {"type": "string"}}],
+            "responses": {"200": {"description": "Events ({object: list, data, has_more})"},
+                          **_error_responses(400, 401, 404)}}},
         "/v1/payments/{payment_id}/events": {"get": {
             "summary": "Audit trail", "parameters": [_PAYMENT_ID],
             "responses": {"200": {"description": "Events"}, **_error_responses(401, 404)}}},

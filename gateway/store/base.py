@@ -69,6 +69,20 @@ class PaymentQuery:
 
 
 @dataclass
+class EventSearch:
+    """One page of a merchant's notification events (SPEC 3.2 ``GET /v1/events``), newest
+    first (the order they were queued). ``type`` and ``state`` (pending / delivered /
+    failed) filter; ``starting_after`` is the id of the last event of the previous page
+    (an unknown or another merchant's id matches nothing)."""
+
+    merchant_id: str
+    limit: int = 20
+    type: str | None = None
+    state: str | None = None
+    starting_after: str | None = None
+
+
+@dataclass
 class PaymentSearch:
     """One page of a merchant's payments (SPEC 3.1), newest first.
 
@@ -287,6 +301,22 @@ class Store(abc.ABC):
         ``delivered`` if so)."""
 
     @abc.abstractmethod
+    async def search_notifications(self, query: EventSearch
+                                   ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ``query.merchant_id``'s events, newest first, matching ``type`` and
+        ``state``, strictly after ``starting_after``; at most ``query.limit`` (>= 1), and
+        whether more may follow. Served from an index kept with each enqueue; a backend
+        may return a shorter page (with ``has_more``) rather than scan without bound."""
+
+    @abc.abstractmethod
+    async def requeue_notification(self, event_id: str, now: float) -> dict[str, Any] | None:
+        """Queue an event for delivery again (the merchant's redelivery, SPEC 3.2); returns
+        the stored event, or None if there is none. A delivered or failed event becomes
+        ``pending``, due at ``now``, with ``requeued_at = now`` (its attempts are kept); a
+        pending event not in flight becomes due at ``now`` at the latest; an event in
+        flight (leased) is left as it is. It keeps its place in its payment's order."""
+
+    @abc.abstractmethod
     async def get_notification(self, event_id: str) -> dict[str, Any] | None: ...
 
     @abc.abstractmethod
@@ -312,6 +342,20 @@ def new_notification(event: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("notification 'next_attempt_at' must be numeric (unix seconds)")
     return {**event, "next_attempt_at": float(due), "state": "pending", "attempts": [],
             "delivered_at": None, "lease_owner": None, "lease_until": None}
+
+
+def requeue(doc: dict[str, Any], now: float) -> bool:
+    """Apply :meth:`Store.requeue_notification` to a stored event in place; True if it
+    changed (shared by the backends)."""
+    leased = doc.get("lease_until") is not None and float(doc["lease_until"]) > now
+    if doc.get("state") == "pending":
+        if leased or float(doc.get("next_attempt_at") or 0) <= now:
+            return False
+        doc["next_attempt_at"] = now
+        return True
+    doc.update(state="pending", next_attempt_at=now, requeued_at=now, lease_owner=None,
+               lease_until=None)
+    return True
 
 
 def settle_notification(

@@ -76,6 +76,7 @@ from gateway.store.base import (
     AlreadyExists,
     Claim,
     ClaimOutcome,
+    EventSearch,
     IdempotencyRecord,
     PaymentQuery,
     PaymentSearch,
@@ -83,6 +84,7 @@ from gateway.store.base import (
     StoreError,
     in_reconcile_index,
     new_notification,
+    requeue,
     search_fields,
     search_matches,
     search_reference,
@@ -132,7 +134,8 @@ ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
 
-# KEYS: doc, events, then per notification: its key, the due zset, the payment's list.
+# KEYS: doc, events, then per notification: its key, the due zset, the payment's list,
+#       the merchant's three listing zsets and the sequence counter (see _NTF_ENQUEUE).
 # ARGV: expected version, new version, doc, id, ix prefix, score, status, provider,
 #       reference (search index, see _IX_LUA), number of events, events...,
 #       then per notification: id, stored doc, due at. One atomic change (SPEC 3.2: the
@@ -152,8 +155,10 @@ while a <= #ARGV do
     redis.call('HSET', KEYS[k], 'doc', ARGV[a + 1])
     redis.call('ZADD', KEYS[k + 1], ARGV[a + 2], ARGV[a])
     redis.call('RPUSH', KEYS[k + 2], ARGV[a])
+    local seq = redis.call('INCR', KEYS[k + 6])
+    for i = k + 3, k + 5 do redis.call('ZADD', KEYS[i], seq, ARGV[a]) end
   end
-  a, k = a + 3, k + 3
+  a, k = a + 3, k + 7
 end
 return 1
 """
@@ -218,17 +223,38 @@ if s and tonumber(s) <= tonumber(ARGV[2]) then return redis.call('ZREM', KEYS[1]
 return 0
 """
 
-# Notification outbox. KEYS: event hash, due zset, payment list. ARGV: id, doc, due.
+# Notification outbox. KEYS: event hash, due zset, payment list, then the merchant's
+# listing zsets (all, pending, its type) and the sequence counter (see
+# notification_listing_keys). ARGV: id, doc, due. The listing zsets (score: the outbox's
+# own counter) list the merchant's events in queue order for GET /v1/events (SPEC 3.2).
 _NTF_ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'doc', ARGV[2])
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1])
 redis.call('RPUSH', KEYS[3], ARGV[1])
+local seq = redis.call('INCR', KEYS[7])
+for i = 4, 6 do redis.call('ZADD', KEYS[i], seq, ARGV[1]) end
 return 1
 """
 
-# KEYS: due zset. ARGV: now, limit, lease_until, owner, event key prefix.
-# Returns a flat list {doc, lease_owner, lease_until, ...}.
+# An event of a payment left the queue (delivered / failed): its next pending event, which
+# the claim may have moved behind it, is due now at the latest. KEYS: due zset, payment
+# list. ARGV: now.
+_NTF_WAKE_NEXT = """
+for _, other in ipairs(redis.call('LRANGE', KEYS[2], 0, -1)) do
+  if redis.call('ZSCORE', KEYS[1], other) then
+    redis.call('ZADD', KEYS[1], 'LT', ARGV[1], other)
+    return 1
+  end
+end
+return 0
+"""
+
+# KEYS: due zset. ARGV: now, limit, lease_until, owner, event key prefix, payment list
+# prefix. Returns a flat list {doc, lease_owner, lease_until, ...}. Only a payment's
+# earliest pending event (pending = in the due zset) is claimed (SPEC 3.2: in sequence
+# order, one in flight per payment); a later one is moved to just after the event it
+# waits for, so blocked events never fill the claim window.
 _NTF_CLAIM = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 local out = {}
@@ -236,11 +262,25 @@ for _, id in ipairs(ids) do
   local k = ARGV[5] .. id
   local doc = redis.call('HGET', k, 'doc')
   if doc then
-    redis.call('HSET', k, 'lease_owner', ARGV[4], 'lease_until', ARGV[3])
-    redis.call('ZADD', KEYS[1], ARGV[3], id)
-    table.insert(out, doc)
-    table.insert(out, ARGV[4])
-    table.insert(out, ARGV[3])
+    local blocker = nil
+    local ok, parsed = pcall(cjson.decode, doc)
+    local pid = ok and type(parsed) == 'table' and parsed['payment_id']
+    if type(pid) == 'string' and pid ~= '' then
+      for _, other in ipairs(redis.call('LRANGE', ARGV[6] .. pid, 0, -1)) do
+        if other == id then break end
+        local s = redis.call('ZSCORE', KEYS[1], other)
+        if s then blocker = tonumber(s) break end
+      end
+    end
+    if blocker then
+      redis.call('ZADD', KEYS[1], math.max(blocker, tonumber(ARGV[1])) + 0.001, id)
+    else
+      redis.call('HSET', k, 'lease_owner', ARGV[4], 'lease_until', ARGV[3])
+      redis.call('ZADD', KEYS[1], ARGV[3], id)
+      table.insert(out, doc)
+      table.insert(out, ARGV[4])
+      table.insert(out, ARGV[3])
+    end
   else
     redis.call('ZREM', KEYS[1], id)
   end
@@ -307,6 +347,7 @@ return out
 _SCRIPTS = {
     "search": _SEARCH,
     "ntf_enqueue": _NTF_ENQUEUE,
+    "ntf_wake_next": _NTF_WAKE_NEXT,
     "ntf_claim": _NTF_CLAIM,
     "insert": _INSERT,
     "update": _UPDATE,
@@ -382,8 +423,30 @@ def notification_key(event_id: str) -> str:
     return _NTF_EVENT_PREFIX + event_id
 
 
+_NTF_PAYMENT_PREFIX = "gw:{ntf}:p:"  # list of a payment's event ids, in enqueue order
+NTF_SEQ_KEY = "gw:{ntf}:seq"  # counter: the order events were queued in
+
+
+def notification_merchant_key(merchant_id: str, by: str = "all", value: str = "") -> str:
+    """A zset of one merchant's event ids, score = :data:`NTF_SEQ_KEY` at enqueue: all of
+    them (``by="all"``), those in one delivery state (``by="state"``; moved on every state
+    change) or of one type (``by="type"``)."""
+    suffix = "" if by == "all" else f":{by}:{value}"
+    return f"gw:{{ntf}}:m:{merchant_id}{suffix}"
+
+
+def notification_listing_keys(doc: dict[str, Any]) -> list[str]:
+    """What an enqueue writes besides the event: the merchant's all / pending / type
+    zsets, then the sequence counter."""
+    merchant = str(doc["merchant_id"])
+    return [notification_merchant_key(merchant),
+            notification_merchant_key(merchant, "state", "pending"),
+            notification_merchant_key(merchant, "type", str(doc.get("type") or "")),
+            NTF_SEQ_KEY]
+
+
 def notification_payment_key(payment_id: str) -> str:
-    return f"gw:{{ntf}}:p:{payment_id}"
+    return _NTF_PAYMENT_PREFIX + payment_id
 
 
 UNMATCHED_WEBHOOKS_KEY = "gw:webhooks:unmatched"
@@ -582,7 +645,8 @@ class RedisStore(Store):
             ntf = new_notification(record)
             eid = str(ntf["id"])
             keys += [notification_key(eid), NTF_DUE_KEY,
-                     notification_payment_key(str(ntf.get("payment_id") or ""))]
+                     notification_payment_key(str(ntf.get("payment_id") or "")),
+                     *notification_listing_keys(ntf)]
             args += [eid, self._ntf_stored(ntf), repr(float(ntf["next_attempt_at"]))]
         with _errors():
             await self._index_before_write(pid, stored, updated_at)
@@ -772,7 +836,8 @@ class RedisStore(Store):
         with _errors():
             return bool(await self._eval(
                 "ntf_enqueue",
-                [notification_key(eid), NTF_DUE_KEY, notification_payment_key(pid)],
+                [notification_key(eid), NTF_DUE_KEY, notification_payment_key(pid),
+                 *notification_listing_keys(doc)],
                 [eid, self._ntf_stored(doc), repr(float(doc["next_attempt_at"]))],
             ))
 
@@ -785,7 +850,8 @@ class RedisStore(Store):
         with _errors():
             flat = await self._eval(
                 "ntf_claim", [NTF_DUE_KEY],
-                [repr(float(now)), int(limit), repr(lease_until), owner, _NTF_EVENT_PREFIX],
+                [repr(float(now)), int(limit), repr(lease_until), owner, _NTF_EVENT_PREFIX,
+                 _NTF_PAYMENT_PREFIX],
             )
         return [self._ntf_doc(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
@@ -803,9 +869,13 @@ class RedisStore(Store):
                         if raw[0] is None:
                             await pipe.unwatch()
                             return None
-                        doc = settle_notification(self._ntf_doc(*raw), dict(attempt),
-                                                  bool(delivered), next_attempt_at, owner)
+                        doc = self._ntf_doc(*raw)
+                        old_state = doc.get("state")
+                        score = await self._listing_score(pipe, doc)
+                        settle_notification(doc, dict(attempt), bool(delivered),
+                                            next_attempt_at, owner)
                         pipe.multi()
+                        self._move_state(pipe, doc, old_state, score)
                         pipe.hset(key, "doc", self._ntf_stored(doc))
                         if doc["lease_owner"] is None:
                             pipe.hdel(key, "lease_owner", "lease_until")
@@ -813,6 +883,99 @@ class RedisStore(Store):
                             pipe.zrem(NTF_DUE_KEY, event_id)
                         elif doc["lease_owner"] is None:
                             pipe.zadd(NTF_DUE_KEY, {event_id: float(doc["next_attempt_at"])})
+                        await pipe.execute()
+                        break
+                    except WatchError:
+                        continue
+            if doc["state"] != "pending" and doc.get("payment_id"):
+                await self._eval("ntf_wake_next", [NTF_DUE_KEY, notification_payment_key(
+                    str(doc["payment_id"]))], [repr(time.time())])
+            return doc
+
+    async def search_notifications(self, query: EventSearch
+                                   ) -> tuple[list[dict[str, Any]], bool]:
+        # Walk the narrowest listing zset; the other filter (type with a state) is checked
+        # on each event.
+        if query.state is not None:
+            zkey = notification_merchant_key(query.merchant_id, "state", query.state)
+        elif query.type is not None:
+            zkey = notification_merchant_key(query.merchant_id, "type", query.type)
+        else:
+            zkey = notification_merchant_key(query.merchant_id)
+        out: list[dict[str, Any]] = []
+        with _errors():
+            top = "+inf"
+            if query.starting_after is not None:
+                score = await self._r.zscore(notification_merchant_key(query.merchant_id),
+                                            query.starting_after)
+                if score is None:
+                    return [], False
+                top = f"({score}"
+            batch = max(50, query.limit + 1)
+            while True:
+                page: list[Any] = list(await self._r.zrevrangebyscore(
+                    zkey, top, "-inf", start=0, num=batch, withscores=True))
+                if not page:
+                    return out, False
+                async with self._r.pipeline(transaction=False) as pipe:
+                    for member, _ in page:
+                        pipe.hmget(notification_key(str(member)),
+                                   ["doc", "lease_owner", "lease_until"])
+                    raws = await pipe.execute()
+                for (_member, member_score), raw in zip(page, raws, strict=True):
+                    top = f"({member_score}"
+                    if raw[0] is None:
+                        continue
+                    doc = self._ntf_doc(*raw)
+                    if ((query.type is None or doc.get("type") == query.type)
+                            and (query.state is None or doc.get("state") == query.state)):
+                        if len(out) == query.limit:
+                            return out, True
+                        out.append(doc)
+                if len(page) < batch:
+                    return out, False
+
+    @staticmethod
+    async def _listing_score(pipe: Any, doc: dict[str, Any]) -> float | None:
+        """The event's score in its merchant's listing zsets (read while WATCHing)."""
+        merchant = doc.get("merchant_id")
+        if not isinstance(merchant, str):
+            return None
+        score = await pipe.zscore(notification_merchant_key(merchant), str(doc["id"]))
+        return None if score is None else float(score)
+
+    @staticmethod
+    def _move_state(pipe: Any, doc: dict[str, Any], old: Any, score: float | None) -> None:
+        """Queue (inside MULTI) the move of an event between its merchant's state zsets."""
+        if score is None or old == doc.get("state"):
+            return
+        merchant = str(doc["merchant_id"])
+        pipe.zrem(notification_merchant_key(merchant, "state", str(old)), str(doc["id"]))
+        pipe.zadd(notification_merchant_key(merchant, "state", str(doc["state"])),
+                  {str(doc["id"]): score})
+
+    async def requeue_notification(self, event_id: str, now: float) -> dict[str, Any] | None:
+        key = notification_key(event_id)
+        with _errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                while True:
+                    try:
+                        await pipe.watch(key)
+                        raw = await pipe.hmget(key, ["doc", "lease_owner", "lease_until"])
+                        if raw[0] is None:
+                            await pipe.unwatch()
+                            return None
+                        doc = self._ntf_doc(*raw)
+                        old_state = doc.get("state")
+                        score = await self._listing_score(pipe, doc)
+                        if not requeue(doc, float(now)):
+                            await pipe.unwatch()
+                            return doc
+                        pipe.multi()
+                        self._move_state(pipe, doc, old_state, score)
+                        pipe.hset(key, "doc", self._ntf_stored(doc))
+                        pipe.hdel(key, "lease_owner", "lease_until")
+                        pipe.zadd(NTF_DUE_KEY, {event_id: float(doc["next_attempt_at"])})
                         await pipe.execute()
                         return doc
                     except WatchError:

@@ -32,6 +32,7 @@ from gateway.store.base import (
     AlreadyExists,
     Claim,
     ClaimOutcome,
+    EventSearch,
     IdempotencyRecord,
     PaymentQuery,
     PaymentSearch,
@@ -39,6 +40,7 @@ from gateway.store.base import (
     StoreError,
     in_reconcile_index,
     new_notification,
+    requeue,
     search_fields,
     search_reference,
     settle_notification,
@@ -113,6 +115,14 @@ CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attem
 CREATE INDEX IF NOT EXISTS notifications_payment ON notifications (payment_id, seq);
 """
 
+#: GET /v1/events without payment_id (SPEC 3.2): a merchant's events newest first,
+#: optionally by delivery state or type; made by schema version 2.
+_EVENT_INDEXES = (
+    "notifications_merchant ON notifications (merchant_id, seq)",
+    "notifications_merchant_state ON notifications (merchant_id, state, seq)",
+    "notifications_merchant_type ON notifications (merchant_id, type, seq)",
+)
+
 # Search (SPEC 3.1): one index per way in, each ending in the page order (created_at, id)
 # so a page is one index range read backwards, whatever its depth. Created after
 # _migrate, which adds the columns to a database made before them.
@@ -124,8 +134,9 @@ _SEARCH_INDEXES = {
 }
 
 #: ``PRAGMA user_version`` of the current schema: 1 = payments.created_at / reference
-#: (search). A database at an older version is upgraded by :meth:`SQLiteStore._migrate`.
-SCHEMA_VERSION = 1
+#: (search); 2 = notifications.merchant_id / type (event listing). A database at an older
+#: version is upgraded by :meth:`SQLiteStore._migrate`.
+SCHEMA_VERSION = 2
 
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
 UNMATCHED_WEBHOOKS_MAX = 10_000
@@ -279,7 +290,8 @@ class SQLiteStore(Store):
         transaction (a crash leaves it as it was; the next open tries again).
 
         0 -> 1: payments gets ``created_at`` and ``reference`` (filled from each doc) and
-        the search indexes.
+        the search indexes. 1 -> 2: notifications gets ``merchant_id`` and ``type`` (filled
+        from each event) and the event listing indexes.
         """
         if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
             return
@@ -298,6 +310,19 @@ class SQLiteStore(Store):
                 " THEN json_extract(doc, '$.reference') END"
             )
             for spec in _SEARCH_INDEXES.values():
+                conn.execute(f"CREATE INDEX IF NOT EXISTS {spec}")
+            ntf_columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(notifications)")}
+            for column in ("merchant_id", "type"):
+                if column not in ntf_columns:
+                    conn.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
+            conn.execute(
+                "UPDATE notifications SET"
+                " merchant_id = CASE WHEN json_type(doc, '$.merchant_id') = 'text'"
+                " THEN json_extract(doc, '$.merchant_id') END,"
+                " type = CASE WHEN json_type(doc, '$.type') = 'text'"
+                " THEN json_extract(doc, '$.type') END"
+            )
+            for spec in _EVENT_INDEXES:
                 conn.execute(f"CREATE INDEX IF NOT EXISTS {spec}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
@@ -702,9 +727,12 @@ class SQLiteStore(Store):
     @staticmethod
     def _insert_ntf(conn: sqlite3.Connection, doc: dict[str, Any]) -> bool:
         cur = conn.execute(
-            "INSERT OR IGNORE INTO notifications (id, payment_id, state, next_attempt_at,"
-            " lease_owner, lease_until, doc) VALUES (?, ?, 'pending', ?, NULL, NULL, ?)",
-            (doc["id"], doc.get("payment_id"), doc["next_attempt_at"], _dumps(doc)),
+            "INSERT OR IGNORE INTO notifications (id, payment_id, merchant_id, type, state,"
+            " next_attempt_at, lease_owner, lease_until, doc)"
+            " VALUES (?, ?, ?, ?, 'pending', ?, NULL, NULL, ?)",
+            (doc["id"], doc.get("payment_id"), doc.get("merchant_id"),
+             doc.get("type") if isinstance(doc.get("type"), str) else None,
+             doc["next_attempt_at"], _dumps(doc)),
         )
         return cur.rowcount == 1
 
@@ -722,9 +750,14 @@ class SQLiteStore(Store):
     ) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         with self._tx() as conn:
+            # Only a payment's earliest pending event (SPEC 3.2: in sequence order; one
+            # in flight per payment): a later one waits until it is delivered or failed.
             rows = conn.execute(
-                "SELECT id, doc FROM notifications WHERE state = 'pending'"
+                "SELECT id, doc FROM notifications AS n WHERE state = 'pending'"
                 " AND next_attempt_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " AND NOT EXISTS (SELECT 1 FROM notifications AS e"
+                "   WHERE e.payment_id = n.payment_id AND e.seq < n.seq"
+                "   AND e.state = 'pending')"
                 " ORDER BY next_attempt_at, seq LIMIT ?",
                 (now, now, limit),
             ).fetchall()
@@ -766,6 +799,48 @@ class SQLiteStore(Store):
                 (doc["state"], doc["next_attempt_at"], doc["lease_owner"], doc["lease_until"],
                  _dumps(doc), event_id),
             )
+            return doc
+
+    async def search_notifications(self, query: EventSearch
+                                   ) -> tuple[list[dict[str, Any]], bool]:
+        rows = await self._run(self._search_ntf_sync, query)
+        return [json.loads(r) for r in rows[:query.limit]], len(rows) > query.limit
+
+    def _search_ntf_sync(self, q: EventSearch) -> list[str]:
+        sql = "SELECT doc FROM notifications WHERE merchant_id = ?"
+        args: list[Any] = [q.merchant_id]
+        if q.state is not None:
+            sql += " AND state = ?"
+            args.append(q.state)
+        if q.type is not None:
+            sql += " AND type = ?"
+            args.append(q.type)
+        if q.starting_after is not None:
+            sql += (" AND seq < COALESCE((SELECT seq FROM notifications WHERE id = ?"
+                    " AND merchant_id = ?), -1)")
+            args += [q.starting_after, q.merchant_id]
+        sql += " ORDER BY seq DESC LIMIT ?"
+        args.append(int(q.limit) + 1)
+        return [str(r["doc"]) for r in self._db().execute(sql, args).fetchall()]
+
+    async def requeue_notification(self, event_id: str, now: float) -> dict[str, Any] | None:
+        return await self._run(self._requeue_ntf_sync, event_id, float(now))
+
+    def _requeue_ntf_sync(self, event_id: str, now: float) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT doc FROM notifications WHERE id = ?", (event_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            doc: dict[str, Any] = json.loads(row["doc"])
+            if requeue(doc, now):
+                conn.execute(
+                    "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
+                    " lease_until = ?, doc = ? WHERE id = ?",
+                    (doc["state"], doc["next_attempt_at"], doc["lease_owner"],
+                     doc["lease_until"], _dumps(doc), event_id),
+                )
             return doc
 
     async def get_notification(self, event_id: str) -> dict[str, Any] | None:

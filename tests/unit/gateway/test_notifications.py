@@ -550,8 +550,11 @@ async def test_events_api_auth_and_isolation(gw_app) -> None:
     r = await client.get("/v1/events", params={"payment_id": "pay_iso"},
                          headers=headers(GLOBEX_KEY))
     assert r.status == 404
+    # without payment_id: the merchant's events (SPEC 3.2), never another merchant's
     r = await client.get("/v1/events", headers=headers())
-    assert r.status == 400
+    assert r.status == 200 and [e["id"] for e in (await r.json())["data"]] == ["evt_iso"]
+    r = await client.get("/v1/events", headers=headers(GLOBEX_KEY))
+    assert r.status == 200 and (await r.json())["data"] == []
     r = await client.get("/v1/events", params={"payment_id": "pay_iso"}, headers=headers())
     assert r.status == 200 and [e["id"] for e in (await r.json())["data"]] == ["evt_iso"]
 

@@ -742,8 +742,9 @@ async def test_notification_enqueue_get_list_and_dedupe(store: Store) -> None:
 
 
 async def test_notification_claim_due_lease_and_lapse(store: Store) -> None:
+    # one payment each: a payment's own events go one at a time (test_notification_order)
     for i, due in enumerate([1003.0, 1001.0, 1002.0, 2000.0]):
-        await store.enqueue_notification(notification(f"evt_{i}", due=due))
+        await store.enqueue_notification(notification(f"evt_{i}", pid=f"pay_{i}", due=due))
     assert await store.claim_due_notifications(1000.5, 10, 30.0, "a") == []
     first = await store.claim_due_notifications(1002.5, 10, 30.0, "a")
     assert [e["id"] for e in first] == ["evt_1", "evt_2"]  # due ones, oldest due first
@@ -760,8 +761,8 @@ async def test_notification_claim_due_lease_and_lapse(store: Store) -> None:
 
 
 async def test_notification_attempts_reschedule_deliver_fail(store: Store) -> None:
-    await store.enqueue_notification(notification("evt_r"))
-    await store.enqueue_notification(notification("evt_f"))
+    await store.enqueue_notification(notification("evt_r", pid="pay_r"))
+    await store.enqueue_notification(notification("evt_f", pid="pay_f"))
     await store.claim_due_notifications(1000.0, 10, 30.0, "w")
     att = {"at": 1000.1, "status": 500, "duration_ms": 3}
     doc = await store.record_notification_attempt("evt_r", att, False, 1010.0, owner="w")
@@ -807,7 +808,8 @@ async def test_notification_stale_owner_does_not_reschedule(store: Store) -> Non
 async def test_notification_concurrent_claims_each_event_once(store: Store,
                                                              store_url: str) -> None:
     for i in range(40):
-        await store.enqueue_notification(notification(f"evt_c{i:02d}", due=1000.0 + i / 100))
+        await store.enqueue_notification(notification(f"evt_c{i:02d}", pid=f"pay_c{i:02d}",
+                                                      due=1000.0 + i / 100))
     other = await second_store(store_url)
     try:
         batches = await asyncio.gather(*(
