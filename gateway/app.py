@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -83,6 +84,7 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     try:
         await _check_durable(store, config)
+        await _index_existing_payments(store)
     except BaseException:
         await store.close()
         raise
@@ -101,6 +103,19 @@ def _without_password(url: str) -> str:
     port = f":{parts.port}" if parts.port else ""
     return urlunsplit((parts.scheme, f"{parts.username or ''}:***@{host}{port}", parts.path,
                        parts.query, parts.fragment))
+
+
+async def _index_existing_payments(store: Store) -> None:
+    """Redis: put payments stored before the search indexes existed into them, once (SPEC
+    3.1; SQLite upgrades itself in ``open``). Runs before the gateway serves: about 90 s
+    per million payments (18 s measured for 200,000); later starts find it done."""
+    if not isinstance(store, RedisStore):
+        return
+    started = time.monotonic()
+    indexed = await store.index_existing_payments()
+    if indexed is not None:
+        log.info("redis search index built", extra={
+            "payments": indexed, "duration_s": round(time.monotonic() - started, 3)})
 
 
 async def _check_durable(store: Store, config: GatewayConfig) -> None:

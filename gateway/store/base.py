@@ -119,23 +119,6 @@ def search_reference(doc: dict[str, Any]) -> str | None:
     return ref if isinstance(ref, str) else None
 
 
-def search_matches(doc: dict[str, Any], query: PaymentSearch) -> bool:
-    """Whether ``doc`` belongs to ``query``'s result set (cursor and limit aside)."""
-    fields = search_fields(doc)
-    if fields is None or fields[0] != query.merchant_id:
-        return False
-    created = fields[1]
-    if query.created_gte is not None and created < query.created_gte:
-        return False
-    if query.created_lt is not None and created >= query.created_lt:
-        return False
-    if query.reference is not None and search_reference(doc) != query.reference:
-        return False
-    if query.status is not None and doc.get("status") != query.status:
-        return False
-    return query.provider is None or doc.get("provider") == query.provider
-
-
 #: Statuses covered by the reconciliation index that :meth:`Store.query_payments` searches.
 RECONCILE_STATUSES: frozenset[str] = frozenset(s.value for s in UNRESOLVED)
 

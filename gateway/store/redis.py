@@ -36,17 +36,21 @@ update scripts, in the same atomic step as the doc (the update script reads the 
 and moves the member out of the old status / provider / reference set), so a capture
 shows under ``captured`` and no longer under ``authorized`` the moment it is written.
 Equal scores order members by id bytes, so ``ZREVRANGE`` is exactly the page order
-``(created_at desc, id desc)``; a page is one read-only script on the merchant's keys
-(:data:`_SEARCH`). Redis Cluster, honestly: the index keys of a merchant share one hash
-tag (the merchant's digest) and so live on the merchant's slot, and the search script
-touches only that slot; but the insert / update scripts also write the payment's own
-keys (``{<payment_id>}`` slot), so they cross slots and a Cluster would refuse them
-(CROSSSLOT), as it already would the update script that writes ``{ntf}`` keys with the
-payment. The index keys of the old status etc. are also built inside the script from a
-prefix argument (like the outbox claim does), which Cluster does not allow either.
+``(created_at desc, id desc)``; a page is one read-only script (:data:`_SEARCH`) that
+walks the index and returns the page's docs too: one round trip, and a consistent
+snapshot (no doc can change between reading the index and reading the docs).
+
+Redis Cluster, honestly: the index keys of a merchant share one hash tag (the
+merchant's digest) and so live on the merchant's slot, while a payment's own keys live
+on the ``{<payment_id>}`` slot. The insert / update scripts write both, and the search
+script reads both, so they cross slots and a Cluster would refuse them (CROSSSLOT), as
+it already would the update script that writes ``{ntf}`` keys with the payment. The
+keys of the old status etc. and of the docs are also built inside the scripts from
+prefix arguments (like the outbox claim does), which Cluster does not allow either.
 This backend therefore needs one Redis primary (with replicas / Sentinel), where each
 script is atomic. Running on Cluster would mean tagging a payment's keys with its
-merchant (one slot per merchant), which this layout does not do.
+merchant (one slot per merchant) so that all of a merchant's keys share a slot, which
+this layout does not do.
 
 No automatic command retries: a lost reply to a CAS or claim must surface as
 :class:`StoreError`, never be silently re-sent (a re-sent reservation could be applied
@@ -86,7 +90,6 @@ from gateway.store.base import (
     new_notification,
     requeue,
     search_fields,
-    search_matches,
     search_reference,
     settle_notification,
 )
@@ -288,12 +291,13 @@ end
 return out
 """
 
-# One page of search (read only; every key on the merchant's slot). KEYS: the index
-# sets of the filters (all of them must hold a member); the smallest is walked, by rank,
-# the others are checked with ZSCORE. ARGV: upper score ('+inf' = none), '1' if the upper
-# score itself is included, lower score ('' = none, included), cursor score ('' = none)
-# and cursor id: a member at exactly the cursor score is kept only if its id sorts
-# before the cursor's (bytewise: Lua's < on strings follows the locale), number wanted.
+# One page of search (read only). KEYS: the index sets of the filters (all of them must
+# hold a member); the smallest is walked, by rank, the others are checked with ZSCORE.
+# ARGV: upper score ('+inf' = none), '1' if the upper score itself is included, lower
+# score ('' = none, included), cursor score ('' = none) and cursor id: a member at
+# exactly the cursor score is kept only if its id sorts before the cursor's (bytewise:
+# Lua's < on strings follows the locale), page size, doc key prefix and suffix.
+# Returns {1 if more match after the page else 0, doc JSON...}.
 _SEARCH = """
 local best, bestn = 1, redis.call('ZCARD', KEYS[1])
 for i = 2, #KEYS do
@@ -311,7 +315,8 @@ if ARGV[3] ~= '' then lo = tonumber(ARGV[3]) end
 local cs = nil
 if ARGV[4] ~= '' then cs = tonumber(ARGV[4]) end
 local cid = ARGV[5]
-local want = tonumber(ARGV[6])
+local limit = tonumber(ARGV[6])
+local want = limit + 1
 local function before(a, b)
   local n = math.min(#a, #b)
   for i = 1, n do
@@ -320,13 +325,13 @@ local function before(a, b)
   end
   return #a < #b
 end
-local out, batch = {}, want + 8
-while #out < want do
+local out, batch, done = {}, want + 8, false
+while not done do
   local page = redis.call('ZREVRANGE', key, pos, pos + batch - 1, 'WITHSCORES')
   if #page == 0 then break end
   for i = 1, #page, 2 do
     local m, s = page[i], tonumber(page[i + 1])
-    if lo and s < lo then return out end
+    if lo and s < lo then done = true break end
     local keep = not (cs and s == cs and not before(m, cid))
     if keep then
       for k = 1, #KEYS do
@@ -335,17 +340,33 @@ while #out < want do
     end
     if keep then
       out[#out + 1] = m
-      if #out >= want then return out end
+      if #out >= want then done = true break end
     end
   end
   pos = pos + batch
   batch = math.min(batch * 2, 1000)
 end
-return out
+local res = {0}
+if #out > limit then res[1] = 1 end
+for i = 1, math.min(#out, limit) do
+  local doc = redis.call('HGET', ARGV[7] .. out[i] .. ARGV[8], 'doc')
+  if doc then res[#res + 1] = doc end
+end
+return res
+"""
+
+# KEYS: doc. ARGV: version, id, ix prefix, score, status, provider, reference. Index a
+# payment written before the search indexes existed, unless it changed since it was read
+# (its update then indexed it already).
+_IX_BACKFILL = _IX_LUA + """
+if redis.call('HGET', KEYS[1], 'v') ~= ARGV[1] then return 0 end
+ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
+return 1
 """
 
 _SCRIPTS = {
     "search": _SEARCH,
+    "ix_backfill": _IX_BACKFILL,
     "ntf_enqueue": _NTF_ENQUEUE,
     "ntf_wake_next": _NTF_WAKE_NEXT,
     "ntf_claim": _NTF_CLAIM,
@@ -497,6 +518,11 @@ def _errors() -> Iterator[None]:
 
 #: Written by :meth:`RedisStore.ping` (readiness = the store takes a write).
 HEALTH_KEY = "gw:health"
+
+#: Holds :data:`SEARCH_INDEX_VERSION` once every payment stored before the search indexes
+#: existed has been indexed (:meth:`RedisStore.index_existing_payments`).
+SEARCH_READY_KEY = "gw:ix:ready"
+SEARCH_INDEX_VERSION = "1"
 
 
 class RedisStore(Store):
@@ -723,20 +749,49 @@ class RedisStore(Store):
                 upper, inclusive = repr(c), "1"
                 cursor, cursor_id = repr(c), str(query.starting_after[1])
         lower = "" if query.created_gte is None else repr(float(query.created_gte))
+        prefix, suffix = doc_key("\0").split("\0")
         with _errors():
-            ids = [str(x) for x in await self._eval(
-                "search", keys, [upper, inclusive, lower, cursor, cursor_id, int(query.limit) + 1])]
-            if not ids:
-                return [], False
-            async with self._r.pipeline(transaction=False) as pipe:
-                for pid in ids:
-                    pipe.hget(doc_key(pid), "doc")
-                raws = await pipe.execute()
-        # A doc changed after the index was read (a capture between the two trips) is left
-        # out rather than shown under a filter it no longer matches.
-        docs = [d for d in (json.loads(r) for r in raws if r is not None)
-                if search_matches(d, query)]
-        return docs[: query.limit], len(ids) > query.limit
+            res = await self._eval("search", keys, [upper, inclusive, lower, cursor, cursor_id,
+                                                    int(query.limit), prefix, suffix])
+        return [json.loads(raw) for raw in res[1:]], bool(int(res[0]))
+
+    async def index_existing_payments(self, batch: int = 1000) -> int | None:
+        """Add the payments a version without search indexes stored to them (the Redis
+        counterpart of the SQLite upgrade on open); None when :data:`SEARCH_READY_KEY`
+        says it was done, else how many payments were (re)indexed. Idempotent, and safe
+        beside live writers: a payment whose version changed since it was read is left
+        to its update, which indexes it. Payments written later by a gateway of the OLD
+        version are not indexed: upgrade every replica before this runs (or delete the
+        key to run it again)."""
+        n = 0
+        with _errors():
+            if await self._r.get(SEARCH_READY_KEY) == SEARCH_INDEX_VERSION:
+                return None
+            cursor: int = 0
+            while True:
+                cursor, keys = await self._r.scan(cursor, match="gw:{*}:doc", count=batch)
+                if keys:
+                    async with self._r.pipeline(transaction=False) as pipe:
+                        for k in keys:
+                            pipe.hmget(k, ["v", "doc"])
+                        rows = await pipe.execute()
+                    async with self._r.pipeline(transaction=False) as pipe:
+                        for k, (v, raw) in zip(keys, rows, strict=True):
+                            doc = json.loads(raw) if v is not None and raw is not None else None
+                            if (not isinstance(doc, dict) or not isinstance(doc.get("id"), str)
+                                    or doc_key(doc["id"]) != k
+                                    or not isinstance(doc.get("status"), str)
+                                    or search_fields(doc) is None):
+                                continue
+                            await self._scripts["ix_backfill"](
+                                keys=[k], args=[v, doc["id"], *search_index_args(doc)],
+                                client=pipe)
+                            n += 1
+                        await pipe.execute()
+                if cursor == 0:
+                    break
+            await self._r.set(SEARCH_READY_KEY, SEARCH_INDEX_VERSION)
+        return n
 
     async def _drop_orphan(self, pid: str) -> None:
         """Drop an index entry whose doc never got written (failed insert), once old."""
@@ -1001,6 +1056,7 @@ class RedisStore(Store):
 
 __all__ = [
     "NTF_DUE_KEY",
+    "SEARCH_READY_KEY",
     "RedisStore",
     "doc_key",
     "events_key",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from aiohttp.test_utils import TestClient
 
 from gateway.app import create_app
@@ -20,6 +21,7 @@ from gateway.appkeys import STORE
 from gateway.config import load_config
 from gateway.model import iso, new_payment
 from gateway.store import Store
+from gateway.store.redis import doc_key
 from tests.gateway_harness import GLOBEX_KEY, headers, payment_body, write_config
 
 BASE = 1_800_000_000.0  # created_at of the payments written straight to the store
@@ -269,3 +271,22 @@ async def test_store_outage_is_a_503_not_a_500(gw: Gateway, monkeypatch) -> None
     r = await gw.client.get("/v1/payments", headers=headers())
     assert r.status == 503 and "Retry-After" in r.headers
 
+
+
+async def test_redis_payments_stored_before_the_index_are_listed_after_start(
+        redis_url: str, tmp_path: Path, aiohttp_client) -> None:
+    """A gateway starting on a Redis written by a version without search indexes
+    indexes those payments before it serves."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(3):
+            doc = new_payment(f"pay_old{i}", "acme", payment_body(), "fp")
+            doc.update(created_at=BASE + i, updated_at=BASE + i, status="authorized",
+                       version=1)
+            client.hset(doc_key(doc["id"]), mapping={"v": "1", "doc": json.dumps(doc)})
+    finally:
+        client.close()
+    app = create_app(load_config(write_config(tmp_path, redis_url)))
+    gw = Gateway(await aiohttp_client(app))
+    assert await gw.ids() == (["pay_old2", "pay_old1", "pay_old0"], False)
+    assert await gw.ids({"status": "authorized", "limit": "1"}) == (["pay_old2"], True)

@@ -15,7 +15,13 @@ import pytest
 import redis
 
 from gateway.store import PaymentSearch, RedisStore, SQLiteStore, Store, make_store
-from gateway.store.redis import doc_key, events_key, search_key
+from gateway.store.redis import (
+    SEARCH_READY_KEY,
+    doc_key,
+    events_key,
+    search_index_args,
+    search_key,
+)
 from gateway.store.sqlite import SCHEMA_VERSION
 
 
@@ -437,6 +443,55 @@ async def test_redis_payment_written_before_the_index_is_indexed_by_its_next_upd
         assert await s.update_payment(doc, 1, [])
         assert await search(s, status="captured") == (["pay_old"], False)
         assert await search(s, status="authorized") == ([], False)
+    finally:
+        raw.close()
+        await s.close()
+
+
+async def test_redis_payments_stored_before_the_index_are_indexed_once(redis_url: str) -> None:
+    """index_existing_payments: the Redis counterpart of the SQLite upgrade."""
+    s = RedisStore(redis_url)
+    await s.open()
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        for i, status in enumerate(["authorized", "captured", "captured"]):
+            doc = {**pay(f"pay_old{i}", 10.0 + i, status=status, reference=f"o-{i}"),
+                   "version": 1}
+            raw.hset(doc_key(doc["id"]), mapping={"v": "1", "doc": json.dumps(doc)})
+        unsearchable = {**pay("pay_nocreated", 1.0), "version": 1}
+        del unsearchable["created_at"]
+        raw.hset(doc_key("pay_nocreated"), mapping={"v": "1", "doc": json.dumps(unsearchable)})
+        await s.insert_payment(pay("pay_new", 20.0), [])  # indexed already: stays once
+        raw.set("gw:{ntf}:e:evt_1", "x")  # other keys are left alone
+        assert await search(s) == (["pay_new"], False)
+
+        assert await s.index_existing_payments(batch=2) == 4
+        assert await search(s) == (["pay_new", "pay_old2", "pay_old1", "pay_old0"], False)
+        assert await search(s, status="captured") == (["pay_old2", "pay_old1"], False)
+        assert await search(s, reference="o-0") == (["pay_old0"], False)
+        assert await s.index_existing_payments() is None  # done: not scanned again
+        assert raw.get(SEARCH_READY_KEY) == "1"
+    finally:
+        raw.close()
+        await s.close()
+
+
+async def test_redis_backfill_never_indexes_a_stale_read(redis_url: str) -> None:
+    """A payment updated between the backfill's read and its write keeps the index its
+    update wrote (the backfill's write is conditional on the version it read)."""
+    s = RedisStore(redis_url)
+    await s.open()
+    raw = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        doc = {**pay("pay_old", 5.0, status="authorized"), "version": 1}
+        raw.hset(doc_key("pay_old"), mapping={"v": "1", "doc": json.dumps(doc)})
+        doc["status"] = "captured"
+        assert await s.update_payment(doc, 1, [])  # now version 2, indexed as captured
+        stale = {**doc, "status": "authorized"}
+        assert await s._eval("ix_backfill", [doc_key("pay_old")],
+                             ["1", "pay_old", *search_index_args(stale)]) == 0
+        assert await search(s, status="authorized") == ([], False)
+        assert await search(s, status="captured") == (["pay_old"], False)
     finally:
         raw.close()
         await s.close()
