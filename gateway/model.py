@@ -121,6 +121,9 @@ def public_view(doc: dict[str, Any]) -> dict[str, Any]:
     out["attempts"] = [_listed(a, ATTEMPT_FIELDS) for a in doc["attempts"]]
     out["refunds"] = [_listed(r, REFUND_FIELDS) for r in doc["refunds"]]
     out["disputes"] = [dispute_view(d) for d in doc.get("disputes") or []]
+    out["amount_capture_pending"] = (
+        int(doc.get("_capture_pending") or 0)
+        if doc["status"] == PaymentStatus.CAPTURE_PENDING.value else 0)
     return out
 
 
@@ -167,6 +170,15 @@ def apply_status(
     if isinstance(result, Applied):
         store_snapshot(doc, result.snapshot)
         doc["updated_at"] = now()
+        if event.status == PaymentStatus.CAPTURE_PENDING:
+            # what was asked to be captured, shown as amount_capture_pending until the
+            # provider confirms (it never counts as captured before that)
+            op = doc.get("_operation")
+            doc["_capture_pending"] = event.captured or (
+                int(op["amount"]) if isinstance(op, dict) and op.get("op") == "capture"
+                else result.snapshot.ledger.authorized)
+        else:
+            doc.pop("_capture_pending", None)
         if result.correction:
             # "no money moved" was wrong: the provider holds money. The failure no longer
             # describes the payment; the audit event keeps what it was.

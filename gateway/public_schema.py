@@ -64,6 +64,8 @@ PAYMENT_FIELDS: dict[str, dict[str, Any]] = {
     "capture": {"type": "string", "enum": ["automatic", "manual"]},
     "amount_authorized": _INT,
     "amount_captured": _INT,
+    # a capture requested but not confirmed yet (status capture_pending, SPEC 3.3)
+    "amount_capture_pending": _INT,
     "amount_refunded": _INT,
     "provider": _NSTR,
     "provider_reference": _NSTR,

@@ -175,6 +175,8 @@ def _ledger_for(snapshot: Snapshot, event: StatusEvent) -> Ledger:
     target = event.status
     if target in (S.AUTHORIZED, S.CAPTURE_PENDING, S.VOID_PENDING) and authorized == 0:
         authorized = led.amount
+    if target == S.CAPTURE_PENDING:
+        captured = led.captured  # requested, not confirmed: amount_capture_pending shows it
     if target == S.CAPTURED:
         if authorized == 0:
             authorized = led.amount

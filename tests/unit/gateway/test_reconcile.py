@@ -217,11 +217,14 @@ async def test_lost_capture_or_void_response_is_parked_then_resolved(
                               headers=headers(idem=f"rec-{operation}"))
     body = await r.json()
     assert r.status == 200 and body["status"] == parked, body
+    # the lost capture is shown as requested, not as captured (#13 item 6)
+    assert body["amount_captured"] == 0
+    assert body["amount_capture_pending"] == (pay["amount"] if operation == "capture" else 0)
     await env.sim.faults(sim, mode="normal")
     report = await env.reconciler().run_once(now=time.time() + LATER)
     assert [(d.from_status, d.to_status) for d in report.corrected] == [(parked, final)]
     done = await env.get(pay["id"])
-    assert done["status"] == final
+    assert done["status"] == final and done["amount_capture_pending"] == 0
     [charge] = await env.sim.charges(sim, pay["id"])
     if final == "captured":
         assert charge["amount_captured"] == done["amount_captured"] == pay["amount"]

@@ -112,6 +112,15 @@ def test_capture_more_than_authorized_is_ignored() -> None:
     assert "amounts rejected" in result.reason
 
 
+def test_capture_pending_never_counts_as_captured() -> None:
+    """#13 item 6: a requested capture is not money moved until the provider confirms."""
+    snap = apply_event(fresh(), StatusEvent(S.AUTHORIZED, authorized=1000)).snapshot
+    pending = apply_event(snap, StatusEvent(S.CAPTURE_PENDING, captured=600))
+    assert isinstance(pending, Applied) and pending.snapshot.ledger.captured == 0
+    done = apply_event(pending.snapshot, StatusEvent(S.CAPTURED, captured=600))
+    assert isinstance(done, Applied) and done.snapshot.ledger.captured == 600
+
+
 def test_check_capture_bounds() -> None:
     snap = apply_event(fresh(), StatusEvent(S.AUTHORIZED)).snapshot
     check_capture(snap, 1000)

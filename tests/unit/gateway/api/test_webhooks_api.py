@@ -336,12 +336,15 @@ async def test_adyen_capture_confirmed_then_late_authorisation_and_refund(env: E
     auth = await env.sent("adyen", adyen_code("AUTHORISATION", psp))
     status, pay = await env.post(f"/v1/payments/{pid}/capture", "a-cap-c", {"amount": 600})
     assert status == 200 and pay["status"] == "capture_pending", pay
+    # requested, not confirmed (#13 item 6): shown apart, never as captured
+    assert (pay["amount_capture_pending"], pay["amount_captured"]) == (600, 0), pay
     capture = await env.sent("adyen", adyen_code("CAPTURE", psp))
 
     status, answer = await env.hook("adyen", *capture)
     assert (status, answer["results"][0]["result"]) == (200, "applied")
     pay = await env.get(pid)
     assert pay["status"] == "captured" and pay["amount_captured"] == 600
+    assert pay["amount_capture_pending"] == 0
     for _ in range(5):
         assert (await env.hook("adyen", *capture))[1]["results"][0]["result"] == "duplicate"
 
@@ -369,12 +372,14 @@ async def test_adyen_capture_refused_returns_to_authorized(env: Env) -> None:
     psp, pid = pay["provider_reference"], pay["id"]
     status, pay = await env.post(f"/v1/payments/{pid}/capture", "a-refused-c")
     assert pay["status"] == "capture_pending"
+    assert (pay["amount_capture_pending"], pay["amount_captured"]) == (1000, 0), pay
     body, hdrs = await env.sent("adyen", adyen_code("CAPTURE", psp))
     refused = resign_adyen(adyen_item(body), success="false")
     status, answer = await env.hook("adyen", refused, hdrs)
     assert (status, answer["results"][0]["result"]) == (200, "applied")
     pay = await env.get(pid)
     assert pay["status"] == "authorized" and pay["amount_captured"] == 0
+    assert pay["amount_capture_pending"] == 0
     assert "capture_refused" in [e["type"] for e in await env.events(pid)]
     # the gateway accepts a new capture (the state and the operation lock allow it); the
     # simulator, which did capture for real, refuses it -- the synthetic refusal above
