@@ -13,7 +13,11 @@ p50 / p99 over ``--samples`` calls of:
 * a deep page of 100 (``starting_after`` a random payment in the older half),
 * a deep page of 100 with ``status=captured``.
 
-    .venv/bin/python bench/search.py [--payments N] [--samples S]
+With ``--upgrade`` it also times the one-off upgrade of a store written before search
+existed: SQLite's migration on open (the column fill and the four index builds; the
+column additions themselves are instant) and Redis' ``index_existing_payments``.
+
+    .venv/bin/python bench/search.py [--payments N] [--samples S] [--upgrade]
 """
 
 from __future__ import annotations
@@ -37,7 +41,13 @@ import redis
 from bench.common import private_redis, tempdir
 from gateway.model import new_payment
 from gateway.store import PaymentSearch, RedisStore, SQLiteStore, Store, in_reconcile_index
-from gateway.store.redis import _INSERT, doc_key, events_key, search_index_args
+from gateway.store.redis import (
+    _INSERT,
+    SEARCH_READY_KEY,
+    doc_key,
+    events_key,
+    search_index_args,
+)
 
 MERCHANT = "bench"
 BASE = 1_700_000_000.0
@@ -193,10 +203,40 @@ async def measure(store: Store, n: int, samples: int) -> dict[str, tuple[float, 
     }
 
 
+async def time_upgrades(sqlite_path: Path, redis_url: str) -> dict[str, float]:
+    """Undo what the upgrades did (schema version, search indexes; Redis' done marker),
+    then time the upgrades."""
+    conn = sqlite3.connect(sqlite_path)
+    conn.execute("PRAGMA user_version = 0")
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'"
+                                " AND name LIKE 'payments_search%'").fetchall():
+        conn.execute(f"DROP INDEX {name}")
+    conn.commit()
+    conn.close()
+    took = {}
+    t = time.perf_counter()
+    store: Store = SQLiteStore(sqlite_path)
+    await store.open()
+    took["sqlite"] = time.perf_counter() - t
+    await store.close()
+    client = redis.Redis.from_url(redis_url)
+    client.delete(SEARCH_READY_KEY)
+    client.close()
+    redis_store = RedisStore(redis_url)
+    await redis_store.open()
+    t = time.perf_counter()
+    await redis_store.index_existing_payments()
+    took["redis"] = time.perf_counter() - t
+    await redis_store.close()
+    return took
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--payments", type=int, default=1_000_000)
     ap.add_argument("--samples", type=int, default=500)
+    ap.add_argument("--upgrade", action="store_true",
+                    help="also time the upgrade of a store written before search existed")
     args = ap.parse_args()
     n = args.payments
     with private_redis() as redis_url:
@@ -218,6 +258,7 @@ async def main() -> None:
                     results[name] = await measure(store, n, args.samples)
                 finally:
                     await store.close()
+            upgrades = await time_upgrades(path, redis_url) if args.upgrade else None
         finally:
             shutil.rmtree(path.parent, ignore_errors=True)
     print(f"\nStore.search_payments at {n:,} payments, {args.samples} calls each "
@@ -227,6 +268,10 @@ async def main() -> None:
         cells = [f"{results[s][what][0]:7.2f} / {results[s][what][1]:7.2f}"
                  for s in ("sqlite", "redis")]
         print(f"  {what:36s} {cells[0]:>17s} {cells[1]:>17s}")
+    if upgrades is not None:
+        print(f"\nupgrade of a store written before search, {n:,} payments: SQLite open "
+              f"(migration) {upgrades['sqlite']:.1f} s, Redis index_existing_payments "
+              f"{upgrades['redis']:.1f} s")
 
 
 if __name__ == "__main__":
