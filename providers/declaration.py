@@ -14,6 +14,7 @@ credentials.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 from providers.base import Provider
 from providers.doctor_checks import Check, SignedNotification
 from providers.settings import ProviderSettings
+from providers.settlement import SettlementLine
 from providers.webhook_event import WebhookEvent
 
 #: gateway.yaml key path below the provider's entry, e.g. ``("merchant_account_ids", "USD")``.
@@ -86,6 +88,13 @@ class ProviderDeclaration:
     #: ``GET /webhooks/{name}?<query>``: the provider's endpoint verification
     #: (``query parameter``, answer function), or None when it has none.
     webhook_challenge: tuple[str, Callable[[ProviderSettings, str], str]] | None = None
+    #: Settlement (#14 items 3, 5): fetch one UTC day's settlement data through the
+    #: provider's own API, as the raw bytes :attr:`parse_settlement` reads (None: the
+    #: provider has no such API; import a file instead).
+    fetch_settlement: Callable[[ProviderSettings, dt.date], Awaitable[bytes]] | None = None
+    #: Settlement: the provider's report (fetched, or a file) -> provider-neutral lines
+    #: (raises ``providers.settlement.MalformedSettlement``).
+    parse_settlement: Callable[[bytes], list[SettlementLine]] | None = None
 
     def credentials_of(self, settings: ProviderSettings) -> dict[str, str]:
         """The entry's credentials, over the simulator's under ``sandbox: true``."""

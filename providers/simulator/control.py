@@ -9,6 +9,10 @@
     POST /_sim/{provider}/webhooks          {"duplicate_rate", "reorder_window_ms"} (merged)
     POST /_sim/{provider}/disputes          {"reference", "action": open|win|lose, "amount"?}
                                             (providers/simulator/disputes.py)
+    GET  /_sim/{provider}/settlement?date=YYYY-MM-DD
+                                            the day's settlement data, the provider's format
+    POST /_sim/{provider}/settlement_faults {"kind", "reference"}
+                                            (providers/simulator/settlement.py)
     POST /_sim/{provider}/reset             clear one simulator
     POST /_sim/reset                        clear every simulator (state, counters, faults)
 """
@@ -22,6 +26,7 @@ from aiohttp import web
 
 from providers.simulator.disputes import DisputeRefused, parse_request
 from providers.simulator.faults import FaultValidationError
+from providers.simulator.settlement import SettlementRefused, parse_day, parse_fault
 
 if TYPE_CHECKING:
     from providers.simulator.host import SimulatorHost
@@ -130,6 +135,29 @@ async def post_disputes(request: web.Request) -> web.Response:
     return web.json_response(answer)
 
 
+async def get_settlement(request: web.Request) -> web.Response:
+    name = _provider(request)
+    try:
+        day = parse_day(request.query.get("date"))
+        body, content_type = request.app[HOST_KEY].simulator(name).settlement_report(day)
+    except SettlementRefused as exc:
+        return _error(exc.status, exc.code, exc.message, exc.param)
+    return web.Response(body=body, headers={"Content-Type": content_type})
+
+
+async def post_settlement_faults(request: web.Request) -> web.Response:
+    name = _provider(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "invalid_json", "body must be a JSON object")
+    try:
+        answer = request.app[HOST_KEY].simulator(name).settlement_fault(parse_fault(body))
+    except SettlementRefused as exc:
+        return _error(exc.status, exc.code, exc.message, exc.param)
+    return web.json_response(answer)
+
+
 def build_control_app(host: SimulatorHost) -> web.Application:
     app = web.Application()
     app[HOST_KEY] = host
@@ -142,5 +170,7 @@ def build_control_app(host: SimulatorHost) -> web.Application:
     app.router.add_get("/_sim/{provider}/webhooks", get_webhooks)
     app.router.add_post("/_sim/{provider}/webhooks", post_webhooks)
     app.router.add_post("/_sim/{provider}/disputes", post_disputes)
+    app.router.add_get("/_sim/{provider}/settlement", get_settlement)
+    app.router.add_post("/_sim/{provider}/settlement_faults", post_settlement_faults)
     app.router.add_post("/_sim/{provider}/reset", reset_one)
     return app

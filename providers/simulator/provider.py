@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import datetime as dt
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ from aiohttp import web
 from providers.simulator.disputes import DisputeRefused, DisputeRequest
 from providers.simulator.faults import FaultMode, FaultSettings
 from providers.simulator.ledger import ChargeView, RequestCounter
+from providers.simulator.settlement import SettlementBook, SettlementFault, SettlementRefused
 from providers.simulator.webhooks import WebhookSender
 
 HANG_POLL_S = 0.05
@@ -74,6 +76,8 @@ class SimulatedProvider(abc.ABC):
         self._stopping = asyncio.Event()
         self._timers: set[asyncio.TimerHandle] = set()
         self._late: set[asyncio.Task[web.StreamResponse]] = set()
+        #: what settled, for ``GET /_sim/{provider}/settlement`` (cleared by :meth:`reset`)
+        self.settlement = SettlementBook(self.settlement_payout_id)
 
     # ---------------------------------------------------------------- hooks
 
@@ -100,6 +104,21 @@ class SimulatedProvider(abc.ABC):
         API answers."""
         raise DisputeRefused(404, "disputes_unsupported",
                              f"the {self.name} simulator does not simulate disputes")
+
+    def settlement_payout_id(self, day: dt.date, currency: str, account: str) -> str:
+        """The provider's id of the payout of ``day``'s ``currency`` for ``account``."""
+        return f"{account}:{day.isoformat()}:{currency}"
+
+    def settlement_report(self, day: dt.date) -> tuple[bytes, str]:
+        """``GET /_sim/{provider}/settlement?date=``: the day's settlement data in the
+        provider's real format, and its content type."""
+        raise SettlementRefused(404, "settlement_unsupported",
+                                f"the {self.name} simulator does not simulate settlement")
+
+    def settlement_fault(self, fault: SettlementFault) -> dict[str, object]:
+        """``POST /_sim/{provider}/settlement_faults`` (see
+        :mod:`providers.simulator.settlement`)."""
+        return self.settlement.add_fault(fault, known=bool(self.charges(fault.reference)))
 
     # ---------------------------------------------------------------- shared
 
@@ -157,6 +176,7 @@ class SimulatedProvider(abc.ABC):
         self.cancel_timers()
         self.cancel_late()
         self.reset_state()
+        self.settlement.clear()
         self.faults = FaultSettings()
         self.requests.clear()
         self.webhooks.configure({"duplicate_rate": 0.0, "reorder_window_ms": 0})

@@ -8,7 +8,7 @@ from providers.declaration import OptionError, ProviderDeclaration
 from providers.decline_codes import STRIPE_DECLINE_CODES
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
-from providers.stripe import doctor, webhook
+from providers.stripe import doctor, settlement, webhook
 from providers.stripe.adapter import StripeProvider
 from providers.stripe.amounts import to_wire
 from providers.webhook_event import WebhookEvent
@@ -62,4 +62,6 @@ DECLARATION = ProviderDeclaration(
     doctor_checks=doctor.stripe_checks,
     test_notification=test_notification,
     simulator_signing_key="webhook_secret",
+    fetch_settlement=settlement.fetch_settlement,
+    parse_settlement=settlement.parse_stripe,
 )

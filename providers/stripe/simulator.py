@@ -22,6 +22,11 @@ balance object; ``available`` holds per currency what was captured minus what wa
 refunded (Stripe's own units), ``pending`` is empty. Any valid key can read it, so it is
 the harmless authenticated call of ``gateway doctor``.
 
+Balance transactions (``GET /v1/balance_transactions``, Stripe's
+``GetBalanceTransactions``): one per capture, refund, dispute and dispute reversal, and
+the day's payouts, with fees from the simulators' schedule; ``GET /_sim/stripe/settlement``
+serves a day of them (:mod:`providers.stripe.sim_settlement`).
+
 Search (``GET /v1/payment_intents/search``, Stripe's Search API): the Search Query
 Language subset of :func:`providers.stripe.sim_model.parse_search_query`, newest first,
 ``limit`` 1..100 (default 10) with ``page`` / ``next_page`` cursors. Like Stripe's,
@@ -34,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -42,12 +48,14 @@ from typing import Any
 from aiohttp import web
 
 from providers.simulator import disputes as dsp
+from providers.simulator import settlement as stl
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
-from providers.simulator.iso_units import iso_to_wire
+from providers.simulator.iso_units import iso_exponent, iso_to_wire
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
 from providers.simulator.tokens import resolve_token
 from providers.stripe import sim_model as m
+from providers.stripe import sim_settlement as bal
 from providers.stripe.form import (
     FormError,
     decode_form,
@@ -75,6 +83,10 @@ CAPTURE_METHODS = ("automatic", "automatic_async", "manual")
 SEARCH_URL = "/v1/payment_intents/search"
 SEARCH_DEFAULT_LIMIT, SEARCH_MAX_LIMIT = 10, 100
 BALANCE_PARAMS = frozenset({"expand"})
+BALANCE_TXN_PARAMS = frozenset({"created", "currency", "ending_before", "expand", "limit",
+                                "payout", "source", "starting_after", "type"})
+BALANCE_TXN_EXPANDABLE = frozenset({"data.source"})
+LIST_DEFAULT_LIMIT, LIST_MAX_LIMIT = 10, 100
 
 Operation = Callable[[web.Request, dict[str, Any]], tuple[int, dict[str, Any]]]
 
@@ -153,6 +165,7 @@ class StripeSimulator(SimulatedProvider):
         self.refunds: dict[str, m.Refund] = {}
         self.disputes: dict[str, m.Dispute] = {}  # by PaymentIntent id (one per charge)
         self.idempotency = IdempotencyStore()
+        self._captured: set[str] = set()  # PaymentIntents whose capture settled
 
     # ------------------------------------------------------------ framework hooks
 
@@ -176,6 +189,8 @@ class StripeSimulator(SimulatedProvider):
                   name="retrieve_refund")
         r.add_get("/v1/balance", self._api(self._balance, BALANCE_PARAMS),
                   name="retrieve_balance")
+        r.add_get(bal.LIST_URL, self._api(self._balance_transactions, BALANCE_TXN_PARAMS),
+                  name="list_balance_transactions")
         r.add_route("*", "/_sim/3ds/{id}", self._complete_3ds, name="complete_3ds")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
@@ -200,6 +215,47 @@ class StripeSimulator(SimulatedProvider):
         self.refunds.clear()
         self.disputes.clear()
         self.idempotency.clear()
+        self._captured.clear()
+
+    # ------------------------------------------------------------ settlement
+
+    def settlement_payout_id(self, day: dt.date, currency: str, account: str) -> str:
+        return bal.payout_id(day, currency, account)
+
+    def _movement(self, kind: str, pi: m.PaymentIntent, amount: int, source: str,
+                  fee: int = 0, refund_id: str | None = None) -> None:
+        step = stl.fee_step(m.wire_exponent(pi.currency), iso_exponent(pi.currency))
+        self.settlement.record(stl.Movement(
+            line_id=m.new_id("txn"), alt_line_id=m.new_id("txn"), kind=kind,
+            reference=pi.metadata.get("gateway_payment_id") or pi.metadata.get("reference"),
+            payment_id=pi.id, currency=pi.currency.upper(), account=bal.ACCOUNT,
+            amount=amount, fee=fee, fee_step=step, refund_id=refund_id,
+            data={"source": source, "charge": pi.latest_charge}))
+
+    def _track_capture(self, pi: m.PaymentIntent) -> None:
+        """A charge balance transaction once the PaymentIntent's charge is captured."""
+        if pi.amount_received <= 0 or pi.id in self._captured or pi.latest_charge is None:
+            return
+        self._captured.add(pi.id)
+        step = stl.fee_step(m.wire_exponent(pi.currency), iso_exponent(pi.currency))
+        self._movement("capture", pi, pi.amount_received, pi.latest_charge,
+                       fee=stl.schedule_fee(pi.amount_received, step))
+
+    def _source_object(self, line: stl.DayLine) -> dict[str, Any] | None:
+        mv = line.movement
+        source = mv.data["source"]
+        pi = self.intents.get(mv.payment_id)
+        if mv.kind == "capture":
+            return pi.charge_dict() if pi is not None else None
+        if mv.kind == "refund":
+            refund = self.refunds.get(source)
+            return refund.to_dict() if refund is not None else None
+        dispute = self.disputes.get(mv.payment_id)
+        return dispute.to_dict() if dispute is not None and dispute.id == source else None
+
+    def settlement_report(self, day: dt.date) -> tuple[bytes, str]:
+        doc = bal.day_document(self.settlement, day, self._source_object)
+        return json.dumps(doc).encode(), "application/json"
 
     async def close(self) -> None:
         self.reset_state()
@@ -236,11 +292,14 @@ class StripeSimulator(SimulatedProvider):
             existing = m.Dispute(m.new_id("dp"), amount, pi.currency, pi.latest_charge, pi.id)
             self.disputes[pi.id] = existing
             event_type = "charge.dispute.created"
+            self._movement("dispute", pi, -amount, existing.id)
         else:
             if existing is None or not existing.open:
                 raise dsp.no_open_dispute(ref)
             existing.status = "won" if request.action == "win" else "lost"
             event_type = "charge.dispute.closed"
+            if existing.status == "won":
+                self._movement("dispute_reversal", pi, existing.amount, existing.id)
         self._emit(event_type, existing.to_dict(), None)
         return {"dispute": {"id": existing.id, "status": existing.status,
                             "amount": m.iso_minor(existing.amount, existing.currency),
@@ -372,6 +431,7 @@ class StripeSimulator(SimulatedProvider):
     def _settle(self, pi_id: str) -> None:
         pi = self.intents.get(pi_id)
         if pi is not None and m.settle_processing(pi):
+            self._track_capture(pi)
             self._emit_pi(pi, None)
 
     def _settle_refund(self, refund_id: str) -> None:
@@ -423,6 +483,7 @@ class StripeSimulator(SimulatedProvider):
             m.confirm(pi, self._three_ds_url(pi))
         finally:
             self._emit_pi(pi, request)
+        self._track_capture(pi)
         if pi.status == "processing":
             self.later(self.async_delay_s, lambda: self._settle(pi.id))
 
@@ -441,6 +502,65 @@ class StripeSimulator(SimulatedProvider):
             available = [{"amount": 0, "currency": "usd", "source_types": {"card": 0}}]
         return 200, {"object": "balance", "available": available, "connect_reserved": [],
                      "livemode": False, "pending": []}
+
+    def _balance_transactions(self, request: web.Request, params: dict[str, Any]
+                              ) -> tuple[int, dict[str, Any]]:
+        """``GET /v1/balance_transactions`` (spec3 ``GetBalanceTransactions``): newest
+        first; ``created`` (an integer or ``gt``/``gte``/``lt``/``lte``), ``payout``,
+        ``type``, ``currency``, ``source``; ``limit`` 1..100 (default 10),
+        ``starting_after`` / ``ending_before``; ``expand[]=data.source``."""
+        expand = params.get("expand", [])
+        if not isinstance(expand, list) or any(e not in BALANCE_TXN_EXPANDABLE
+                                               for e in expand):
+            raise m.invalid(f"This property cannot be expanded ({expand!r}).",
+                            param="expand")
+        items = bal.entries(self.settlement, self._source_object)
+        payout = get_str(params, "payout")
+        if payout is not None:
+            if payout not in self.settlement.payout_keys:
+                raise m.invalid(f"No such payout: '{payout}'", code="resource_missing",
+                                param="payout", status=404)
+            items = bal.in_payout(items, payout)
+        created = params.get("created")
+        if created is not None:
+            bounds = created if isinstance(created, dict) else {"eq": created}
+            for op, raw in bounds.items():
+                if op not in ("gt", "gte", "lt", "lte", "eq") or not str(raw).isdigit():
+                    raise m.invalid("Invalid created: must be an integer or a range "
+                                    "(gt, gte, lt, lte)", param="created")
+                value = int(raw)
+                test = {"gt": lambda c, v: c > v, "gte": lambda c, v: c >= v,
+                        "lt": lambda c, v: c < v, "lte": lambda c, v: c <= v,
+                        "eq": lambda c, v: c == v}[op]
+                items = [e for e in items if test(e.body["created"], value)]
+        for key in ("type", "currency", "source"):
+            wanted = get_str(params, key)
+            if wanted is not None:
+                items = [e for e in items if e.body[key] == wanted]
+        limit = get_int(params, "limit", minimum=1)
+        limit = LIST_DEFAULT_LIMIT if limit is None else limit
+        if limit > LIST_MAX_LIMIT:
+            raise m.invalid(f"This value must be less than or equal to {LIST_MAX_LIMIT}.",
+                            param="limit")
+        ids = [e.body["id"] for e in items]
+        after, before = get_str(params, "starting_after"), get_str(params, "ending_before")
+        for cursor, name in ((after, "starting_after"), (before, "ending_before")):
+            if cursor is not None and cursor not in ids:
+                raise m.invalid(f"No such balance_transaction: '{cursor}'",
+                                code="resource_missing", param=name, status=404)
+        if after is not None:
+            chunk = items[ids.index(after) + 1:]
+            has_more = len(chunk) > limit
+            chunk = chunk[:limit]
+        elif before is not None:
+            head = items[:ids.index(before)]
+            has_more = len(head) > limit
+            chunk = head[-limit:]
+        else:
+            has_more = len(items) > limit
+            chunk = items[:limit]
+        data = [bal.render(e, bool(expand)) for e in chunk]
+        return 200, bal.list_object(data, has_more)
 
     def _search(self, request: web.Request, params: dict[str, Any]
                 ) -> tuple[int, dict[str, Any]]:
@@ -487,6 +607,7 @@ class StripeSimulator(SimulatedProvider):
                  ) -> tuple[int, dict[str, Any]]:
         pi = self._intent(request)
         m.capture(pi, get_int(params, "amount_to_capture", minimum=1))
+        self._track_capture(pi)
         self._emit_pi(pi, request)
         return 200, pi.to_dict()
 
@@ -513,6 +634,7 @@ class StripeSimulator(SimulatedProvider):
         refund = m.refund(pi, get_int(params, "amount", minimum=0),
                           get_dict(params, "metadata"), get_str(params, "reason"))
         self.refunds[refund.id] = refund
+        self._movement("refund", pi, -refund.amount, refund.id, refund_id=refund.id)
         self._emit("refund.created", refund.to_dict(), request)
         self._emit("charge.refunded", pi.charge_dict(), request)
         if refund.status == "pending":
@@ -534,6 +656,7 @@ class StripeSimulator(SimulatedProvider):
             m.complete_action(pi, request.query.get("result", "succeed") != "fail")
         except m.StripeApiError as exc:
             return _json(exc.status, exc.body())
+        self._track_capture(pi)
         self._emit_pi(pi, None)
         if pi.return_url:
             sep = "&" if "?" in pi.return_url else "?"
