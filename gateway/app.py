@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from gateway import metrics, notifications
-from gateway.api import admin, events, health, payments, webhooks
+from gateway.api import admin, events, health, ledger, payments, webhooks
 from gateway.api.middleware import request_context
 from gateway.appkeys import (
     BREAKERS,
@@ -232,5 +232,6 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
     app.router.add_routes(health.routes)
     app.router.add_routes(webhooks.routes)
     app.router.add_routes(events.routes)
+    app.router.add_routes(ledger.routes)
     app.router.add_get("/metrics", health.metrics_handler)
     return app

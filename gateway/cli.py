@@ -214,6 +214,55 @@ async def _payments_store(config: GatewayConfig, args: argparse.Namespace) -> in
         await store.close()
 
 
+def _ledger(args: argparse.Namespace) -> int:
+    """``gateway ledger balance --config F --merchant M --currency C``: the merchant's
+    ledger balances (SPEC 16) per account, debits minus credits in minor units, from the
+    configured store. A balanced ledger sums to 0 (exit 0); otherwise exit 1. Exit 2 for a
+    bad configuration or currency."""
+    import asyncio
+    import json
+
+    from gateway.config import ConfigError, load_config
+    from gateway.store import StoreError, make_store
+    from providers.currency import UnknownCurrency, minor_unit
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    currency = args.currency.upper()
+    try:
+        minor_unit(currency)
+    except UnknownCurrency:
+        print(f"gateway: not an ISO 4217 currency: {args.currency!r}", file=sys.stderr)
+        return 2
+
+    async def read() -> dict[str, int]:
+        store = make_store(config.store_url)
+        await store.open()
+        try:
+            return await store.ledger_balances(args.merchant, currency)
+        finally:
+            await store.close()
+
+    try:
+        balances = asyncio.run(read())
+    except StoreError as exc:
+        print(f"gateway: the store cannot be used: {exc}", file=sys.stderr)
+        return 1
+    total = sum(balances.values())
+    if args.json:
+        print(json.dumps({"merchant": args.merchant, "currency": currency,
+                          "accounts": balances, "balanced": total == 0}, indent=2))
+    else:
+        print(f"ledger of {args.merchant} in {currency} (minor units, debit - credit)")
+        for account, balance in balances.items():
+            print(f"  {account:<32} {balance:>16}")
+        print(f"  {'total (0 when balanced)':<32} {total:>16}")
+    return 0 if total == 0 else 1
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from gateway.api.auth import new_key
 
@@ -409,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
                            help="the provider's id of the charge (required for authorized "
                                 "or captured when the payment has none)")
         p.set_defaults(func=_payments)
+    ledger = sub.add_parser("ledger", help="the double-entry ledger (SPEC 16)")
+    lsub = ledger.add_subparsers(dest="ledger_command", required=True)
+    balance = lsub.add_parser("balance", help="a merchant's balances per account in one "
+                              "currency; exit 1 if they do not sum to 0")
+    balance.add_argument("--config", default=DEFAULT_CONFIG)
+    balance.add_argument("--merchant", required=True)
+    balance.add_argument("--currency", required=True)
+    balance.add_argument("--json", action="store_true")
+    balance.set_defaults(func=_ledger)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
     doctor = sub.add_parser("doctor", help="pre-production checks; exit 1 on a failed check")

@@ -5,7 +5,8 @@ handed to everything that changes a payment (orchestrator, reconciliation, webho
 application). :meth:`PaymentWriter.mutate` reads the payment, lets a function change it
 and name the audit events, and writes, in ONE atomic store change: the document
 (compare-and-swap on its version), its audit events, the merchant notification the change
-owes (SPEC 3.2) and the reconcile flag. It returns what it wrote.
+owes (SPEC 3.2), the ledger entries of the money it moved (SPEC 16, :mod:`gateway.ledger`)
+and the reconcile flag. It returns what it wrote.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from gateway import metrics
 from gateway.config import GatewayConfig
+from gateway.ledger import entries_for_change, money_state
 from gateway.model import needs_reconcile, now
-from gateway.notifications import flush_outbox, outbox_record, visible_state
+from gateway.notifications import change_source, flush_outbox, outbox_record, visible_state
 from gateway.store import Store
 
 Events = list[dict[str, Any]]
@@ -42,6 +44,7 @@ class PaymentWriter:
                 raise PaymentMissing(payment_id)
             version = doc["version"]
             before = visible_state(doc)
+            money_before = money_state(doc)
             events = fn(doc)
             doc["updated_at"] = now()
             # A change the merchant did not ask for (webhook, lookup, reconciliation) owes
@@ -50,8 +53,11 @@ class PaymentWriter:
             if record is not None:  # the next event names this one as its predecessor
                 doc["_notified_sequence"] = version + 1
             doc["needs_reconcile"] = needs_reconcile(doc)
+            # the money this change moved, as balanced entries in the same write (SPEC 16)
+            entries = entries_for_change(money_before, doc, version + 1,
+                                         change_source(events))
             if await self.store.update_payment(doc, version, events,
-                                               [record] if record else ()):
+                                               [record] if record else (), entries):
                 _count_corrections(doc, events)
                 # records carried in the document by an earlier version of the gateway
                 return await flush_outbox(self.store, doc) if doc.get("_outbox") else doc

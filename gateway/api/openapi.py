@@ -165,6 +165,13 @@ OPENAPI: dict[str, Any] = {
                  "schema": {"type": "string"}}],
             "responses": {"200": {"description": "Events ({object: list, data, has_more})"},
                           **_error_responses(400, 401, 404)}}},
+        "/v1/payments/{payment_id}/ledger": {"get": {
+            "summary": "The payment's double-entry ledger entries, oldest first (SPEC 16)",
+            "parameters": [_PAYMENT_ID],
+            "responses": {"200": {"description": "Entries ({object: list, payment_id, data: "
+                                                 "[{id, entry_type, amount, currency, debit, "
+                                                 "credit, created_at, source}]})"},
+                          **_error_responses(401, 404)}}},
         "/v1/payments/{payment_id}/events": {"get": {
             "summary": "Audit trail", "parameters": [_PAYMENT_ID],
             "responses": {"200": {"description": "Events"}, **_error_responses(401, 404)}}},

@@ -156,15 +156,32 @@ class Store(abc.ABC):
     async def update_payment(
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
+        ledger: Sequence[dict[str, Any]] = (),
     ) -> bool:
         """Replace the payment if its stored version is ``expected_version``.
 
         On success the stored document has ``version = expected_version + 1`` (also set
-        on ``doc``), ``events`` are appended to its audit trail and ``notifications``
+        on ``doc``), ``events`` are appended to its audit trail, ``notifications``
         (records as :meth:`enqueue_notification` takes them; one already queued is kept)
-        join the notification outbox, all in one atomic change. Returns False (and writes
-        nothing) on a version mismatch or a missing payment.
+        join the notification outbox and ``ledger`` entries (:mod:`gateway.ledger`; one
+        already recorded is kept) join the ledger, all in one atomic change. Returns False
+        (and writes nothing) on a version mismatch or a missing payment.
         """
+
+    # ledger ------------------------------------------------------------------
+    @abc.abstractmethod
+    async def append_ledger(self, entries: Sequence[dict[str, Any]]) -> int:
+        """Record entries not tied to a payment write (settlement fees, payouts), in one
+        atomic change; an id already recorded is skipped. Returns how many were new."""
+
+    @abc.abstractmethod
+    async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
+        """The payment's ledger entries, in the order they were recorded."""
+
+    @abc.abstractmethod
+    async def ledger_balances(self, merchant_id: str, currency: str) -> dict[str, int]:
+        """Per account, debits minus credits of the merchant's entries in ``currency``
+        (kept up to date by every entry write; accounts never written are absent)."""
 
     @abc.abstractmethod
     async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
@@ -325,6 +342,19 @@ def new_notification(event: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("notification 'next_attempt_at' must be numeric (unix seconds)")
     return {**event, "next_attempt_at": float(due), "state": "pending", "attempts": [],
             "delivered_at": None, "lease_owner": None, "lease_until": None}
+
+
+def check_ledger_entry(entry: dict[str, Any]) -> None:
+    """What every backend refuses to record: an entry that is not one positive integer
+    amount moved from one account to another, in a currency, for a merchant."""
+    amount = entry.get("amount")
+    if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        raise ValueError(f"ledger entry amount must be a positive integer: {amount!r}")
+    for key in ("id", "merchant_id", "currency", "debit", "credit", "entry_type"):
+        if not isinstance(entry.get(key), str) or not entry[key]:
+            raise ValueError(f"ledger entry needs a non-empty string {key!r}")
+    if entry["debit"] == entry["credit"]:
+        raise ValueError("ledger entry debits and credits the same account")
 
 
 def requeue(doc: dict[str, Any], now: float) -> bool:

@@ -86,6 +86,7 @@ from gateway.store.base import (
     PaymentSearch,
     Store,
     StoreError,
+    check_ledger_entry,
     in_reconcile_index,
     new_notification,
     requeue,
@@ -137,13 +138,42 @@ ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
 
-# KEYS: doc, events, then per notification: its key, the due zset, the payment's list,
-#       the merchant's three listing zsets and the sequence counter (see _NTF_ENQUEUE).
+# Ledger (SPEC 16). Per entry 3 KEYS: the entry key, the payment's ledger list ('' when
+# the entry has no payment: then a dummy key is passed and not written), the merchant's
+# balance hash for the entry's currency; 5 ARGV: id, entry JSON, amount, debit, credit,
+# plus 1: '1' if the payment list is to be written. An id already recorded is skipped.
+_LEDGER_LUA = """
+local function ledger_put(ekey, plist, bal, id, entry, amount, debit, credit, listed)
+  if redis.call('SET', ekey, entry, 'NX') then
+    if listed == '1' then redis.call('RPUSH', plist, id) end
+    redis.call('HINCRBY', bal, debit, amount)
+    redis.call('HINCRBY', bal, credit, -tonumber(amount))
+    return 1
+  end
+  return 0
+end
+"""
+
+# KEYS / ARGV: per entry as in _LEDGER_LUA (3 keys, 6 args). Returns how many were new.
+_LEDGER_APPEND = _LEDGER_LUA + """
+local n, k = 0, 1
+for a = 1, #ARGV, 6 do
+  n = n + ledger_put(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2],
+                     ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+  k = k + 3
+end
+return n
+"""
+
+# KEYS: doc, events, then per ledger entry its 3 keys (_LEDGER_LUA), then per
+#       notification: its key, the due zset, the payment's list, the merchant's three
+#       listing zsets and the sequence counter (see _NTF_ENQUEUE).
 # ARGV: expected version, new version, doc, id, ix prefix, score, status, provider,
-#       reference (search index, see _IX_LUA), number of events, events...,
-#       then per notification: id, stored doc, due at. One atomic change (SPEC 3.2: the
-#       notification a change owes is written with it; SPEC 3.1: so is the search index).
-_UPDATE = _IX_LUA + """
+#       reference (search index, see _IX_LUA), number of events, events..., number of
+#       ledger entries, per entry its 6 args, then per notification: id, stored doc, due
+#       at. One atomic change (SPEC 3.2: the notification a change owes is written with
+#       it; SPEC 3.1: so is the search index; SPEC 16: so are the ledger entries).
+_UPDATE = _IX_LUA + _LEDGER_LUA + """
 local v = redis.call('HGET', KEYS[1], 'v')
 if v ~= ARGV[1] then return 0 end
 local old = redis.call('HGET', KEYS[1], 'doc')
@@ -152,7 +182,12 @@ ix_drop_old(ARGV[5], ARGV[4], old, ARGV[7], ARGV[8], ARGV[9])
 ix_put(ARGV[5], ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
 local n = tonumber(ARGV[10])
 for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-local a, k = 11 + n, 3
+local a, k = 12 + n, 3
+for _ = 1, tonumber(ARGV[11 + n]) do
+  ledger_put(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2],
+             ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
+  a, k = a + 6, k + 3
+end
 while a <= #ARGV do
   if redis.call('EXISTS', KEYS[k]) == 0 then
     redis.call('HSET', KEYS[k], 'doc', ARGV[a + 1])
@@ -372,6 +407,7 @@ _SCRIPTS = {
     "ntf_claim": _NTF_CLAIM,
     "insert": _INSERT,
     "update": _UPDATE,
+    "ledger_append": _LEDGER_APPEND,
     "claim": _CLAIM,
     "complete": _COMPLETE,
     "lease_renew": _LEASE_RENEW,
@@ -388,6 +424,33 @@ def doc_key(payment_id: str) -> str:
 
 def events_key(payment_id: str) -> str:
     return f"gw:{{{payment_id}}}:events"
+
+
+def ledger_key(payment_id: str) -> str:
+    """The payment's ledger entry ids, in order (the payment's slot)."""
+    return f"gw:{{{payment_id}}}:ledger"
+
+
+def ledger_entry_key(entry_id: str) -> str:
+    return f"gw:ledger:e:{entry_id}"
+
+
+def ledger_balance_key(merchant_id: str, currency: str) -> str:
+    """Hash: account -> debits minus credits of the merchant's entries in ``currency``."""
+    return f"gw:ledger:bal:{merchant_id}:{currency}"
+
+
+def _ledger_parts(entry: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """The 3 keys and 6 args of one entry for _LEDGER_LUA (checked first)."""
+    check_ledger_entry(entry)
+    pid = entry.get("payment_id")
+    listed = isinstance(pid, str) and bool(pid)
+    keys = [ledger_entry_key(entry["id"]),
+            ledger_key(str(pid)) if listed else ledger_entry_key(entry["id"]),
+            ledger_balance_key(entry["merchant_id"], entry["currency"])]
+    args = [entry["id"], _dumps(entry), str(int(entry["amount"])), entry["debit"],
+            entry["credit"], "1" if listed else "0"]
+    return keys, args
 
 
 def pref_key(provider: str, reference: str) -> str:
@@ -659,6 +722,7 @@ class RedisStore(Store):
     async def update_payment(
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
+        ledger: Sequence[dict[str, Any]] = (),
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
@@ -667,6 +731,11 @@ class RedisStore(Store):
                 *search_index_args(stored), str(len(events))]
         args.extend(_dumps(e) for e in events)
         keys = [doc_key(pid), events_key(pid)]
+        args.append(str(len(ledger)))
+        for entry in ledger:
+            entry_keys, entry_args = _ledger_parts(entry)
+            keys += entry_keys
+            args += entry_args
         for record in notifications:
             ntf = new_notification(record)
             eid = str(ntf["id"])
@@ -1035,6 +1104,32 @@ class RedisStore(Store):
                         return doc
                     except WatchError:
                         continue
+
+    # ledger ----------------------------------------------------------------------
+    async def append_ledger(self, entries: Sequence[dict[str, Any]]) -> int:
+        keys: list[str] = []
+        args: list[str] = []
+        for entry in entries:
+            entry_keys, entry_args = _ledger_parts(entry)
+            keys += entry_keys
+            args += entry_args
+        if not keys:
+            return 0
+        with _errors():
+            return int(await self._eval("ledger_append", keys, args))
+
+    async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
+        with _errors():
+            ids = await self._r.lrange(ledger_key(payment_id), 0, -1)
+            if not ids:
+                return []
+            raws = await self._r.mget([ledger_entry_key(str(i)) for i in ids])
+        return [json.loads(r) for r in raws if r is not None]
+
+    async def ledger_balances(self, merchant_id: str, currency: str) -> dict[str, int]:
+        with _errors():
+            raw = await self._r.hgetall(ledger_balance_key(merchant_id, currency))
+        return {str(k): int(v) for k, v in sorted(raw.items())}
 
     async def get_notification(self, event_id: str) -> dict[str, Any] | None:
         with _errors():

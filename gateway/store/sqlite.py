@@ -38,6 +38,7 @@ from gateway.store.base import (
     PaymentSearch,
     Store,
     StoreError,
+    check_ledger_entry,
     in_reconcile_index,
     new_notification,
     requeue,
@@ -113,6 +114,22 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS notifications_payment ON notifications (payment_id, seq);
+CREATE TABLE IF NOT EXISTS ledger (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    payment_id TEXT,
+    merchant_id TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    entry TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_payment ON ledger (payment_id, seq);
+CREATE TABLE IF NOT EXISTS ledger_balances (
+    merchant_id TEXT NOT NULL,
+    currency TEXT NOT NULL,
+    account TEXT NOT NULL,
+    balance INTEGER NOT NULL,
+    PRIMARY KEY (merchant_id, currency, account)
+);
 """
 
 #: GET /v1/events without payment_id (SPEC 3.2): a merchant's events newest first,
@@ -408,10 +425,13 @@ class SQLiteStore(Store):
     async def update_payment(
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
+        ledger: Sequence[dict[str, Any]] = (),
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
         stored = {**doc, "version": new_version}
+        for entry in ledger:
+            check_ledger_entry(entry)
         ok = await self._run(
             self._update_sync,
             pid,
@@ -420,6 +440,7 @@ class SQLiteStore(Store):
             updated_at,
             [_dumps(e) for e in events],
             [new_notification(n) for n in notifications],
+            list(ledger),
         )
         if ok:
             doc["version"] = new_version
@@ -433,6 +454,7 @@ class SQLiteStore(Store):
         updated_at: float,
         events: list[str],
         notifications: Sequence[dict[str, Any]] = (),
+        ledger: Sequence[dict[str, Any]] = (),
     ) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
@@ -460,7 +482,57 @@ class SQLiteStore(Store):
             )
             for ntf in notifications:
                 self._insert_ntf(conn, ntf)
+            for entry in ledger:
+                self._insert_ledger(conn, entry)
             return True
+
+    # ledger ----------------------------------------------------------------------
+    @staticmethod
+    def _insert_ledger(conn: sqlite3.Connection, entry: dict[str, Any]) -> bool:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO ledger (id, payment_id, merchant_id, currency, entry)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (entry["id"], entry.get("payment_id"), entry["merchant_id"], entry["currency"],
+             _dumps(entry)),
+        )
+        if cur.rowcount != 1:
+            return False
+        for account, delta in ((entry["debit"], entry["amount"]),
+                               (entry["credit"], -entry["amount"])):
+            conn.execute(
+                "INSERT INTO ledger_balances (merchant_id, currency, account, balance)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (merchant_id, currency, account)"
+                " DO UPDATE SET balance = balance + excluded.balance",
+                (entry["merchant_id"], entry["currency"], account, delta),
+            )
+        return True
+
+    async def append_ledger(self, entries: Sequence[dict[str, Any]]) -> int:
+        for entry in entries:
+            check_ledger_entry(entry)
+        return await self._run(self._append_ledger_sync, list(entries))
+
+    def _append_ledger_sync(self, entries: list[dict[str, Any]]) -> int:
+        with self._tx() as conn:
+            return sum(self._insert_ledger(conn, e) for e in entries)
+
+    async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
+        rows = await self._run(self._list_ledger_sync, payment_id)
+        return [json.loads(r) for r in rows]
+
+    def _list_ledger_sync(self, payment_id: str) -> list[str]:
+        cur = self._db().execute(
+            "SELECT entry FROM ledger WHERE payment_id = ? ORDER BY seq", (payment_id,))
+        return [str(r["entry"]) for r in cur.fetchall()]
+
+    async def ledger_balances(self, merchant_id: str, currency: str) -> dict[str, int]:
+        return await self._run(self._balances_sync, merchant_id, currency)
+
+    def _balances_sync(self, merchant_id: str, currency: str) -> dict[str, int]:
+        cur = self._db().execute(
+            "SELECT account, balance FROM ledger_balances WHERE merchant_id = ?"
+            " AND currency = ? ORDER BY account", (merchant_id, currency))
+        return {str(r["account"]): int(r["balance"]) for r in cur.fetchall()}
 
     async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
         rows = await self._run(self._events_sync, payment_id)
