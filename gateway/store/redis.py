@@ -138,7 +138,9 @@ ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
 return 1
 """
 
-# Ledger (SPEC 16). Per entry 3 KEYS: the entry key, the payment's ledger list ('' when
+# Ledger (SPEC 16). (The provider's time index ``gw:ledger:by:<provider>`` is built
+# inside, from the entry, like the outbox prefixes: not Cluster-safe, as documented above.)
+# Per entry 3 KEYS: the entry key, the payment's ledger list ('' when
 # the entry has no payment: then a dummy key is passed and not written), the merchant's
 # balance hash for the entry's currency; 5 ARGV: id, entry JSON, amount, debit, credit,
 # plus 1: '1' if the payment list is to be written. An id already recorded is skipped.
@@ -146,6 +148,10 @@ _LEDGER_LUA = """
 local function ledger_put(ekey, plist, bal, id, entry, amount, debit, credit, listed)
   if redis.call('SET', ekey, entry, 'NX') then
     if listed == '1' then redis.call('RPUSH', plist, id) end
+    local parsed = cjson.decode(entry)
+    if type(parsed['provider']) == 'string' then
+      redis.call('ZADD', 'gw:ledger:by:' .. parsed['provider'], parsed['created_at'], id)
+    end
     redis.call('HINCRBY', bal, debit, amount)
     redis.call('HINCRBY', bal, credit, -tonumber(amount))
     return 1
@@ -438,6 +444,11 @@ def ledger_entry_key(entry_id: str) -> str:
 def ledger_balance_key(merchant_id: str, currency: str) -> str:
     """Hash: account -> debits minus credits of the merchant's entries in ``currency``."""
     return f"gw:ledger:bal:{merchant_id}:{currency}"
+
+
+def settlement_key(provider: str, settled_on: str) -> str:
+    """Hash: line id -> imported settlement line of ``provider`` settled that day."""
+    return f"gw:settle:{provider}:{settled_on}"
 
 
 def _ledger_parts(entry: dict[str, Any]) -> tuple[list[str], list[str]]:
@@ -822,7 +833,10 @@ class RedisStore(Store):
         with _errors():
             res = await self._eval("search", keys, [upper, inclusive, lower, cursor, cursor_id,
                                                     int(query.limit), prefix, suffix])
-        return [json.loads(raw) for raw in res[1:]], bool(int(res[0]))
+        docs = [json.loads(raw) for raw in res[1:]]
+        # The gateway never changes a payment's merchant_id; should a doc ever move, the
+        # index entries its old merchant kept must still not show it to that merchant.
+        return [d for d in docs if d.get("merchant_id") == m], bool(int(res[0]))
 
     async def index_existing_payments(self, batch: int = 1000) -> int | None:
         """Add the payments a version without search indexes stored to them (the Redis
@@ -1117,6 +1131,34 @@ class RedisStore(Store):
             return 0
         with _errors():
             return int(await self._eval("ledger_append", keys, args))
+
+    async def ledger_entries_between(self, provider: str, start: float, end: float
+                                     ) -> list[dict[str, Any]]:
+        with _errors():
+            ids = await self._r.zrangebyscore(f"gw:ledger:by:{provider}", float(start),
+                                              f"({float(end)}")
+            if not ids:
+                return []
+            raws = await self._r.mget([ledger_entry_key(str(i)) for i in ids])
+        return [json.loads(r) for r in raws if r is not None]
+
+    async def save_settlement_lines(self, provider: str, lines: Sequence[dict[str, Any]]
+                                    ) -> int:
+        if not lines:
+            return 0
+        with _errors():
+            async with self._r.pipeline(transaction=True) as pipe:
+                for line in lines:
+                    pipe.hsetnx(settlement_key(provider, str(line["settled_on"])),
+                                str(line["line_id"]), _dumps(line))
+                results = await pipe.execute()
+        return sum(1 for r in results if r)
+
+    async def list_settlement_lines(self, provider: str, settled_on: str
+                                    ) -> list[dict[str, Any]]:
+        with _errors():
+            raw = await self._r.hgetall(settlement_key(provider, settled_on))
+        return [json.loads(v) for _, v in sorted(raw.items())]
 
     async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
         with _errors():

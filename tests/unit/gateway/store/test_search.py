@@ -495,3 +495,15 @@ async def test_redis_backfill_never_indexes_a_stale_read(redis_url: str) -> None
     finally:
         raw.close()
         await s.close()
+
+
+async def test_a_merchant_only_ever_gets_its_own_payments(store: Store) -> None:
+    """Even if a doc's merchant_id changed (the gateway never does that), the old
+    merchant's list no longer shows it."""
+    doc = pay("pay_1", 1.0)
+    await store.insert_payment(doc, [])
+    doc["merchant_id"] = "globex"
+    assert await store.update_payment(doc, 1, [])
+    assert await search(store, "acme") == ([], False)
+    assert await search(store, "acme", status="authorized") == ([], False)
+    assert await search(store, "globex") == (["pay_1"], False)
