@@ -47,6 +47,11 @@ class MalformedSettlement(ValueError):
     """A settlement report that cannot be read exactly (bad bytes, structure, value)."""
 
 
+class SettlementUnavailable(Exception):
+    """A ``fetch_settlement`` the provider did not answer with a report (transport error,
+    refused credentials, an HTTP error status): nothing was read."""
+
+
 def parse_date(text: str) -> dt.date:
     """``YYYY-MM-DD`` -> date; MalformedSettlement otherwise."""
     if not isinstance(text, str) or not _DATE.match(text):
@@ -112,4 +117,4 @@ def check_unique(lines: Iterable[SettlementLine]) -> list[SettlementLine]:
 
 
 __all__ = ["SETTLEMENT_KINDS", "MalformedSettlement", "SettlementKind", "SettlementLine",
-           "check_unique", "parse_date"]
+           "SettlementUnavailable", "check_unique", "parse_date"]

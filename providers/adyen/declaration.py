@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 
-from providers.adyen import doctor, webhook
+from providers.adyen import doctor, settlement, webhook
 from providers.adyen.adapter import AdyenProvider
 from providers.adyen.amounts import ADYEN_DECIMALS, to_wire
 from providers.adyen.parse import REFUSAL_DECLINE_CODES
@@ -94,4 +94,6 @@ DECLARATION = ProviderDeclaration(
     capabilities=Capabilities(modifications_confirmed_by_webhook=True),
     simulator_signing_key="hmac_key",
     currency_refusal=currency_refusal,
+    fetch_settlement=settlement.fetch_settlement,
+    parse_settlement=settlement.parse_adyen,
 )

@@ -52,11 +52,17 @@ once (over-capture / over-refund / wrong state -> 422) and confirmed by a CAPTUR
 CANCELLATION / REFUND notification after ``notification_delay_s``. /payments emits
 AUTHORISATION (success "true"/"false"). Notifications are HMAC-signed with
 ``webhook_secret`` (a hex HMAC key) and POSTed to ``webhook_url``.
+
+Settlement (:mod:`providers.adyen.sim_settlement`): the Settlement details report CSV of a
+day (captures, refunds, chargebacks and reversals, the day's MerchantPayout lines), on
+``GET /_sim/adyen/settlement?date=`` and Adyen's report download path
+``GET /reports/download/MerchantAccount/{account}/settlement_detail_report_...csv``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Awaitable, Callable
@@ -66,10 +72,12 @@ from typing import Any
 from aiohttp import web
 
 from providers.adyen import sim_model as m
+from providers.adyen import sim_settlement as sds
 from providers.adyen.sim_notify import build_body, build_item, check_hmac_key
 from providers.simulator import disputes as dsp
+from providers.simulator import settlement as stl
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
-from providers.simulator.iso_units import iso_to_wire
+from providers.simulator.iso_units import iso_exponent, iso_to_wire
 from providers.simulator.ledger import ChargeView
 from providers.simulator.provider import SimulatedProvider
 from providers.simulator.tokens import CardBehavior
@@ -131,6 +139,8 @@ class AdyenSimulator(SimulatedProvider):
         r.add_post(f"{PREFIX}/payments/{{psp}}/refunds", self._api(self._refund),
                    name="refunds")
         r.add_get("/_sim/3ds/{psp}", self._complete_3ds, name="complete_3ds")
+        r.add_get("/reports/download/MerchantAccount/{account}/{file}", self._report,
+                  name="report_download")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
     def fault_response(self, status: int) -> web.Response:
@@ -152,6 +162,67 @@ class AdyenSimulator(SimulatedProvider):
     async def close(self) -> None:
         self.reset_state()
         await super().close()
+
+    # ------------------------------------------------------------ settlement
+
+    def settlement_payout_id(self, day: dt.date, currency: str, account: str) -> str:
+        return sds.payout_id(day, currency, account)
+
+    def _movement(self, kind: str, payment: m.SimPayment, value: int, psp: str,
+                  fee: int = 0, reference: str | None = None) -> None:
+        step = stl.fee_step(m.adyen_decimals()[payment.currency],
+                            iso_exponent(payment.currency))
+        self.settlement.record(stl.Movement(
+            line_id=psp, alt_line_id=m.new_psp(self.rng), kind=kind,
+            reference=payment.reference, payment_id=payment.psp, currency=payment.currency,
+            account=payment.merchant_account, amount=value, fee=fee, fee_step=step,
+            refund_id=psp if kind == "refund" else None,
+            data={"brand": payment.card.brand, "modification_reference": reference}))
+
+    def _track_capture(self, payment: m.SimPayment, psp: str | None = None,
+                       reference: str | None = None) -> None:
+        """A Settled line for what was captured since the last one (an automatic
+        capture gets a capture pspReference of its own, as Adyen gives it)."""
+        recorded = sum(mv.amount for mv in self.settlement.movements
+                       if mv.kind == "capture" and mv.payment_id == payment.psp)
+        value = payment.captured - recorded
+        if value <= 0:
+            return
+        step = stl.fee_step(m.adyen_decimals()[payment.currency],
+                            iso_exponent(payment.currency))
+        self._movement("capture", payment, value, psp or m.new_psp(self.rng),
+                       fee=stl.schedule_fee(value, step), reference=reference)
+
+    def settlement_report(self, day: dt.date) -> tuple[bytes, str]:
+        for payment in self.payments.values():  # captures made outside the routes below
+            self._track_capture(payment)
+        return (sds.render(self.settlement.day(day), m.adyen_decimals()),
+                "text/csv; charset=utf-8")
+
+    async def _report(self, request: web.Request) -> web.Response:
+        """Adyen's report download: ``settlement_detail_report_batch_<n>.csv`` or
+        ``settlement_detail_report_<YYYY_MM_DD>.csv`` of one merchant account."""
+        if (denied := self._auth_error(request)) is not None:
+            return denied
+        account, name = request.match_info["account"], request.match_info["file"]
+        if self.merchant_account is not None and account != self.merchant_account:
+            return _json(403, m.AdyenApiError(403, "901", "Invalid Merchant Account",
+                                              "security").body())
+        stem = name.removeprefix("settlement_detail_report_").removesuffix(".csv")
+        day: dt.date | None = None
+        try:
+            if stem.startswith("batch_") and stem[6:].isdigit():
+                day = sds.BATCH_EPOCH + dt.timedelta(days=int(stem[6:]) - 1)
+            elif name.startswith("settlement_detail_report_") and name.endswith(".csv"):
+                day = dt.date.fromisoformat(stem.replace("_", "-"))
+        except (ValueError, OverflowError):
+            day = None
+        if day is None:
+            return await self._unrecognized(request)
+        for payment in self.payments.values():
+            self._track_capture(payment)
+        body = sds.render(self.settlement.day(day), m.adyen_decimals(), account)
+        return web.Response(body=body, headers={"Content-Type": "text/csv; charset=utf-8"})
 
     # ------------------------------------------------------------ request plumbing
 
@@ -261,11 +332,14 @@ class AdyenSimulator(SimulatedProvider):
             existing = m.SimDispute(m.new_psp(self.rng), payment, value, ends)
             self.disputes[payment.psp] = existing
             code = "CHARGEBACK"
+            self._movement("dispute", payment, -value, existing.psp)
         else:
             if existing is None or not existing.open:
                 raise dsp.no_open_dispute(ref)
             existing.dispute_status = "Won" if request.action == "win" else "Lost"
             code = "CHARGEBACK_REVERSED" if request.action == "win" else "SECOND_CHARGEBACK"
+            if request.action == "win":
+                self._movement("dispute_reversal", payment, existing.value, existing.psp)
         item = build_item(
             event_code=code, success=True, psp=existing.psp, original_reference=payment.psp,
             merchant_account=payment.merchant_account, reference=payment.reference,
@@ -313,6 +387,7 @@ class AdyenSimulator(SimulatedProvider):
             payment.result_code = "Authorised"
             if not payment.manual:
                 payment.captured = payment.amount
+            self._track_capture(payment)
             self._authorisation(payment)
 
     # ------------------------------------------------------------ operations
@@ -348,6 +423,7 @@ class AdyenSimulator(SimulatedProvider):
         elif not manual:
             payment.captured = payment.amount
         self.payments[payment.psp] = payment
+        self._track_capture(payment)
         if payment.result_code in ("Authorised", "Refused"):
             self._later(self.notification_delay_s, lambda: self._authorisation(payment))
         elif payment.result_code == "Received":
@@ -386,7 +462,9 @@ class AdyenSimulator(SimulatedProvider):
         payment = self._payment(request)
         amount = self._requested_amount(payment, body)
         payment.capture(amount)
-        return self._received(payment, body, "CAPTURE", amount)
+        status, answer = self._received(payment, body, "CAPTURE", amount)
+        self._track_capture(payment, answer["pspReference"], answer.get("reference"))
+        return status, answer
 
     def _cancel(self, request: web.Request, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         payment = self._payment(request)
@@ -397,7 +475,10 @@ class AdyenSimulator(SimulatedProvider):
         payment = self._payment(request)
         amount = self._requested_amount(payment, body)
         payment.refund(amount)
-        return self._received(payment, body, "REFUND", amount)
+        status, answer = self._received(payment, body, "REFUND", amount)
+        self._movement("refund", payment, -amount, answer["pspReference"],
+                       reference=answer.get("reference"))
+        return status, answer
 
     async def _complete_3ds(self, request: web.Request) -> web.Response:
         """The shopper's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""

@@ -263,11 +263,12 @@ class SettlementBook:
             lines.append(DayLine(mv, mv.line_id, fee, pid))
             if mv.kind == "refund" and "double_refund" in faults:
                 lines.append(DayLine(mv, mv.alt_line_id, fee, pid))
-        totals: dict[str, int] = {}
+        totals: dict[tuple[str, str, str], int] = {}
         for line in lines:
-            totals[line.payout_id] = totals.get(line.payout_id, 0) + line.net
-        payouts = [Payout(pid, day, self.payout_keys[pid][1], self.payout_keys[pid][2], total)
-                   for pid, total in totals.items()]
+            key = (line.payout_id, line.movement.currency, line.movement.account)
+            totals[key] = totals.get(key, 0) + line.net
+        payouts = [Payout(pid, day, currency, account, total)
+                   for (pid, currency, account), total in totals.items()]
         moved: list[DayLine] = []
         for line in lines:
             mv = line.movement
@@ -285,11 +286,12 @@ class SettlementBook:
             out.extend(line for line in self.day(day).lines if line.payout_id == payout_id)
         return out
 
-    def payout(self, payout_id: str) -> Payout | None:
+    def payouts(self, payout_id: str) -> list[Payout]:
+        """The payout(s) of that id (one per currency where an id spans currencies)."""
         key = self.payout_keys.get(payout_id)
         if key is None:
-            return None
-        return next((p for p in self.day(key[0]).payouts if p.id == payout_id), None)
+            return []
+        return [p for p in self.day(key[0]).payouts if p.id == payout_id]
 
 
 def grouped(items: Iterable[DayLine]) -> dict[str, list[DayLine]]:

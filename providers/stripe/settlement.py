@@ -53,6 +53,7 @@ from providers.settlement import (
     MalformedSettlement,
     SettlementKind,
     SettlementLine,
+    SettlementUnavailable,
     check_unique,
 )
 from providers.stripe.amounts import from_wire
@@ -233,6 +234,8 @@ async def fetch_settlement(settings: ProviderSettings, day: dt.date) -> bytes:
             members = await _pages(client, {"payout": pid})
             if bt["id"] in ids or any(member["id"] in ids for member in members):
                 payouts[pid] = _listing(members)
+    except stripe.StripeError as exc:
+        raise SettlementUnavailable(f"Stripe balance transactions: {exc}") from exc
     finally:
         await http.close_async()
     doc = {"date": day.isoformat(), "balance_transactions": _listing(transactions),
