@@ -46,9 +46,10 @@ async def fault(host: SimulatorHost, provider: str, body: Any) -> tuple[int, Any
 
 
 async def check_refusals(host: SimulatorHost, provider: str, *, captured: str,
-                         uncaptured: str) -> None:
+                         uncaptured: str, fees_reported: bool = True) -> None:
     """Every refused control request, against a payment ``captured`` (captured, never
-    refunded) and one only authorised. Leaves no fault set."""
+    refunded) and one only authorised. Leaves no fault set. ``fees_reported=False``: the
+    provider reports no fee (Braintree), so ``fee_changed`` is refused for any payment."""
     cases: list[tuple[Any, int, str]] = [
         ("not json", 400, "invalid_json"),
         ([1], 400, "invalid_json"),
@@ -60,9 +61,13 @@ async def check_refusals(host: SimulatorHost, provider: str, *, captured: str,
         ({"kind": "wrong_payout", "reference": "no-such-payment"}, 404, "unknown_reference"),
         ({"kind": "double_refund", "reference": captured}, 409, "not_refunded"),
         ({"kind": "unsettled_capture", "reference": uncaptured}, 409, "not_captured"),
-        ({"kind": "fee_changed", "reference": uncaptured}, 409, "not_captured"),
+        ({"kind": "fee_changed", "reference": uncaptured}, 409,
+         "not_captured" if fees_reported else "fees_not_reported"),
         ({"kind": "wrong_payout", "reference": uncaptured}, 409, "not_captured"),
     ]
+    if not fees_reported:
+        cases.append(({"kind": "fee_changed", "reference": captured}, 409,
+                      "fees_not_reported"))
     for body, status, code in cases:
         got, answer = await fault(host, provider, body)
         assert (got, answer["error"]["code"]) == (status, code), (body, answer)

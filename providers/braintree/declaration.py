@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
-from providers.braintree import doctor, webhook
+from providers.braintree import doctor, settlement, webhook
 from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
 from providers.braintree.amounts import to_decimal_string
 from providers.braintree.parse import DECLINE_CODES
@@ -111,5 +111,7 @@ DECLARATION = ProviderDeclaration(
                          "private_key": "sandbox_private_key"},
     doctor_checks=doctor_checks,
     test_notification=test_notification,
+    fetch_settlement=settlement.fetch_settlement,
+    parse_settlement=settlement.parse_braintree,
     webhook_challenge=("bt_challenge", challenge),
 )

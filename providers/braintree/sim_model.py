@@ -126,6 +126,8 @@ class Transaction:
     created_at: dt.datetime = field(default_factory=now)
     updated_at: dt.datetime = field(default_factory=now)
     history: list[StatusEvent] = field(default_factory=list)
+    #: when its settlement batch settled it (None: not settled)
+    settled_at: dt.datetime | None = None
     #: when it was created (time.monotonic): search sees it only after search_lag_ms
     created_monotonic: float = field(default_factory=time.monotonic, repr=False)
 
@@ -140,6 +142,28 @@ class Transaction:
 
     def money(self, minor: int) -> str:
         return decimal_string(minor, self.currency)
+
+    @property
+    def settlement_batch_id(self) -> str | None:
+        """``<settlement date>_<merchant account>`` once settled (the SDK's own test reads
+        the settlement date as the part before the first ``_``)."""
+        if self.settled_at is None:
+            return None
+        return f"{self.settled_at.date().isoformat()}_{self.merchant_account_id}"
+
+    def disbursement_details(self, disbursed_on: dt.date | None = None) -> dict[str, Any]:
+        """The SDK's ``DisbursementDetail``: disbursed the day it settled (the simulator's
+        batches are paid out the same day), in the transaction's currency."""
+        if self.settled_at is None:
+            return {"disbursement_date": None, "settlement_amount": None,
+                    "settlement_currency_iso_code": None,
+                    "settlement_currency_exchange_rate": None, "funds_held": None,
+                    "success": None}
+        return {"disbursement_date": disbursed_on or self.settled_at.date(),
+                "settlement_amount": self.money(self.amount),
+                "settlement_currency_iso_code": self.currency,
+                "settlement_currency_exchange_rate": "1", "funds_held": False,
+                "success": True}
 
     def to_xml(self) -> dict[str, Any]:
         card = self.card
@@ -161,6 +185,8 @@ class Transaction:
             "refunded_transaction_id": self.refunded_transaction_id,
             "refund_ids": Array("item", list(self.refund_ids)),
             "payment_instrument_type": "credit_card",
+            "settlement_batch_id": self.settlement_batch_id,
+            "disbursement_details": self.disbursement_details(),
             "status_history": Array("status_event", [
                 {"timestamp": e.timestamp, "status": e.status, "amount": self.money(e.amount),
                  "transaction_source": "api", "user": "sandbox"} for e in self.history]),
@@ -259,6 +285,7 @@ def settle(txn: Transaction) -> bool:
         return False
     txn.set_status("settling")
     txn.set_status("settled")
+    txn.settled_at = txn.updated_at
     return True
 
 

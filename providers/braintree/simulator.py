@@ -10,6 +10,7 @@ counted by ``GET /_sim/braintree/requests``):
     POST /transactions/{id}/refund                   refund
     POST /transactions/advanced_search_ids           search_ids
     POST /transactions/advanced_search               search
+    POST /settlement_batch_summary                   settlement_batch_summary
     GET  /merchant_accounts/{id}                     merchant_account_find
     GET  /merchant_accounts/?page=N                  merchant_account_list
 
@@ -38,6 +39,12 @@ counted by ``GET /_sim/braintree/requests``):
   ``merchant_accounts`` and, found by id only, any id ending in ``_xxx`` (currency XXX);
   all ``active``. An unknown id is 404 (the SDK's NotFoundError). The list is paginated
   like Braintree's (``current-page-number``, ``page-size``, ``total-items``).
+* Settlement (:mod:`providers.braintree.sim_settlement`): a settled transaction carries
+  ``settlement_batch_id`` (``<UTC day>_<merchant account>``) and ``disbursement_details``
+  (disbursed the same day); ``POST /settlement_batch_summary`` answers the day's summary
+  records (``settlement_batch_summary.generate``); search takes a ``settlement_batch_id``
+  criterion; ``GET /_sim/braintree/settlement?date=`` serves the day's summary, settled
+  transactions and disputes in one document. Braintree reports no fee per transaction.
 * ``error_after_process``: the injected 5xx replaces the answer of a processed request;
   the ``api_request_key`` record keeps the real answer, so a retry with the same key
   gets the transaction that was created (Braintree binds the key to what it did).
@@ -48,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import hmac
 import json
 import re
@@ -57,9 +65,11 @@ from typing import Any
 from aiohttp import web
 
 from providers.braintree import sim_model as m
+from providers.braintree import sim_settlement as sds
 from providers.braintree.webhooks import FORM_CONTENT_TYPE, form_body
 from providers.braintree.xml import Array, Repeated, XmlError, decode, encode
 from providers.simulator import disputes as dsp
+from providers.simulator import settlement as stl
 from providers.simulator.idempotency import Claim, IdempotencyStore, StoredResponse
 from providers.simulator.iso_units import iso_exponent
 from providers.simulator.ledger import ChargeView
@@ -173,6 +183,8 @@ class BraintreeSimulator(SimulatedProvider):
         r.add_get(accounts, self._api(self._list_accounts), name="merchant_account_list")
         r.add_get(accounts + "{id}", self._api(self._find_account),
                   name="merchant_account_find")
+        r.add_post("/merchants/{merchant_id}/settlement_batch_summary",
+                   self._api(self._settlement_batch_summary), name="settlement_batch_summary")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
 
     def fault_response(self, status: int) -> web.Response:
@@ -232,6 +244,68 @@ class BraintreeSimulator(SimulatedProvider):
     async def close(self) -> None:
         self.reset_state()
         await super().close()
+
+    # ------------------------------------------------------------ settlement
+
+    def settlement_payout_id(self, day: dt.date, currency: str, account: str) -> str:
+        return sds.payout_id(day, currency, account)
+
+    def _record_settled(self, txn: m.Transaction) -> None:
+        """A settled sale (capture) or credit (refund) joins its day's batch."""
+        sale = txn.type == "sale"
+        self.settlement.record(stl.Movement(
+            line_id=txn.id, alt_line_id=m.new_id(), kind="capture" if sale else "refund",
+            reference=txn.order_id,
+            payment_id=txn.id if sale else txn.refunded_transaction_id or txn.id,
+            currency=txn.currency, account=txn.merchant_account_id,
+            amount=txn.amount if sale else -txn.amount, refund_id=None if sale else txn.id,
+            at=txn.settled_at or stl.utc_now(), data={"txn": txn.id}))
+
+    def _line_transaction(self, line: stl.DayLine) -> m.Transaction:
+        return self.transactions[line.movement.data["txn"]]
+
+    def settlement_report(self, day: dt.date) -> tuple[bytes, str]:
+        body = sds.document(self.settlement.day(day), self._line_transaction,
+                            self.disputes.values())
+        return body, XML_HEADERS["Content-Type"]
+
+    def settlement_fault(self, fault: stl.SettlementFault) -> dict[str, object]:
+        """Braintree reports no fee per transaction: ``fee_changed`` has nothing to change."""
+        if fault.kind == "fee_changed" and self.charges(fault.reference):
+            raise stl.SettlementRefused(409, "fees_not_reported",
+                                        "Braintree reports no per-transaction fee: a "
+                                        "fee_changed fault has nothing to change",
+                                        "kind")
+        return super().settlement_fault(fault)
+
+    def _batch_transactions(self, criterion: Any) -> list[dict[str, Any]]:
+        """Search by ``settlement_batch_id`` (``is`` / ``starts_with`` / ...): the
+        batches' transactions as the settlement shows them."""
+        out = []
+        for day in self.settlement.days():
+            for line in self.settlement.day(day).lines:
+                txn = self._line_transaction(line)
+                if self._text_match(f"{day.isoformat()}_{txn.merchant_account_id}",
+                                    criterion):
+                    out.append(sds.transaction_xml(line, txn))
+        return out
+
+    def _settlement_batch_summary(self, request: web.Request, params: dict[str, Any]
+                                  ) -> Result:
+        """``settlement_batch_summary.generate(settlement_date)`` (82301 required, 82302
+        invalid; ``group_by_custom_field`` is accepted, the simulator keeps no custom
+        fields)."""
+        raw = params.get("settlement_date") if isinstance(params, dict) else None
+        if not isinstance(raw, str) or not raw:
+            raise m.ValidationFailure("82301", "Settlement Date is required",
+                                      "settlement_date", "settlement_batch_summary")
+        try:
+            day = dt.date.fromisoformat(raw.strip())
+        except ValueError:
+            raise m.ValidationFailure("82302", "Settlement Date is invalid",
+                                      "settlement_date", "settlement_batch_summary") from None
+        records = sds.records(self.settlement.day(day).lines, self._line_transaction)
+        return 200, "settlement_batch_summary", {"records": Array("record", records)}
 
     # ------------------------------------------------------------ request plumbing
 
@@ -340,6 +414,7 @@ class BraintreeSimulator(SimulatedProvider):
     def _settle_now(self, txn_id: str) -> None:
         txn = self.transactions.get(txn_id)
         if txn is not None and m.settle(txn):
+            self._record_settled(txn)
             self._notify("transaction_settled", txn)
 
     def _schedule_settle(self, txn: m.Transaction) -> None:
@@ -478,10 +553,18 @@ class BraintreeSimulator(SimulatedProvider):
                 if self.searchable(t.created_monotonic) and self._matches(t, criteria)]
 
     def _search_ids(self, request: web.Request, params: dict[str, Any]) -> Result:
+        if isinstance(params, dict) and "settlement_batch_id" in params:
+            ids = [t["id"] for t in self._batch_transactions(params["settlement_batch_id"])]
+            return 200, "search_results", {"page_size": PAGE_SIZE, "ids": Array("item", ids)}
         ids = [t.id for t in self._found(params)]
         return 200, "search_results", {"page_size": PAGE_SIZE, "ids": Array("item", ids)}
 
     def _search(self, request: web.Request, params: dict[str, Any]) -> Result:
+        if isinstance(params, dict) and "settlement_batch_id" in params:
+            batch = self._batch_transactions(params["settlement_batch_id"])
+            return 200, "credit_card_transactions", {
+                "current_page_number": 1, "page_size": PAGE_SIZE, "total_items": len(batch),
+                "transaction": Repeated(batch)}
         found = self._found(params)
         return 200, "credit_card_transactions", {
             "current_page_number": 1, "page_size": PAGE_SIZE, "total_items": len(found),
