@@ -35,8 +35,9 @@ serves)::
   transaction, so it names no disbursement (``payout_id`` None).
 
 :func:`fetch_settlement` (the SDK, in a thread) reads the summary with
-``settlement_batch_summary.generate`` and the transactions with the transaction search;
-disputes are not fetched (Braintree sends them as dispute notifications).
+``settlement_batch_summary.generate``, the transactions with the transaction search and
+the disputes with the dispute search (``effective_date`` the day: opened or moved that
+day); the parser keeps the disputes received or won that day.
 """
 
 from __future__ import annotations
@@ -260,13 +261,26 @@ def _fetch(settings: ProviderSettings, day: dt.date) -> bytes:
         answer = gateway.config.http().post(
             gateway.config.base_merchant_path() + "/transactions/advanced_search",
             {"search": {"settlement_batch_id": {"starts_with": f"{day.isoformat()}_"}}})
+        disputes: list[Any] = []
+        page = 1
+        while True:  # dispute.search(DisputeSearch.effective_date.between(day, day)), raw
+            listing = gateway.config.http().post(
+                gateway.config.base_merchant_path() + f"/disputes/advanced_search?page={page}",
+                {"search": {"effective_date": {"min": day.isoformat(),
+                                               "max": day.isoformat()}}})["disputes"]
+            items = _list(listing.get("dispute"), "disputes")
+            disputes.extend(items)
+            if not items or page * int(listing.get("page_size") or 1) >= int(
+                    listing.get("total_items") or 0):
+                break
+            page += 1
     except braintree.exceptions.BraintreeError as exc:
         raise SettlementUnavailable(f"Braintree: {type(exc).__name__} {exc}") from exc
     found = answer.get("credit_card_transactions") or {}
     transactions = _list(found.get("transaction"), "transactions")
     doc = {ROOT: {"settlement_date": day.isoformat(),
                   "settlement_batch_summary": {"records": list(records)},
-                  "transactions": transactions, "disputes": []}}
+                  "transactions": transactions, "disputes": disputes}}
     return str(XmlUtil.xml_from_dict(doc)).encode("utf-8")
 
 

@@ -353,7 +353,8 @@ class Dispute:
             "status": self.status,
             "updated_at": self.updated_at,
             "status_history": Array("status_history", [
-                {"status": status, "timestamp": ts} for status, ts in self.history]),
+                {"status": status, "timestamp": ts, "effective_date": ts.date()}
+                for status, ts in self.history]),
             "evidence": Array("evidence", []),
             "transaction": {"id": txn.id, "amount": txn.money(txn.amount),
                             "created_at": txn.created_at, "order_id": txn.order_id,

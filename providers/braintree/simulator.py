@@ -11,6 +11,7 @@ counted by ``GET /_sim/braintree/requests``):
     POST /transactions/advanced_search_ids           search_ids
     POST /transactions/advanced_search               search
     POST /settlement_batch_summary                   settlement_batch_summary
+    POST /disputes/advanced_search?page=N            dispute_search
     GET  /merchant_accounts/{id}                     merchant_account_find
     GET  /merchant_accounts/?page=N                  merchant_account_list
 
@@ -43,7 +44,8 @@ counted by ``GET /_sim/braintree/requests``):
   ``settlement_batch_id`` (``<UTC day>_<merchant account>``) and ``disbursement_details``
   (disbursed the same day); ``POST /settlement_batch_summary`` answers the day's summary
   records (``settlement_batch_summary.generate``); search takes a ``settlement_batch_id``
-  criterion; ``GET /_sim/braintree/settlement?date=`` serves the day's summary, settled
+  criterion; dispute search (``received_date`` / ``effective_date``) lists disputes;
+  ``GET /_sim/braintree/settlement?date=`` serves the day's summary, settled
   transactions and disputes in one document. Braintree reports no fee per transaction.
 * ``error_after_process``: the injected 5xx replaces the answer of a processed request;
   the ``api_request_key`` record keeps the real answer, so a retry with the same key
@@ -183,6 +185,8 @@ class BraintreeSimulator(SimulatedProvider):
         r.add_get(accounts, self._api(self._list_accounts), name="merchant_account_list")
         r.add_get(accounts + "{id}", self._api(self._find_account),
                   name="merchant_account_find")
+        r.add_post("/merchants/{merchant_id}/disputes/advanced_search",
+                   self._api(self._dispute_search), name="dispute_search")
         r.add_post("/merchants/{merchant_id}/settlement_batch_summary",
                    self._api(self._settlement_batch_summary), name="settlement_batch_summary")
         r.add_route("*", "/{tail:.*}", self._unrecognized, name="unrecognized")
@@ -289,6 +293,39 @@ class BraintreeSimulator(SimulatedProvider):
                                     criterion):
                     out.append(sds.transaction_xml(line, txn))
         return out
+
+    def _dispute_search(self, request: web.Request, params: dict[str, Any]) -> Result:
+        """``dispute.search`` (``POST /disputes/advanced_search?page=N``): the range
+        criteria ``received_date`` and ``effective_date`` (a status history entry
+        effective in the range), ``{"min", "max"}`` as dates; others are ignored. Pages of
+        :data:`PAGE_SIZE`, newest first."""
+        criteria = params if isinstance(params, dict) else {}
+
+        def within(day: dt.date, crit: Any) -> bool:
+            if not isinstance(crit, dict):
+                return True
+            bounds = {k: str(v)[:10] for k, v in crit.items() if k in ("min", "max", "is")}
+            try:
+                parsed = {k: dt.date.fromisoformat(v) for k, v in bounds.items()}
+            except ValueError:
+                raise m.ValidationFailure("97101", "Search criteria are invalid.",
+                                          "search", "dispute") from None
+            return (day >= parsed.get("min", day) and day <= parsed.get("max", day)
+                    and day == parsed.get("is", day))
+
+        found = [d for d in reversed(self.disputes.values())
+                 if within(d.created_at.date(), criteria.get("received_date"))
+                 and ("effective_date" not in criteria
+                      or any(within(ts.date(), criteria["effective_date"])
+                             for _, ts in d.history))]
+        try:
+            page = max(1, int(request.query.get("page", "1")))
+        except ValueError:
+            page = 1
+        chunk = found[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+        return 200, "disputes", {
+            "current_page_number": page, "page_size": PAGE_SIZE, "total_items": len(found),
+            "dispute": Repeated([d.to_xml() for d in chunk])}
 
     def _settlement_batch_summary(self, request: web.Request, params: dict[str, Any]
                                   ) -> Result:

@@ -176,9 +176,14 @@ async def test_the_sdk_fetches_the_same_batch(host: SimulatorHost) -> None:
     await simulated_day(host)
     raw = await fetch_settlement(Settings(base_url=host.base_url("braintree")), today())
     served = parse_braintree(await report_bytes(host, "braintree"))
-    # disputes are not fetched: they come as dispute notifications
-    assert parse_braintree(raw) == [x for x in served
-                                    if x.kind not in ("dispute", "dispute_reversal")]
+    assert parse_braintree(raw) == served
+    assert by_kind(served, "dispute") and by_kind(served, "dispute_reversal")
+    found = await sdk(lambda: [d.id for d in gateway(host).dispute.search(
+        braintree.DisputeSearch.effective_date.between(today(), today())).disputes.items])
+    assert found == [by_kind(served, "dispute")[0].line_id]
+    none = await sdk(lambda: list(gateway(host).dispute.search(
+        braintree.DisputeSearch.received_date.between("2011-01-01", "2011-01-02")).disputes.items))
+    assert none == []
     decl = DECLARATIONS["braintree"]
     assert decl.fetch_settlement is fetch_settlement
     assert decl.parse_settlement is parse_braintree
