@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from gateway import metrics
+from gateway import metrics, three_ds
 from gateway.config import GatewayConfig
 from gateway.disputes import lost_amount, refund_refusal
 from gateway.model import (
@@ -191,6 +191,7 @@ class Orchestrator:
             reference=doc.get("reference"),
             metadata={str(k): str(v) for k, v in (doc.get("metadata") or {}).items()},
             customer_country=(doc.get("customer") or {}).get("country"),
+            return_url=doc.get("_gateway_return"),
         )
 
     @staticmethod
@@ -218,7 +219,9 @@ class Orchestrator:
         if result.failure is not None:
             doc["failure"] = result.failure.to_dict()
         if doc["status"] == S.REQUIRES_ACTION:
-            doc["next_action"] = result.next_action
+            doc["next_action"] = three_ds.public_next_action(doc, result.next_action)
+            if events[0]["type"] == "status_changed":
+                three_ds.entered_requires_action(doc)
         elif doc["status"] != S.REQUIRES_ACTION and events[0]["type"] == "status_changed":
             doc["next_action"] = None
         return events
@@ -542,6 +545,8 @@ class Orchestrator:
         stale.clear()
         created.clear()
         current = d.get("_operation")
+        if isinstance(current, dict) and current.get("await_customer"):
+            current = None  # only waiting for a 3-D Secure customer: no request running
         lease_s = self._live_s(d.get("provider") or "")
         if current is not None:
             if current["key"] == key:
@@ -586,6 +591,10 @@ class Orchestrator:
         op = doc.get("_operation")
         if op is None:
             return doc
+        if op.get("op") == "confirm":  # 3-D Secure completion: its own module
+            from gateway.confirm import resume
+
+            return await resume(self, doc, fresh=fresh, source=source)
         provider = self._provider_of(doc)
         ref = self._ref(doc)
         name = op["op"]

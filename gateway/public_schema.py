@@ -76,7 +76,16 @@ PAYMENT_FIELDS: dict[str, dict[str, Any]] = {
     "refunds": {"type": "array", "items": {"type": "object", "properties": REFUND_FIELDS}},
     "disputes": {"type": "array", "items": {"type": "object", "properties": DISPUTE_FIELDS}},
     "failure": _FAILURE,
-    "next_action": {"type": "object", "nullable": True},
+    # requires_action (3-D Secure): where the customer's browser goes and comes back
+    # (providers/next_action.py; never the provider's own action object)
+    "next_action": {"type": "object", "nullable": True, "required": ["type"], "properties": {
+        "type": {"type": "string", "description": "redirect_to_url (the one a browser "
+                 "follows); an action no URL can express keeps only its type"},
+        "redirect_to_url": {"type": "object", "required": ["url", "return_url"],
+                            "properties": {"url": _STR, "return_url": _NSTR,
+                                           "method": {"type": "string", "enum": ["POST"]},
+                                           "data": {"type": "object",
+                                                    "additionalProperties": _STR}}}}},
     "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
     "payment_method": {"type": "object", "properties": {"type": _STR, "brand": _STR}},
     "created_at": {"type": "string", "format": "date-time"},

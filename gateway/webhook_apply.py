@@ -121,8 +121,11 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
                 (op_name == "capture" and (new == S.CAPTURED or current == S.CAPTURE_PENDING))
                 or (op_name == "void" and (new == S.VOIDED or current == S.VOID_PENDING))
             )
+            if op_name == "confirm" and new != S.REQUIRES_ACTION:
+                settles_op = True  # 3-D Secure finished: the webhook completed the payment
             if settles_op:
-                finish_operation(d, "refused" if new == S.AUTHORIZED else "succeeded")
+                finish_operation(d, "refused" if new == S.AUTHORIZED and op_name != "confirm"
+                                 else "succeeded")
             if new == S.AUTHORIZED and current in (S.CAPTURE_PENDING, S.VOID_PENDING):
                 refused = "capture" if current == S.CAPTURE_PENDING else "void"
                 events.append(audit(f"{refused}_refused", source, detail=detail))

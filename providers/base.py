@@ -165,6 +165,9 @@ class AuthorizeRequest:
     reference: str | None = None
     metadata: dict[str, str] = field(default_factory=dict)
     customer_country: str | None = None
+    #: Where the provider sends the customer back after a 3-D Secure challenge (the
+    #: gateway's return endpoint for this payment); None: the adapter's default.
+    return_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,18 @@ class Provider(abc.ABC):
     async def refund(
         self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
     ) -> RefundResult: ...
+
+    async def complete_action(self, ref: PaymentRef, returned: dict[str, str],
+                              idempotency_key: str) -> ProviderResult:
+        """Finish a ``requires_action`` payment after the customer's 3-D Secure challenge.
+
+        ``returned`` is what the customer's return to the gateway carried (query
+        parameters, e.g. Adyen's ``redirectResult``; empty when the customer has not come
+        back yet). The answer is checked against the payment's amount and currency like an
+        authorization. A provider without :attr:`Capabilities.three_ds_challenge` never
+        gets here (routing keeps 3-D Secure payments away from it)."""
+        raise NotSent("three_ds_unsupported",
+                      f"{self.type} cannot complete a 3-D Secure challenge server-side")
 
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
         """Current state of a refund, for providers that can look one up."""

@@ -39,6 +39,14 @@ class Capabilities:
     #: confirms them (Adyen). Reconciliation waits for that notification and flags the
     #: payment when it is overdue instead of asking again.
     modifications_confirmed_by_webhook: bool = False
+    #: The provider can take a payment through a 3-D Secure challenge and finish it from
+    #: the server (``Provider.complete_action``): it answers ``requires_action`` with a
+    #: redirect a browser can follow, and the gateway completes it afterwards (Stripe:
+    #: PaymentIntent ``next_action.redirect_to_url``, then retrieve/confirm; Adyen:
+    #: ``RedirectShopper`` + ``action``, then ``/payments/details``). Routing leaves a
+    #: provider without it out of payments whose method needs 3-D Secure
+    #: (``routing.select.ExclusionKind.THREE_DS_UNSUPPORTED``).
+    three_ds_challenge: bool = False
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ def _describe_request(req: RouteRequest) -> str:
         parts.append(f"metadata {{{meta}}}")
     if req.provider_tokens is not None:
         parts.append("provider tokens for [" + ", ".join(sorted(req.provider_tokens)) + "]")
+    if req.three_ds_required:
+        parts.append("3-D Secure required")
     return f"payment {req.payment_id}: " + ", ".join(parts)
 
 

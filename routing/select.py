@@ -16,7 +16,12 @@ candidates are filtered by capability, in order, with the first reason that appl
 * ``currency XXX not supported`` - not in the provider's ``currencies``;
 * ``no provider token`` - ``provider_tokens`` were given and do not name the provider;
 * ``amount not representable: ...`` - the provider cannot be sent this amount in this
-  currency exactly (its wire units, e.g. KWD 5124 at Stripe, IDR 1050 at Adyen).
+  currency exactly (its wire units, e.g. KWD 5124 at Stripe, IDR 1050 at Adyen);
+* ``3-D Secure challenge not supported`` - the payment method needs 3-D Secure
+  (``payment_method.three_d_secure: "required"``, or a sandbox token that always
+  challenges, ``tok_3ds``) and the provider's declaration says it cannot complete a
+  challenge (``Capabilities.three_ds_challenge``: Braintree authenticates on the client
+  only), so a split never sends such a payment where it would be declined.
 
 Circuit-breaker state is *not* considered here: the orchestrator skips open breakers
 and records them as attempts.
@@ -31,6 +36,8 @@ from enum import StrEnum
 from typing import Any
 
 from providers.amounts import currency_refusal, wire_refusal
+from providers.registry import declaration
+from providers.simulator.tokens import CardBehavior, resolve_token
 from routing.rules import ProviderInfo, RoutableRequest, RoutingTable, Rule
 
 SPLIT_BUCKETS = 100
@@ -51,6 +58,8 @@ class RouteRequest:
     merchant_id: str | None = None
     metadata: Mapping[str, str] = field(default_factory=dict, hash=False)
     provider_tokens: frozenset[str] | None = None
+    #: The payment method needs a 3-D Secure challenge (see :func:`needs_three_ds`).
+    three_ds_required: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], *, payment_id: str,
@@ -68,7 +77,29 @@ class RouteRequest:
             merchant_id=merchant_id,
             metadata=dict(body.get("metadata") or {}),
             provider_tokens=frozenset(tokens) if tokens is not None else None,
+            three_ds_required=needs_three_ds(pm),
         )
+
+
+def needs_three_ds(payment_method: Mapping[str, Any]) -> bool:
+    """Whether a payment method needs a 3-D Secure challenge: the request says so
+    (``three_d_secure: "required"``), or its token (or one of its provider tokens) is a
+    shared sandbox token whose documented behaviour is a challenge (``tok_3ds``, SPEC 6)."""
+    if payment_method.get("three_d_secure") == "required":
+        return True
+    tokens = [payment_method.get("token"),
+              *dict(payment_method.get("provider_tokens") or {}).values()]
+    return any(isinstance(t, str) and (card := resolve_token(t)) is not None
+               and card.behavior is CardBehavior.REQUIRES_ACTION for t in tokens)
+
+
+def three_ds_capable(provider_type: str | None) -> bool:
+    """The provider type's declared capability (an unknown type has none)."""
+    try:
+        return bool(provider_type) and declaration(str(provider_type)).capabilities \
+            .three_ds_challenge
+    except KeyError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -124,6 +155,8 @@ class ExclusionKind(StrEnum):
     CURRENCY = "currency"  # the provider (or its configuration) cannot charge the currency
     NO_TOKEN = "no_token"  # the payment method has no token for this provider
     AMOUNT_NOT_REPRESENTABLE = "amount_not_representable"  # not exactly on its wire
+    #: the payment needs 3-D Secure and the provider cannot complete a challenge
+    THREE_DS_UNSUPPORTED = "three_ds_unsupported"
 
 
 def exclusion(name: str, request: RouteRequest, providers: Mapping[str, ProviderInfo]
@@ -143,6 +176,10 @@ def exclusion(name: str, request: RouteRequest, providers: Mapping[str, Provider
     if refusal is not None:
         return (ExclusionKind.AMOUNT_NOT_REPRESENTABLE,
                 f"{AMOUNT_NOT_REPRESENTABLE}: {refusal}")
+    if request.three_ds_required and not three_ds_capable(ptype):
+        return (ExclusionKind.THREE_DS_UNSUPPORTED,
+                f"3-D Secure challenge not supported by {ptype} (the payment method "
+                "needs 3-D Secure)")
     return None
 
 

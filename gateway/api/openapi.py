@@ -101,7 +101,17 @@ OPENAPI: dict[str, Any] = {
                         "type": {"type": "string", "enum": ["card"]},
                         "token": {"type": "string"}, "brand": {"type": "string"},
                         "provider_tokens": {"type": "object",
-                                            "additionalProperties": {"type": "string"}}}},
+                                            "additionalProperties": {"type": "string"}},
+                        "three_d_secure": {
+                            "type": "string", "enum": ["automatic", "required"],
+                            "default": "automatic",
+                            "description": "required: only providers that can complete a "
+                                           "3-D Secure challenge are candidates (the "
+                                           "sandbox token tok_3ds implies it)"}}},
+                    "return_url": {"type": "string", "format": "uri", "maxLength": 2048,
+                                   "description": "where the customer's browser ends up "
+                                                  "after a 3-D Secure challenge (with "
+                                                  "payment_id appended)"},
                     "reference": {"type": "string", "maxLength": 255},
                     "customer": {"type": "object", "properties": {
                         "country": {"type": "string", "pattern": "^[A-Z]{2}$"}}},
@@ -112,6 +122,9 @@ OPENAPI: dict[str, Any] = {
             "Refund": {"type": "object", "additionalProperties": False,
                        "properties": {"amount": {"type": "integer", "minimum": 1},
                                       "reason": {"type": "string"}}},
+            "Confirm": {"type": "object", "additionalProperties": False, "properties": {},
+                        "description": "empty: what the customer's return carried is "
+                                       "already on the payment"},
             "Void": {"type": "object", "additionalProperties": False,
                      "properties": {"reason": {"type": "string", "maxLength": 255}}},
             "Payment": payment_schema(),
@@ -134,6 +147,10 @@ OPENAPI: dict[str, Any] = {
                                                    400, 401, 404, 409, 422, 503),
         "/v1/payments/{payment_id}/void": _post("Cancel an uncaptured authorization", "Void", 200,
                                                 400, 401, 404, 409, 422, 503),
+        "/v1/payments/{payment_id}/confirm": _post(
+            "Finish a requires_action payment after the customer's 3-D Secure challenge "
+            "(SPEC 3.3); a payment already finished meanwhile answers its current state",
+            "Confirm", 200, 400, 401, 404, 409, 422, 503),
         "/v1/payments/{payment_id}/refunds": _post("Refund all or part", "Refund", 201,
                                                    400, 401, 404, 409, 422, 503),
         "/v1/events/{event_id}": {"get": {

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Any
 
 from aiohttp import web
 
-from gateway import logs
+from gateway import confirm, logs, three_ds
 from gateway.api import validation
 from gateway.api.auth import authenticate_merchant
 from gateway.api.errors import ApiError, not_found
-from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
+from gateway.appkeys import CONFIG, ORCHESTRATOR, PUBLIC_URL, STORE
 from gateway.idempotency import Execution, Outcome, fingerprint, require_key, run_idempotent
 from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError
@@ -83,6 +84,11 @@ def _refuse_unchargeable(doc: dict[str, Any]) -> None:
         return
     reasons = [f"{name}: {why}" for name, why, _kind in doc["_excluded"]]
     kinds = [ExclusionKind(kind) for _name, _why, kind in doc["_excluded"]]
+    if ExclusionKind.THREE_DS_UNSUPPORTED in kinds:
+        raise ApiError(400, "invalid_request", "three_d_secure_not_supported",
+                       "the payment method needs 3-D Secure and no provider for this payment "
+                       f"can complete a challenge ({'; '.join(reasons)})",
+                       param="payment_method.three_d_secure")
     amount = [k for k in kinds if k is ExclusionKind.AMOUNT_NOT_REPRESENTABLE]
     currency = [k for k in kinds if k is ExclusionKind.CURRENCY]
     tokens = [k for k in kinds if k is ExclusionKind.NO_TOKEN]
@@ -97,6 +103,12 @@ def _refuse_unchargeable(doc: dict[str, Any]) -> None:
                    param="currency")
 
 
+def _public_base(request: web.Request) -> str:
+    """The gateway's own URL as customers' browsers reach it: the configured public URL,
+    else the origin this request came to."""
+    return request.app.get(PUBLIC_URL) or f"{request.scheme}://{request.host}"
+
+
 @routes.post("/v1/payments")
 async def create_payment(request: web.Request) -> web.Response:
     config, store, orch = request.app[CONFIG], request.app[STORE], request.app[ORCHESTRATOR]
@@ -108,6 +120,7 @@ async def create_payment(request: web.Request) -> web.Response:
         payment_id = derived_id("pay_", ex.merchant_id, ex.key)
         logs.payment_id_var.set(payment_id)
         doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
+        three_ds.prepare(doc, body, _public_base(request))
         orch.route(doc, body)
         _refuse_unchargeable(doc)
         try:
@@ -216,3 +229,42 @@ async def refund_payment(request: web.Request) -> web.Response:
         return Outcome(201, doc["id"], done)
 
     return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.post("/v1/payments/{payment_id}/confirm")
+async def confirm_payment(request: web.Request) -> web.Response:
+    """Finish a requires_action payment after the customer's 3-D Secure challenge (SPEC
+    3.3; :mod:`gateway.confirm`). Body: empty or ``{}``."""
+    merchant_id = authenticate_merchant(request, request.app[CONFIG])
+    body = validation.parse_json_body(await request.read())
+    validation.validate_confirm(body)
+    doc = await _owned_payment(request, merchant_id)
+
+    async def execute(ex: Execution) -> Outcome:
+        done = await confirm.confirm(request.app[ORCHESTRATOR], doc["id"])
+        return Outcome(200, doc["id"], done)
+
+    return await _idempotent_post(request, merchant_id, body, execute)
+
+
+@routes.get("/return/{payment_id}")
+async def customer_return(request: web.Request) -> web.Response:
+    """Where the provider sends the customer's browser after the challenge
+    (:mod:`gateway.three_ds`): no merchant auth, but only with the payment's own secret
+    ``rt``. Records what the return carried, then 303 to the merchant's return_url (or a
+    small JSON answer when the payment has none)."""
+    store = request.app[STORE]
+    doc = await store.get_payment(request.match_info["payment_id"])
+    token = request.query.get("rt", "")
+    if doc is None or not doc.get("_return_token") or not hmac.compare_digest(
+            str(doc["_return_token"]).encode(), token.encode()):
+        raise not_found()
+    logs.payment_id_var.set(doc["id"])
+    query = {k: v for k, v in request.query.items() if k != "rt"}
+    doc = await request.app[ORCHESTRATOR].writer.mutate(
+        doc["id"], lambda d: three_ds.record_return(d, query))
+    onward = three_ds.merchant_return(doc)
+    if onward:
+        raise web.HTTPSeeOther(onward)
+    return web.json_response({"object": "payment_return", "payment_id": doc["id"],
+                              "status": doc["status"]})

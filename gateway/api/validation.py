@@ -95,7 +95,7 @@ def _str_map(value: Any, param: str, max_items: int = 50) -> dict[str, str]:
 
 def validate_create(body: dict[str, Any]) -> dict[str, Any]:
     _only(body, {"amount", "currency", "capture", "payment_method", "reference", "customer",
-                 "metadata"})
+                 "metadata", "return_url"})
     _amount(body, "amount", required=True)
     cur = body.get("currency")
     if not isinstance(cur, str) or not CURRENCY.match(cur):
@@ -110,7 +110,16 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
     pm = body.get("payment_method")
     if not isinstance(pm, dict):
         raise _bad("payment_method", "payment_method is required", "parameter_missing")
-    _only(pm, {"type", "token", "brand", "provider_tokens"}, "payment_method.")
+    _only(pm, {"type", "token", "brand", "provider_tokens", "three_d_secure"},
+          "payment_method.")
+    if pm.get("three_d_secure", "automatic") not in ("automatic", "required"):
+        raise _bad("payment_method.three_d_secure",
+                   "payment_method.three_d_secure must be 'automatic' or 'required'")
+    return_url = body.get("return_url")
+    if return_url is not None and (not isinstance(return_url, str) or len(return_url) > 2048
+                                   or not re.fullmatch(r"https?://[^\s]+", return_url)):
+        raise _bad("return_url", "return_url must be an http:// or https:// URL "
+                   "(at most 2048 characters)")
     if pm.get("type", "card") != "card":
         raise _bad("payment_method.type", "only payment_method.type 'card' is supported")
     token = pm.get("token")
@@ -146,6 +155,12 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
 def validate_capture(body: dict[str, Any]) -> int | None:
     _only(body, {"amount"})
     return _amount(body, "amount", required=False)
+
+
+def validate_confirm(body: dict[str, Any]) -> None:
+    """``POST /v1/payments/{id}/confirm`` takes no parameters (empty body or ``{}``): what
+    the customer's return carried is already on the payment."""
+    _only(body, set())
 
 
 def validate_void(body: dict[str, Any]) -> None:

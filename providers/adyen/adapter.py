@@ -67,6 +67,7 @@ from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     NotSent,
+    Outcome,
     PaymentRef,
     Provider,
     ProviderMismatch,
@@ -184,7 +185,7 @@ class AdyenProvider(Provider):
             "paymentMethod": {"type": "scheme", "storedPaymentMethodId": req.token},
             "shopperInteraction": "ContAuth",
             "recurringProcessingModel": "CardOnFile",
-            "returnUrl": self._return_url,
+            "returnUrl": req.return_url or self._return_url,
         }
         if req.capture_manual:
             body["additionalData"] = {"manualCapture": "true"}
@@ -213,7 +214,43 @@ class AdyenProvider(Provider):
         self._verify(got, req.amount, req.currency, str(got.get("resultCode")),
                      got.get("pspReference") if isinstance(got.get("pspReference"), str)
                      else None)
-        return parse_payment(got, amount=req.amount, capture_manual=req.capture_manual)
+        return parse_payment(got, amount=req.amount, capture_manual=req.capture_manual,
+                             return_url=body["returnUrl"])
+
+    async def complete_action(self, ref: PaymentRef, returned: dict[str, str],
+                              idempotency_key: str) -> ProviderResult:
+        """After the shopper's redirect: ``POST /payments/details`` with
+        ``{"details": {"redirectResult": ...}}``, what Adyen appended to the returnUrl
+        (Checkout v71 ``PaymentDetailsRequest`` / ``PaymentCompletionDetails``). The answer
+        (``PaymentDetailsResponse``: resultCode, pspReference, amount, merchantReference) is
+        checked like an authorization: another pspReference, merchant reference, amount or
+        currency is never a success. Without a ``redirectResult`` (the shopper has not come
+        back) nothing is sent and the payment still requires action. A refusal of the
+        details themselves (e.g. 422 for a redirectResult Adyen does not know) leaves the
+        payment as it is (outcome DECLINED, status requires_action)."""
+        redirect_result = returned.get("redirectResult")
+        if not redirect_result:
+            return ProviderResult(Outcome.SUCCEEDED, PaymentStatus.REQUIRES_ACTION,
+                                  ref.provider_reference, None)
+        body = {"details": {"redirectResult": redirect_result}}
+        got = await self._call(
+            lambda c: c.checkout.payments_api.payments_details(
+                body, idempotency_key=idempotency_key), modification=False)
+        if isinstance(got, Refusal):
+            return declined_payment(got, PaymentStatus.REQUIRES_ACTION)
+        if "resultCode" not in got:
+            raise Ambiguous("invalid_response", "Adyen /payments/details answer without "
+                            "resultCode")
+        psp = got.get("pspReference") if isinstance(got.get("pspReference"), str) else None
+        merchant_ref = got.get("merchantReference")
+        if (psp and ref.provider_reference and psp != ref.provider_reference) or (
+                isinstance(merchant_ref, str) and merchant_ref != ref.payment_id):
+            raise ProviderMismatch(
+                f"Adyen answered /payments/details for {psp or merchant_ref!r}, not for "
+                f"{ref.provider_reference or ref.payment_id}", provider_reference=None,
+                released=False)
+        self._verify(got, ref.amount, ref.currency, str(got.get("resultCode")), psp)
+        return parse_payment(got, amount=ref.amount, capture_manual=ref.capture_manual)
 
     async def lookup(
         self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,

@@ -91,7 +91,9 @@ DECLARATION = ProviderDeclaration(
     sandbox_path="/checkout/v71",
     doctor_checks=doctor_checks,
     test_notification=test_notification,
-    capabilities=Capabilities(modifications_confirmed_by_webhook=True),
+    # RedirectShopper + action (type redirect); the shopper's return carries
+    # redirectResult, submitted to /payments/details
+    capabilities=Capabilities(modifications_confirmed_by_webhook=True, three_ds_challenge=True),
     simulator_signing_key="hmac_key",
     currency_refusal=currency_refusal,
     fetch_settlement=settlement.fetch_settlement,

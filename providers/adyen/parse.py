@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from providers import next_action as normalized_action
 from providers.adyen.amounts import from_wire
 from providers.adyen.errors import Refusal
 from providers.adyen.status import (
@@ -90,9 +91,10 @@ def _str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def parse_payment(body: Mapping[str, Any], *, amount: int, capture_manual: bool
-                  ) -> ProviderResult:
-    """A ``/payments`` answer (HTTP 200) -> result. ``amount`` is what was requested."""
+def parse_payment(body: Mapping[str, Any], *, amount: int, capture_manual: bool,
+                  return_url: str | None = None) -> ProviderResult:
+    """A ``/payments`` (or ``/payments/details``) answer (HTTP 200) -> result. ``amount``
+    is what was requested; ``return_url`` the ``returnUrl`` sent (for ``next_action``)."""
     raw = body.get("resultCode")
     psp = _str(body.get("pspReference"))
     raw_status = raw if isinstance(raw, str) else None
@@ -114,8 +116,8 @@ def parse_payment(body: Mapping[str, Any], *, amount: int, capture_manual: bool
         authorized = authorized if authorized is not None else amount
         captured = authorized if status is P.CAPTURED else None
     action = body.get("action")
-    next_action = dict(action) if status is P.REQUIRES_ACTION and isinstance(action, Mapping) \
-        else None
+    next_action = normalized_action.adyen(action, return_url) \
+        if status is P.REQUIRES_ACTION and isinstance(action, Mapping) else None
     return ProviderResult(Outcome.SUCCEEDED, status, psp, raw_status, authorized, captured,
                           next_action=next_action)
 

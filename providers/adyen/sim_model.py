@@ -106,6 +106,13 @@ def new_psp(rng: random.Random) -> str:
     return "".join(rng.choice("0123456789ABCDEFGHJKLMNPQRSTUVWXYZ") for _ in range(16))
 
 
+def new_redirect_result(rng: random.Random) -> str:
+    """An opaque ``redirectResult`` (Adyen's are long base64-like strings, e.g. the
+    published example ``X6XtfGC3!Y...``)."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!+/="
+    return "".join(rng.choice(alphabet) for _ in range(64))
+
+
 def card_for(payment_method: Any) -> tuple[SandboxCard, str]:
     """Resolve ``paymentMethod`` to a card; returns ``(card, token)`` or raises 422."""
     if not isinstance(payment_method, Mapping):
@@ -161,6 +168,8 @@ class SimPayment:
     refunded: int = 0
     cancelled: bool = False
     modifications: list[str] = field(default_factory=list)
+    #: the request's returnUrl: where the 3-D Secure page sends the shopper back
+    return_url: str | None = None
 
     @property
     def authorised(self) -> bool:

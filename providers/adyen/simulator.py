@@ -14,6 +14,7 @@ payments``; the sandbox base URL is ``http://host:port/checkout/v71``, see
 | POST [/checkout]/v{N}/payments/{psp}/captures   | captures |
 | POST [/checkout]/v{N}/payments/{psp}/cancels    | cancels  |
 | POST [/checkout]/v{N}/payments/{psp}/refunds    | refunds  |
+| POST [/checkout]/v{N}/payments/details         | payments_details |
 | GET  /_sim/3ds/{psp}?result=succeed|fail        | complete_3ds (the shopper's redirect) |
 
 ``/paymentMethods`` (``merchantAccount`` required, checked like every call) answers
@@ -46,6 +47,17 @@ approve -> ``Authorised``; decline -> ``Refused`` "Refused" (2); insufficient fu
 -> ``Refused`` "Not enough balance" (12); 3DS -> ``RedirectShopper`` with a redirect
 ``action``; pending -> ``Received`` (``Authorised`` after ``async_delay_s``).
 
+3-D Secure (Checkout v71 ``CheckoutRedirectAction``, ``/payments/details``): the
+``action`` is ``{"type": "redirect", "method": "GET", "url": ..., "paymentMethodType":
+"scheme"}``, its url this simulator's challenge page ``/_sim/3ds/{psp}`` (``?result=fail``
+fails the challenge). Finishing the challenge authorises (or refuses, ``11`` "3D Not
+Authenticated") the payment, emits its AUTHORISATION notification, and sends the shopper
+back to the request's ``returnUrl`` with ``redirectResult`` appended (without a returnUrl
+the page answers it as JSON). ``POST /payments/details`` with ``{"details":
+{"redirectResult": ...}}`` answers the payment's result (``PaymentDetailsResponse``:
+resultCode, pspReference, merchantReference, amount); a redirectResult it did not issue is
+a 422. It takes no ``merchantAccount`` (the request schema has none).
+
 Modifications answer 201 ``{"merchantAccount", "paymentPspReference", "pspReference",
 "reference", "status": "received", "amount"}``; they are applied to the ledger at
 once (over-capture / over-refund / wrong state -> 422) and confirmed by a CAPTURE /
@@ -68,6 +80,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -124,6 +137,7 @@ class AdyenSimulator(SimulatedProvider):
         self.disputes: dict[str, m.SimDispute] = {}  # by payment pspReference
         self.idempotency = IdempotencyStore()
         self.notifications: list[dict[str, Any]] = []  # every item emitted (tests)
+        self.redirect_results: dict[str, str] = {}  # redirectResult -> pspReference
 
     # ------------------------------------------------------------ framework hooks
 
@@ -132,6 +146,8 @@ class AdyenSimulator(SimulatedProvider):
         r.add_post(f"{PREFIX}/paymentMethods", self._api(self._payment_methods),
                    name="payment_methods")
         r.add_post(f"{PREFIX}/payments", self._api(self._payments), name="payments")
+        r.add_post(f"{PREFIX}/payments/details",
+                   self._api(self._payments_details, merchant=False), name="payments_details")
         r.add_post(f"{PREFIX}/payments/{{psp}}/captures", self._api(self._capture),
                    name="captures")
         r.add_post(f"{PREFIX}/payments/{{psp}}/cancels", self._api(self._cancel),
@@ -158,6 +174,7 @@ class AdyenSimulator(SimulatedProvider):
         self.disputes.clear()
         self.idempotency.clear()
         self.notifications.clear()
+        self.redirect_results.clear()
 
     async def close(self) -> None:
         self.reset_state()
@@ -232,7 +249,8 @@ class AdyenSimulator(SimulatedProvider):
             return None
         return _json(401, m.UNAUTHORIZED.body())
 
-    def _api(self, op: Operation) -> Callable[[web.Request], Awaitable[web.Response]]:
+    def _api(self, op: Operation, *, merchant: bool = True
+             ) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def handler(request: web.Request) -> web.Response:
             if (denied := self._auth_error(request)) is not None:
                 return denied
@@ -265,7 +283,8 @@ class AdyenSimulator(SimulatedProvider):
                 try:
                     if not isinstance(body, dict):
                         raise m.invalid("Unexpected input: expected a JSON object", "702", 400)
-                    self._check_merchant(body)
+                    if merchant:
+                        self._check_merchant(body)
                     status, answer = op(request, body)
                 except m.AdyenApiError as exc:
                     status, answer = exc.status, exc.body(psp_header)
@@ -409,7 +428,8 @@ class AdyenSimulator(SimulatedProvider):
         payment = m.SimPayment(
             psp=m.new_psp(self.rng), merchant_account=str(body["merchantAccount"]),
             reference=reference, amount=amount[0], currency=amount[1], card=card, manual=manual,
-            result_code="Authorised")
+            result_code="Authorised",
+            return_url=body["returnUrl"] if isinstance(body.get("returnUrl"), str) else None)
         action: dict[str, Any] | None = None
         if card.behavior in m.REFUSALS:
             payment.result_code = "Refused"
@@ -480,8 +500,22 @@ class AdyenSimulator(SimulatedProvider):
                        reference=answer.get("reference"))
         return status, answer
 
+    def _payments_details(self, request: web.Request, body: dict[str, Any]
+                          ) -> tuple[int, dict[str, Any]]:
+        details = body.get("details")
+        if not isinstance(details, dict):
+            raise m.invalid("Required field 'details' is not provided.", "000")
+        redirect_result = details.get("redirectResult")
+        if not isinstance(redirect_result, str) or not redirect_result:
+            raise m.invalid("Required field 'details.redirectResult' is not provided.", "000")
+        payment = self.payments.get(self.redirect_results.get(redirect_result, ""))
+        if payment is None:
+            raise m.invalid("Invalid redirectResult", "000")
+        return 200, payment.payment_response()
+
     async def _complete_3ds(self, request: web.Request) -> web.Response:
-        """The shopper's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""
+        """The shopper's 3-D Secure page: ``?result=succeed`` (default) or ``fail``; then
+        back to the returnUrl with ``redirectResult``."""
         payment = self.payments.get(request.match_info["psp"])
         if payment is None or payment.result_code != "RedirectShopper":
             return _json(404, m.invalid("Unknown or completed 3-D Secure session", "000",
@@ -493,5 +527,10 @@ class AdyenSimulator(SimulatedProvider):
             payment.result_code = "Authorised"
             if not payment.manual:
                 payment.captured = payment.amount
-        self._authorisation(payment)
-        return _json(200, payment.payment_response())
+        token = m.new_redirect_result(self.rng)
+        self.redirect_results[token] = payment.psp
+        self._later(self.notification_delay_s, lambda: self._authorisation(payment))
+        if payment.return_url:
+            sep = "&" if "?" in payment.return_url else "?"
+            raise web.HTTPFound(f"{payment.return_url}{sep}{urlencode({'redirectResult': token})}")
+        return _json(200, {**payment.payment_response(), "redirectResult": token})

@@ -9,7 +9,7 @@ from providers.braintree import doctor, settlement, webhook
 from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
 from providers.braintree.amounts import to_decimal_string
 from providers.braintree.parse import DECLINE_CODES
-from providers.declaration import OptionError, ProviderDeclaration
+from providers.declaration import Capabilities, OptionError, ProviderDeclaration
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
 from providers.webhook_event import WebhookEvent
@@ -114,4 +114,14 @@ DECLARATION = ProviderDeclaration(
     fetch_settlement=settlement.fetch_settlement,
     parse_settlement=settlement.parse_braintree,
     webhook_challenge=("bt_challenge", challenge),
+    # No server-side 3-D Secure challenge: Braintree authenticates on the CLIENT
+    # (braintree-web / mobile SDK ``threeDSecure.verifyCard`` runs the lookup and the
+    # issuer's challenge) and the result reaches the server attached to the payment-method
+    # nonce (``three_d_secure_info``) or as ``three_d_secure_authentication_id``. The
+    # server API's sale can only demand it (``options.three_d_secure.required``) and is
+    # gateway-rejected with reason ``three_d_secure`` without it; it has no redirect to
+    # hand a browser and nothing to complete afterwards. So the gateway refuses 3-D Secure
+    # payments here explicitly: routing excludes Braintree for them
+    # (ExclusionKind.THREE_DS_UNSUPPORTED) instead of letting a split decline them.
+    capabilities=Capabilities(three_ds_challenge=False),
 )

@@ -160,6 +160,8 @@ class StripeProvider(Provider):
             "payment_method": req.token,
             "payment_method_types": ["card"],
             "metadata": metadata,
+            # where Stripe sends the customer after a 3-D Secure redirect (next_action)
+            **({"return_url": req.return_url} if req.return_url else {}),
         }
 
     async def _create(self, req: AuthorizeRequest) -> ProviderResult:
@@ -281,6 +283,38 @@ class StripeProvider(Provider):
         if replayed.provider_reference and replayed.status is not PaymentStatus.DECLINED:
             return await self._retrieve(replayed.provider_reference)
         return replayed
+
+    async def complete_action(self, ref: PaymentRef, returned: dict[str, str],
+                              idempotency_key: str) -> ProviderResult:
+        """After the customer's 3-D Secure redirect: Stripe has already finished the
+        PaymentIntent it confirmed (``requires_capture`` / ``succeeded``, or
+        ``requires_payment_method`` with ``payment_intent_authentication_failure``), so
+        retrieve it; one waiting in ``requires_confirmation`` is confirmed with
+        ``idempotency_key``. Checked against the amount and currency sent. ``returned``
+        (``payment_intent``, ``redirect_status``) is not needed: the PaymentIntent id is
+        the payment's provider reference."""
+        pi_id = self._require_reference(ref)
+        client = await self._sdk()
+        got: Any = await self._call(lambda: client.v1.payment_intents.retrieve_async(pi_id))
+        if isinstance(got, Refusal):
+            if got.not_found:
+                raise NotFound(got.failure.message)
+            raise Ambiguous("lookup_refused", got.failure.message)
+        pi = _as_dict(got)
+        if pi.get("status") == "requires_confirmation":
+            opts: Any = {"idempotency_key": idempotency_key}
+            got = await self._call(lambda: client.v1.payment_intents.confirm_async(
+                pi_id, {}, opts))
+            if isinstance(got, Refusal):
+                if got.payment_intent is None:
+                    raise Ambiguous("confirm_refused", got.failure.message)
+                return declined_payment(got)
+            pi = _as_dict(got)
+        if pi.get("id") != pi_id:
+            raise Ambiguous("invalid_response", f"asked for {pi_id}, Stripe answered "
+                            f"{pi.get('id')!r}")
+        await self._verify(pi, "amount", ref.amount, ref.currency)
+        return parse_payment_intent(pi)
 
     async def _search(self, payment_id: str) -> ProviderResult:
         client = await self._sdk()

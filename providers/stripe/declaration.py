@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from providers.declaration import OptionError, ProviderDeclaration
+from providers.declaration import Capabilities, OptionError, ProviderDeclaration
 from providers.decline_codes import STRIPE_DECLINE_CODES
 from providers.doctor_checks import Check, SignedNotification, fail
 from providers.settings import ProviderSettings
@@ -64,4 +64,7 @@ DECLARATION = ProviderDeclaration(
     simulator_signing_key="webhook_secret",
     fetch_settlement=settlement.fetch_settlement,
     parse_settlement=settlement.parse_stripe,
+    # PaymentIntent requires_action + next_action.redirect_to_url; after the redirect the
+    # PaymentIntent is retrieved (or confirmed, if it waits in requires_confirmation)
+    capabilities=Capabilities(three_ds_challenge=True),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from providers import next_action as normalized_action
 from providers.amounts import AmountError
 from providers.base import Failure, Outcome, ProviderResult, RefundResult
 from providers.statuses import PaymentStatus, RefundStatus
@@ -63,7 +64,7 @@ def parse_payment_intent(pi: Mapping[str, Any]) -> ProviderResult:
         amount_authorized=authorized,
         amount_captured=captured,
         failure=failure,
-        next_action=dict(next_action) if isinstance(next_action, Mapping) else None,
+        next_action=normalized_action.stripe(next_action),
     )
 
 

@@ -44,6 +44,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -650,7 +651,13 @@ class StripeSimulator(SimulatedProvider):
         return 200, refund.to_dict()
 
     async def _complete_3ds(self, request: web.Request) -> web.Response:
-        """The customer's 3-D Secure page: ``?result=succeed`` (default) or ``fail``."""
+        """The customer's 3-D Secure page (``next_action.redirect_to_url.url``):
+        ``?result=succeed`` (default) or ``fail``. Like Stripe's, finishing it finishes the
+        PaymentIntent (``requires_capture`` / ``succeeded``, or ``requires_payment_method``
+        with ``payment_intent_authentication_failure``), sends its webhook
+        (``payment_intent.amount_capturable_updated`` / ``.succeeded`` /
+        ``.payment_failed``) and redirects to ``return_url`` with ``payment_intent``,
+        ``payment_intent_client_secret`` and ``redirect_status`` appended."""
         try:
             pi = self._intent(request)
             m.complete_action(pi, request.query.get("result", "succeed") != "fail")
@@ -660,5 +667,9 @@ class StripeSimulator(SimulatedProvider):
         self._emit_pi(pi, None)
         if pi.return_url:
             sep = "&" if "?" in pi.return_url else "?"
-            raise web.HTTPFound(f"{pi.return_url}{sep}payment_intent={pi.id}")
+            status = "failed" if pi.status == "requires_payment_method" else "succeeded"
+            query = urlencode({"payment_intent": pi.id,
+                               "payment_intent_client_secret": pi.client_secret,
+                               "redirect_status": status})
+            raise web.HTTPFound(f"{pi.return_url}{sep}{query}")
         return _json(200, pi.to_dict())

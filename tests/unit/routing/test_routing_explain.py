@@ -246,6 +246,21 @@ def test_route_provider_tokens_and_merchant_rule(tmp_path: Path, shipped_routing
     assert "  - local_stripe: no provider token" in out
 
 
+def test_route_explains_a_three_ds_exclusion(tmp_path: Path, shipped_routing: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """`gateway route` says why Braintree is left out of a 3-D Secure payment."""
+    cfg = write_config(tmp_path, shipped_routing)
+    body = {**BODY, "currency": "EUR", "customer": {"country": "US"},
+            "payment_method": {"type": "card", "token": "tok_visa",
+                               "three_d_secure": "required"}}
+    assert route_main(cfg, write_request(tmp_path, body), "acme") == 0
+    out = capsys.readouterr().out
+    assert "3-D Secure required" in out and "rule 'eur-default'" in out
+    assert "  1. local_adyen\n  2. local_stripe\n" in out
+    assert ("  - local_braintree: 3-D Secure challenge not supported by braintree (the "
+            "payment method needs 3-D Secure)") in out
+
+
 def test_route_without_routing_file_uses_static_candidates(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, None)

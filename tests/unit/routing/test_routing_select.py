@@ -277,3 +277,33 @@ def test_each_exclusion_has_a_kind() -> None:
         "gone": ExclusionKind.NOT_CONFIGURED, "braintree": ExclusionKind.CURRENCY,
         "stripe": ExclusionKind.AMOUNT_NOT_REPRESENTABLE, "adyen": ExclusionKind.NO_TOKEN}
     assert [name for name, _ in d.excluded] == ["gone", "braintree", "stripe", "adyen"]
+
+
+def test_three_ds_payments_skip_providers_that_cannot_challenge() -> None:
+    """A payment method that needs 3-D Secure never goes to a provider whose declaration
+    lacks the capability (Braintree: client-side only), whatever the split bucket."""
+    providers = {"stripe": Typed(ALL, "stripe"), "braintree": Typed(ALL, "braintree"),
+                 "adyen": Typed(ALL, "adyen")}
+    t = RoutingTable("v", (Rule("d", split=(("braintree", 50), ("stripe", 50)),
+                                fallback=("adyen",)),), "x")
+    for pid in ids_with_bucket(0, 50, 3) + ids_with_bucket(50, 100, 3):
+        d = decide(t, req(payment_id=pid, three_ds_required=True), providers)
+        assert d.candidates[0] == "stripe" and "braintree" not in d.candidates
+        assert d.exclusion_kinds == {"braintree": ExclusionKind.THREE_DS_UNSUPPORTED}
+        assert dict(d.excluded)["braintree"].startswith(
+            "3-D Secure challenge not supported by braintree")
+        plain = decide(t, req(payment_id=pid), providers)
+        assert "braintree" in plain.candidates and not plain.excluded
+
+
+@pytest.mark.parametrize(("pm", "needed"), [
+    ({"token": "tok_visa"}, False),
+    ({"token": "tok_visa", "three_d_secure": "required"}, True),
+    ({"token": "tok_visa", "three_d_secure": "automatic"}, False),
+    ({"token": "tok_3ds"}, True),  # the shared sandbox token that always challenges
+    ({"provider_tokens": {"a": "tok_visa", "b": "tok_3ds"}}, True),
+    ({"token": "pm_card_threeDSecure2Required"}, False),  # Stripe's own: opaque here
+])
+def test_what_says_a_payment_needs_three_ds(pm: dict[str, object], needed: bool) -> None:
+    body = {"amount": 5, "currency": "USD", "payment_method": {"type": "card", **pm}}
+    assert RouteRequest.from_body(body, payment_id="p").three_ds_required is needed

@@ -108,7 +108,9 @@ async def test_decline_is_a_result_never_a_fault(
 async def test_3ds_and_pending(provider: AdyenProvider) -> None:
     three_ds = await provider.authorize(auth_req("pay_3", token="tok_3ds"))
     assert three_ds.status is P.REQUIRES_ACTION
-    assert three_ds.next_action is not None and three_ds.next_action["type"] == "redirect"
+    assert three_ds.next_action is not None
+    assert three_ds.next_action["type"] == "redirect_to_url"  # normalized, not Adyen's own
+    assert "/_sim/3ds/" in three_ds.next_action["redirect_to_url"]["url"]
     pending = await provider.authorize(auth_req("pay_p", token="tok_pending"))
     assert (pending.outcome, pending.status) == (Outcome.SUCCEEDED, P.PROCESSING)
 

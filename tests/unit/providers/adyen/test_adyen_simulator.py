@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import Adyen
 import aiohttp
@@ -288,11 +289,42 @@ async def test_3ds_redirect_then_completion(sim: SimulatorHost, receiver: Receiv
     action = res.message["action"]
     assert action["type"] == "redirect" and action["method"] == "GET"
     assert receiver.items() == []
-    async with aiohttp.ClientSession() as s, s.get(action["url"]) as resp:
-        assert resp.status == 200
-        assert (await resp.json())["resultCode"] == "Authorised"
+    async with aiohttp.ClientSession() as s, s.get(action["url"],
+                                                   allow_redirects=False) as resp:
+        # back to the request's returnUrl with redirectResult (Checkout v71 redirect flow)
+        assert resp.status == 302
+        back = resp.headers["Location"]
+    assert back.startswith("https://example.test/return?redirectResult=")
+    redirect_result = parse_qs(urlsplit(back).query)["redirectResult"][0]
     await eventually(lambda: len(receiver.items("AUTHORISATION")) == 1)
     assert receiver.items("AUTHORISATION")[0]["success"] == "true"
+    details = await call(sdk(sim).checkout.payments_api.payments_details,
+                         {"details": {"redirectResult": redirect_result}},
+                         idempotency_key="3ds-details")
+    assert details.message["resultCode"] == "Authorised"
+    assert details.message["pspReference"] == res.message["pspReference"]
+    assert details.message["merchantReference"] == "pay_3"
+    assert details.message["amount"] == {"currency": "EUR", "value": 1000}
+    with pytest.raises(AdyenAPIResponseError) as bad:  # a redirectResult it never issued
+        await call(sdk(sim).checkout.payments_api.payments_details,
+                   {"details": {"redirectResult": "forged"}})
+    assert bad.value.status_code == 422
+
+
+async def test_3ds_failed_challenge_is_refused(sim: SimulatorHost) -> None:
+    res = await call(sdk(sim).checkout.payments_api.payments, payment(token="tok_3ds",
+                                                                      ref="pay_3f"))
+    url = res.message["action"]["url"]
+    async with aiohttp.ClientSession() as s, s.get(url, params={"result": "fail"},
+                                                   allow_redirects=False) as resp:
+        back = resp.headers["Location"]
+    redirect_result = parse_qs(urlsplit(back).query)["redirectResult"][0]
+    details = await call(sdk(sim).checkout.payments_api.payments_details,
+                         {"details": {"redirectResult": redirect_result}})
+    assert (details.message["resultCode"], details.message["refusalReasonCode"]) == (
+        "Refused", "11")
+    async with aiohttp.ClientSession() as s, s.get(url, allow_redirects=False) as resp:
+        assert resp.status == 404  # the challenge is over
 
 
 async def test_adyen_test_card_number(sim: SimulatorHost) -> None:

@@ -256,9 +256,12 @@ def test_parse_error_result_is_failed_not_fault() -> None:
 
 def test_parse_redirect_shopper_carries_action() -> None:
     body = fixture("payment_redirect_shopper")
-    result = parse_payment(body, amount=1250, capture_manual=True)
+    result = parse_payment(body, amount=1250, capture_manual=True,
+                           return_url="https://shop.example/back")
     assert (result.outcome, result.status) == (Outcome.SUCCEEDED, P.REQUIRES_ACTION)
-    assert result.next_action == body["action"]
+    # the gateway's one shape; Adyen's own fields (paymentMethodType ...) stay out
+    assert result.next_action == {"type": "redirect_to_url", "redirect_to_url": {
+        "url": body["action"]["url"], "return_url": "https://shop.example/back"}}
     assert result.amount_authorized is None
 
 

@@ -17,6 +17,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 import Adyen
 import aiohttp
@@ -134,6 +135,29 @@ async def test_adyen_simulator_answers_match_adyens_openapi(
     status, body = await api.post("/payments", payment(manual=False, ref="p-auto"),
                                   key="k-auto")
     c.schema("/payments auto-capture", body, "PaymentResponse")
+
+    # ---- 3-D Secure: redirect action, the shopper's return, /payments/details
+    for result, code in (("succeed", "Authorised"), ("fail", "Refused")):
+        _, three = await api.post("/payments", payment("tok_3ds", ref=f"p-3ds-{result}"),
+                                  key=f"k-3ds-{result}")
+        action = three.get("action") or {}
+        c.schema(f"3DS action ({result})", action, "CheckoutRedirectAction")
+        c.present(f"3DS action ({result})", action, ["type", "url", "method"])
+        async with api.session.get(action.get("url", ""), params={"result": result},
+                                   allow_redirects=False) as r:
+            back = r.headers.get("Location", "")
+        c.expect(f"challenge ({result}) -> 302 to returnUrl with redirectResult",
+                 r.status == 302 and "redirectResult=" in back, f"{r.status} {back}")
+        details = {"details": {"redirectResult": parse_qs(urlsplit(back).query).get(
+            "redirectResult", [""])[0]}}
+        c.schema(f"/payments/details request ({result})", details, "PaymentDetailsRequest")
+        status, body = await api.post("/payments/details", details, key=f"k-det-{result}")
+        c.expect(f"/payments/details ({result}) -> {code}", status == 200
+                 and body.get("resultCode") == code, f"{status} {body}")
+        c.schema(f"/payments/details {result}", body, "PaymentDetailsResponse")
+    status, body = await api.post("/payments/details", {"details": {"redirectResult": "x"}})
+    c.expect("/payments/details unknown redirectResult -> 422", status == 422, str(status))
+    c.schema("/payments/details unknown redirectResult", body, "ServiceError")
 
     # ---- modifications: 201 received
     psp = auth.get("pspReference", "")

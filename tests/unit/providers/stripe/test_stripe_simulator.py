@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import pytest
@@ -165,6 +166,32 @@ async def test_3ds_next_action_and_completion(sim: SimulatorHost,
     failed = await pis.retrieve_async(bad.id)
     assert failed.status == "requires_payment_method"
     assert failed.last_payment_error.code == "payment_intent_authentication_failure"
+
+
+async def test_3ds_page_returns_the_customer_to_return_url(
+        client: stripe.StripeClient) -> None:
+    """Like Stripe: the challenge page finishes the PaymentIntent and redirects to the
+    return_url with payment_intent, payment_intent_client_secret and redirect_status."""
+    pis = client.v1.payment_intents
+    params = {**create_params("tok_3ds", ref="pay_r"), "return_url": "https://shop.test/back?o=1"}
+    pi = await pis.create_async(params)
+    assert pi.next_action.redirect_to_url.return_url == "https://shop.test/back?o=1"
+    async with aiohttp.ClientSession() as s, s.get(
+            pi.next_action.redirect_to_url.url, allow_redirects=False) as resp:
+        assert resp.status == 302
+        location = resp.headers["Location"]
+    query = parse_qs(urlsplit(location).query)
+    assert location.startswith("https://shop.test/back?o=1&")
+    assert query["payment_intent"] == [pi.id]
+    assert query["payment_intent_client_secret"] == [pi.client_secret]
+    assert query["redirect_status"] == ["succeeded"]
+    assert (await pis.retrieve_async(pi.id)).status == "requires_capture"
+    failed = await pis.create_async({**params, "metadata": {"gateway_payment_id": "pay_rf"}})
+    async with aiohttp.ClientSession() as s, s.get(
+            failed.next_action.redirect_to_url.url, params={"result": "fail"},
+            allow_redirects=False) as resp:
+        assert parse_qs(urlsplit(resp.headers["Location"]).query)["redirect_status"] == [
+            "failed"]
 
 
 async def test_pending_token_settles_later(client: stripe.StripeClient) -> None:
