@@ -220,13 +220,15 @@ async def test_the_return_endpoint_needs_the_payments_secret(
 
 # --------------------------------------------------------------------------- webhooks
 
-@pytest.mark.parametrize(("provider", "final"), [("stripe_a", "authorized"),
-                                                 ("adyen_b", "authorized")])
+@pytest.mark.parametrize(("provider", "capture", "final"), [
+    ("stripe_a", "manual", "authorized"),  # payment_intent.amount_capturable_updated
+    ("stripe_a", "automatic", "captured"),  # payment_intent.succeeded
+    ("adyen_b", "manual", "authorized"), ("adyen_b", "automatic", "captured")])  # AUTHORISATION
 async def test_the_providers_webhook_alone_completes_the_payment(
         tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession,
-        provider: str, final: str) -> None:
+        provider: str, capture: str, final: str) -> None:
     env = await _env(tmp_path, store_url, aiohttp_client, session, provider, webhooks=True)
-    pay = await env.pay(f"3ds-hook-{provider}", provider)
+    pay = await env.pay(f"3ds-hook-{provider}-{capture}", provider, capture=capture)
     assert pay["status"] == "requires_action"
     await env.browse(pay)
 
