@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from gateway import metrics, notifications
-from gateway.api import admin, events, health, ledger, payments, webhooks
+from gateway.api import admin, admin_settlements, events, health, ledger, payments, webhooks
 from gateway.api.middleware import request_context
 from gateway.appkeys import (
     BREAKERS,
@@ -224,6 +224,7 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up
     metrics.initialise(list(config.providers))
+    metrics.initialise_settlement({n: p.currencies for n, p in config.providers.items()})
     app.cleanup_ctx.extend([_sandbox_ctx, _store_ctx, _routing_ctx, _breakers_ctx,
                             _providers_ctx, _reconcile_ctx])
     app.cleanup_ctx.append(notifications.worker_ctx)  # merchant notification delivery
@@ -233,5 +234,6 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
     app.router.add_routes(webhooks.routes)
     app.router.add_routes(events.routes)
     app.router.add_routes(ledger.routes)
+    app.router.add_routes(admin_settlements.routes)
     app.router.add_get("/metrics", health.metrics_handler)
     return app

@@ -263,6 +263,62 @@ def _ledger(args: argparse.Namespace) -> int:
     return 0 if total == 0 else 1
 
 
+def _settlements(args: argparse.Namespace) -> int:
+    """``gateway settlements import --config F --provider P [--file F] [--date D]`` and
+    ``gateway settlements reconcile --config F --date D [--json]`` (SPEC 16) on the
+    configured store. Import: exit 0 (the counts on stdout), 1 when the report cannot be
+    fetched or read (nothing kept). Reconcile: the report (a table, or JSON); exit 1 when
+    it found drift. Exit 2 for a bad configuration or date."""
+    import asyncio
+    import datetime as dt
+    import json
+
+    from gateway.config import ConfigError, load_config
+    from gateway.settlements import SettlementError, fetch_report, import_report, reconcile_day
+    from gateway.store import StoreError, make_store
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 2
+    try:
+        day = dt.date.fromisoformat(args.date) if args.date else dt.datetime.now(dt.UTC).date()
+    except ValueError:
+        print(f"gateway: --date must be YYYY-MM-DD, not {args.date!r}", file=sys.stderr)
+        return 2
+    try:
+        report_file = Path(args.file).read_bytes() if getattr(args, "file", None) else None
+    except OSError as exc:
+        print(f"gateway: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+
+    async def run() -> int:
+        store = make_store(config.store_url)
+        await store.open()
+        try:
+            if args.settlements_command == "import":
+                raw = (report_file if report_file is not None
+                       else await fetch_report(config, args.provider, day))
+                result = await import_report(store, config, args.provider, raw)
+                print(json.dumps(dataclasses.asdict(result)))
+                return 0
+            report = await reconcile_day(store, config, day)
+            print(json.dumps(report.as_dict(), indent=2) if args.json else report.render())
+            return 1 if report.drift else 0
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(run())
+    except SettlementError as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    except StoreError as exc:
+        print(f"gateway: the store cannot be used: {exc}", file=sys.stderr)
+        return 1
+
+
 def _keygen(args: argparse.Namespace) -> int:
     from gateway.api.auth import new_key
 
@@ -467,6 +523,21 @@ def build_parser() -> argparse.ArgumentParser:
     balance.add_argument("--currency", required=True)
     balance.add_argument("--json", action="store_true")
     balance.set_defaults(func=_ledger)
+    settle = sub.add_parser("settlements", help="provider settlement reports (SPEC 16)")
+    ssub = settle.add_subparsers(dest="settlements_command", required=True)
+    imp = ssub.add_parser("import", help="import a day's report (idempotent)")
+    imp.add_argument("--config", default=DEFAULT_CONFIG)
+    imp.add_argument("--provider", required=True, help="provider name in gateway.yaml")
+    imp.add_argument("--file", default=None, help="the report file (default: fetch it "
+                     "through the provider's API)")
+    imp.add_argument("--date", default=None, help="YYYY-MM-DD (default: today, UTC)")
+    imp.set_defaults(func=_settlements)
+    rec_s = ssub.add_parser("reconcile", help="match a day's settlement lines to the "
+                            "ledger; exit 1 on drift")
+    rec_s.add_argument("--config", default=DEFAULT_CONFIG)
+    rec_s.add_argument("--date", required=True, help="YYYY-MM-DD")
+    rec_s.add_argument("--json", action="store_true")
+    rec_s.set_defaults(func=_settlements)
     keygen = sub.add_parser("keygen", help="print a new merchant API key and its SHA-256")
     keygen.set_defaults(func=_keygen)
     doctor = sub.add_parser("doctor", help="pre-production checks; exit 1 on a failed check")

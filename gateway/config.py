@@ -47,6 +47,9 @@ class ProviderConfig:
     breaker: BreakerSettings
     credentials: dict[str, str] = field(repr=False)
     options: dict[str, Any] = field(default_factory=dict)
+    #: the fee the provider's contract says it takes of a capture, in basis points (SPEC
+    #: 16: ``gateway settlements reconcile`` reports fee drift against it); None: unchecked
+    fee_bps: int | None = None
 
 
 @dataclass(frozen=True)
@@ -287,7 +290,10 @@ def _provider(c: _Checks, name: str, raw: Any, path: Path_) -> ProviderConfig | 
     elif base_url is not None and not _URL.match(base_url):
         c.error((*path, "base_url"), "must be an http:// or https:// URL")
     known = {"type", "sandbox", "currencies", "breaker", "base_url", "timeout_s",
-             "connect_timeout_s", *secret_keys}
+             "connect_timeout_s", "fee_bps", *secret_keys}
+    fee_bps = c.get(raw, "fee_bps", int, path, None)
+    if fee_bps is not None and not 0 <= fee_bps <= 10_000:
+        c.error((*path, "fee_bps"), "must be basis points from 0 to 10000")
     return ProviderConfig(
         name=name,
         type=ptype,
@@ -299,6 +305,7 @@ def _provider(c: _Checks, name: str, raw: Any, path: Path_) -> ProviderConfig | 
         breaker=breaker,
         credentials=creds,
         options={k: v for k, v in raw.items() if k not in known},
+        fee_bps=fee_bps,
     )
 
 

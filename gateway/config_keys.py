@@ -25,7 +25,7 @@ _NOTIFICATIONS = {"poll_interval_s": None, "timeout_s": None, "backoff_base_s": 
 _MERCHANT = {"id": None, "api_key_sha256": None,
              "webhook": {"url": None, "secret": None, "notify_all": None}}
 _PROVIDER_COMMON = {"type": None, "sandbox": None, "currencies": None, "base_url": None,
-                    "timeout_s": None, "connect_timeout_s": None,
+                    "timeout_s": None, "connect_timeout_s": None, "fee_bps": None,
                     "breaker": {"fail_max": None, "reset_timeout_s": None}}
 def provider_keys(provider_type: str) -> Schema:
     """Keys a provider type adds (credentials and its own options), from its declaration."""

@@ -87,6 +87,12 @@ DISPUTES = Counter(
     "Dispute (chargeback) changes applied, by the dispute's status after it (SPEC 16)",
     ["provider", "status"], registry=REGISTRY,
 )
+SETTLEMENT_DRIFT = Gauge(
+    "gateway_settlement_drift_minor_units",
+    "Settlement drift found by the last reconciliation of a day, per kind (SPEC 16; minor "
+    "units of the currency)", ["provider", "currency", "kind"], registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 RECONCILIATION_CORRECTIONS = Counter(
     "gateway_reconciliation_corrections_total", "Corrections made by reconciliation",
     ["provider", "from_status", "to_status"], registry=REGISTRY,
@@ -180,3 +186,17 @@ def initialise(providers: list[str]) -> None:
     for action, results in OPERATOR_RESULTS.items():
         for result in results:
             OPERATOR_ACTIONS.labels(action, result)
+
+
+#: The drift kinds of gateway_settlement_drift_minor_units (gateway.settlements.DRIFT_KINDS).
+SETTLEMENT_DRIFT_KINDS = ("missing_at_provider", "missing_in_gateway", "amount_drift",
+                          "fee_drift", "payout_mismatch")
+
+
+def initialise_settlement(currencies: dict[str, frozenset[str]]) -> None:
+    """The drift gauge at 0 for every provider and currency it may settle (a series from
+    the start, so the drift alert and panel have data before the first reconciliation)."""
+    for provider, codes in currencies.items():
+        for currency in sorted(codes):
+            for kind in SETTLEMENT_DRIFT_KINDS:
+                SETTLEMENT_DRIFT.labels(provider, currency, kind)

@@ -25,7 +25,10 @@ def effective(cfg: ProviderConfig) -> ProviderConfig:
     return cfg if merged == cfg.credentials else dataclasses.replace(cfg, credentials=merged)
 
 
-def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str) -> Provider:
+def provider_settings(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
+                      ) -> ProviderConfig:
+    """``cfg`` as its adapter (and settlement fetch) use it: effective credentials, and the
+    in-process simulator's URL under ``sandbox: true``."""
     decl = declaration_of(cfg)
     base_url = cfg.base_url
     if cfg.sandbox:
@@ -34,7 +37,12 @@ def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str
             raise ValueError(f"provider {cfg.name}: no in-process {cfg.type} simulator running")
         base_url = f"http://{host}:{port}{decl.sandbox_path}"
     assert base_url is not None
-    settings = dataclasses.replace(effective(cfg), base_url=base_url)
+    return dataclasses.replace(effective(cfg), base_url=base_url)
+
+
+def build_provider(cfg: ProviderConfig, sandbox_ports: dict[str, int], host: str) -> Provider:
+    decl = declaration_of(cfg)
+    settings = provider_settings(cfg, sandbox_ports, host)
     for key in decl.required_secrets:
         if key not in settings.credentials:
             raise ValueError(f"provider {cfg.name}: {key} is required")

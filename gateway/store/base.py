@@ -175,6 +175,26 @@ class Store(abc.ABC):
         atomic change; an id already recorded is skipped. Returns how many were new."""
 
     @abc.abstractmethod
+    async def ledger_entries_between(self, provider: str, start: float, end: float
+                                     ) -> list[dict[str, Any]]:
+        """Every entry at ``provider`` recorded in ``[start, end)`` (unix s), oldest first
+        (settlement reconciliation of a day)."""
+
+    # settlement reports (SPEC 16) ------------------------------------------------
+    @abc.abstractmethod
+    async def save_settlement_lines(self, provider: str, lines: Sequence[dict[str, Any]]
+                                    ) -> int:
+        """Keep imported settlement lines (each a ``dataclasses.asdict`` of a
+        :class:`providers.settlement.SettlementLine`) of provider entry ``provider``; a
+        line id already kept is skipped (importing a report twice changes nothing).
+        Returns how many were new."""
+
+    @abc.abstractmethod
+    async def list_settlement_lines(self, provider: str, settled_on: str
+                                    ) -> list[dict[str, Any]]:
+        """The kept lines of ``provider`` settled on ``settled_on`` (YYYY-MM-DD)."""
+
+    @abc.abstractmethod
     async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
         """The payment's ledger entries, in the order they were recorded."""
 

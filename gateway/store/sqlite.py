@@ -120,9 +120,20 @@ CREATE TABLE IF NOT EXISTS ledger (
     payment_id TEXT,
     merchant_id TEXT NOT NULL,
     currency TEXT NOT NULL,
+    provider TEXT,
+    created_at REAL,
     entry TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ledger_payment ON ledger (payment_id, seq);
+CREATE INDEX IF NOT EXISTS ledger_provider_time ON ledger (provider, created_at);
+CREATE TABLE IF NOT EXISTS settlement_lines (
+    provider TEXT NOT NULL,
+    line_id TEXT NOT NULL,
+    settled_on TEXT NOT NULL,
+    line TEXT NOT NULL,
+    PRIMARY KEY (provider, line_id)
+);
+CREATE INDEX IF NOT EXISTS settlement_lines_day ON settlement_lines (provider, settled_on);
 CREATE TABLE IF NOT EXISTS ledger_balances (
     merchant_id TEXT NOT NULL,
     currency TEXT NOT NULL,
@@ -490,10 +501,10 @@ class SQLiteStore(Store):
     @staticmethod
     def _insert_ledger(conn: sqlite3.Connection, entry: dict[str, Any]) -> bool:
         cur = conn.execute(
-            "INSERT OR IGNORE INTO ledger (id, payment_id, merchant_id, currency, entry)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO ledger (id, payment_id, merchant_id, currency, provider,"
+            " created_at, entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (entry["id"], entry.get("payment_id"), entry["merchant_id"], entry["currency"],
-             _dumps(entry)),
+             entry.get("provider"), entry.get("created_at"), _dumps(entry)),
         )
         if cur.rowcount != 1:
             return False
@@ -515,6 +526,43 @@ class SQLiteStore(Store):
     def _append_ledger_sync(self, entries: list[dict[str, Any]]) -> int:
         with self._tx() as conn:
             return sum(self._insert_ledger(conn, e) for e in entries)
+
+    async def ledger_entries_between(self, provider: str, start: float, end: float
+                                     ) -> list[dict[str, Any]]:
+        rows = await self._run(self._ledger_between_sync, provider, float(start), float(end))
+        return [json.loads(r) for r in rows]
+
+    def _ledger_between_sync(self, provider: str, start: float, end: float) -> list[str]:
+        cur = self._db().execute(
+            "SELECT entry FROM ledger WHERE provider = ? AND created_at >= ?"
+            " AND created_at < ? ORDER BY created_at, seq", (provider, start, end))
+        return [str(r["entry"]) for r in cur.fetchall()]
+
+    async def save_settlement_lines(self, provider: str, lines: Sequence[dict[str, Any]]
+                                    ) -> int:
+        return await self._run(self._save_lines_sync, provider, list(lines))
+
+    def _save_lines_sync(self, provider: str, lines: list[dict[str, Any]]) -> int:
+        with self._tx() as conn:
+            new = 0
+            for line in lines:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO settlement_lines (provider, line_id, settled_on,"
+                    " line) VALUES (?, ?, ?, ?)",
+                    (provider, str(line["line_id"]), str(line["settled_on"]), _dumps(line)))
+                new += cur.rowcount
+            return new
+
+    async def list_settlement_lines(self, provider: str, settled_on: str
+                                    ) -> list[dict[str, Any]]:
+        rows = await self._run(self._list_lines_sync, provider, settled_on)
+        return [json.loads(r) for r in rows]
+
+    def _list_lines_sync(self, provider: str, settled_on: str) -> list[str]:
+        cur = self._db().execute(
+            "SELECT line FROM settlement_lines WHERE provider = ? AND settled_on = ?"
+            " ORDER BY rowid", (provider, settled_on))
+        return [str(r["line"]) for r in cur.fetchall()]
 
     async def list_ledger(self, payment_id: str) -> list[dict[str, Any]]:
         rows = await self._run(self._list_ledger_sync, payment_id)

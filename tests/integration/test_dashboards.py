@@ -51,6 +51,7 @@ EXPECTED_ALERTS = {
     "GatewayConfigReloadFailed": None,
     "GatewayNoTraffic": "15m",
     "GatewayProviderAmountMismatch": None,
+    "GatewaySettlementDrift": None,
 }
 
 # Metrics a panel must show (the list: success ratio and call rate, latency

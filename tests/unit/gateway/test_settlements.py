@@ -1,0 +1,224 @@
+"""Settlement import and reconciliation to the cent (#14 items 3-5, SPEC 16), end to end
+on both stores: payments through the gateway against the simulators, the simulator's own
+settlement report fetched through the provider's API (the unmodified SDK / HTTP), imported
+twice (nothing changes the second time), reconciled -- nothing on a clean day, and every
+injected fault kind found on a faulty one; the CLI on the same store; the drift metric."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestClient
+
+from gateway import metrics
+from gateway.app import create_app
+from gateway.appkeys import SANDBOX_PORTS
+from gateway.cli import main
+from gateway.config import load_config
+from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
+from tests.processes import free_port
+
+ADMIN = {"Authorization": "Bearer test-admin-token", "Content-Type": "application/json"}
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "stripe_main": {"type": "stripe", "sandbox": True, "currencies": ["EUR", "JPY", "KWD"],
+                    "fee_bps": 290},
+    "adyen_main": {"type": "adyen", "sandbox": True, "currencies": ["EUR", "JPY", "KWD"],
+                   "merchant_account": "SettleECOM", "fee_bps": 290},
+}
+SIM = {"stripe_main": "stripe", "adyen_main": "adyen"}
+
+
+@dataclass
+class Env:
+    client: TestClient
+    sim: SimControl
+    config: Path
+
+    async def post(self, path: str, idem: str, body: dict[str, Any]) -> dict[str, Any]:
+        r = await self.client.post(path, data=json.dumps(body), headers=headers(idem=idem))
+        got = await r.json()
+        assert r.status in (200, 201), got
+        return got
+
+    async def admin(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        r = await self.client.post(path, data=json.dumps(body), headers=ADMIN)
+        return r.status, await r.json()
+
+    async def control(self, path: str, body: dict[str, Any]) -> None:
+        async with self.sim.session.post(f"{self.sim.base}{path}", json=body) as r:
+            assert r.status == 200, await r.text()
+
+
+@pytest.fixture
+async def env(tmp_path: Path, store_url: str, aiohttp_client) -> AsyncIterator[Env]:
+    config = write_config(tmp_path, store_url, providers=PROVIDERS)
+    port = free_port()  # the simulators' webhooks (Adyen's confirmations, disputes) come here
+    app = create_app(load_config(config), public_url=f"http://127.0.0.1:{port}")
+    client = await aiohttp_client(app, server_kwargs={"port": port})
+    async with aiohttp.ClientSession() as session:
+        yield Env(client, SimControl(f"http://127.0.0.1:{app[SANDBOX_PORTS]['control']}",
+                                     session), config)
+
+
+async def _day(env: Env, provider: str) -> dict[str, list[str]]:
+    """A day of payments at ``provider``: captures in a two-, zero- and three-decimal
+    currency, a partial refund, a dispute opened. Returns payment ids by role."""
+    roles: dict[str, list[str]] = {"captured": [], "refunded": [], "disputed": []}
+    for n, (currency, amount) in enumerate([("EUR", 1250), ("JPY", 500), ("KWD", 1230),
+                                            ("EUR", 9999), ("EUR", 4000), ("EUR", 700)]):
+        body = payment_body(amount=amount, currency=currency, capture="automatic",
+                            reference=f"order-{provider}-{n}",
+                            payment_method={"type": "card",
+                                            "provider_tokens": {provider: "tok_visa"}})
+        pay = await env.post("/v1/payments", f"set-{provider}-{n}", body)
+
+        async def captured(pid: str = pay["id"]) -> dict[str, Any] | None:
+            got = await (await env.client.get(f"/v1/payments/{pid}", headers=headers())).json()
+            return got if got["status"] == "captured" else None
+
+        pay = await wait_for(captured, 15)
+        roles["captured"].append(pay["id"])
+    refunded = roles["captured"][3]
+    await env.post(f"/v1/payments/{refunded}/refunds", f"set-{provider}-r", {"amount": 999})
+
+    async def refund_settled() -> dict[str, Any] | None:
+        got = await (await env.client.get(f"/v1/payments/{refunded}", headers=headers())).json()
+        return got if got["amount_refunded"] == 999 else None
+
+    await wait_for(refund_settled, 15)
+    roles["refunded"].append(refunded)
+    disputed = roles["captured"][4]
+    await env.control(f"/_sim/{SIM[provider]}/disputes",
+                      {"reference": disputed, "action": "open", "amount": 4000})
+
+    async def dispute_seen() -> dict[str, Any] | None:
+        got = await (await env.client.get(f"/v1/payments/{disputed}", headers=headers())).json()
+        return got if got["disputes"] else None
+
+    await wait_for(dispute_seen, 15)
+    roles["disputed"].append(disputed)
+    return roles
+
+
+def _tally(report: dict[str, Any], provider: str) -> dict[str, dict[str, int]]:
+    """Sum the per-currency buckets of one provider: kind -> {count, sum}."""
+    out: dict[str, dict[str, int]] = {}
+    for b in report["providers"]:
+        if b["provider"] != provider:
+            continue
+        for kind in ("matched", "missing_at_provider", "missing_in_gateway", "amount_drift",
+                     "fee_drift", "payout_mismatch"):
+            t = out.setdefault(kind, {"count": 0, "sum": 0})
+            t["count"] += b[kind]["count"]
+            t["sum"] += b[kind]["sum"]
+    return out
+
+
+TODAY = dt.datetime.now(dt.UTC).date().isoformat()
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_a_clean_day_reconciles_to_the_cent_and_imports_once(env: Env, provider: str
+                                                                   ) -> None:
+    roles = await _day(env, provider)
+    status, first = await env.admin("/admin/settlements/import",
+                                    {"provider": provider, "date": TODAY})
+    assert status == 200, first
+    assert first["lines"] > 0 and first["new_lines"] == first["lines"]
+    assert first["unknown_payments"] == 0 and first["new_ledger_entries"] > 0
+    status, again = await env.admin("/admin/settlements/import",
+                                    {"provider": provider, "date": TODAY})
+    assert status == 200 and again["lines"] == first["lines"]
+    assert (again["new_lines"], again["new_ledger_entries"]) == (0, 0)  # idempotent
+
+    status, report = await env.admin("/admin/settlements/reconcile",
+                                     {"date": TODAY, "providers": [provider]})
+    assert status == 200 and report["drift"] is False, json.dumps(report, indent=1)
+    tally = _tally(report, provider)
+    # 6 captures, 1 refund, 1 dispute, each matched to its ledger entry
+    assert tally["matched"]["count"] == 8, tally
+    for kind in ("missing_at_provider", "missing_in_gateway", "amount_drift", "fee_drift",
+                 "payout_mismatch"):
+        assert tally[kind] == {"count": 0, "sum": 0}, (kind, tally)
+    # the fees are in the ledger: the payment's provider balance nets to captured - fee
+    r = await env.client.get(f"/v1/payments/{roles['captured'][0]}/ledger", headers=headers())
+    kinds = [e["entry_type"] for e in (await r.json())["data"]]
+    assert kinds.count("capture") == 1 and kinds.count("fee") == 1, kinds
+    code = await asyncio.to_thread(main, ["ledger", "balance", "--config", str(env.config),
+                                          "--merchant", "acme", "--currency", "EUR"])
+    assert code == 0  # still balanced with fees and payouts
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+async def test_every_injected_fault_is_found(env: Env, provider: str,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    roles = await _day(env, provider)
+    sim = SIM[provider]
+    captured = roles["captured"]
+    faults = {"unsettled_capture": captured[0], "fee_changed": captured[1],
+              "wrong_payout": captured[2], "double_refund": roles["refunded"][0]}
+    for kind, pid in faults.items():
+        await env.control(f"/_sim/{sim}/settlement_faults", {"kind": kind, "reference": pid})
+    status, imported = await env.admin("/admin/settlements/import",
+                                       {"provider": provider, "date": TODAY})
+    assert status == 200, imported
+    status, report = await env.admin("/admin/settlements/reconcile",
+                                     {"date": TODAY, "providers": [provider]})
+    assert status == 200 and report["drift"] is True
+    details = [d for b in report["providers"] for d in b["details"]]
+    found = {(d["kind"], d.get("payment_id")) for d in details}
+    assert ("missing_at_provider", faults["unsettled_capture"]) in found, details
+    assert ("missing_in_gateway", faults["double_refund"]) in found, details
+    assert ("fee_drift", faults["fee_changed"]) in found, details
+    assert any(d["kind"] == "payout_mismatch" for d in details), details
+    tally = _tally(report, provider)
+    assert tally["missing_at_provider"]["count"] == 1
+    assert tally["missing_in_gateway"]["count"] == 1 and tally["amount_drift"]["count"] == 0
+    assert tally["fee_drift"]["count"] == 1
+    # the same as metrics, in this process
+    for kind in ("missing_at_provider", "missing_in_gateway", "fee_drift", "payout_mismatch"):
+        values = [metrics.REGISTRY.get_sample_value(
+            "gateway_settlement_drift_minor_units",
+            {"provider": provider, "currency": c, "kind": kind}) or 0 for c in
+            ("EUR", "JPY", "KWD")]
+        assert sum(values) > 0, kind
+    # and from the CLI on the same store: exit 1, the same findings
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, ["settlements", "reconcile", "--config",
+                                          str(env.config), "--date", TODAY, "--json"])
+    cli = json.loads(capsys.readouterr().out)
+    assert code == 1 and cli["drift"] is True
+    assert _tally(cli, provider) == tally
+    code = await asyncio.to_thread(main, ["settlements", "reconcile", "--config",
+                                          str(env.config), "--date", TODAY])
+    out = capsys.readouterr().out
+    assert code == 1 and "DRIFT FOUND" in out and "missing_at_provider" in out
+
+
+async def test_import_refusals(env: Env, tmp_path: Path) -> None:
+    for body, param in [({"provider": "nope", "date": TODAY}, "provider"),
+                        ({"provider": "stripe_main", "date": "03/12/2026"}, "date"),
+                        ({"provider": "stripe_main"}, "date"),
+                        ({"provider": "stripe_main", "date": TODAY, "x": 1}, "x")]:
+        status, err = await env.admin("/admin/settlements/import", body)
+        assert (status, err["error"]["param"]) == (400, param), err
+    r = await env.client.post("/admin/settlements/reconcile", data="{}", headers=headers())
+    assert r.status == 403  # a merchant key
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a report"}')
+    assert await asyncio.to_thread(main, [
+        "settlements", "import", "--config", str(env.config), "--provider", "stripe_main",
+        "--file", str(bad)]) == 1
+    assert await asyncio.to_thread(main, [
+        "settlements", "import", "--config", str(env.config), "--provider", "stripe_main",
+        "--file", str(tmp_path / "missing.json")]) == 1
+    assert await asyncio.to_thread(main, [
+        "settlements", "reconcile", "--config", str(env.config), "--date", "yesterday"]) == 2
