@@ -67,7 +67,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -997,6 +997,19 @@ class RedisStore(Store):
         self, event_id: str, attempt: dict[str, Any], delivered: bool,
         next_attempt_at: float | None, owner: str | None = None,
     ) -> dict[str, Any] | None:
+        doc = await self._edit_ntf(event_id, lambda d: bool(settle_notification(
+            d, dict(attempt), bool(delivered), next_attempt_at, owner)))
+        if doc is not None and doc["state"] != "pending" and doc.get("payment_id"):
+            with _errors():
+                await self._eval("ntf_wake_next", [NTF_DUE_KEY, notification_payment_key(
+                    str(doc["payment_id"]))], [repr(time.time())])
+        return doc
+
+    async def _edit_ntf(self, event_id: str, change: Callable[[dict[str, Any]], bool]
+                        ) -> dict[str, Any] | None:
+        """WATCH one event, let ``change`` edit it (True: write it back) and write it with
+        its lease, due-zset and listing-zset consequences in one MULTI; retried on a
+        concurrent change. The stored event, or None if there is none."""
         key = notification_key(event_id)
         with _errors():
             async with self._r.pipeline(transaction=True) as pipe:
@@ -1010,8 +1023,9 @@ class RedisStore(Store):
                         doc = self._ntf_doc(*raw)
                         old_state = doc.get("state")
                         score = await self._listing_score(pipe, doc)
-                        settle_notification(doc, dict(attempt), bool(delivered),
-                                            next_attempt_at, owner)
+                        if not change(doc):
+                            await pipe.unwatch()
+                            return doc
                         pipe.multi()
                         self._move_state(pipe, doc, old_state, score)
                         pipe.hset(key, "doc", self._ntf_stored(doc))
@@ -1022,13 +1036,9 @@ class RedisStore(Store):
                         elif doc["lease_owner"] is None:
                             pipe.zadd(NTF_DUE_KEY, {event_id: float(doc["next_attempt_at"])})
                         await pipe.execute()
-                        break
+                        return doc
                     except WatchError:
                         continue
-            if doc["state"] != "pending" and doc.get("payment_id"):
-                await self._eval("ntf_wake_next", [NTF_DUE_KEY, notification_payment_key(
-                    str(doc["payment_id"]))], [repr(time.time())])
-            return doc
 
     async def search_notifications(self, query: EventSearch
                                    ) -> tuple[list[dict[str, Any]], bool]:
@@ -1093,31 +1103,7 @@ class RedisStore(Store):
                   {str(doc["id"]): score})
 
     async def requeue_notification(self, event_id: str, now: float) -> dict[str, Any] | None:
-        key = notification_key(event_id)
-        with _errors():
-            async with self._r.pipeline(transaction=True) as pipe:
-                while True:
-                    try:
-                        await pipe.watch(key)
-                        raw = await pipe.hmget(key, ["doc", "lease_owner", "lease_until"])
-                        if raw[0] is None:
-                            await pipe.unwatch()
-                            return None
-                        doc = self._ntf_doc(*raw)
-                        old_state = doc.get("state")
-                        score = await self._listing_score(pipe, doc)
-                        if not requeue(doc, float(now)):
-                            await pipe.unwatch()
-                            return doc
-                        pipe.multi()
-                        self._move_state(pipe, doc, old_state, score)
-                        pipe.hset(key, "doc", self._ntf_stored(doc))
-                        pipe.hdel(key, "lease_owner", "lease_until")
-                        pipe.zadd(NTF_DUE_KEY, {event_id: float(doc["next_attempt_at"])})
-                        await pipe.execute()
-                        return doc
-                    except WatchError:
-                        continue
+        return await self._edit_ntf(event_id, lambda doc: requeue(doc, float(now)))
 
     # ledger ----------------------------------------------------------------------
     async def append_ledger(self, entries: Sequence[dict[str, Any]]) -> int:

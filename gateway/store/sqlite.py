@@ -905,20 +905,27 @@ class SQLiteStore(Store):
         self, event_id: str, attempt: dict[str, Any], delivered: bool,
         next_attempt_at: float | None, owner: str | None,
     ) -> dict[str, Any] | None:
+        return self._edit_ntf_sync(event_id, lambda doc: bool(settle_notification(
+            doc, attempt, delivered, next_attempt_at, owner)))
+
+    def _edit_ntf_sync(self, event_id: str, change: Callable[[dict[str, Any]], bool]
+                       ) -> dict[str, Any] | None:
+        """Read one event, let ``change`` edit it (True: write it back), in one transaction;
+        the stored event, or None if there is none."""
         with self._tx() as conn:
             row = conn.execute(
                 "SELECT doc FROM notifications WHERE id = ?", (event_id,)
             ).fetchone()
             if row is None:
                 return None
-            doc = settle_notification(json.loads(row["doc"]), attempt, delivered,
-                                      next_attempt_at, owner)
-            conn.execute(
-                "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
-                " lease_until = ?, doc = ? WHERE id = ?",
-                (doc["state"], doc["next_attempt_at"], doc["lease_owner"], doc["lease_until"],
-                 _dumps(doc), event_id),
-            )
+            doc: dict[str, Any] = json.loads(row["doc"])
+            if change(doc):
+                conn.execute(
+                    "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
+                    " lease_until = ?, doc = ? WHERE id = ?",
+                    (doc["state"], doc["next_attempt_at"], doc["lease_owner"],
+                     doc["lease_until"], _dumps(doc), event_id),
+                )
             return doc
 
     async def search_notifications(self, query: EventSearch
@@ -947,21 +954,7 @@ class SQLiteStore(Store):
         return await self._run(self._requeue_ntf_sync, event_id, float(now))
 
     def _requeue_ntf_sync(self, event_id: str, now: float) -> dict[str, Any] | None:
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT doc FROM notifications WHERE id = ?", (event_id,)
-            ).fetchone()
-            if row is None:
-                return None
-            doc: dict[str, Any] = json.loads(row["doc"])
-            if requeue(doc, now):
-                conn.execute(
-                    "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
-                    " lease_until = ?, doc = ? WHERE id = ?",
-                    (doc["state"], doc["next_attempt_at"], doc["lease_owner"],
-                     doc["lease_until"], _dumps(doc), event_id),
-                )
-            return doc
+        return self._edit_ntf_sync(event_id, lambda doc: requeue(doc, now))
 
     async def get_notification(self, event_id: str) -> dict[str, Any] | None:
         raw = await self._run(self._get_ntf_sync, event_id)
