@@ -25,6 +25,7 @@ Rules
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -146,12 +147,18 @@ def merchant_event(events: list[dict[str, Any]]) -> tuple[str, str] | None:
     return None
 
 
+def disputed_amount(dispute: Mapping[str, Any], captured: int) -> int:
+    """A dispute's amount; one the provider sent none for counts as all that was
+    ``captured``."""
+    amount = dispute.get("amount")
+    return captured if amount is None else int(amount)
+
+
 def lost_amount(doc: dict[str, Any]) -> int:
-    """What lost disputes gave back to the cardholder (a lost dispute without an amount
-    counts as everything captured)."""
+    """What lost disputes gave back to the cardholder."""
     captured = int(doc.get("amount_captured") or 0)
-    return sum(captured if d.get("amount") is None else int(d["amount"])
-               for d in doc.get("disputes") or [] if d.get("status") == D.LOST.value)
+    return sum(disputed_amount(d, captured) for d in doc.get("disputes") or []
+               if d.get("status") == D.LOST.value)
 
 
 def refund_refusal(doc: dict[str, Any], amount: int, refundable: int
@@ -178,4 +185,4 @@ def _value(status: DisputeStatus | None) -> str | None:
 
 
 __all__ = ["FINAL", "DisputeChange", "DisputeResult", "apply_dispute", "dispute_id",
-           "lost_amount", "merchant_event", "refund_refusal"]
+           "disputed_amount", "lost_amount", "merchant_event", "refund_refusal"]

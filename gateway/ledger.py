@@ -41,6 +41,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gateway.disputes import disputed_amount
 from gateway.model import derived_id, iso, now
 from providers.statuses import DisputeStatus, RefundStatus
 
@@ -90,8 +91,7 @@ def held_back(dispute: Mapping[str, Any], captured: int) -> int:
     when the provider gave none) unless it was won."""
     if dispute.get("status") == DisputeStatus.WON.value:
         return 0
-    amount = dispute.get("amount")
-    return captured if amount is None else int(amount)
+    return disputed_amount(dispute, captured)
 
 
 def money_state(doc: Mapping[str, Any]) -> MoneyState:

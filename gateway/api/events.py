@@ -155,10 +155,14 @@ async def redeliver_event(request: web.Request) -> web.Response:
             raise _event_not_found()
         return stored
 
+    requeued: list[dict[str, Any]] = []
+
     async def execute(_ex: Execution) -> Outcome:
         await current(event_id)
-        if await store.requeue_notification(event_id, time.time()) is None:
+        doc = await store.requeue_notification(event_id, time.time())
+        if doc is None:
             raise _event_not_found()  # pragma: no cover - events are never deleted
+        requeued.append(doc)
         wake = request.app.get(NOTIFIER)
         if wake is not None:
             wake.wake()
@@ -173,7 +177,7 @@ async def redeliver_event(request: web.Request) -> web.Response:
         store, (merchant_id, key, fp), config.request_deadline_s, config.idempotency_ttl_s,
         execute, replay)
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    body = event_view(await current(event_id)) if isinstance(result, Outcome) else result
+    body = event_view(requeued[-1]) if isinstance(result, Outcome) else result
     return web.json_response(body, status=status, headers=headers)
 
 
