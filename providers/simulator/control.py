@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -122,17 +123,26 @@ async def post_webhooks(request: web.Request) -> web.Response:
     return web.json_response(settings)
 
 
-async def post_disputes(request: web.Request) -> web.Response:
+async def _json_command(request: web.Request, run: Callable[[Any, Any], Any],
+                        refused: type[DisputeRefused] | type[SettlementRefused]
+                        ) -> web.Response:
+    """A control request with a JSON body: ``run(simulator, body)``'s answer, or the
+    refusal it raised as ``{"error": ...}``."""
     name = _provider(request)
     try:
         body = await request.json()
     except ValueError:
         return _error(400, "invalid_json", "body must be a JSON object")
     try:
-        answer = request.app[HOST_KEY].simulator(name).dispute(parse_request(body))
-    except DisputeRefused as exc:
+        answer = run(request.app[HOST_KEY].simulator(name), body)
+    except refused as exc:
         return _error(exc.status, exc.code, exc.message, exc.param)
     return web.json_response(answer)
+
+
+async def post_disputes(request: web.Request) -> web.Response:
+    return await _json_command(request, lambda sim, body: sim.dispute(parse_request(body)),
+                               DisputeRefused)
 
 
 async def get_settlement(request: web.Request) -> web.Response:
@@ -146,16 +156,8 @@ async def get_settlement(request: web.Request) -> web.Response:
 
 
 async def post_settlement_faults(request: web.Request) -> web.Response:
-    name = _provider(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        return _error(400, "invalid_json", "body must be a JSON object")
-    try:
-        answer = request.app[HOST_KEY].simulator(name).settlement_fault(parse_fault(body))
-    except SettlementRefused as exc:
-        return _error(exc.status, exc.code, exc.message, exc.param)
-    return web.json_response(answer)
+    return await _json_command(
+        request, lambda sim, body: sim.settlement_fault(parse_fault(body)), SettlementRefused)
 
 
 def build_control_app(host: SimulatorHost) -> web.Application:
