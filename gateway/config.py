@@ -80,6 +80,9 @@ class ReconcileSettings:
     # Replays that could create a payment (Stripe, Adyen) only this long after creation;
     # later the gateway only looks up and flags the payment for an operator (SPEC 9.1).
     replay_window_s: float = 900.0
+    # How long a payment may wait in requires_action for the customer's 3-D Secure
+    # challenge; then reconciliation ends it, on the provider's proof (gateway.three_ds).
+    action_window_s: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,7 @@ def _reconcile(c: _Checks, raw: dict[str, Any], path: Path_) -> ReconcileSetting
         webhook_deadline_s=c.number(raw, "webhook_deadline_s", path, d.webhook_deadline_s),
         lease_s=c.number(raw, "lease_s", path, d.lease_s),
         replay_window_s=c.number(raw, "replay_window_s", path, d.replay_window_s),
+        action_window_s=c.number(raw, "action_window_s", path, d.action_window_s),
     )
 
 

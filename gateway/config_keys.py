@@ -19,7 +19,8 @@ Schema = dict[str, Any]  # key -> nested Schema, LIST_OF(Schema), MAP_OF(Schema)
 
 _RETRY = {"attempts": None, "backoff_s": None, "backoff_max_s": None, "jitter_s": None}
 _RECONCILIATION = {"enabled": None, "interval_s": None, "batch_size": None, "min_age_s": None,
-                   "webhook_deadline_s": None, "lease_s": None, "replay_window_s": None}
+                   "webhook_deadline_s": None, "lease_s": None, "replay_window_s": None,
+                   "action_window_s": None}
 _NOTIFICATIONS = {"poll_interval_s": None, "timeout_s": None, "backoff_base_s": None,
                   "backoff_max_s": None, "max_age_s": None, "batch_size": None}
 _MERCHANT = {"id": None, "api_key_sha256": None,

@@ -29,6 +29,16 @@ retry and for reconciliation. Outcomes:
 A payment that went through ``requires_action`` and has been finished meanwhile (the
 provider's webhook can arrive before the merchant's confirm) answers its current state;
 one that never required action is a 409 ``invalid_state``.
+
+The customer's window (:mod:`gateway.three_ds`): an answer "not finished yet" within it
+re-arms the waiting operation until the window's end, so reconciliation asks again then.
+Past it, the payment is ended only on the provider's guarantee that nothing can be charged
+any more (:meth:`providers.base.Provider.abandon_action`, key ``{payment_id}:abandon``):
+``voided`` there -> ``expired`` with ``failure.code = "action_expired"`` (audit
+``action_expired``); finished meanwhile -> that state, applied. No answer (a fault): it
+stays ``requires_action`` and the next pass asks again. A provider without such an answer
+(Adyen): it stays ``requires_action``, flagged for an operator (audit ``flagged``), never
+``failed`` or ``expired`` on a guess.
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ import hashlib
 import json
 from typing import Any, TypeGuard
 
-from gateway.model import apply_status, audit, now
+from gateway import three_ds
+from gateway.model import apply_status, audit, iso, now
 from gateway.orchestrator import (
     OperationError,
     Orchestrator,
@@ -51,6 +62,7 @@ from providers.base import (
     Ambiguous,
     Outcome,
     Provider,
+    ProviderFault,
     ProviderMismatch,
     ProviderResult,
     RejectedSafe,
@@ -140,13 +152,74 @@ async def resume(orch: Orchestrator, doc: dict[str, Any], *, fresh: bool = False
     except (Ambiguous, ProviderMismatch) as exc:
         _count_mismatch(provider, exc)
         return await orch.writer.mutate(doc["id"], _parked(op, exc, provider, source))
-    done = await orch.writer.mutate(doc["id"], _finished(orch, result, source))
+    done = await orch.writer.mutate(doc["id"], _finished(orch, result, source, provider))
     if result.outcome == Outcome.DECLINED and result.status == S.REQUIRES_ACTION:
         message = result.failure.message if result.failure else "refused"
         raise OperationError("provider_refused",
                              f"{provider.name} refused the confirmation: {message}")
+    if (result.status == S.REQUIRES_ACTION and S(done["status"]) == S.REQUIRES_ACTION
+            and provider.abandons_action and three_ds.window_passed(done)):
+        done = await _expire(orch, provider, done, source)
     orch._count_payment(done)
     return done
+
+
+async def _expire(orch: Orchestrator, provider: Provider, doc: dict[str, Any],
+                  source: str) -> dict[str, Any]:
+    """The window has passed and the customer has not finished: ask the provider to end
+    the payment (:meth:`Provider.abandon_action`) and apply its answer."""
+    key = f"{doc['id']}:abandon"
+    ref = orch._ref(doc)
+    try:
+        result = await orch._guarded(provider, "abandon",
+                                     lambda: provider.abandon_action(ref, key),
+                                     orch._deadline())
+    except ProviderFault as exc:
+        _count_mismatch(provider, exc)
+        code, detail = exc.error_code, exc.message
+
+        def retry_later(d: dict[str, Any]) -> Events:
+            if S(d["status"]) != S.REQUIRES_ACTION:
+                return []
+            if not d.get("_operation"):
+                three_ds.await_customer(d)  # lapsed: the next pass asks again
+            return [audit("expire_unknown", source, error_code=code, detail=detail)]
+
+        return await orch.writer.mutate(doc["id"], retry_later)
+
+    def apply(d: dict[str, Any]) -> Events:
+        if S(d["status"]) != S.REQUIRES_ACTION:
+            return []  # a webhook or the merchant's confirm finished it meanwhile
+        if _is_confirm(d.get("_operation")):
+            finish_operation(d, "succeeded")
+        return _ended(orch, d, result, source)
+
+    return await orch.writer.mutate(doc["id"], apply)
+
+
+def _ended(orch: Orchestrator, d: dict[str, Any], result: ProviderResult,
+           source: str) -> Events:
+    """Apply a provider's answer to a ``requires_action`` payment. ``voided`` (the
+    provider cancelled it: nothing was or can be charged) ends it ``expired``; any other
+    answer goes through the state machine as it is."""
+    if result.status != S.VOIDED:
+        return orch._apply_result(d, result, source)
+    if result.provider_reference:
+        d["provider_reference"] = result.provider_reference
+    passed = three_ds.window_passed(d)
+    message = (f"the customer did not complete 3-D Secure within "
+               f"{three_ds.window_s(d):g} s; {d.get('provider')} cancelled the payment, "
+               "nothing was charged" if passed else
+               f"{d.get('provider')} cancelled the payment before the customer completed "
+               "3-D Secure; nothing was charged")
+    ev = apply_status(d, StatusEvent(S.EXPIRED), source, detail=result.raw_status)
+    events = [ev]
+    if ev["type"] == "status_changed":
+        d["failure"] = {"code": three_ds.EXPIRED_CODE if passed else three_ds.CANCELED_CODE,
+                        "message": message}
+        d["next_action"] = None
+        events.append(audit("action_expired", source, detail=message))
+    return events
 
 
 def _same(d: dict[str, Any], op: dict[str, Any]) -> bool:
@@ -196,23 +269,44 @@ def _parked(op: dict[str, Any], exc: Ambiguous | ProviderMismatch, provider: Pro
     return fn
 
 
-def _finished(orch: Orchestrator, result: ProviderResult, source: str):
+def _finished(orch: Orchestrator, result: ProviderResult, source: str, provider: Provider):
     def fn(d: dict[str, Any]) -> Events:
         if not _is_confirm(d.get("_operation")):
-            return orch._apply_result(d, result, source) \
+            if S(d["status"]) != S.REQUIRES_ACTION:
+                return orch._apply_result(d, result, source)
+            return _ended(orch, d, result, source) \
                 if result.status != S.REQUIRES_ACTION else []
         if result.outcome == Outcome.DECLINED and result.status == S.REQUIRES_ACTION:
             finish_operation(d, "refused")
             d.pop("_action_return", None)  # refused: a fresh return may replace it
+            _rearm(d)
             return [audit("confirm_refused", source,
                           reason=result.failure.message if result.failure else None)]
         if result.status == S.REQUIRES_ACTION:
             finish_operation(d, "pending")
-            return [audit("confirm_pending", source,
-                          detail="the customer has not completed the challenge yet")]
+            events = [audit("confirm_pending", source,
+                            detail="the customer has not completed the challenge yet")]
+            if not three_ds.window_passed(d):
+                three_ds.await_customer(d)  # ask again at the window's end
+            elif not provider.abandons_action and not d.get("_flagged"):
+                reason = (f"3-D Secure not completed within {three_ds.window_s(d):g} s; "
+                          f"{provider.type} gives no answer that proves nothing can be "
+                          "charged: its notification or an operator ends it")
+                d["_flagged"] = iso(now())
+                events.append(audit("flagged", source, reason=reason))
+            return events
         finish_operation(d, "succeeded")
+        if S(d["status"]) == S.REQUIRES_ACTION:
+            return _ended(orch, d, result, source)
         return orch._apply_result(d, result, source)
     return fn
+
+
+def _rearm(d: dict[str, Any]) -> None:
+    """Still requires_action with nothing recorded: wait for the customer again (until
+    the window's end), so that the payment is not forgotten."""
+    if S(d["status"]) == S.REQUIRES_ACTION and not d.get("_operation"):
+        three_ds.await_customer(d)
 
 
 __all__ = ["confirm", "provider_key", "resume"]

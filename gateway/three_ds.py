@@ -21,10 +21,21 @@ then answers its current state even after a webhook completed it) and ``_action_
 (what the customer's return carried).
 
 While the customer authenticates, the payment holds a confirm operation that only waits
-(``_operation = {"op": "confirm", "await_customer": true, "lease_until": ...}``) for
-:data:`ACTION_WINDOW_S`: reconciliation leaves it alone meanwhile (SPEC 9.1: its lease) and
-afterwards looks it up once (Stripe: retrieve the PaymentIntent; Adyen: ``/payments/details``
-if the customer's return was recorded) -- never a new authorization.
+(``_operation = {"op": "confirm", "await_customer": true, "lease_until": ...}``) for the
+action window (``reconciliation.action_window_s`` in gateway.yaml, default
+:data:`ACTION_WINDOW_S`; the value in force when the payment was created is kept on it as
+``_action_window_s``). Reconciliation leaves it alone meanwhile (SPEC 9.1: its lease); a
+merchant's confirm answered "not finished yet" re-arms the wait until the window's end.
+After the window reconciliation looks the payment up (Stripe: retrieve the PaymentIntent;
+Adyen: ``/payments/details`` if the customer's return was recorded) -- never a new
+authorization -- and applies a definite answer. Still waiting for the customer: the
+payment is ended (:mod:`gateway.confirm`) only on the provider's guarantee that nothing can
+be charged any more (SPEC 5.1): Stripe cancels the PaymentIntent (reason ``abandoned``; a
+canceled PaymentIntent can never be confirmed) and the payment becomes ``expired`` with
+``failure.code`` :data:`EXPIRED_CODE`. A provider with no such answer (Adyen: no lookup
+without the customer's ``redirectResult``, no cancel of an unfinished redirect) leaves it
+``requires_action``, flagged for an operator, until its notification (Adyen
+``AUTHORISATION``, or ``OFFER_CLOSED`` -> ``expired``) ends it.
 """
 
 from __future__ import annotations
@@ -37,17 +48,24 @@ from gateway.model import audit, now
 from providers import next_action as normalized
 from providers.statuses import PaymentStatus
 
-#: How long a customer has to finish the challenge before reconciliation looks it up.
+#: How long a customer has to finish the challenge before reconciliation looks it up and
+#: ends the payment (the default of ``reconciliation.action_window_s``).
 ACTION_WINDOW_S = 900.0
+#: ``failure.code`` of a payment ended because the customer never finished the challenge.
+EXPIRED_CODE = "action_expired"
+#: ``failure.code`` of one whose provider cancelled it before the window's end.
+CANCELED_CODE = "canceled_at_provider"
 #: What the return endpoint keeps of the return's query (Adyen's ``redirectResult``; Stripe's
 #: ``payment_intent`` / ``redirect_status``), each at most Adyen's published 20,000 chars.
 RETURN_PARAMS = ("redirectResult", "payment_intent", "redirect_status")
 RETURN_VALUE_MAX = 20_000
 
 
-def prepare(doc: dict[str, Any], body: dict[str, Any], base_url: str) -> None:
-    """Give a new payment its return URLs (before it is first stored)."""
+def prepare(doc: dict[str, Any], body: dict[str, Any], base_url: str,
+            window_s: float = ACTION_WINDOW_S) -> None:
+    """Give a new payment its return URLs and action window (before it is first stored)."""
     token = secrets.token_urlsafe(18)
+    doc["_action_window_s"] = float(window_s)
     doc["_return_url"] = body.get("return_url")
     doc["_return_token"] = token
     doc["_gateway_return"] = gateway_return_url(base_url, doc["id"], token)
@@ -72,11 +90,31 @@ def public_next_action(doc: dict[str, Any], action: dict[str, Any] | None
 def entered_requires_action(doc: dict[str, Any]) -> None:
     """The payment has just become ``requires_action``: remember it, and hold the waiting
     confirm operation for the customer's window (unless a follow-up is already recorded)."""
-    started = now()
-    doc["_action"] = {"since": started}
+    doc["_action"] = {"since": now()}
     if not doc.get("_operation"):
-        doc["_operation"] = {"op": "confirm", "key": None, "await_customer": True,
-                             "started_at": started, "lease_until": started + ACTION_WINDOW_S}
+        await_customer(doc)
+
+
+def window_s(doc: dict[str, Any]) -> float:
+    return float(doc.get("_action_window_s") or ACTION_WINDOW_S)
+
+
+def window_end(doc: dict[str, Any]) -> float:
+    """When the customer's window closes (unix s)."""
+    since = (doc.get("_action") or {}).get("since") or doc["created_at"]
+    return float(since) + window_s(doc)
+
+
+def window_passed(doc: dict[str, Any]) -> bool:
+    return now() >= window_end(doc)
+
+
+def await_customer(doc: dict[str, Any]) -> None:
+    """Hold the waiting confirm operation until the window's end (at once, if it has
+    passed): reconciliation then looks the payment up and ends it if still unfinished."""
+    started = now()
+    doc["_operation"] = {"op": "confirm", "key": None, "await_customer": True,
+                         "started_at": started, "lease_until": max(started, window_end(doc))}
 
 
 def record_return(doc: dict[str, Any], query: dict[str, str]) -> list[dict[str, Any]]:
@@ -99,5 +137,6 @@ def merchant_return(doc: dict[str, Any]) -> str | None:
     return f"{url}{sep}{urlencode({'payment_id': doc['id']})}"
 
 
-__all__ = ["ACTION_WINDOW_S", "entered_requires_action", "gateway_return_url",
-           "merchant_return", "prepare", "public_next_action", "record_return"]
+__all__ = ["ACTION_WINDOW_S", "CANCELED_CODE", "EXPIRED_CODE", "await_customer",
+           "entered_requires_action", "gateway_return_url", "merchant_return", "prepare",
+           "public_next_action", "record_return", "window_end", "window_passed", "window_s"]

@@ -227,6 +227,21 @@ class Provider(abc.ABC):
         raise NotSent("three_ds_unsupported",
                       f"{self.type} cannot complete a 3-D Secure challenge server-side")
 
+    #: Whether :meth:`abandon_action` can end an unfinished 3-D Secure payment with an
+    #: answer the provider guarantees (SPEC 5.1).
+    abandons_action: bool = False
+
+    async def abandon_action(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
+        """End a ``requires_action`` payment whose customer never finished the challenge,
+        so that nothing can be charged for it any more, and answer its final state at the
+        provider: ``voided`` (cancelled there: nothing charged, and it can no longer be
+        completed), or the state the customer's completion reached meanwhile (authorized,
+        captured, declined), to apply as it is. Any doubt raises :class:`Ambiguous`. Only
+        called when :attr:`abandons_action`."""
+        raise NotSent("abandon_unsupported",
+                      f"{self.type} gives no answer that proves an unfinished 3-D Secure "
+                      "payment can no longer be charged")
+
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
         """Current state of a refund, for providers that can look one up."""
         raise Ambiguous("lookup_unsupported", f"{self.type} refunds are confirmed by webhook")

@@ -120,7 +120,8 @@ async def create_payment(request: web.Request) -> web.Response:
         payment_id = derived_id("pay_", ex.merchant_id, ex.key)
         logs.payment_id_var.set(payment_id)
         doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
-        three_ds.prepare(doc, body, _public_base(request))
+        three_ds.prepare(doc, body, _public_base(request),
+                         config.reconciliation.action_window_s)
         orch.route(doc, body)
         _refuse_unchargeable(doc)
         try:

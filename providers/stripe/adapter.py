@@ -316,6 +316,31 @@ class StripeProvider(Provider):
         await self._verify(pi, "amount", ref.amount, ref.currency)
         return parse_payment_intent(pi)
 
+    abandons_action = True
+
+    async def abandon_action(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
+        """Cancel a PaymentIntent the customer never authenticated (``cancellation_reason:
+        abandoned``, with ``idempotency_key``: a retry replays the answer). Stripe's answer
+        is final: a ``canceled`` PaymentIntent can never be confirmed or charged (it maps
+        to ``voided``). One the customer finished meanwhile cannot be cancelled when it has
+        ``succeeded`` (400 ``payment_intent_unexpected_state``): its current state is
+        retrieved and answered instead."""
+        pi_id = self._require_reference(ref)
+        client = await self._sdk()
+        opts: Any = {"idempotency_key": idempotency_key}
+        got: Any = await self._call(lambda: client.v1.payment_intents.cancel_async(
+            pi_id, {"cancellation_reason": "abandoned"}, opts))
+        if isinstance(got, Refusal):
+            if got.not_found:
+                raise NotFound(got.failure.message)
+            return await self._retrieve(pi_id)  # finished meanwhile: what it is now
+        pi = _as_dict(got)
+        if pi.get("id") != pi_id:
+            raise Ambiguous("invalid_response", f"asked to cancel {pi_id}, Stripe answered "
+                            f"{pi.get('id')!r}")
+        await self._verify(pi, "amount", ref.amount, ref.currency)
+        return parse_payment_intent(pi)
+
     async def _search(self, payment_id: str) -> ProviderResult:
         client = await self._sdk()
         params: Any = {"query": f"metadata['gateway_payment_id']:'{payment_id}'"}
