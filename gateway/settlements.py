@@ -7,8 +7,11 @@ Import (:func:`import_report`)
   the store by line id, so importing the same report twice changes nothing. What the
   report says the provider kept and paid out becomes ledger entries (:mod:`gateway.ledger`,
   ids from the provider's line ids, so idempotent too): a line's fee is a ``fee`` entry of
-  the payment's merchant, and a payout is, per merchant, a ``payout`` entry of the net of
-  that merchant's lines in it.
+  the payment's merchant, and a line's net in the payout that carries it is a ``payout``
+  entry (a reversal when the line takes money out: a refund, a dispute). Per line, not
+  per payout, so a payout whose lines come in several days' reports is booked in full.
+  The lines and the entries are two store writes: an import cut short between them is
+  completed by importing the same report again.
 
 Reconciliation (:func:`reconcile_day`), per provider and currency, of the lines settled
 on a day against the gateway's ledger:
@@ -24,7 +27,8 @@ on a day against the gateway's ledger:
 * ``fee_drift`` -- a capture whose fee is not the provider's ``fee_bps`` of its amount
   (within one of the provider's wire units), or a line whose net is not gross - fee;
 * ``payout_mismatch`` -- a payout whose amount is not the sum of its lines' nets (a line in
-  the wrong payout shows in two payouts), or lines naming a payout the report lacks.
+  the wrong payout shows in two payouts), or lines naming a payout the report lacks; per
+  currency, since one payout id may carry several (an Adyen batch).
 
 Amounts are ISO minor units of the currency; a provider's signs (refunds negative) are
 compared by magnitude. Any count other than ``matched`` is drift: the CLI exits 1 and
@@ -122,7 +126,6 @@ async def import_report(store: Store, config: GatewayConfig, name: str, raw: byt
         raise SettlementError(f"the {cfg.type} report cannot be read: {exc}") from None
     kept: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
-    payout_shares: dict[tuple[str, str, str], int] = defaultdict(int)
     unknown = 0
     for line in lines:
         doc = await _payment_of(store, name, line) if line.kind != "payout" else None
@@ -140,14 +143,15 @@ async def import_report(store: Store, config: GatewayConfig, name: str, raw: byt
                 merchant_id=merchant, provider=name, currency=line.currency,
                 amount=line.fee, source=f"settlement:{name}", payment_id=pid,
                 settlement_line=line.line_id))
-        if line.payout_id:
-            payout_shares[(line.payout_id, merchant, line.currency)] += line.net
-    for (payout, merchant, currency), share in sorted(payout_shares.items()):
-        if share > 0:
+        if line.payout_id and line.net != 0:
+            # what this line adds to (a capture) or takes from (a refund, a dispute) the
+            # payout that carries it: one entry per line, so a payout whose lines arrive in
+            # several reports is booked in full, each line once
             entries.append(new_entry(
-                "payout", entry_id=derived_id("led_", name, payout, merchant, currency),
-                merchant_id=merchant, provider=name, currency=currency, amount=share,
-                source=f"settlement:{name}", payout_id=payout))
+                "payout", entry_id=derived_id("led_", name, line.line_id, "payout"),
+                merchant_id=merchant, provider=name, currency=line.currency,
+                amount=abs(line.net), reversal=line.net < 0, source=f"settlement:{name}",
+                payment_id=pid, payout_id=line.payout_id, settlement_line=line.line_id))
     new_lines = await store.save_settlement_lines(name, kept)
     new_entries = await store.append_ledger(entries)
     return ImportResult(name, len(lines), new_lines, new_entries, unknown)
@@ -266,7 +270,8 @@ async def _reconcile_provider(store: Store, cfg: ProviderConfig, day: dt.date
 
     settled: dict[tuple[str, str], list[int]] = defaultdict(list)
     currency_of: dict[tuple[str, str], str] = {}
-    payouts: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    # per (payout, currency): one payout id may carry several currencies (an Adyen batch)
+    payouts: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     step_cache: dict[str, int] = {}
     for line in lines:
         b = bucket(line["currency"])
@@ -274,7 +279,7 @@ async def _reconcile_provider(store: Store, cfg: ProviderConfig, day: dt.date
             b.add("fee_drift", line["net"] - (line["gross"] - line["fee"]),
                   line_id=line["line_id"], why="net is not gross - fee")
         if line.get("payout_id"):
-            payouts[line["payout_id"]].append(line)
+            payouts[(line["payout_id"], line["currency"])].append(line)
         if line["kind"] not in MONEY_KINDS:
             continue
         pid = line.get("payment_id")
@@ -293,10 +298,9 @@ async def _reconcile_provider(store: Store, cfg: ProviderConfig, day: dt.date
             if abs(int(line["fee"]) - fee_due) > step:
                 b.add("fee_drift", int(line["fee"]) - fee_due, line_id=line["line_id"],
                       payment_id=pid, fee=line["fee"], expected_fee=fee_due)
-    for payout, members in payouts.items():
+    for (payout, currency), members in sorted(payouts.items()):
         heads = [m for m in members if m["kind"] == "payout"]
         total = sum(int(m["net"]) for m in members)
-        currency = members[0]["currency"]
         if not heads:
             bucket(currency).add("payout_mismatch", total, payout_id=payout,
                                  why="lines name a payout the report does not list")
