@@ -62,6 +62,7 @@ The semantics both backends share are written down in :mod:`gateway.store`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -616,6 +617,7 @@ class RedisStore(Store):
         self._max_connections = max_connections
         self._client: aredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
+        self._backfill: asyncio.Task[int] | None = None  # see gateway.store.redis_backfill
 
     # lifecycle -----------------------------------------------------------------
     async def open(self) -> None:
@@ -645,8 +647,18 @@ class RedisStore(Store):
         client = aredis.from_url(self._url, **kwargs)
         self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
         self._client = client
+        from gateway.store import redis_backfill  # events queued before listing zsets
+
+        self._backfill = redis_backfill.start(client)
+
+    async def listing_backfill(self) -> int:
+        """Wait for the start's listing backfill; how many events it listed."""
+        return await self._backfill if self._backfill is not None else 0
 
     async def close(self) -> None:
+        from gateway.store import redis_backfill
+
+        await redis_backfill.stop(self._backfill)
         client, self._client = self._client, None
         if client is not None:
             try:
