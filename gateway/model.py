@@ -13,7 +13,7 @@ import hashlib
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.public_schema import (
     ATTEMPT_FIELDS,
@@ -162,37 +162,58 @@ def audit(kind: str, source: str, **fields: Any) -> dict[str, Any]:
     return event
 
 
+class StatusChange(NamedTuple):
+    """What :func:`apply_status_change` did: the audit event it wrote, and how it ended."""
+
+    audit: dict[str, Any]
+    applied: bool
+    #: not applied because the payment already had that status (a confirmation)
+    already: bool
+
+
 def apply_status(
     doc: dict[str, Any], event: StatusEvent, source: str, detail: str | None = None
 ) -> dict[str, Any]:
     """Apply a status report to ``doc`` in place; return the audit event (applied or ignored)."""
+    return apply_status_change(doc, event, source, detail).audit
+
+
+def apply_status_change(
+    doc: dict[str, Any], event: StatusEvent, source: str, detail: str | None = None
+) -> StatusChange:
+    """:func:`apply_status`, also saying whether it applied (and if not, why, as a type)."""
     result = apply_event(snapshot(doc), event)
     if isinstance(result, Applied):
-        store_snapshot(doc, result.snapshot)
-        doc["updated_at"] = now()
-        if event.status == PaymentStatus.CAPTURE_PENDING:
-            # what was asked to be captured, shown as amount_capture_pending until the
-            # provider confirms (it never counts as captured before that)
-            op = doc.get("_operation")
-            doc["_capture_pending"] = event.captured or (
-                int(op["amount"]) if isinstance(op, dict) and op.get("op") == "capture"
-                else result.snapshot.ledger.authorized)
-        else:
-            doc.pop("_capture_pending", None)
-        if result.correction:
-            # "no money moved" was wrong: the provider holds money. The failure no longer
-            # describes the payment; the audit event keeps what it was.
-            previous_failure, doc["failure"] = doc.get("failure"), None
-            return audit(
-                "status_changed", source, from_status=result.previous.value,
-                to_status=event.status.value, detail=detail, correction=True,
-                previous_failure=previous_failure,
-            )
-        return audit(
-            "status_changed", source, from_status=result.previous.value,
-            to_status=event.status.value, detail=detail,
-        )
-    return audit(
+        return StatusChange(_applied(doc, event, result, source, detail), True, False)
+    return StatusChange(audit(
         "event_ignored", source, status=doc["status"], reported_status=event.status.value,
         reason=result.reason, detail=detail,
+    ), False, result.already)
+
+
+def _applied(doc: dict[str, Any], event: StatusEvent, result: Applied, source: str,
+             detail: str | None) -> dict[str, Any]:
+    store_snapshot(doc, result.snapshot)
+    doc["updated_at"] = now()
+    if event.status == PaymentStatus.CAPTURE_PENDING:
+        # what was asked to be captured, shown as amount_capture_pending until the
+        # provider confirms (it never counts as captured before that)
+        op = doc.get("_operation")
+        doc["_capture_pending"] = event.captured or (
+            int(op["amount"]) if isinstance(op, dict) and op.get("op") == "capture"
+            else result.snapshot.ledger.authorized)
+    else:
+        doc.pop("_capture_pending", None)
+    if result.correction:
+        # "no money moved" was wrong: the provider holds money. The failure no longer
+        # describes the payment; the audit event keeps what it was.
+        previous_failure, doc["failure"] = doc.get("failure"), None
+        return audit(
+            "status_changed", source, from_status=result.previous.value,
+            to_status=event.status.value, detail=detail, correction=True,
+            previous_failure=previous_failure,
+        )
+    return audit(
+        "status_changed", source, from_status=result.previous.value,
+        to_status=event.status.value, detail=detail,
     )

@@ -166,6 +166,8 @@ class Applied:
 class Ignored:
     snapshot: Snapshot
     reason: str
+    #: the payment already has the reported status (a confirmation, not a stale report)
+    already: bool = False
 
 
 def _ledger_for(snapshot: Snapshot, event: StatusEvent) -> Ledger:
@@ -197,7 +199,7 @@ def apply_event(snapshot: Snapshot, event: StatusEvent) -> Applied | Ignored:
     """
     current, target = snapshot.status, event.status
     if target == current and target not in (S.PROCESSING, S.PARTIALLY_REFUNDED):
-        return Ignored(snapshot, f"already {current}")
+        return Ignored(snapshot, f"already {current}", already=True)
     if target in (S.PARTIALLY_REFUNDED, S.REFUNDED):
         return Ignored(snapshot, "refund statuses follow from refunds, not from status events")
     correction = (current, target) in CORRECTION_EDGES

@@ -43,7 +43,7 @@ from typing import Any, Literal
 
 from gateway import metrics
 from gateway.disputes import DisputeChange, apply_dispute
-from gateway.model import apply_status, audit
+from gateway.model import apply_status_change, audit
 from gateway.orchestrator import apply_refund_result, finish_operation
 from gateway.payment_writer import PaymentMissing, PaymentWriter
 from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
@@ -72,13 +72,6 @@ async def find_payment(store: Store, provider_name: str, event: WebhookEvent) ->
             if not ref or not event.payment_reference or ref == event.payment_reference:
                 return str(doc["id"])
     return None
-
-
-def _classify(ev: dict[str, Any]) -> Result:
-    if ev.get("type") in ("status_changed", "refund_updated"):
-        return "applied"
-    reason = str(ev.get("reason") or "")
-    return "ignored" if reason.startswith("already") else "stale"
 
 
 def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
@@ -112,10 +105,13 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
             # The webhook overtook the provider's own answer (or that answer was lost):
             # it names the provider's object, which every follow-up needs.
             d["provider_reference"] = event.payment_reference
-        events = [apply_status(d, StatusEvent(target, authorized=authorized, captured=captured),
-                               source, detail=detail)]
-        result = _classify(events[0])
-        if result == "applied":
+        change = apply_status_change(
+            d, StatusEvent(target, authorized=authorized, captured=captured), source,
+            detail=detail)
+        events = [change.audit]
+        result: Result = ("applied" if change.applied else
+                          "ignored" if change.already else "stale")
+        if change.applied:
             new = S(d["status"])
             settles_op = (
                 (op_name == "capture" and (new == S.CAPTURED or current == S.CAPTURE_PENDING))
