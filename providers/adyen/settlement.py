@@ -1,18 +1,25 @@
 """Adyen settlement: the Settlement details report (CSV) -> :class:`SettlementLine` records.
 
 Adyen's report (one per payout batch; the layout its documentation publishes: "Settlement
-detail report structure") is read by column *name* from its header line, as Adyen lets a
-merchant add and reorder columns; these must be there: Merchant Account, Psp Reference,
-Merchant Reference, Creation Date, Type, Modification Reference, Gross Currency, Gross
-Debit (GC), Gross Credit (GC), Net Currency, Net Debit (NC), Net Credit (NC), Commission
-(NC), Markup (NC), Scheme Fees (NC), Interchange (NC), Batch Number.
+detail report structure", docs.adyen.com/developers/reporting/settlement-detail-report/
+settlement-detail-report-structure, and "Settlement details report", docs.adyen.com/
+reporting/settlement-reconciliation/transaction-level/settlement-details-report) is read by
+column *name* from its header line, as Adyen lets a merchant add and reorder columns (and
+reports since Adyen's 2023 reporting migration append more: Booking Date, Booking Date
+TimeZone, Metadata, ... -- ignored here); these must be there: Merchant Account, Psp
+Reference, Merchant Reference, Creation Date, Type, Modification Reference, Gross Currency,
+Gross Debit (GC), Gross Credit (GC), Net Currency, Net Debit (NC), Net Credit (NC),
+Commission (NC), Markup (NC), Scheme Fees (NC), Interchange (NC), Batch Number. The
+documented layout is kept as a fixture (tests/fixtures/adyen/
+settlement_detail_report_documented.csv, its README says where each part comes from).
 
 Each line after the header is one line of the report:
 
-* amounts are decimal strings in the currency's major unit; each is converted to Adyen's
-  minor units with Adyen's decimals and then to ISO minor units with
-  :func:`providers.adyen.amounts.from_wire` (the adapter's table) -- exactly, or
-  :class:`MalformedSettlement`;
+* amounts are unsigned decimal strings in the currency's major unit (``4.88``, ``500``,
+  ``.11``: real reports write all three), the direction is the column's (Debit or
+  Credit); each is converted to Adyen's minor units with Adyen's decimals and then to ISO
+  minor units with :func:`providers.adyen.amounts.from_wire` (the adapter's table) --
+  exactly, or :class:`MalformedSettlement`;
 * ``currency`` is the Net Currency (what was paid out); ``net`` = Net Credit - Net Debit;
   ``fee`` = Commission + Markup + Scheme Fees + Interchange; ``gross`` = Gross Credit -
   Gross Debit when the gross currency is the net currency, else (a converted payment)
@@ -25,7 +32,9 @@ Each line after the header is one line of the report:
 * ``settled_on`` = the date of Creation Date (``YYYY-MM-DD HH:MM:SS``, in the report's
   TimeZone);
 * ``payment_reference`` = Psp Reference, ``merchant_reference`` = Merchant Reference,
-  ``refund_reference`` = the Modification Reference of a Refunded line.
+  ``refund_reference`` = the Modification Reference of a Refunded line (on balance-level
+  lines -- Fee, MerchantPayout, InvoiceDeduction, ... -- Adyen documents that column as
+  free text of up to 80 characters, e.g. a payout's bank-transfer description).
 
 =================================================================  ====================
 Type                                                               kind
@@ -86,7 +95,8 @@ KINDS: dict[str, SettlementKind] = {
     "EpaPaid": "adjustment", "PaidOut": "adjustment", "PaidOutReversed": "adjustment",
 }
 _STAMP = re.compile(r"^(\d{4}-\d{2}-\d{2}) \d{2}:\d{2}:\d{2}$")
-_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+#: ``10``, ``4.88``, and ``.11`` (no leading zero: a form real reports carry)
+_NUMBER = re.compile(r"^(?:\d+(?:\.\d+)?|\.\d+)$")
 
 
 class _Row:

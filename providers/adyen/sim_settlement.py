@@ -1,8 +1,13 @@
 """The Adyen simulator's Settlement details report (CSV, Adyen's published column layout).
 
 One report per UTC day: a header line with Adyen's 30 standard columns (Company Account
-... Batch Number, Reserved4..Reserved10), then one line per movement of the day and one
-``MerchantPayout`` line per (merchant account, currency) -- the payout of the day's batch:
+... Batch Number, Reserved4..Reserved10) in Adyen's documented order ("Settlement detail
+report structure", docs.adyen.com/developers/reporting/settlement-detail-report/
+settlement-detail-report-structure; the header of tests/fixtures/adyen/
+settlement_detail_report_documented.csv, which a test holds this one to), then one line per
+movement of the day and one ``MerchantPayout`` line per (merchant account, currency) -- the
+payout of the day's batch, its amount in Net Debit (NC) as in Adyen's reports (a negative
+payout, money the merchant owes, in Net Credit (NC): the simulator's choice, undocumented):
 
 =================  ==================  =========================  ========================
 movement           Type                Modification Reference     amounts
