@@ -397,3 +397,30 @@ async def test_resolve_never_replaces_the_provider_reference(env: Env) -> None:
     assert r.status == 200 and body["status"] == "authorized", body
     assert body["amount_authorized"] == pay["amount"]
     assert body["provider_reference"] == pay["provider_reference"]
+
+
+async def test_resolve_refused_when_no_provider_was_ever_called(env: Env) -> None:
+    """A payment recorded and never sent (its request crashed before any provider call):
+    an operator cannot say money moved (409 no_provider), whatever reference is given; a
+    body that is not a JSON object is a 400; failed is allowed, and no provider is asked."""
+    from gateway.model import audit, new_payment
+
+    doc = new_payment("pay_never_sent", "acme", payment_body(), "fp-never-sent")
+    await env.store.insert_payment(doc, [audit("payment_created", "merchant")])
+    await env.age(doc["id"])
+    sent = {sim: await env.sent(sim) for sim in ("stripe", "braintree", "adyen")}
+    stored = await env.store.get_payment(doc["id"])
+    for target in ("authorized", "captured"):
+        err = await _error(await env.resolve(doc["id"], {
+            "status": target, "reason": "the customer says so", "provider_reference": "pi_x"}),
+            409)
+        assert (err["code"], err["param"]) == ("no_provider", "status"), err
+    for body in ("[]", '"failed"', "null"):
+        err = await _error(await env.resolve(doc["id"], body), 400)
+        assert err["type"] == "invalid_request", err
+    assert await env.store.get_payment(doc["id"]) == stored
+    r = await env.resolve(doc["id"], {"status": "failed", "reason": "never sent (log check)"})
+    body = await r.json()
+    assert r.status == 200 and body["status"] == "failed", body
+    assert body["failure"]["code"] == "resolved_by_operator"
+    assert {sim: await env.sent(sim) for sim in sent} == sent  # nothing was asked or charged
