@@ -1,0 +1,241 @@
+"""Authorization (SPEC 5): run a new payment's candidate list -- attempts written
+before each provider call, failover on a safe rejection or a proven non-creation, the
+rule's decline cascade, the lookup after an ambiguous answer -- and the payment's
+failure when no provider could take it."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from gateway import metrics
+from gateway.model import apply_status, audit, iso, now
+from gateway.orchestrator_base import OrchestratorBase, _count_mismatch
+from gateway.payment_writer import Events
+from gateway.provider_calls import CallRecord, call_provider
+from gateway.state_machine import PaymentStatus, StatusEvent
+from providers.base import (
+    Ambiguous,
+    AuthorizeRequest,
+    NotCreated,
+    Outcome,
+    Provider,
+    ProviderFault,
+    ProviderMismatch,
+    ProviderResult,
+    RejectedSafe,
+)
+
+S = PaymentStatus
+
+
+class Authorization(OrchestratorBase):
+    """The authorize path of :class:`~gateway.orchestrator.Orchestrator`."""
+
+    def route(self, doc: dict[str, Any], body: dict[str, Any]) -> None:
+        """Stamp the routing decision on a new payment (before it is first stored), so the
+        payment finishes on the rules it started with, whatever reloads happen meanwhile."""
+        decision = self.routing.decide(body, doc["id"], doc["merchant_id"])
+        doc["routing"] = {"rule": decision.rule, "config_version": decision.version}
+        doc["_candidates"] = list(decision.candidates)
+        doc["_excluded"] = [[name, reason, decision.exclusion_kinds[name].value]
+                            for name, reason in decision.excluded]
+        if decision.cascade_on:
+            doc["_cascade_on"] = sorted(decision.cascade_on)
+
+    def candidates(self, doc: dict[str, Any]) -> list[Provider]:
+        return [self.providers[n] for n in doc.get("_candidates", []) if n in self.providers]
+
+    @staticmethod
+    def _cascade_code(doc: dict[str, Any], result: ProviderResult) -> str | None:
+        """The decline code when ``result`` is a decline the payment's rule cascades."""
+        if result.status != S.DECLINED or result.failure is None:
+            return None
+        code = result.failure.decline_code
+        return code if code and code in (doc.get("_cascade_on") or ()) else None
+
+    async def _finish_attempt(
+        self, doc_id: str, index: int, outcome: str, rec: CallRecord, error_code: str | None,
+        result: ProviderResult | None = None, status: PaymentStatus | None = None,
+        failure: dict[str, Any] | None = None, cascaded: bool = False,
+    ) -> dict[str, Any]:
+        def fn(d: dict[str, Any]) -> Events:
+            att = d["attempts"][index]
+            att.update(outcome=outcome, duration_ms=rec.duration_ms)
+            if error_code:
+                att["error_code"] = error_code
+            events = [audit("attempt_finished", "provider_response", provider=att["provider"],
+                            outcome=outcome, error_code=error_code,
+                            cascaded=True if cascaded else None)]
+            if result is not None:
+                events += self._apply_result(d, result, "provider_response")
+            if status is not None:
+                events.append(apply_status(d, StatusEvent(status), "gateway"))
+                if failure is not None:
+                    d["failure"] = failure
+            return events
+
+        return await self.writer.mutate(doc_id, fn)
+
+    async def authorize(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Run the candidate list for a freshly recorded (``pending``) payment."""
+        deadline = self._deadline()
+        cands = self.candidates(doc)[: self.config.failover_budget]
+        start = len(doc["attempts"])
+        #: the last decline cascaded to the next candidate: (provider name, its answer)
+        declined: tuple[str, ProviderResult] | None = None
+        for offset, provider in enumerate(cands):
+            if time.monotonic() >= deadline:
+                break
+            index = start + offset
+            key = f"{doc['id']}:{index + 1}:authorize"
+
+            def begin(d: dict[str, Any], p: Provider = provider, k: str = key) -> Events:
+                sent_at = now()
+                d["attempts"].append({"provider": p.name, "outcome": "in_flight",
+                                      "started_at": iso(sent_at), "duration_ms": 0, "_key": k,
+                                      "_sent_at": sent_at,
+                                      "_live_until": sent_at + self._live_s(p.name)})
+                d["provider"] = p.name
+                return [audit("attempt_started", "gateway", provider=p.name)]
+
+            doc = await self.writer.mutate(doc["id"], begin)
+            req = self._auth_request(doc, provider.name, key)
+            rec = CallRecord()
+            try:
+                result = await self._guarded(
+                    provider, "authorize", functools.partial(provider.authorize, req),
+                    deadline, rec,
+                )
+            except RejectedSafe as fault:
+                doc = await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE,
+                                                 rec, fault.error_code)
+                self._count_failover(provider, cands, offset, fault.error_code)
+                continue
+            except ProviderMismatch as wrong:
+                doc = await self._mismatched(doc["id"], index, provider, rec, wrong)
+                self._count_payment(doc)
+                return doc
+            except Ambiguous as fault:
+                resolved = await self._lookup_after_ambiguity(doc, index, provider, req, rec,
+                                                              fault, deadline)
+                if resolved is None:  # proven: nothing created -> failover is safe
+                    self._count_failover(provider, cands, offset, "not_created")
+                    doc = await self.store.get_payment(doc["id"]) or doc
+                    continue
+                return resolved
+            code = self._cascade_code(doc, result)
+            if code is not None and offset + 1 < len(cands) and time.monotonic() < deadline:
+                # A soft decline the rule cascades: a definite answer (nothing was
+                # charged), so the next candidate is tried as a new attempt; the payment
+                # stays pending instead of taking the final "declined".
+                doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, code,
+                                                 cascaded=True)
+                metrics.CASCADES.labels(provider.name, cands[offset + 1].name, code).inc()
+                declined = (provider.name, result)
+                continue
+            doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result)
+            self._count_payment(doc)
+            return doc
+        if declined is not None:
+            # nobody after a cascaded decline answered: the payment is that decline
+            def final(d: dict[str, Any], last: tuple[str, ProviderResult] = declined) -> Events:
+                d["provider"] = last[0]  # the payment ends as that provider declined it
+                return self._apply_result(d, last[1], "provider_response")
+
+            doc = await self.writer.mutate(doc["id"], final)
+            self._count_payment(doc)
+            return doc
+        doc = await self._finish_attempt_none(doc)
+        self._count_payment(doc)
+        return doc
+
+    async def _mismatched(self, payment_id: str, index: int, provider: Provider,
+                          rec: CallRecord, wrong: ProviderMismatch) -> dict[str, Any]:
+        """The provider charged another amount/currency: never a success, no failover.
+        ``failed`` when the adapter provably released it, else ``unknown``."""
+        _count_mismatch(provider, wrong)
+        status = S.FAILED if wrong.released else S.UNKNOWN
+
+        def fn(d: dict[str, Any]) -> Events:
+            att = d["attempts"][index]
+            att.update(outcome=Outcome.AMBIGUOUS.value, duration_ms=rec.duration_ms,
+                       error_code=wrong.error_code)
+            if wrong.provider_reference and not d.get("provider_reference"):
+                d["provider_reference"] = wrong.provider_reference
+            events = [audit("attempt_finished", "provider_response", provider=provider.name,
+                            outcome=Outcome.AMBIGUOUS.value, error_code=wrong.error_code,
+                            detail=wrong.message),
+                      apply_status(d, StatusEvent(status), "gateway", detail=wrong.message)]
+            if status == S.FAILED:
+                d["failure"] = {"code": wrong.error_code,
+                                "message": "the provider charged another amount or currency "
+                                           "than requested; it was voided, no money moved"}
+            return events
+
+        return await self.writer.mutate(payment_id, fn)
+
+    async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
+        return await self._fail(doc["id"], "gateway", "no_provider_available",
+                                "no provider could process the payment; no money moved",
+                                detail="no provider available")
+
+    def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
+        if i + 1 < len(cands):
+            metrics.FAILOVERS.labels(provider.name, cands[i + 1].name, reason).inc()
+
+    async def _lookup_after_ambiguity(
+        self, doc: dict[str, Any], index: int, provider: Provider, req: AuthorizeRequest,
+        rec: CallRecord, fault: Ambiguous, deadline: float,
+    ) -> dict[str, Any] | None:
+        """Resolve an ambiguous authorization; None means "proven not created" (only a
+        :class:`NotCreated` from the provider's lookup; SPEC 5.1)."""
+        sent_at = _sent_at(doc["attempts"][index])
+        try:
+            result = await call_provider(
+                provider.name, "lookup",
+                lambda: provider.lookup(self._ref(doc), req, sent_at=sent_at),
+                self.config.retry, max(deadline, time.monotonic() + 1.0),
+            )
+        except NotCreated:
+            await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
+                                       "not_created")
+            return None
+        except ProviderFault:
+            done = await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
+                                              fault.error_code, status=S.UNKNOWN)
+            self._count_payment(done)
+            return done
+        done = await self._finish_attempt(doc["id"], index, result.outcome, rec,
+                                          fault.error_code, result)
+        self._count_payment(done)
+        return done
+
+    async def _fail(self, payment_id: str, source: str, code: str, message: str, *,
+                    detail: str | None = None) -> dict[str, Any]:
+        """Fail the payment with ``failure = {code, message}``; the audit event's detail is
+        ``detail`` (default: the message)."""
+        def fn(d: dict[str, Any]) -> Events:
+            ev = apply_status(d, StatusEvent(S.FAILED), source, detail=detail or message)
+            if ev["type"] == "status_changed":
+                d["failure"] = {"code": code, "message": message}
+            return [ev]
+
+        return await self.writer.mutate(payment_id, fn)
+
+
+def _sent_at(attempt: dict[str, Any]) -> float | None:
+    """When an attempt was first sent (unix s); older records only have ``started_at``."""
+    raw = attempt.get("_sent_at")
+    if isinstance(raw, int | float):
+        return float(raw)
+    started = attempt.get("started_at")
+    if isinstance(started, str):
+        try:
+            return datetime.fromisoformat(started.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
