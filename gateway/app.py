@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from gateway import metrics, notifications
+from gateway import admission, metrics, notifications
 from gateway.api import admin, admin_settlements, events, health, ledger, payments, webhooks
 from gateway.api.middleware import request_context
 from gateway.appkeys import (
@@ -218,8 +218,10 @@ async def _reconcile_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.Application:
     """``public_url`` (e.g. ``http://127.0.0.1:8080``) is where in-process simulators
     deliver their webhooks; without it they send none."""
-    app = web.Application(middlewares=[request_context], client_max_size=webhooks.MAX_BODY_BYTES)
+    app = web.Application(middlewares=[request_context, admission.admission_middleware],
+                          client_max_size=webhooks.MAX_BODY_BYTES)
     app[CONFIG] = config
+    admission.install(app, config.admission.max_in_flight, config.admission.retry_after_s)
     if public_url:
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up

@@ -110,6 +110,19 @@ class ServerSettings:
 
 
 @dataclass(frozen=True)
+class AdmissionSettings:
+    """Admission control (``admission:``; see gateway.admission): payment operations in
+    progress in one process past which new ones are answered 503 + Retry-After.
+    In flight = throughput x latency: the default holds ~180 payments/s (one process's
+    measured capacity, bench/saturation.py) at a provider latency of up to ~0.25 s plus
+    the gateway's own ~0.1 s; with faster providers a lower limit keeps latency lower
+    under overload (bench/overload.py), with slower ones raise it."""
+
+    max_in_flight: int = 64
+    retry_after_s: int = 1
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     path: Path
     store_url: str
@@ -128,6 +141,7 @@ class GatewayConfig:
     reconciliation: ReconcileSettings = ReconcileSettings()
     notifications: NotificationSettings = NotificationSettings()
     server: ServerSettings = ServerSettings()
+    admission: AdmissionSettings = AdmissionSettings()
     # Redis without AOF or RDB loses every payment on a restart: refused unless allowed.
     allow_volatile_store: bool = False
 
@@ -372,6 +386,14 @@ def _server(c: _Checks, raw: dict[str, Any], path: Path_) -> ServerSettings:
     )
 
 
+def _admission(c: _Checks, raw: dict[str, Any], path: Path_) -> AdmissionSettings:
+    d = AdmissionSettings()
+    return AdmissionSettings(
+        max_in_flight=c.integer(raw, "max_in_flight", path, d.max_in_flight, at_most=100_000),
+        retry_after_s=c.integer(raw, "retry_after_s", path, d.retry_after_s, at_most=3600),
+    )
+
+
 def _reconcile(c: _Checks, raw: dict[str, Any], path: Path_) -> ReconcileSettings:
     d = ReconcileSettings()
     return ReconcileSettings(
@@ -498,6 +520,7 @@ def _build(c: _Checks, p: Path, raw: dict[str, Any]) -> GatewayConfig | None:
         notifications=_notification_settings(c, c.mapping(raw, "notifications", top),
                                              ("notifications",)),
         server=_server(c, c.mapping(raw, "server", top), ("server",)),
+        admission=_admission(c, c.mapping(raw, "admission", top), ("admission",)),
         allow_volatile_store=bool(c.get(store_options, "allow_volatile", bool,
                                         ("store_options",), False)),
     )

@@ -134,6 +134,11 @@ HTTP_CONNECTIONS_CLOSED = Counter(
     "Client connections closed by the gateway's connection guard",
     ["reason"], registry=REGISTRY,
 )
+REQUESTS_SHED = Counter(
+    "gateway_requests_shed_total",
+    "Payment operations answered 503 gateway_overloaded by admission control (nothing done)",
+    ["operation"], registry=REGISTRY,
+)
 CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout", "evicted",
                             "refused")
 
