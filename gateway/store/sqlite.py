@@ -10,6 +10,8 @@ Design:
   database write lock up front; several processes (or several store instances) on one
   file therefore stay atomic too (``busy_timeout`` makes the others wait).
 * Times are ``time.time()`` of this host.
+* The tables, the schema version and the migrations are in
+  :mod:`gateway.store.sqlite_schema`.
 
 The semantics both backends share are written down in :mod:`gateway.store`.
 """
@@ -46,125 +48,11 @@ from gateway.store.base import (
     search_reference,
     settle_notification,
 )
+from gateway.store.sqlite_schema import SCHEMA_VERSION, SEARCH_INDEXES, apply_schema
+
+__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS health (k INTEGER PRIMARY KEY, at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS payments (
-    id TEXT PRIMARY KEY,
-    merchant_id TEXT,
-    status TEXT NOT NULL,
-    provider TEXT,
-    provider_reference TEXT,
-    updated_at REAL NOT NULL,
-    version INTEGER NOT NULL,
-    reconcile INTEGER NOT NULL DEFAULT 0,
-    doc TEXT NOT NULL,
-    created_at REAL,
-    reference TEXT
-);
-CREATE INDEX IF NOT EXISTS payments_reconcile ON payments (reconcile, updated_at);
-CREATE INDEX IF NOT EXISTS payments_provider_ref ON payments (provider, provider_reference);
-CREATE TABLE IF NOT EXISTS events (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    payment_id TEXT NOT NULL,
-    event TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS events_payment ON events (payment_id, id);
-CREATE TABLE IF NOT EXISTS idempotency (
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
-    state TEXT NOT NULL,
-    lease_until REAL NOT NULL,
-    created_at REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    response TEXT,
-    PRIMARY KEY (scope, key)
-);
-CREATE INDEX IF NOT EXISTS idempotency_expires ON idempotency (expires_at);
-CREATE TABLE IF NOT EXISTS leases (
-    name TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    expires_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS webhook_events (
-    provider TEXT NOT NULL,
-    event_id TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (provider, event_id)
-);
-CREATE INDEX IF NOT EXISTS webhook_events_expires ON webhook_events (expires_at);
-CREATE TABLE IF NOT EXISTS unmatched_webhooks (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    provider TEXT NOT NULL,
-    received_at REAL NOT NULL,
-    event TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS notifications (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    payment_id TEXT,
-    state TEXT NOT NULL,
-    next_attempt_at REAL,
-    lease_owner TEXT,
-    lease_until REAL,
-    doc TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS notifications_due ON notifications (state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS notifications_payment ON notifications (payment_id, seq);
-CREATE TABLE IF NOT EXISTS ledger (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE,
-    payment_id TEXT,
-    merchant_id TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    provider TEXT,
-    created_at REAL,
-    entry TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_payment ON ledger (payment_id, seq);
-CREATE INDEX IF NOT EXISTS ledger_provider_time ON ledger (provider, created_at);
-CREATE TABLE IF NOT EXISTS settlement_lines (
-    provider TEXT NOT NULL,
-    line_id TEXT NOT NULL,
-    settled_on TEXT NOT NULL,
-    line TEXT NOT NULL,
-    PRIMARY KEY (provider, line_id)
-);
-CREATE INDEX IF NOT EXISTS settlement_lines_day ON settlement_lines (provider, settled_on);
-CREATE TABLE IF NOT EXISTS ledger_balances (
-    merchant_id TEXT NOT NULL,
-    currency TEXT NOT NULL,
-    account TEXT NOT NULL,
-    balance INTEGER NOT NULL,
-    PRIMARY KEY (merchant_id, currency, account)
-);
-"""
-
-#: GET /v1/events without payment_id (SPEC 3.2): a merchant's events newest first,
-#: optionally by delivery state or type; made by schema version 2.
-_EVENT_INDEXES = (
-    "notifications_merchant ON notifications (merchant_id, seq)",
-    "notifications_merchant_state ON notifications (merchant_id, state, seq)",
-    "notifications_merchant_type ON notifications (merchant_id, type, seq)",
-)
-
-# Search (SPEC 3.1): one index per way in, each ending in the page order (created_at, id)
-# so a page is one index range read backwards, whatever its depth. Created after
-# _migrate, which adds the columns to a database made before them.
-_SEARCH_INDEXES = {
-    "all": "payments_search ON payments (merchant_id, created_at, id)",
-    "reference": "payments_search_reference ON payments (merchant_id, reference, created_at, id)",
-    "status": "payments_search_status ON payments (merchant_id, status, created_at, id)",
-    "provider": "payments_search_provider ON payments (merchant_id, provider, created_at, id)",
-}
-
-#: ``PRAGMA user_version`` of the current schema: 1 = payments.created_at / reference
-#: (search); 2 = notifications.merchant_id / type (event listing). A database at an older
-#: version is upgraded by :meth:`SQLiteStore._migrate`.
-SCHEMA_VERSION = 2
 
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
 UNMATCHED_WEBHOOKS_MAX = 10_000
@@ -197,7 +85,7 @@ def _search_sql(query: PaymentSearch) -> tuple[str, list[Any]]:
     """The page query: equality filters, then one index range in page order."""
     way = ("reference" if query.reference is not None else "status"
            if query.status is not None else "provider" if query.provider is not None else "all")
-    index = _SEARCH_INDEXES[way].split(" ", 1)[0]
+    index = SEARCH_INDEXES[way].split(" ", 1)[0]
     where = ["merchant_id = ?"]
     params: list[Any] = [query.merchant_id]
     for column in ("reference", "status", "provider"):
@@ -304,59 +192,12 @@ class SQLiteStore(Store):
             if str(mode).lower() != "wal":
                 raise StoreError(f"sqlite: could not enable WAL (journal_mode={mode})")
             conn.execute("PRAGMA synchronous = FULL")
-            conn.executescript(_SCHEMA)
-            self._migrate(conn)
+            apply_schema(conn)
         except BaseException:
             conn.close()
             raise
         self._conn = conn
         self._purge(time.time())
-
-    @staticmethod
-    def _migrate(conn: sqlite3.Connection) -> None:
-        """Bring a database made by an older version up to :data:`SCHEMA_VERSION`, in one
-        transaction (a crash leaves it as it was; the next open tries again).
-
-        0 -> 1: payments gets ``created_at`` and ``reference`` (filled from each doc) and
-        the search indexes. 1 -> 2: notifications gets ``merchant_id`` and ``type`` (filled
-        from each event) and the event listing indexes.
-        """
-        if int(conn.execute("PRAGMA user_version").fetchone()[0]) >= SCHEMA_VERSION:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(payments)")}
-            if "created_at" not in columns:
-                conn.execute("ALTER TABLE payments ADD COLUMN created_at REAL")
-            if "reference" not in columns:
-                conn.execute("ALTER TABLE payments ADD COLUMN reference TEXT")
-            conn.execute(
-                "UPDATE payments SET"
-                " created_at = CASE WHEN json_type(doc, '$.created_at') IN ('integer', 'real')"
-                " THEN json_extract(doc, '$.created_at') END,"
-                " reference = CASE WHEN json_type(doc, '$.reference') = 'text'"
-                " THEN json_extract(doc, '$.reference') END"
-            )
-            for spec in _SEARCH_INDEXES.values():
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {spec}")
-            ntf_columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(notifications)")}
-            for column in ("merchant_id", "type"):
-                if column not in ntf_columns:
-                    conn.execute(f"ALTER TABLE notifications ADD COLUMN {column} TEXT")
-            conn.execute(
-                "UPDATE notifications SET"
-                " merchant_id = CASE WHEN json_type(doc, '$.merchant_id') = 'text'"
-                " THEN json_extract(doc, '$.merchant_id') END,"
-                " type = CASE WHEN json_type(doc, '$.type') = 'text'"
-                " THEN json_extract(doc, '$.type') END"
-            )
-            for spec in _EVENT_INDEXES:
-                conn.execute(f"CREATE INDEX IF NOT EXISTS {spec}")
-            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
 
     async def close(self) -> None:
         if self._executor is None:
