@@ -45,6 +45,7 @@ def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
     h = hashlib.sha256(merchant_key.encode()).hexdigest()[:16]
     return f"{payment_id}:{operation}:{h}"
 
+
 class FollowUps(OrchestratorBase):
     """Capture and void of :class:`~gateway.orchestrator.Orchestrator`."""
 
@@ -196,4 +197,3 @@ class FollowUps(OrchestratorBase):
 
 def _op_done(doc: dict[str, Any], key: str) -> dict[str, Any] | None:
     return next((d for d in doc.get("_ops_done") or [] if d.get("key") == key), None)
-

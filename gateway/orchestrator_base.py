@@ -158,4 +158,3 @@ def _count_mismatch(provider: Provider, fault: ProviderFault) -> None:
         log.error("provider answered for another amount or currency",
                   extra={"provider": provider.name, "detail": fault.message,
                          "released": fault.released})
-
