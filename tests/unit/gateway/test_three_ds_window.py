@@ -23,6 +23,7 @@ condition with a deadline. Each charge is counted at the simulator.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -174,3 +175,56 @@ def test_action_window_defaults_to_900_s(tmp_path: Path) -> None:
     cfg = load_config(write_config(tmp_path, "sqlite:///x.db",
                                    reconciliation={"action_window_s": 120}))
     assert cfg.reconciliation.action_window_s == 120
+
+
+async def test_a_lost_cancel_answer_is_asked_again_and_the_payment_still_expires(
+        tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession) -> None:
+    """Stripe cancels the PaymentIntent but its answer is lost: the payment stays
+    ``requires_action`` (audit ``expire_unknown``, never expired on a guess), the wait is
+    re-armed, and the next pass finds the PaymentIntent canceled -> ``expired``."""
+    from gateway.appkeys import ORCHESTRATOR
+    from gateway.reconcile import Reconciler
+    from gateway.three_ds import window_passed
+    from providers.base import Ambiguous
+
+    env = await _env(tmp_path, store_url, aiohttp_client, session, "stripe_a",
+                     request_deadline_s=2, reconciliation={
+                         "enabled": False, "action_window_s": 1, "min_age_s": 2})
+    app = env.client.app
+    orch = app[ORCHESTRATOR]
+    provider = orch.providers["stripe_a"]
+    real = provider.abandon_action
+
+    async def cancel_then_lose_the_answer(ref: Any, key: str) -> Any:
+        await real(ref, key)  # processed at Stripe ...
+        raise Ambiguous("connection_lost", "the answer never arrived")  # ... answer lost
+
+    provider.abandon_action = cancel_then_lose_the_answer  # type: ignore[method-assign]
+    pay = await env.pay("3ds-lost-cancel", "stripe_a")
+
+    async def past_the_window() -> bool:
+        doc = await app[STORE].get_payment(pay["id"])
+        return window_passed(doc)
+
+    await wait_for(past_the_window, timeout=10)
+    reconciler = Reconciler(orch.config, app[STORE], orch)
+    await reconciler.run_once(now=time.time() + 60)
+    got = await env.get(pay["id"])
+    assert got["status"] == "requires_action" and got["failure"] is None
+    assert [e["error_code"] for e in await _trail(env, pay["id"], "expire_unknown")] == [
+        "connection_lost"]
+    doc = await app[STORE].get_payment(pay["id"])
+    assert doc["_operation"]["await_customer"] is True and doc["needs_reconcile"] is True
+    charges = await env.charges("stripe_a", pay["id"])
+    assert [c["status"] for c in charges] == ["canceled"]
+
+    provider.abandon_action = real  # type: ignore[method-assign]
+    report = await reconciler.run_once(now=time.time() + 60)
+    assert [(d.from_status, d.to_status) for d in report.corrected] == [
+        ("requires_action", "expired")]
+    done = await env.get(pay["id"])
+    assert done["status"] == "expired" and done["failure"]["code"] == "action_expired"
+    assert len(await env.charges("stripe_a", pay["id"])) == 1
+    ops = (await env.sim.requests("stripe"))["by_operation"]
+    # the lost cancel was retried (same idempotency key, SPEC 5); never a new authorization
+    assert ops.get("create_payment_intent") == 1 and ops.get("cancel_payment_intent", 0) >= 1
