@@ -60,13 +60,19 @@ class Authorization(OrchestratorBase):
     async def _finish_attempt(
         self, doc_id: str, index: int, outcome: str, rec: CallRecord, error_code: str | None,
         result: ProviderResult | None = None, status: PaymentStatus | None = None,
-        failure: dict[str, Any] | None = None, cascaded: bool = False,
+        failure: dict[str, Any] | None = None, cascaded: ProviderResult | None = None,
     ) -> dict[str, Any]:
+        """Record how attempt ``index`` ended. ``cascaded``: its decline moves the payment
+        on to the next candidate; the decline is kept (``_cascaded``) so that a payment
+        whose later attempts prove to have created nothing ends as that decline, even when
+        it is resolved after a crash (:meth:`gateway.resolution.Resolution.resolve`)."""
         def fn(d: dict[str, Any]) -> Events:
             att = d["attempts"][index]
             att.update(outcome=outcome, duration_ms=rec.duration_ms)
             if error_code:
                 att["error_code"] = error_code
+            if cascaded is not None:
+                d["_cascaded"] = cascaded_decline(att["provider"], index, cascaded)
             events = [audit("attempt_finished", "provider_response", provider=att["provider"],
                             outcome=outcome, error_code=error_code,
                             cascaded=True if cascaded else None)]
@@ -133,7 +139,7 @@ class Authorization(OrchestratorBase):
                 # charged), so the next candidate is tried as a new attempt; the payment
                 # stays pending instead of taking the final "declined".
                 doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, code,
-                                                 cascaded=True)
+                                                 cascaded=result)
                 metrics.CASCADES.labels(provider.name, cands[offset + 1].name, code).inc()
                 declined = (provider.name, result)
                 continue
@@ -225,6 +231,13 @@ class Authorization(OrchestratorBase):
             return [ev]
 
         return await self.writer.mutate(payment_id, fn)
+
+
+def cascaded_decline(provider: str, index: int, result: ProviderResult) -> dict[str, Any]:
+    """What is kept of a decline the payment cascaded past (internal ``_cascaded``)."""
+    return {"provider": provider, "attempt": index,
+            "provider_reference": result.provider_reference, "raw_status": result.raw_status,
+            "failure": None if result.failure is None else result.failure.to_dict()}
 
 
 def _sent_at(attempt: dict[str, Any]) -> float | None:
