@@ -1,0 +1,175 @@
+"""Overload at 2x capacity (#15): is the excess shed quickly, and do the admitted payments
+stay fast and whole?
+
+Simulators in a `gateway sandbox` process, the gateway in a `gateway serve` process. Per
+store: first the capacity of one process (closed loop, ``--clients`` clients, Stripe,
+without admission control), then an open-loop burst of ``--factor`` x that rate (new
+payments at fixed times whatever the answers) for ``--duration`` seconds, once per
+admission limit of ``--limits`` (``none``: the limit raised out of reach; ``default``:
+the gateway's default). Printed per run: the offered rate, 201s per second, the share
+shed (503 ``gateway_overloaded`` with Retry-After), p50 / p99 of the admitted (201)
+payments and of the shed answers, every other answer (other statuses, connection
+errors), and, once the gateway is idle again, the payments left ``pending`` /
+``processing`` / ``unknown`` (listed through ``GET /v1/payments?status=``) and how many
+of a sample of the shed requests were stored (none should be: looked up by reference).
+
+    .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
+        [--duration 10] [--limits none,default,16,8] [--clients 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import headers, private_redis, tempdir
+from bench.procs import (
+    closed_loop,
+    gateway,
+    median,
+    open_loop,
+    payment_call,
+    pct,
+    providers_at,
+    sandbox,
+    tag,
+)
+from bench.procs import session as http_session
+from gateway.config import AdmissionSettings
+
+UNFINISHED = ("pending", "processing", "unknown")
+
+
+async def capacity(s: aiohttp.ClientSession, base: str, clients: int) -> float:
+    run = await closed_loop(payment_call(s, base, f"cap-{tag()}"), clients, 5.0, 1.0)
+    return run.count(201) / run.elapsed
+
+
+async def left_unfinished(s: aiohttp.ClientSession, base: str) -> dict[str, int]:
+    out = {}
+    for status in UNFINISHED:
+        n, after = 0, None
+        while True:
+            params = {"status": status, "limit": "100"}
+            if after:
+                params["starting_after"] = after
+            async with s.get(f"{base}/v1/payments", params=params,
+                             headers=headers("unused")) as r:
+                page = await r.json()
+            n += len(page["data"])
+            if not page["has_more"]:
+                break
+            after = page["data"][-1]["id"]
+        out[status] = n
+    return out
+
+
+async def stored(s: aiohttp.ClientSession, base: str, references: list[str]) -> int:
+    n = 0
+    for ref in references:
+        async with s.get(f"{base}/v1/payments", params={"reference": ref},
+                         headers=headers("unused")) as r:
+            n += len((await r.json())["data"])
+    return n
+
+
+async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: float,
+                  label: str) -> str:
+    prefix = f"ovl-{tag()}"
+    bodies = {}
+
+    async def call(i: int) -> tuple[int, dict[str, Any] | None]:
+        ref = f"{prefix}-{i}"
+        body = json.dumps({"amount": 1000, "currency": "EUR", "capture": "manual",
+                           "reference": ref,
+                           "payment_method": {"type": "card", "token": "tok_visa"}})
+        async with s.post(f"{base}/v1/payments", data=body, headers=headers(ref)) as r:
+            data = await r.read()
+            if r.status == 503:
+                err = json.loads(data).get("error", {}).get("code")
+                if err == "gateway_overloaded" and r.headers.get("Retry-After"):
+                    bodies[i] = ref
+                    return 1503, None  # shed, as admission control answers
+            return r.status, None
+
+    run = await open_loop(call, rate, duration)
+    ok, shed = run.latencies(201), run.latencies(1503)
+    others = Counter("error" if x.status == -1 else x.status for x in run.samples
+                     if x.status not in (201, 1503))
+    # wait until the gateway is idle (every request answered above); then count
+    unfinished = await left_unfinished(s, base)
+    shed_refs = list(bodies.values())
+    sample = shed_refs[:: max(1, len(shed_refs) // 200)]  # up to ~200 lookups
+    stored_shed = await stored(s, base, sample)
+    other = ", ".join(f"{n}x{k}" for k, n in sorted(others.items(), key=str)) or "0"
+    left = "/".join(str(unfinished[k]) for k in UNFINISHED)
+    return (f"{label:22} {rate:7.0f} {len(ok) / run.elapsed:7.0f} "
+            f"{len(shed) / max(1, len(run.samples)) * 100:6.1f}% "
+            f"{median(ok) * 1000:8.1f} {pct(ok, 0.99) * 1000:8.1f} "
+            f"{median(shed) * 1000:8.1f} {pct(shed, 0.99) * 1000:8.1f}  {other:>10}  {left:>8}"
+            f"  {stored_shed}/{len(sample)}")
+
+
+async def main_async(ns: argparse.Namespace) -> None:
+    tmp = tempdir()
+    lines = []
+    n = 0
+    with sandbox(tmp / "sandbox.log") as ready, private_redis() as redis_url:
+        urls = ready["base_urls"]
+        for store in ns.stores.split(","):
+            def store_url(d: Path, n: int, store: str = store) -> str:
+                return (f"sqlite:///{d / 'gw.db'}" if store == "sqlite"
+                        else redis_url.rsplit("/", 1)[0] + f"/{n % 16}")
+
+            # the capacity once per store, without admission control (a shed answer is
+            # cheap: clients that are shed would loop on them and measure nothing)
+            n += 1
+            async with gateway(tmp / f"run{n}", store_url(tmp / f"run{n}", n),
+                               providers_at(urls, "stripe"),
+                               admission={"max_in_flight": 100_000}) as gw, \
+                    http_session(limit=0) as s:
+                cap = await capacity(s, gw.base, ns.clients)
+            for limit in ns.limits.split(","):
+                n += 1
+                d = tmp / f"run{n}"
+                url = store_url(d, n)
+                value = {"none": 100_000,
+                         "default": AdmissionSettings().max_in_flight}.get(limit)
+                max_in_flight = value if value is not None else int(limit)
+                async with gateway(d, url, providers_at(urls, "stripe"),
+                                   admission={"max_in_flight": max_in_flight}) as gw, \
+                        http_session(limit=0) as s:
+                    label = f"{store} limit={limit}" + (
+                        f"({max_in_flight})" if limit == "default" else "")
+                    line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
+                lines.append(f"{line}   cap {cap:.0f}/s")
+                print(lines[-1], flush=True)
+    print(f"\nStripe payments at {ns.factor:g}x one process's measured capacity, open loop, "
+          f"{ns.duration:g} s")
+    print(f"{'':22} {'offered':>7} {'201/s':>7} {'shed':>7} {'ok p50':>8} {'ok p99':>8} "
+          f"{'shed p50':>8} {'shed p99':>8}  {'other':>10}  {'left p/p/u':>8}  shed stored")
+    for line in lines:
+        print(line)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stores", default="sqlite,redis")
+    p.add_argument("--factor", type=float, default=2.0)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--limits", default="none,default,16,8")
+    p.add_argument("--clients", type=int, default=64)
+    asyncio.run(main_async(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
