@@ -52,6 +52,7 @@ EXPECTED_ALERTS = {
     "GatewayNoTraffic": "15m",
     "GatewayProviderAmountMismatch": None,
     "GatewaySettlementDrift": None,
+    "GatewayRequestsShed": "5m",
 }
 
 # Metrics a panel must show (the list: success ratio and call rate, latency

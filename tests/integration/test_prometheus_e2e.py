@@ -63,6 +63,8 @@ WEBHOOKS_AT_S = 9.0        # webhooks with a bad signature
 WORKERS = 3
 UNRESOLVED_PAYMENTS = 2    # made before the traffic, see below
 PACE_S = 0.2               # pause of each worker between two payments
+ADMISSION_LIMIT = 8        # payment operations in progress (the traffic has WORKERS)
+SHED_BURST = 12            # payments past the limit at the end (GatewayRequestsShed)
 
 # Breakers: stripe opens after 3 consecutive failures and probes again after 1 s (each failed
 # probe re-opens it), so its failures keep arriving after Prometheus first scraped the
@@ -192,7 +194,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     config = write_config(
         gw_dir, f"sqlite:///{gw_dir / 'gateway.db'}", providers=PROVIDERS,
         routing_file="routing.yaml", sandbox={"host": "127.0.0.1", "control_port": control_port},
-        reconciliation={"interval_s": 1},
+        reconciliation={"interval_s": 1}, admission={"max_in_flight": ADMISSION_LIMIT},
     )
 
     # The shipped rules with every `for:` set to 0s: the shipped GatewayCircuitBreakerOpen
@@ -267,6 +269,34 @@ async def _gauge(session: aiohttp.ClientSession, gateway_url: str, name: str,
 
 
 # --------------------------------------------------------------------------- traffic
+
+
+async def _overload(sim: SimControl, traffic: Traffic) -> list[str]:
+    """Admission control sheds (GatewayRequestsShed): ADMISSION_LIMIT payments held at the
+    braintree simulator (its latency fault), then SHED_BURST more, each answered 503."""
+    body = payment_body(currency="USD", payment_method={
+        "type": "card", "provider_tokens": {"braintree": "tok_visa"}})
+    await sim.faults("braintree", latency_ms=2000)
+    before = (await sim.requests("braintree"))["total"]
+    held = [asyncio.create_task(traffic.post("/v1/payments", body, f"e2e-held-{i}"))
+            for i in range(ADMISSION_LIMIT)]
+
+    async def all_held() -> bool:
+        return (await sim.requests("braintree"))["total"] - before >= ADMISSION_LIMIT
+
+    problems = []
+    try:
+        await wait_for(all_held, timeout=1.5, interval=0.02)
+        for i in range(SHED_BURST):
+            status, answer = await traffic.post("/v1/payments", body, f"e2e-shed-{i}")
+            traffic.count(f"overload->{status}")
+            if status != 503:
+                problems.append(f"payment past the admission limit answered {status}: {answer}")
+    finally:
+        for status, answer in await asyncio.gather(*held):
+            traffic.count(f"held->{answer.get('status', status)}")
+        await sim.faults("braintree", latency_ms=0)
+    return problems
 
 
 @dataclass
@@ -452,6 +482,7 @@ async def test_every_dashboard_and_alert_expression_evaluates(stack: Stack) -> N
                 run.cancel()
                 await asyncio.gather(run, return_exceptions=True)
         traffic_s = time.monotonic() - begin
+        problems += await _overload(sim, traffic)
         # Settlement drift (GatewaySettlementDrift): no report was imported, so reconciling
         # today finds every capture of the traffic missing at the provider.
         today = time.strftime("%Y-%m-%d", time.gmtime())
