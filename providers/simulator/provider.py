@@ -179,6 +179,7 @@ class SimulatedProvider(abc.ABC):
         self.settlement.clear()
         self.faults = FaultSettings()
         self.requests.clear()
+        self.webhooks.cancel_retries()
         self.webhooks.configure({"duplicate_rate": 0.0, "reorder_window_ms": 0})
 
     def prepare(self) -> None:

@@ -1,11 +1,17 @@
 """Fire-and-forget webhook delivery from a simulator to the gateway.
 
-Each simulator signs its own payloads; this only POSTs bytes, in order, one at a
-time, retrying a few times on connection errors and non-2xx answers, like a
-provider would (compressed in time). Like real providers it can also misbehave on
-request (``POST /_sim/{provider}/webhooks``): ``duplicate_rate`` sends a notification
-twice with that probability, and ``reorder_window_ms`` holds each notification back a
-random 0..window ms and sends it on its own, so later events can overtake earlier ones.
+Each simulator signs its own payloads; this only POSTs bytes. Notifications get their
+first delivery attempt in order, one at a time. One that is not acknowledged (connection
+error, timeout, non-2xx answer) is retried on its own with exponential backoff
+(``backoff_s`` doubling up to ``backoff_max_s``) for ``retry_for_s`` after its first
+attempt -- 60 s by default, a time-compressed stand-in for real providers, which retry
+for days (Adyen) -- without holding up the notifications behind it, so a gateway that was
+down for a while (a crash, a restart) still gets everything, though not necessarily in
+order. Like real providers it can also misbehave on request
+(``POST /_sim/{provider}/webhooks``): ``duplicate_rate`` sends a notification twice with
+that probability, and ``reorder_window_ms`` holds each notification back a random
+0..window ms and sends it on its own, so later events can overtake earlier ones.
+:meth:`WebhookSender.close` cancels every retry still due.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,18 +37,20 @@ class Delivery:
 
 class WebhookSender:
     def __init__(
-        self, url: str | None = None, *, attempts: int = 3, backoff_s: float = 0.2,
-        timeout_s: float = 5.0,
+        self, url: str | None = None, *, retry_for_s: float = 60.0, backoff_s: float = 0.2,
+        backoff_max_s: float = 5.0, timeout_s: float = 5.0,
     ) -> None:
         self.url = url
-        self.attempts = attempts
+        self.retry_for_s = retry_for_s
         self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
         self.timeout_s = timeout_s
         self.deliveries: list[Delivery] = []
         self.duplicate_rate = 0.0
         self.reorder_window_ms = 0
         self.rng = random.Random()
         self._held: set[asyncio.Task[None]] = set()
+        self._retrying: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -106,39 +115,78 @@ class WebhookSender:
             finally:
                 queue.task_done()
 
-    async def _deliver(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+    async def _attempt(self, url: str, body: bytes, headers: dict[str, str],
+                       attempt: int) -> bool:
+        """One POST; True when the gateway acknowledged it (2xx)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout_s)
             )
-        for attempt in range(1, self.attempts + 1):
-            status: int | None = None
-            try:
-                async with self._session.post(url, data=body, headers=headers) as resp:
-                    status = resp.status
-                    await resp.read()
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                log.debug("webhook delivery to %s failed: %s", url, type(exc).__name__)
-            self.deliveries.append(Delivery(url, status, attempt))
-            if status is not None and 200 <= status < 300:
-                return
-            await asyncio.sleep(self.backoff_s * attempt)
+        status: int | None = None
+        try:
+            async with self._session.post(url, data=body, headers=headers) as resp:
+                status = resp.status
+                await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("webhook delivery to %s failed: %s", url, type(exc).__name__)
+        self.deliveries.append(Delivery(url, status, attempt))
+        return status is not None and 200 <= status < 300
 
-    async def drain(self, timeout_s: float = 5.0) -> None:
-        """Wait until every scheduled delivery was attempted (tests)."""
+    async def _deliver(self, url: str, body: bytes, headers: dict[str, str]) -> None:
+        """The first attempt; if it is not acknowledged, retries go on in the background."""
+        first = time.monotonic()
+        if await self._attempt(url, body, headers, 1):
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._retry(first, url, body, headers))
+        self._retrying.add(task)
+        task.add_done_callback(self._retrying.discard)
+
+    async def _retry(self, first: float, url: str, body: bytes,
+                     headers: dict[str, str]) -> None:
+        attempt, delay = 1, self.backoff_s
+        while time.monotonic() + delay <= first + self.retry_for_s:
+            await asyncio.sleep(delay)
+            attempt += 1
+            if await self._attempt(url, body, headers, attempt):
+                return
+            delay = min(delay * 2, self.backoff_max_s)
+        log.warning("webhook to %s given up after %d attempts in %.0f s", url, attempt,
+                    time.monotonic() - first)
+
+    @property
+    def retries_due(self) -> int:
+        """Notifications not acknowledged yet whose retries are still due."""
+        return len(self._retrying)
+
+    def cancel_retries(self) -> None:
+        """Drop every retry still due (the simulator forgot its payments: reset)."""
+        for task in list(self._retrying):
+            task.cancel()
+
+    async def drain(self, timeout_s: float = 5.0, *, retries: bool = False) -> None:
+        """Wait until every scheduled notification had its first delivery attempt and,
+        with ``retries``, until none has a retry still due (tests)."""
         if self._queue is not None:
             await asyncio.wait_for(self._queue.join(), timeout_s)
         if self._held:
             await asyncio.wait_for(asyncio.gather(*self._held, return_exceptions=True),
                                    timeout_s)
+        if retries and self._retrying:
+            await asyncio.wait_for(
+                asyncio.gather(*self._retrying, return_exceptions=True), timeout_s)
 
     async def close(self) -> None:
-        for task in list(self._held):
-            task.cancel()
+        """Stop delivering: pending first attempts and retries still due are dropped."""
+        tasks = [*self._held, *self._retrying]
         if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker, self._queue = None, None
+            tasks.append(self._worker)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._worker, self._queue = None, None
+        self._held.clear()
+        self._retrying.clear()
         if self._session is not None:
             await self._session.close()
             self._session = None
