@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -35,11 +36,25 @@ def redis_answers(url: str) -> bool:
         client.close()
 
 
+#: Ports handed out to listeners: below Linux's default ephemeral range (32768-60999),
+#: from which every outgoing connection takes its local port. A port the kernel chose
+#: with bind(0) comes from that range, and the many client connections a test makes can
+#: take it before the server binds it ("Address already in use").
+_LISTEN_PORTS = range(20000, 32000)
+_rng = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port that was free a moment ago on 127.0.0.1, outside the ephemeral range."""
+    for _ in range(200):
+        port = _rng.choice(_LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_LISTEN_PORTS}")
 
 
 def child_env(**extra: str) -> dict[str, str]:

@@ -28,7 +28,6 @@ import itertools
 import json
 import math
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -50,6 +49,7 @@ from tests.integration.test_dashboards import (
     load_alert_rules,
 )
 from tests.paths import REPO
+from tests.processes import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -104,12 +104,6 @@ EXEMPT_FROM_DATA: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 _NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -184,7 +178,7 @@ class Stack:
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
     prometheus_exe, promtool_exe = _need("prometheus"), _need("promtool")
-    gw_port, control_port, prom_port = _free_port(), _free_port(), _free_port()
+    gw_port, control_port, prom_port = free_port(), free_port(), free_port()
     gw_dir = tmp_path / "gateway"
     gw_dir.mkdir()
     routing_file = gw_dir / "routing.yaml"

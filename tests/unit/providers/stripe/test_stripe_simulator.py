@@ -364,7 +364,9 @@ async def short_client(host: SimulatorHost, timeout_s: float
 
 
 async def test_late_process_client_timeout_then_charged_once(sim: SimulatorHost) -> None:
-    await sim.set_faults("stripe", {"mode": "late_process", "late_process_ms": 600})
+    # 2.5 s of late processing against a 0.2 s client: wide enough that the "not yet"
+    # check below still runs before it on a loaded machine
+    await sim.set_faults("stripe", {"mode": "late_process", "late_process_ms": 2500})
     impatient, http = await short_client(sim, 0.2)
     try:
         with pytest.raises(stripe.APIConnectionError):
