@@ -9,7 +9,8 @@ import asyncio
 import json
 import os
 import signal
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,14 @@ from tests.gateway_harness import SimControl, headers, payment_body, wait_for, w
 from tests.processes import restart_gateway, sandbox_process, start_gateway, stop
 
 pytestmark = pytest.mark.slow
+
+
+async def kill_during(gateway: subprocess.Popen[bytes], request: Awaitable[Any]) -> None:
+    """SIGKILL the gateway while ``request`` waits on it: the merchant gets no answer."""
+    os.kill(gateway.pid, signal.SIGKILL)
+    gateway.wait(timeout=10)
+    with pytest.raises(aiohttp.ClientError):
+        await request
 
 
 @pytest.fixture
@@ -54,10 +63,7 @@ async def test_kill_9_mid_authorization_then_retry_makes_no_second_charge(
                 return (await sim.requests("stripe")).get("total", 0) >= 1
 
             await wait_for(in_flight, timeout=10)
-            os.kill(gateway.pid, signal.SIGKILL)
-            gateway.wait(timeout=10)
-            with pytest.raises(aiohttp.ClientError):
-                await first
+            await kill_during(gateway, first)
         finally:
             stop(gateway)
 
@@ -147,10 +153,7 @@ async def _crash_mid_cascade(session: aiohttp.ClientSession, sim: SimControl, co
         await wait_for(sale_in_flight, timeout=15)
         # Stripe has declined (with the cascaded code) before the sale went out
         assert await _op_count(sim, "stripe", "create_payment_intent") == 1
-        os.kill(gateway.pid, signal.SIGKILL)
-        gateway.wait(timeout=10)
-        with pytest.raises(aiohttp.ClientError):
-            await first
+        await kill_during(gateway, first)
     finally:
         stop(gateway)
     gateway = await restart_gateway(gateway, base, config, log, session)
