@@ -2,8 +2,9 @@
 
 Each simulator signs its own payloads; this only POSTs bytes. Notifications get their
 first delivery attempt in order, one at a time. One that is not acknowledged (connection
-error, timeout, non-2xx answer) is retried on its own with exponential backoff
-(``backoff_s`` doubling up to ``backoff_max_s``) for ``retry_for_s`` after its first
+error, timeout, non-2xx answer) is retried on its own with jittered exponential backoff
+(``backoff_s`` doubling up to ``backoff_max_s``, each wait 0.5-1.5x that, so notifications
+refused together do not all come back at once) for ``retry_for_s`` after its first
 attempt -- 60 s by default, a time-compressed stand-in for real providers, which retry
 for days (Adyen) -- without holding up the notifications behind it, so a gateway that was
 down for a while (a crash, a restart) still gets everything, though not necessarily in
@@ -49,6 +50,7 @@ class WebhookSender:
         self.duplicate_rate = 0.0
         self.reorder_window_ms = 0
         self.rng = random.Random()
+        self._jitter = random.Random()
         self._held: set[asyncio.Task[None]] = set()
         self._retrying: set[asyncio.Task[None]] = set()
         self._queue: asyncio.Queue[tuple[str, bytes, dict[str, str]]] | None = None
@@ -145,8 +147,11 @@ class WebhookSender:
     async def _retry(self, first: float, url: str, body: bytes,
                      headers: dict[str, str]) -> None:
         attempt, delay = 1, self.backoff_s
-        while time.monotonic() + delay <= first + self.retry_for_s:
-            await asyncio.sleep(delay)
+        while True:
+            wait = delay * self._jitter.uniform(0.5, 1.5)
+            if time.monotonic() + wait > first + self.retry_for_s:
+                break
+            await asyncio.sleep(wait)
             attempt += 1
             if await self._attempt(url, body, headers, attempt):
                 return
