@@ -27,23 +27,25 @@ from aiohttp import web
 
 from gateway import metrics
 from gateway.api.errors import ApiError
+from providers.base import Operation
 
 #: The operations counted and shed, as labels of gateway_requests_shed_total.
-OPERATIONS: Final = ("authorize", "capture", "void", "refund", "confirm")
+OPERATIONS: Final = (Operation.AUTHORIZE, Operation.CAPTURE, Operation.VOID, Operation.REFUND,
+                     Operation.CONFIRM)
 
 #: (method, route template) -> operation
-_ROUTES: Final[dict[tuple[str, str], str]] = {
-    ("POST", "/v1/payments"): "authorize",
-    ("POST", "/v1/payments/{payment_id}/capture"): "capture",
-    ("POST", "/v1/payments/{payment_id}/void"): "void",
-    ("POST", "/v1/payments/{payment_id}/refunds"): "refund",
-    ("POST", "/v1/payments/{payment_id}/confirm"): "confirm",
+_ROUTES: Final[dict[tuple[str, str], Operation]] = {
+    ("POST", "/v1/payments"): Operation.AUTHORIZE,
+    ("POST", "/v1/payments/{payment_id}/capture"): Operation.CAPTURE,
+    ("POST", "/v1/payments/{payment_id}/void"): Operation.VOID,
+    ("POST", "/v1/payments/{payment_id}/refunds"): Operation.REFUND,
+    ("POST", "/v1/payments/{payment_id}/confirm"): Operation.CONFIRM,
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def operation_of(method: str, route: str) -> str | None:
+def operation_of(method: str, route: str) -> Operation | None:
     """The payment operation a request is (``route``: its route template), else None."""
     return _ROUTES.get((method, route))
 
@@ -66,7 +68,7 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def try_enter(self, operation: str) -> bool:
+    def try_enter(self, operation: Operation) -> bool:
         """Take a place for ``operation``; False (and counted as shed) when none is left.
         Every True must be followed by one :meth:`leave`."""
         if self._in_flight >= self.limit:

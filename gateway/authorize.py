@@ -21,6 +21,7 @@ from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     NotCreated,
+    Operation,
     Outcome,
     Provider,
     ProviderFault,
@@ -97,7 +98,7 @@ class Authorization(OrchestratorBase):
             if time.monotonic() >= deadline:
                 break
             index = start + offset
-            key = f"{doc['id']}:{index + 1}:authorize"
+            key = f"{doc['id']}:{index + 1}:{Operation.AUTHORIZE}"
 
             def begin(d: dict[str, Any], p: Provider = provider, k: str = key) -> Events:
                 sent_at = now()
@@ -113,7 +114,7 @@ class Authorization(OrchestratorBase):
             rec = CallRecord()
             try:
                 result = await self._guarded(
-                    provider, "authorize", functools.partial(provider.authorize, req),
+                    provider, Operation.AUTHORIZE, functools.partial(provider.authorize, req),
                     deadline, rec,
                 )
             except RejectedSafe as fault:
@@ -129,7 +130,7 @@ class Authorization(OrchestratorBase):
                 resolved = await self._lookup_after_ambiguity(doc, index, provider, req, rec,
                                                               fault, deadline)
                 if resolved is None:  # proven: nothing created -> failover is safe
-                    self._count_failover(provider, cands, offset, "not_created")
+                    self._count_failover(provider, cands, offset, NotCreated.CODE)
                     doc = await self.store.get_payment(doc["id"]) or doc
                     continue
                 return resolved
@@ -202,13 +203,13 @@ class Authorization(OrchestratorBase):
         sent_at = _sent_at(doc["attempts"][index])
         try:
             result = await call_provider(
-                provider.name, "lookup",
+                provider.name, Operation.LOOKUP,
                 lambda: provider.lookup(self._ref(doc), req, sent_at=sent_at),
                 self.config.retry, max(deadline, time.monotonic() + 1.0),
             )
         except NotCreated:
             await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
-                                       "not_created")
+                                       NotCreated.CODE)
             return None
         except ProviderFault:
             done = await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,

@@ -60,6 +60,7 @@ from gateway.payment_writer import Events
 from gateway.state_machine import PaymentStatus, StatusEvent
 from providers.base import (
     Ambiguous,
+    Operation,
     Outcome,
     Provider,
     ProviderFault,
@@ -69,7 +70,7 @@ from providers.base import (
 )
 
 S = PaymentStatus
-OPERATION = "confirm"
+OPERATION = Operation.CONFIRM
 
 
 def provider_key(payment_id: str, returned: dict[str, str]) -> str:
@@ -168,10 +169,10 @@ async def _expire(orch: Orchestrator, provider: Provider, doc: dict[str, Any],
                   source: str) -> dict[str, Any]:
     """The window has passed and the customer has not finished: ask the provider to end
     the payment (:meth:`Provider.abandon_action`) and apply its answer."""
-    key = f"{doc['id']}:abandon"
+    key = f"{doc['id']}:{Operation.ABANDON}"
     ref = orch._ref(doc)
     try:
-        result = await orch._guarded(provider, "abandon",
+        result = await orch._guarded(provider, Operation.ABANDON,
                                      lambda: provider.abandon_action(ref, key),
                                      orch._deadline())
     except ProviderFault as exc:

@@ -17,8 +17,21 @@ from gateway.model import apply_status, audit, now, snapshot
 from gateway.operation_errors import OperationError, ProviderUnavailable
 from gateway.orchestrator_base import OrchestratorBase, _count_mismatch
 from gateway.payment_writer import Events
-from gateway.state_machine import InvariantError, PaymentStatus, StatusEvent, check_capture
-from providers.base import Ambiguous, Outcome, ProviderFault, ProviderMismatch, RejectedSafe
+from gateway.state_machine import (
+    MODIFICATION_PENDING,
+    InvariantError,
+    PaymentStatus,
+    StatusEvent,
+    check_capture,
+)
+from providers.base import (
+    Ambiguous,
+    Operation,
+    Outcome,
+    ProviderFault,
+    ProviderMismatch,
+    RejectedSafe,
+)
 
 if TYPE_CHECKING:
     from gateway.orchestrator import Orchestrator
@@ -40,7 +53,7 @@ def finish_operation(doc: dict[str, Any], outcome: str) -> None:
     doc["_ops_done"] = done[-OPS_DONE_LIMIT:]
 
 
-def _op_key(payment_id: str, operation: str, merchant_key: str) -> str:
+def _op_key(payment_id: str, operation: Operation, merchant_key: str) -> str:
     """Provider idempotency key of a follow-up, stable across retries of one merchant request."""
     h = hashlib.sha256(merchant_key.encode()).hexdigest()[:16]
     return f"{payment_id}:{operation}:{h}"
@@ -50,13 +63,13 @@ class FollowUps(OrchestratorBase):
     """Capture and void of :class:`~gateway.orchestrator.Orchestrator`."""
 
     async def capture(self, payment_id: str, amount: int | None, merchant_key: str):
-        return await self._modify(payment_id, "capture", amount, merchant_key)
+        return await self._modify(payment_id, Operation.CAPTURE, amount, merchant_key)
 
     async def void(self, payment_id: str, merchant_key: str) -> dict[str, Any]:
-        return await self._modify(payment_id, "void", None, merchant_key)
+        return await self._modify(payment_id, Operation.VOID, None, merchant_key)
 
     async def _modify(
-        self, payment_id: str, op: str, amount: int | None, merchant_key: str
+        self, payment_id: str, op: Operation, amount: int | None, merchant_key: str
     ) -> dict[str, Any]:
         key = _op_key(payment_id, op, merchant_key)
         while True:
@@ -82,7 +95,7 @@ class FollowUps(OrchestratorBase):
             return await self._resume_operation(doc, fresh=bool(created))
 
     def _reserve_operation(
-        self, d: dict[str, Any], *, op: str, amount: int | None, key: str,
+        self, d: dict[str, Any], *, op: Operation, amount: int | None, key: str,
         stale: list[dict[str, Any]], created: list[bool],
     ) -> Events:
         stale.clear()
@@ -105,7 +118,7 @@ class FollowUps(OrchestratorBase):
             return []  # finished earlier: the caller answers its outcome
         self._provider_of(d)
         snap_status = PaymentStatus(d["status"])
-        if op == "capture":
+        if op == Operation.CAPTURE:
             amt = d["amount_authorized"] if amount is None else amount
             try:
                 check_capture(snapshot(d), amt)
@@ -134,15 +147,15 @@ class FollowUps(OrchestratorBase):
         op = doc.get("_operation")
         if op is None:
             return doc
-        if op.get("op") == "confirm":  # 3-D Secure completion: its own module
+        if op.get("op") == Operation.CONFIRM:  # 3-D Secure completion: its own module
             from gateway.confirm import resume
 
             return await resume(cast("Orchestrator", self), doc, fresh=fresh,
                                 source=source)
         provider = self._provider_of(doc)
         ref = self._ref(doc)
-        name = op["op"]
-        if name == "capture":
+        name = Operation(op["op"])
+        if name == Operation.CAPTURE:
             factory = lambda: provider.capture(ref, op["amount"], op["key"])  # noqa: E731
         else:
             factory = lambda: provider.void(ref, op["key"])  # noqa: E731
@@ -164,7 +177,7 @@ class FollowUps(OrchestratorBase):
             raise ProviderUnavailable.of(provider.name, fault) from None
         except (Ambiguous, ProviderMismatch) as exc:
             _count_mismatch(provider, exc)
-            pending = S.CAPTURE_PENDING if name == "capture" else S.VOID_PENDING
+            pending = S.CAPTURE_PENDING if name == Operation.CAPTURE else S.VOID_PENDING
             park_code = exc.error_code
 
             def park(d: dict[str, Any]) -> Events:
@@ -178,10 +191,10 @@ class FollowUps(OrchestratorBase):
             if result.outcome == Outcome.DECLINED:
                 events = [audit(f"{name}_refused", source,
                                 reason=result.failure.message if result.failure else None)]
-                if d["status"] in (S.CAPTURE_PENDING, S.VOID_PENDING):
+                if d["status"] in MODIFICATION_PENDING:
                     events.append(apply_status(d, StatusEvent(S.AUTHORIZED), source))
                 return events
-            captured = op["amount"] if name == "capture" else None
+            captured = op["amount"] if name == Operation.CAPTURE else None
             return self._apply_result(d, result, source, amount_captured=captured)
 
         doc = await self.writer.mutate(doc["id"], finish)

@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.state_machine import PaymentStatus
+from providers.base import NotCreated, Operation
 from providers.statuses import DisputeStatus
 
 MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
@@ -145,7 +146,7 @@ CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout
 
 #: What a failover can follow (error codes of RejectedSafe, and a lookup's NotCreated).
 FAILOVER_REASONS = ("connection_refused", "connect_timeout", "rate_limited", "circuit_open",
-                    "provider_auth_error", "provider_config_error", "not_created")
+                    "provider_auth_error", "provider_config_error", NotCreated.CODE)
 _CIRCUIT_GAUGE = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -159,7 +160,8 @@ def initialise(providers: list[str]) -> None:
     """Create the known label combinations at 0, so a counter's first increment is a
     visible change to rate()/increase() (a series first seen at 1 hides that 1)."""
     outcomes = ("succeeded", "declined", "rejected_safe", "ambiguous")
-    operations = ("authorize", "capture", "void", "refund", "lookup")
+    operations = (Operation.AUTHORIZE, Operation.CAPTURE, Operation.VOID, Operation.REFUND,
+                  Operation.LOOKUP)
     for p in providers:
         CIRCUIT_STATE.labels(p).set(0)
         for state in _CIRCUIT_GAUGE:

@@ -30,6 +30,7 @@ from gateway.state_machine import (
     StatusEvent,
     apply_event,
 )
+from providers.base import Operation
 
 
 def now() -> float:
@@ -200,7 +201,7 @@ def _applied(doc: dict[str, Any], event: StatusEvent, result: Applied, source: s
         # provider confirms (it never counts as captured before that)
         op = doc.get("_operation")
         doc["_capture_pending"] = event.captured or (
-            int(op["amount"]) if isinstance(op, dict) and op.get("op") == "capture"
+            int(op["amount"]) if isinstance(op, dict) and op.get("op") == Operation.CAPTURE
             else result.snapshot.ledger.authorized)
     else:
         doc.pop("_capture_pending", None)

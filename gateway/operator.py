@@ -43,6 +43,7 @@ from gateway.orchestrator import ProviderUnavailable, finish_operation
 from gateway.payment_writer import Events, PaymentMissing, PaymentWriter
 from gateway.reconcile import BUSY_RETRY_S, Busy, Reconciler, Report, lease_name
 from gateway.state_machine import (
+    MODIFICATION_PENDING,
     TRANSITIONS,
     UNRESOLVED,
     PaymentStatus,
@@ -50,6 +51,7 @@ from gateway.state_machine import (
     can_transition,
 )
 from gateway.store import Store
+from providers.base import Operation
 
 log = logging.getLogger("gateway.operator")
 S = PaymentStatus
@@ -220,7 +222,7 @@ def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: fl
                        "act on it)", "parameter_missing")
     op = d.get("_operation")
     captured = None
-    if target == S.CAPTURED and isinstance(op, dict) and op.get("op") == "capture":
+    if target == S.CAPTURED and isinstance(op, dict) and op.get("op") == Operation.CAPTURE:
         captured = int(op["amount"]) or None  # the capture that was pending
     event = apply_status(d, StatusEvent(target, captured=captured), SOURCE, detail=res.reason)
     if event["type"] != "status_changed":
@@ -232,7 +234,7 @@ def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: fl
         d["provider_reference"] = given
         event["provider_reference"] = given
     if isinstance(op, dict):  # the pending capture/void ends with the verdict
-        refused = target == S.AUTHORIZED and current in (S.CAPTURE_PENDING, S.VOID_PENDING)
+        refused = target == S.AUTHORIZED and current in MODIFICATION_PENDING
         finish_operation(d, "refused" if refused else "succeeded")
     if target in (S.DECLINED, S.FAILED):
         d["failure"] = {"code": "resolved_by_operator",

@@ -23,6 +23,7 @@ from gateway.store import Store
 from providers.amounts import wire_refusal
 from providers.base import (
     AuthorizeRequest,
+    Operation,
     PaymentRef,
     Provider,
     ProviderFault,
@@ -113,7 +114,7 @@ class OrchestratorBase:
         return events
 
     async def _guarded(
-        self, provider: Provider, operation: str, factory: Callable[[], Awaitable[T]],
+        self, provider: Provider, operation: Operation, factory: Callable[[], Awaitable[T]],
         deadline: float, record: CallRecord | None = None,
     ) -> T:
         """One provider call behind its circuit breaker. An open breaker raises

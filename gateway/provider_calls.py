@@ -30,7 +30,14 @@ from tenacity import (
 
 from gateway import metrics
 from gateway.config import RetrySettings
-from providers.base import Ambiguous, NotCreated, Outcome, ProviderFault, RejectedSafe
+from providers.base import (
+    Ambiguous,
+    NotCreated,
+    Operation,
+    Outcome,
+    ProviderFault,
+    RejectedSafe,
+)
 from providers.faults import classify_transport_error
 
 T = TypeVar("T")
@@ -50,7 +57,7 @@ def _outcome_of(result: object) -> str:
     return str(outcome)
 
 
-async def _one_try(provider: str, operation: str, factory: Callable[[], Awaitable[T]]) -> T:
+async def _one_try(provider: str, operation: Operation, factory: Callable[[], Awaitable[T]]) -> T:
     t0 = time.perf_counter()
     outcome = "ambiguous"
     try:
@@ -71,7 +78,7 @@ async def _one_try(provider: str, operation: str, factory: Callable[[], Awaitabl
 
 async def call_provider(
     provider: str,
-    operation: str,
+    operation: Operation,
     factory: Callable[[], Awaitable[T]],
     retry: RetrySettings,
     deadline: float,

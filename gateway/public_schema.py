@@ -10,12 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from providers.statuses import DisputeStatus
+from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
 
-STATUSES = ["pending", "requires_action", "processing", "unknown", "authorized",
-            "capture_pending", "captured", "partially_refunded", "refunded", "void_pending",
-            "voided", "declined", "failed", "expired"]
-REFUND_STATUSES = ["pending", "succeeded", "failed", "unknown"]
+STATUSES = [s.value for s in PaymentStatus]
+REFUND_STATUSES = [s.value for s in RefundStatus]
 DISPUTE_STATUSES = [s.value for s in DisputeStatus]
 
 _STR: dict[str, Any] = {"type": "string"}

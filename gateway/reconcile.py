@@ -38,13 +38,18 @@ from gateway.model import audit, busy_until, iso
 from gateway.notifications import flush_outbox
 from gateway.orchestrator import OperationError, Orchestrator, ProviderUnavailable
 from gateway.payment_writer import PaymentMissing
-from gateway.state_machine import OPEN_REFUND_STATUSES, UNRESOLVED, PaymentStatus
+from gateway.state_machine import (
+    MODIFICATION_PENDING,
+    OPEN_REFUND_STATUSES,
+    UNRESOLVED,
+    PaymentStatus,
+    RefundStatus,
+)
 from gateway.store import PaymentQuery, Store
 from providers.registry import declaration
 
 log = logging.getLogger("gateway.reconcile")
 SOURCE = "reconciliation"
-WATCHED = UNRESOLVED
 # Payments in any status can be flagged needs_reconcile (refunds still open, or a
 # notification not yet moved to the outbox); the store's index holds only those.
 QUERIED = [s.value for s in PaymentStatus]
@@ -194,7 +199,7 @@ class Reconciler:
         age = now - doc["created_at"]
         may_create = age <= self.settings.replay_window_s
         try:
-            if PaymentStatus(doc["status"]) in WATCHED or doc.get("_operation"):
+            if PaymentStatus(doc["status"]) in UNRESOLVED or doc.get("_operation"):
                 after = await self.orchestrator.resolve(doc, SOURCE, may_create=may_create,
                                                         strict=strict)
             if _open_refunds(after):
@@ -215,33 +220,36 @@ class Reconciler:
                     provider or "none", f"refund_{old}", f"refund_{new}").inc()
             report.corrected.append(Drift(after["id"], provider, before_status,
                                           after["status"], refunds))
-        still = (PaymentStatus(after["status"]) in WATCHED or _open_refunds(after)
+        still = (PaymentStatus(after["status"]) in UNRESOLVED or _open_refunds(after)
                  or bool(after.get("_operation")))
         if not still:
             return
+        overdue = False
         if not reason:
-            reason = self._why(after, age)
-        operator = (not may_create and PaymentStatus(after["status"]) in WATCHED
+            reason, overdue = self._why(after, age)
+        operator = (not may_create and PaymentStatus(after["status"]) in UNRESOLVED
                     and not after.get("provider_reference"))
         if operator:
             reason = (f"replay window passed ({int(age)} s old): only lookups are made; an "
                       "operator must resolve it")
-        if (reason.startswith("webhook overdue") or operator) and not after.get("_flagged"):
+        if (overdue or operator) and not after.get("_flagged"):
             await self._flag(after["id"], reason)
         report.unresolved.append(Unresolved(after["id"], provider, after["status"], reason))
 
-    def _why(self, doc: dict[str, Any], age: float) -> str:
+    def _why(self, doc: dict[str, Any], age: float) -> tuple[str, bool]:
+        """Why the payment is still unresolved, and whether its webhook is overdue (an
+        operator is alerted: the payment is flagged)."""
         provider = self.orchestrator.providers.get(doc.get("provider") or "")
         asynchronous = provider is not None and declaration(
             provider.type).capabilities.modifications_confirmed_by_webhook
-        pending_mod = doc["status"] in ("capture_pending", "void_pending") or any(
-            r["status"] == "pending" for r in doc["refunds"])
+        pending_mod = doc["status"] in MODIFICATION_PENDING or any(
+            r["status"] == RefundStatus.PENDING for r in doc["refunds"])
         if asynchronous and pending_mod:
             if age > self.settings.webhook_deadline_s:
                 return (f"webhook overdue: no {provider.type if provider else ''} notification "
-                        f"after {int(age)} s")
-            return "waiting for the provider's notification"
-        return "the provider gave no definite answer yet"
+                        f"after {int(age)} s"), True
+            return "waiting for the provider's notification", False
+        return "the provider gave no definite answer yet", False
 
     async def _flag(self, payment_id: str, reason: str) -> None:
         def fn(d: dict[str, Any]) -> list[dict[str, Any]]:
@@ -257,7 +265,7 @@ class Reconciler:
             statuses=QUERIED, updated_before=now + 1, limit=UNRESOLVED_LIMIT))
         counts: dict[str, int] = dict.fromkeys(self.config.providers, 0)
         for d in docs:
-            if PaymentStatus(d["status"]) in WATCHED or _open_refunds(d):
+            if PaymentStatus(d["status"]) in UNRESOLVED or _open_refunds(d):
                 name = d.get("provider") or "none"
                 counts[name] = counts.get(name, 0) + 1
         for name, n in counts.items():

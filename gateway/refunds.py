@@ -14,6 +14,8 @@ from gateway.orchestrator_base import OrchestratorBase, _count_mismatch
 from gateway.payment_writer import Events
 from gateway.provider_calls import call_provider
 from gateway.state_machine import (
+    OPEN_REFUND_STATUSES,
+    SETTLED_REFUND_STATUSES,
     InvariantError,
     PaymentStatus,
     RefundStatus,
@@ -22,6 +24,7 @@ from gateway.state_machine import (
 )
 from providers.base import (
     Ambiguous,
+    Operation,
     Outcome,
     ProviderFault,
     ProviderMismatch,
@@ -38,7 +41,7 @@ class Refunds(OrchestratorBase):
     async def refund(
         self, payment_id: str, refund_id: str, amount: int | None, reason: str | None
     ) -> dict[str, Any]:
-        key = f"{payment_id}:refund:{refund_id}"
+        key = f"{payment_id}:{Operation.REFUND}:{refund_id}"
         created: list[bool] = []  # whether the write that won reserved the refund
 
         def reserve(d: dict[str, Any]) -> Events:
@@ -80,7 +83,7 @@ class Refunds(OrchestratorBase):
         as at Adyen)."""
         for refund in list(doc["refunds"]):
             status, known = refund["status"], bool(refund["provider_reference"])
-            if status not in (RefundStatus.PENDING, RefundStatus.UNKNOWN):
+            if status not in OPEN_REFUND_STATUSES:
                 continue
             if known:
                 looked_up = await self._look_up_refund(doc, refund, source)
@@ -101,7 +104,7 @@ class Refunds(OrchestratorBase):
         provider = self._provider_of(doc)
         try:
             result = await call_provider(
-                provider.name, "lookup",
+                provider.name, Operation.LOOKUP,
                 functools.partial(provider.retrieve_refund, refund["provider_reference"]),
                 self.config.retry, self._deadline(),
             )
@@ -120,7 +123,7 @@ class Refunds(OrchestratorBase):
         rid = refund["id"]
         try:
             result: RefundResult = await self._guarded(
-                provider, "refund",
+                provider, Operation.REFUND,
                 lambda: provider.refund(ref, rid, refund["amount"], refund["_key"]),
                 self._deadline(),
             )
@@ -143,7 +146,7 @@ class Refunds(OrchestratorBase):
 
             def unknown(d: dict[str, Any]) -> Events:
                 r = next(x for x in d["refunds"] if x["id"] == rid)
-                if r["status"] in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+                if r["status"] in SETTLED_REFUND_STATUSES:
                     # settled meanwhile (a webhook): a lost answer changes nothing
                     return [audit("event_ignored", source, refund_id=rid,
                                   reason=f"refund already {r['status']}",
@@ -171,11 +174,11 @@ def apply_refund_result(
     if result.provider_reference:
         r["provider_reference"] = result.provider_reference
     old = r["status"]
-    if old in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+    if old in SETTLED_REFUND_STATUSES:
         return [audit("event_ignored", source, refund_id=refund_id, reason=f"refund already {old}")]
     new = RefundStatus.FAILED if result.outcome == Outcome.DECLINED else result.status
     events = []
-    if new in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+    if new in SETTLED_REFUND_STATUSES:
         before = d["status"]
         store_snapshot(d, settle_refund(snapshot(d), r["amount"], new == RefundStatus.SUCCEEDED))
         if d["status"] != before:

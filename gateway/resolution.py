@@ -14,7 +14,7 @@ from gateway.operation_errors import ProviderUnavailable
 from gateway.payment_writer import Events
 from gateway.provider_calls import call_provider
 from gateway.state_machine import AUTHORIZATION_UNRESOLVED, PaymentStatus, StatusEvent
-from providers.base import NotCreated, Outcome, ProviderFault, ProviderMismatch
+from providers.base import NotCreated, Operation, Outcome, ProviderFault, ProviderMismatch
 
 S = PaymentStatus
 
@@ -53,7 +53,7 @@ class Resolution(Authorization, FollowUps):
         sent_at = _sent_at(att)
         try:
             result = await call_provider(
-                provider.name, "lookup",
+                provider.name, Operation.LOOKUP,
                 lambda: provider.lookup(self._ref(doc), req, sent_at=sent_at,
                                         may_create=may_create),
                 self.config.retry, self._deadline(),
@@ -62,14 +62,14 @@ class Resolution(Authorization, FollowUps):
             def mark(d: dict[str, Any]) -> Events:
                 if d["attempts"][index]["outcome"] in ("in_flight", Outcome.AMBIGUOUS):
                     d["attempts"][index].update(outcome=Outcome.REJECTED_SAFE.value,
-                                                error_code="not_created")
+                                                error_code=NotCreated.CODE)
                 return []
 
             await self.writer.mutate(doc["id"], mark)
             earlier = doc.get("_cascaded")
             if isinstance(earlier, dict) and int(earlier["attempt"]) < index:
                 return await self._end_as_cascaded_decline(doc["id"], earlier, source)
-            return await self._fail(doc["id"], source, "not_created",
+            return await self._fail(doc["id"], source, NotCreated.CODE,
                                     "the provider never created the payment; no money moved")
         except ProviderFault as fault:
             if strict and not isinstance(fault, ProviderMismatch):

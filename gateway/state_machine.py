@@ -92,13 +92,17 @@ CORRECTION_EDGES: frozenset[tuple[PaymentStatus, PaymentStatus]] = frozenset(
 UNRESOLVED: frozenset[PaymentStatus] = frozenset(
     {S.PENDING, S.UNKNOWN, S.PROCESSING, S.CAPTURE_PENDING, S.VOID_PENDING}
 )
+#: A follow-up (capture or void) was sent and its outcome is not known yet: the payment
+#: waits on that operation (unresolved), and a refusal returns it to authorized.
+MODIFICATION_PENDING: frozenset[PaymentStatus] = frozenset({S.CAPTURE_PENDING, S.VOID_PENDING})
 #: A refund in these is not settled yet (reconciliation asks about it).
 OPEN_REFUND_STATUSES: frozenset[RefundStatus] = frozenset(
     {RefundStatus.PENDING, RefundStatus.UNKNOWN})
+#: A refund in these is settled: a final answer, never changed afterwards.
+SETTLED_REFUND_STATUSES: frozenset[RefundStatus] = frozenset(RefundStatus) - OPEN_REFUND_STATUSES
 #: Unresolved because the authorization's outcome is not known yet (the follow-ups
 #: capture_pending / void_pending wait on their own operation instead).
-AUTHORIZATION_UNRESOLVED: frozenset[PaymentStatus] = UNRESOLVED - {S.CAPTURE_PENDING,
-                                                                   S.VOID_PENDING}
+AUTHORIZATION_UNRESOLVED: frozenset[PaymentStatus] = UNRESOLVED - MODIFICATION_PENDING
 
 
 def can_transition(current: PaymentStatus, target: PaymentStatus) -> bool:

@@ -46,6 +46,7 @@ from urllib.parse import urlencode
 
 from gateway.model import audit, now
 from providers import next_action as normalized
+from providers.base import Operation
 from providers.statuses import PaymentStatus
 
 #: How long a customer has to finish the challenge before reconciliation looks it up and
@@ -113,7 +114,7 @@ def await_customer(doc: dict[str, Any]) -> None:
     """Hold the waiting confirm operation until the window's end (at once, if it has
     passed): reconciliation then looks the payment up and ends it if still unfinished."""
     started = now()
-    doc["_operation"] = {"op": "confirm", "key": None, "await_customer": True,
+    doc["_operation"] = {"op": Operation.CONFIRM, "key": None, "await_customer": True,
                          "started_at": started, "lease_until": max(started, window_end(doc))}
 
 

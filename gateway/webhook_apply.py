@@ -46,9 +46,15 @@ from gateway.disputes import DisputeChange, apply_dispute
 from gateway.model import apply_status_change, audit
 from gateway.orchestrator import apply_refund_result, finish_operation
 from gateway.payment_writer import PaymentMissing, PaymentWriter
-from gateway.state_machine import InvariantError, PaymentStatus, RefundStatus, StatusEvent
+from gateway.state_machine import (
+    MODIFICATION_PENDING,
+    SETTLED_REFUND_STATUSES,
+    InvariantError,
+    PaymentStatus,
+    StatusEvent,
+)
 from gateway.store import Store
-from providers.base import Outcome, RefundResult
+from providers.base import Operation, Outcome, RefundResult
 from providers.webhook_event import WebhookEvent
 
 Result = Literal["applied", "stale", "ignored", "unmatched"]
@@ -90,12 +96,12 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
             target = S.CAPTURED
         authorized: int | None = None
         captured: int | None = None
-        if target == S.AUTHORIZED and current not in (S.CAPTURE_PENDING, S.VOID_PENDING):
+        if target == S.AUTHORIZED and current not in MODIFICATION_PENDING:
             authorized = event.amount
         if target == S.AUTHORIZED and current == S.CAPTURE_PENDING:
             captured = 0  # capture refused: nothing was captured after all
         if target == S.CAPTURED:
-            if current == S.CAPTURE_PENDING and op_name == "capture":
+            if current == S.CAPTURE_PENDING and op_name == Operation.CAPTURE:
                 captured = int(op["amount"])
             else:
                 captured = event.amount
@@ -114,16 +120,18 @@ def _payment_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
         if change.applied:
             new = S(d["status"])
             settles_op = (
-                (op_name == "capture" and (new == S.CAPTURED or current == S.CAPTURE_PENDING))
-                or (op_name == "void" and (new == S.VOIDED or current == S.VOID_PENDING))
+                (op_name == Operation.CAPTURE
+                 and (new == S.CAPTURED or current == S.CAPTURE_PENDING))
+                or (op_name == Operation.VOID and (new == S.VOIDED or current == S.VOID_PENDING))
             )
-            if op_name == "confirm" and new != S.REQUIRES_ACTION:
+            if op_name == Operation.CONFIRM and new != S.REQUIRES_ACTION:
                 settles_op = True  # 3-D Secure finished: the webhook completed the payment
             if settles_op:
-                finish_operation(d, "refused" if new == S.AUTHORIZED and op_name != "confirm"
+                finish_operation(d, "refused"
+                                 if new == S.AUTHORIZED and op_name != Operation.CONFIRM
                                  else "succeeded")
-            if new == S.AUTHORIZED and current in (S.CAPTURE_PENDING, S.VOID_PENDING):
-                refused = "capture" if current == S.CAPTURE_PENDING else "void"
+            if new == S.AUTHORIZED and current in MODIFICATION_PENDING:
+                refused = Operation.CAPTURE if current == S.CAPTURE_PENDING else Operation.VOID
                 events.append(audit(f"{refused}_refused", source, detail=detail))
             if new != S.REQUIRES_ACTION:
                 d["next_action"] = None
@@ -152,14 +160,14 @@ def _refund_fn(provider_name: str, event: WebhookEvent, out: list[Result]):
         if refund is None:
             raise _Unmatched
         status = event.refund_status()
-        if status not in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+        if status not in SETTLED_REFUND_STATUSES:
             out[:] = ["ignored"]
             return [audit("event_ignored", source, refund_id=refund["id"],
                           reported_status=str(status) if status else None,
                           reason="not a final refund status",
                           detail=f"{event.kind} ({event.event_id})")]
         old = refund["status"]
-        if old in (RefundStatus.SUCCEEDED, RefundStatus.FAILED):
+        if old in SETTLED_REFUND_STATUSES:
             out[:] = ["ignored" if old == status else "stale"]
             return [audit("event_ignored", source, refund_id=refund["id"],
                           reported_status=status.value, reason=f"refund already {old}",

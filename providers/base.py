@@ -46,6 +46,10 @@ class Operation(StrEnum):
     VOID = "void"
     REFUND = "refund"
     LOOKUP = "lookup"
+    #: Completing a 3-D Secure challenge (:meth:`Provider.complete_action`).
+    CONFIRM = "confirm"
+    #: Ending an unfinished 3-D Secure payment (:meth:`Provider.abandon_action`).
+    ABANDON = "abandon"
 
 
 class ProviderFault(Exception):
@@ -75,16 +79,23 @@ class NotCreated(RejectedSafe):
     while the request may still be processed is *not* this: it is :class:`Ambiguous`.
     """
 
+    #: The ``error_code`` of every NotCreated (also the payment's failure code when it
+    #: ends failed for it, and a failover reason).
+    CODE = "not_created"
+
     def __init__(self, message: str = "") -> None:
-        super().__init__("not_created", message or "the provider created nothing")
+        super().__init__(self.CODE, message or "the provider created nothing")
 
 
 class NotFound(RejectedSafe):
     """The provider answered that the referenced object does not exist (HTTP 404,
     ``resource_missing``). A definite answer: a circuit breaker counts it as a success."""
 
+    #: The ``error_code`` of every NotFound.
+    CODE = "not_found"
+
     def __init__(self, message: str = "", *, status: int | None = None) -> None:
-        super().__init__("not_found", message or "not found", status=status)
+        super().__init__(self.CODE, message or "not found", status=status)
 
 
 class NotSent(RejectedSafe):
@@ -191,7 +202,8 @@ class Provider(abc.ABC):
     #: (Stripe, Adyen: documented). When not, operations that create money movements are
     #: sent once and resolved by lookup instead of retried.
     retries_deduplicated: bool = True
-    creating_operations: frozenset[str] = frozenset({"authorize", "refund"})
+    creating_operations: frozenset[Operation] = frozenset({Operation.AUTHORIZE,
+                                                           Operation.REFUND})
 
     async def start(self) -> None:  # noqa: B027 - optional hook
         """Open connections / pools; called once before the first request."""

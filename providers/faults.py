@@ -24,6 +24,9 @@ from collections.abc import Iterator
 
 from providers.base import Ambiguous, ProviderFault, RejectedSafe
 
+#: The ``error_code`` of an exception no rule recognised (always :class:`Ambiguous`).
+UNCLASSIFIED = "unclassified_error"
+
 _SAFE: list[tuple[type[BaseException], str]] = []
 _AMBIGUOUS: list[tuple[type[BaseException], str]] = []
 
@@ -113,7 +116,7 @@ def classify_transport_error(exc: BaseException) -> ProviderFault:
         for typ, code in _AMBIGUOUS:
             if isinstance(link, typ):
                 return Ambiguous(code, f"outcome unknown: {type(link).__name__}")
-    return Ambiguous("unclassified_error", f"outcome unknown: {type(exc).__name__}")
+    return Ambiguous(UNCLASSIFIED, f"outcome unknown: {type(exc).__name__}")
 
 
 def classify_http_status(status: int) -> ProviderFault | None:

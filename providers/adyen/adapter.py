@@ -67,6 +67,7 @@ from providers.base import (
     Ambiguous,
     AuthorizeRequest,
     NotSent,
+    Operation,
     Outcome,
     PaymentRef,
     Provider,
@@ -293,7 +294,7 @@ class AdyenProvider(Provider):
                 body, psp, idempotency_key=idempotency_key), modification=True)
         if isinstance(got, Refusal):
             return declined_payment(got, PaymentStatus.AUTHORIZED)
-        self._verify(got, amount, ref.currency, "capture", psp)
+        self._verify(got, amount, ref.currency, Operation.CAPTURE, psp)
         return self._modification_result(Modification.CAPTURE, got, psp)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
@@ -316,7 +317,7 @@ class AdyenProvider(Provider):
                 body, psp, idempotency_key=idempotency_key), modification=True)
         if isinstance(got, Refusal):
             return declined_refund(got)
-        self._verify(got, amount, ref.currency, "refund", psp)
+        self._verify(got, amount, ref.currency, Operation.REFUND, psp)
         if "status" not in got:
             raise Ambiguous("invalid_response", "Adyen refund answer without status")
         return parse_refund(got)

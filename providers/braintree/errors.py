@@ -47,7 +47,12 @@ from braintree.exceptions.http.timeout_error import ConnectTimeoutError, ReadTim
 from braintree.exceptions.http.timeout_error import TimeoutError as BtTimeoutError
 
 from providers.base import Ambiguous, NotFound, ProviderFault, RejectedSafe
-from providers.faults import classify_http_status, classify_transport_error, exception_chain
+from providers.faults import (
+    UNCLASSIFIED,
+    classify_http_status,
+    classify_transport_error,
+    exception_chain,
+)
 
 # ------------------------------------------------------------------ validation codes
 
@@ -144,7 +149,7 @@ def translate(exc: BaseException) -> ProviderFault:
         return _transport(exc)
     if isinstance(exc, InvalidResponseError | BtTimeoutError):
         fault = _transport(exc)
-        if fault.error_code == "unclassified_error":
+        if fault.error_code == UNCLASSIFIED:
             return Ambiguous("invalid_response", f"outcome unknown: {type(exc).__name__}")
         return fault
     if isinstance(exc, bte.UnexpectedError):
@@ -155,6 +160,6 @@ def translate(exc: BaseException) -> ProviderFault:
                 f"http_{status}", f"unexpected HTTP status {status}", status=status)
         return _transport(exc)
     fault = _transport(exc)
-    if fault.error_code == "unclassified_error":
-        return Ambiguous("unclassified_error", f"outcome unknown: {type(exc).__name__}")
+    if fault.error_code == UNCLASSIFIED:
+        return Ambiguous(UNCLASSIFIED, f"outcome unknown: {type(exc).__name__}")
     return fault
