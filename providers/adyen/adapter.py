@@ -50,6 +50,7 @@ from typing import Any
 
 import Adyen
 
+from providers.adyen import keepalive
 from providers.adyen.amounts import to_wire
 from providers.adyen.errors import Refusal, translate
 from providers.adyen.parse import (
@@ -123,6 +124,7 @@ class AdyenProvider(Provider):
         if client is None:
             client = Adyen.Adyen(xapikey=self._api_key, platform="test",
                                  http_timeout=self._timeout, http_force="requests")
+            keepalive.install(client)  # one kept connection per thread, not one per call
             client.checkout.payments_api.baseUrl = self._base_url
             client.checkout.modifications_api.baseUrl = self._base_url
             self._local.client = client

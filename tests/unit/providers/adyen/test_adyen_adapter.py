@@ -278,3 +278,40 @@ async def test_given_executor_is_used_and_not_shut_down(sim: SimulatorHost) -> N
         assert "api_key" not in repr(provider) and API_KEY not in repr(provider)
     finally:
         pool.shutdown()
+
+
+# ------------------------------------------------------------------ keep-alive
+
+
+async def test_the_sdk_keeps_one_connection_for_many_calls(sim: SimulatorHost) -> None:
+    """The unmodified SDK sends through providers.adyen.keepalive: five payments on one
+    thread open one connection to the simulator (the SDK alone opens one per call), and
+    the answers are the SDK's own objects, as before."""
+    import Adyen
+
+    from providers.adyen import keepalive
+
+    sdk = Adyen.Adyen(xapikey=API_KEY, platform="test", http_timeout=5,
+                      http_force="requests")
+    transport = keepalive.install(sdk)
+    base = f"{sim.base_url('adyen')}/checkout/v71"
+    sdk.checkout.payments_api.baseUrl = base
+
+    def five_payments() -> list[str]:
+        codes = []
+        for n in range(5):
+            result = sdk.checkout.payments_api.payments(
+                {"amount": {"value": 1000, "currency": "EUR"}, "reference": f"pay_ka{n}",
+                 "merchantAccount": MERCHANT,
+                 "paymentMethod": {"type": "scheme", "storedPaymentMethodId": "tok_visa"},
+                 "returnUrl": "https://example.test/return"},
+                idempotency_key=f"pay_ka{n}:1:authorize")
+            codes.append(result.message["resultCode"])
+        return codes
+
+    assert await asyncio.to_thread(five_payments) == ["Authorised"] * 5
+    pools = transport.session.get_adapter(base).poolmanager.pools
+    opened = [pools[key].num_connections for key in pools.keys()]
+    assert opened == [1], opened
+    assert transport.user_agent.startswith("adyen-python-api-library/")
+    transport.close()
