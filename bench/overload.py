@@ -15,6 +15,7 @@ of a sample of the shed requests were stored (none should be: looked up by refer
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
         [--duration 10] [--limits none,default,16,8] [--clients 64]
+        [--pool-sizes default,64,256]  (store_options.pool_size per run)
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: fl
     stored_shed = await stored(s, base, sample)
     other = ", ".join(f"{n}x{k}" for k, n in sorted(others.items(), key=str)) or "0"
     left = "/".join(str(unfinished[k]) for k in UNFINISHED)
-    return (f"{label:22} {rate:7.0f} {len(ok) / run.elapsed:7.0f} "
+    return (f"{label:30} {rate:7.0f} {len(ok) / run.elapsed:7.0f} "
             f"{len(shed) / max(1, len(run.samples)) * 100:6.1f}% "
             f"{median(ok) * 1000:8.1f} {pct(ok, 0.99) * 1000:8.1f} "
             f"{median(shed) * 1000:8.1f} {pct(shed, 0.99) * 1000:8.1f}  {other:>10}  {left:>8}"
@@ -139,23 +140,31 @@ async def main_async(ns: argparse.Namespace) -> None:
                     http_session(limit=0) as s:
                 cap = await capacity(s, gw.base, ns.clients)
             for limit in ns.limits.split(","):
-                n += 1
-                d = tmp / f"run{n}"
-                url = store_url(d, n)
-                value = {"none": 100_000,
-                         "default": AdmissionSettings().max_in_flight}.get(limit)
-                max_in_flight = value if value is not None else int(limit)
-                async with gateway(d, url, providers_at(urls, "stripe"),
-                                   admission={"max_in_flight": max_in_flight}) as gw, \
-                        http_session(limit=0) as s:
-                    label = f"{store} limit={limit}" + (
-                        f"({max_in_flight})" if limit == "default" else "")
-                    line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
-                lines.append(f"{line}   cap {cap:.0f}/s")
-                print(lines[-1], flush=True)
+                for pool_size in ns.pool_sizes.split(","):
+                    n += 1
+                    d = tmp / f"run{n}"
+                    url = store_url(d, n)
+                    value = {"none": 100_000,
+                             "default": AdmissionSettings().max_in_flight}.get(limit)
+                    max_in_flight = value if value is not None else int(limit)
+                    extra: dict[str, Any] = {}
+                    if pool_size != "default":  # store_options.pool_size (gateway.store.pool)
+                        extra["store_options"] = {"pool_size": int(pool_size)}
+                        if store != "sqlite":
+                            extra["store_options"]["allow_volatile"] = True
+                    async with gateway(d, url, providers_at(urls, "stripe"),
+                                       admission={"max_in_flight": max_in_flight},
+                                       **extra) as gw, \
+                            http_session(limit=0) as s:
+                        label = f"{store} limit={limit}" + (
+                            f"({max_in_flight})" if limit == "default" else "") + (
+                            f" pool={pool_size}" if pool_size != "default" else "")
+                        line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
+                    lines.append(f"{line}   cap {cap:.0f}/s")
+                    print(lines[-1], flush=True)
     print(f"\nStripe payments at {ns.factor:g}x one process's measured capacity, open loop, "
           f"{ns.duration:g} s")
-    print(f"{'':22} {'offered':>7} {'201/s':>7} {'shed':>7} {'ok p50':>8} {'ok p99':>8} "
+    print(f"{'':30} {'offered':>7} {'201/s':>7} {'shed':>7} {'ok p50':>8} {'ok p99':>8} "
           f"{'shed p50':>8} {'shed p99':>8}  {'other':>10}  {'left p/p/u':>8}  shed stored")
     for line in lines:
         print(line)
@@ -168,6 +177,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--limits", default="none,default,16,8")
     p.add_argument("--clients", type=int, default=64)
+    p.add_argument("--pool-sizes", default="default",
+                   help="store_options.pool_size values to run each limit with")
     asyncio.run(main_async(p.parse_args()))
 
 

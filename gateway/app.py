@@ -80,7 +80,8 @@ async def _sandbox_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    store = make_store(config.store_url)
+    store = make_store(config.store_url, pool_size=config.store_pool_size,
+                       pool_timeout_s=config.store_pool_timeout_s)
     await store.open()
     try:
         await _check_durable(store, config)

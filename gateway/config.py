@@ -144,6 +144,13 @@ class GatewayConfig:
     admission: AdmissionSettings = AdmissionSettings()
     # Redis without AOF or RDB loses every payment on a restart: refused unless allowed.
     allow_volatile_store: bool = False
+    # store_options.pool_size / pool_timeout_s (gateway.store.pool): requests using the
+    # store at once per process, each holding its place for its whole run; the next one
+    # waits this long at its first store operation, then 503 store_unavailable before
+    # anything is claimed. 128 = 2 x admission.max_in_flight's default, so admission
+    # control sheds first and reads/webhooks keep room (sizing: bench/overload.py, README).
+    store_pool_size: int = 128
+    store_pool_timeout_s: float = 1.0
 
 
 def resolve_secret(value: Any, where: str) -> str:
@@ -523,5 +530,13 @@ def _build(c: _Checks, p: Path, raw: dict[str, Any]) -> GatewayConfig | None:
         admission=_admission(c, c.mapping(raw, "admission", top), ("admission",)),
         allow_volatile_store=bool(c.get(store_options, "allow_volatile", bool,
                                         ("store_options",), False)),
+        store_pool_size=c.integer(store_options, "pool_size", ("store_options",), 128,
+                                  at_most=10_000),
+        store_pool_timeout_s=c.number(store_options, "pool_timeout_s", ("store_options",),
+                                      1.0),
     )
+    if cfg.store_pool_timeout_s >= request_deadline_s:
+        c.error(("store_options", "pool_timeout_s"),
+                f"must be below request_deadline_s ({request_deadline_s:g}): a request "
+                "waits this long for the store before anything is done")
     return cfg

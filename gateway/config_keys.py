@@ -46,7 +46,7 @@ SCHEMA: Schema = {
     "retry": _RETRY, "sandbox": {"host": None, "control_port": None},
     "reconciliation": _RECONCILIATION, "notifications": _NOTIFICATIONS,
     "merchants": _ListOf(_MERCHANT), "providers": "providers",
-    "store_options": {"allow_volatile": None},
+    "store_options": {"allow_volatile": None, "pool_size": None, "pool_timeout_s": None},
     "server": {"header_timeout_s": None, "body_timeout_s": None, "keepalive_timeout_s": None,
                "max_connections": None, "backlog": None},
     "admission": {"max_in_flight": None, "retry_after_s": None},

@@ -13,6 +13,7 @@ from gateway.api.errors import ApiError
 from gateway.appkeys import CONFIG
 from gateway.http_server import guard_of, read_body_within
 from gateway.store import StoreError
+from gateway.store.pool import request_scope
 
 log = logging.getLogger("gateway.http")
 
@@ -21,6 +22,10 @@ _HTTP_ERRORS = {
     405: ("invalid_request", "method_not_allowed", "method not allowed on this endpoint"),
     413: ("invalid_request", "body_too_large", "request body too large"),
 }
+
+#: Not counted in the store's per-request budget (they use its background reserve):
+#: readiness must not turn red because payments fill the budget.
+_UNBUDGETED = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def _route(request: web.Request) -> str:
@@ -70,7 +75,11 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         try:
             _check_encoding(request)
             await _read_body(request)
-            response = await handler(request)
+            if route in _UNBUDGETED:
+                response = await handler(request)
+            else:  # its first store operation takes its store place (gateway.store.pool)
+                with request_scope():
+                    response = await handler(request)
         except ApiError as err:
             response = err.response()
             if err.status == 408:

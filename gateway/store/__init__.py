@@ -60,6 +60,9 @@ Clocks: SQLite uses this host's ``time.time()``; Redis uses the Redis server's `
 (one clock for all replicas), so idempotency times from Redis are server time.
 
 Errors: backend failures raise :class:`StoreError`; ``ping()`` returns False instead.
+
+Pools: both backends bound how many requests use them at once and make a request wait
+for its place at its first store operation, never later (:mod:`gateway.store.pool`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from gateway.store.base import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT_S,
     RECONCILE_STATUSES,
     AlreadyExists,
     Claim,
@@ -122,19 +127,21 @@ def sqlite_path(url: str) -> Path:
     return Path(rest)
 
 
-def make_store(url: str) -> Store:
+def make_store(url: str, *, pool_size: int = DEFAULT_POOL_SIZE,
+               pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> Store:
     """Build (not open) the store for ``url``.
 
     * ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` -> SQLiteStore
     * ``redis://host:port/db`` (or ``rediss://``) -> RedisStore
 
+    ``pool_size`` / ``pool_timeout_s``: the per-request budget (:mod:`gateway.store.pool`).
     Raises ValueError for anything else.
     """
     scheme = urlsplit(url).scheme.lower() if isinstance(url, str) else ""
     if scheme == "sqlite":
-        return SQLiteStore(sqlite_path(url))
+        return SQLiteStore(sqlite_path(url), pool_size=pool_size, pool_timeout_s=pool_timeout_s)
     if scheme in ("redis", "rediss"):
-        return RedisStore(url)
+        return RedisStore(url, pool_size=pool_size, pool_timeout_s=pool_timeout_s)
     raise ValueError(
         f"unsupported store URL {url!r}: expected sqlite:///path/to/file.db or redis://host:port/db"
     )

@@ -26,6 +26,12 @@ from typing import Any
 
 from gateway.state_machine import UNRESOLVED
 
+#: Requests that may use the store at once, per process (``store_options.pool_size``),
+#: and how long a request's first store operation waits for a place
+#: (``store_options.pool_timeout_s``); see gateway.store.pool.
+DEFAULT_POOL_SIZE = 128
+DEFAULT_POOL_TIMEOUT_S = 1.0
+
 
 class StoreError(Exception):
     """The store could not be reached or answered unexpectedly."""

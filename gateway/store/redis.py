@@ -52,6 +52,11 @@ script is atomic. Running on Cluster would mean tagging a payment's keys with it
 merchant (one slot per merchant) so that all of a merchant's keys share a slot, which
 this layout does not do.
 
+Connections: a blocking pool of ``pool_size`` + a background reserve, and a per-request
+budget taken at a request's first store operation (:mod:`gateway.store.pool`): a request
+waits ``pool_timeout_s`` for it there (then StoreError, before anything is claimed) and
+never waits on the pool later.
+
 No automatic command retries: a lost reply to a CAS or claim must surface as
 :class:`StoreError`, never be silently re-sent (a re-sent reservation could be applied
 twice by a caller that re-reads). Connection and protocol errors become
@@ -78,6 +83,8 @@ from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError, RedisError, WatchError
 
 from gateway.store.base import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT_S,
     AlreadyExists,
     Claim,
     ClaimOutcome,
@@ -95,6 +102,7 @@ from gateway.store.base import (
     search_reference,
     settle_notification,
 )
+from gateway.store.pool import BudgetedPool, RequestBudget
 
 log = logging.getLogger(__name__)
 
@@ -609,12 +617,14 @@ class RedisStore(Store):
         *,
         socket_timeout_s: float = 5.0,
         connect_timeout_s: float = 2.0,
-        max_connections: int | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     ) -> None:
         self._url = url
         self._socket_timeout_s = socket_timeout_s
         self._connect_timeout_s = connect_timeout_s
-        self._max_connections = max_connections
+        #: requests using the store at once; see gateway.store.pool
+        self.budget = RequestBudget(pool_size, pool_timeout_s, "redis")
         self._client: aredis.Redis | None = None
         self._scripts: dict[str, Any] = {}
         self._backfill: asyncio.Task[int] | None = None  # see gateway.store.redis_backfill
@@ -631,8 +641,6 @@ class RedisStore(Store):
             "retry": Retry(NoBackoff(), 0),
             "health_check_interval": 30,
         }
-        if self._max_connections is not None:
-            kwargs["max_connections"] = self._max_connections
         try:
             from redis.maint_notifications import MaintNotificationsConfig
         except ImportError:  # redis-py without maintenance notifications
@@ -644,7 +652,9 @@ class RedisStore(Store):
             # /readyz was already 200). They need RESP3 push messages; this client speaks
             # RESP2, so nothing is lost by turning them off.
             kwargs["maint_notifications_config"] = MaintNotificationsConfig(enabled=False)
-        client = aredis.from_url(self._url, **kwargs)
+        # Waits for a connection instead of raising (see gateway.store.pool).
+        client = aredis.Redis.from_pool(BudgetedPool.from_url(self._url, budget=self.budget,
+                                                              **kwargs))
         self._scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
         self._client = client
         from gateway.store import redis_backfill  # events queued before listing zsets

@@ -3,7 +3,10 @@
 Design:
 
 * One ``sqlite3`` connection, used only from ONE dedicated single-thread executor, so
-  the event loop never blocks on disk I/O and calls on one store are serialised.
+  the event loop never blocks on disk I/O and calls on one store are serialised. Its
+  queue is bounded by a per-request budget (:mod:`gateway.store.pool`): at most
+  ``pool_size`` requests use the store at once; the next one's first call waits
+  ``pool_timeout_s`` for a place, then StoreError (503) before anything is claimed.
 * ``journal_mode=WAL`` and ``synchronous=FULL``: a commit is on disk when the call
   returns.
 * Every read-then-write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the
@@ -31,6 +34,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.store.base import (
+    DEFAULT_POOL_SIZE,
+    DEFAULT_POOL_TIMEOUT_S,
     AlreadyExists,
     Claim,
     ClaimOutcome,
@@ -48,6 +53,7 @@ from gateway.store.base import (
     search_reference,
     settle_notification,
 )
+from gateway.store.pool import RequestBudget
 from gateway.store.sqlite_schema import SCHEMA_VERSION, SEARCH_INDEXES, apply_schema
 
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
@@ -128,8 +134,12 @@ def _retry_after(lease_until: float, now: float) -> float:
 class SQLiteStore(Store):
     """Store on one SQLite file; see the module docstring for the guarantees."""
 
-    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0,
+                 pool_size: int = DEFAULT_POOL_SIZE,
+                 pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S) -> None:
         self._path = Path(path)
+        #: requests using the store at once; see gateway.store.pool
+        self.budget = RequestBudget(pool_size, pool_timeout_s, f"sqlite: {self._path}")
         self._busy_timeout_ms = int(busy_timeout_s * 1000)
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
@@ -143,6 +153,7 @@ class SQLiteStore(Store):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if self._executor is None:
             raise StoreError("SQLite store is not open")
+        await self.budget.admit()  # a request's first call waits here, or StoreError
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
