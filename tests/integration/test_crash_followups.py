@@ -13,10 +13,10 @@ The requests of every other payment that was in flight at the kill are retried o
 the reconciliation pass, so that the pass finds stale write-ahead captures, voids and
 refunds to finish (and their retries must then return the real outcome by key).
 
-Adyen is left out: it confirms modifications only by webhook. A `gateway sandbox` posts
-them to one URL fixed when it starts (``--webhook-url``) and gives up after 3 tries within
-~0.6 s, so a notification for the killed gateway is lost while it restarts, and with two
-replicas only one of them receives any; the outcome would depend on that, not on the
+Adyen is left out: it confirms modifications only by webhook, and a `gateway sandbox`
+posts them to one URL fixed when it starts (``--webhook-url``): with two replicas only
+the one behind that URL receives any (the simulators retry for 60 s, so a restart of that
+one loses nothing), and the outcome would depend on which replica it is, not on the
 gateway. Adyen's webhook crash paths are in tests/integration/test_notifications_crash.py and
 tests/unit/gateway/api/test_webhooks_api.py."""
 
