@@ -9,9 +9,11 @@ admission limit of ``--limits`` (``none``: the limit raised out of reach; ``defa
 the gateway's default). Printed per run: the offered rate, 201s per second, the share
 shed (503 ``gateway_overloaded`` with Retry-After), p50 / p99 of the admitted (201)
 payments and of the shed answers, every other answer (other statuses, connection
-errors), and, once the gateway is idle again, the payments left ``pending`` /
-``processing`` / ``unknown`` (listed through ``GET /v1/payments?status=``) and how many
-of a sample of the shed requests were stored (none should be: looked up by reference).
+errors), on Redis the connections the gateway's pool opened (``conns``: it keeps them,
+so the count when idle is its peak), and, once the gateway is idle again, the payments
+left ``pending`` / ``processing`` / ``unknown`` (listed through ``GET
+/v1/payments?status=``) and how many of a sample of the shed requests were stored (none
+should be: looked up by reference).
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
         [--duration 10] [--limits none,default,16,8] [--clients 64]
@@ -81,6 +83,17 @@ async def stored(s: aiohttp.ClientSession, base: str, references: list[str]) -> 
                          headers=headers("unused")) as r:
             n += len((await r.json())["data"])
     return n
+
+
+async def redis_clients(url: str) -> int:
+    """Clients connected to the (private) Redis now, this one included."""
+    import redis.asyncio as aredis
+
+    client = aredis.Redis.from_url(url)
+    try:
+        return int((await client.info("clients"))["connected_clients"])
+    finally:
+        await client.aclose()
 
 
 async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: float,
@@ -160,6 +173,8 @@ async def main_async(ns: argparse.Namespace) -> None:
                             f"({max_in_flight})" if limit == "default" else "") + (
                             f" pool={pool_size}" if pool_size != "default" else "")
                         line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
+                        if store != "sqlite":  # the pool keeps what it opened: its peak
+                            line += f"  conns {await redis_clients(redis_url) - 1:4d}"
                     lines.append(f"{line}   cap {cap:.0f}/s")
                     print(lines[-1], flush=True)
     print(f"\nStripe payments at {ns.factor:g}x one process's measured capacity, open loop, "
