@@ -140,6 +140,13 @@ REQUESTS_SHED = Counter(
     "Payment operations answered 503 gateway_overloaded by admission control (nothing done)",
     ["operation"], registry=REGISTRY,
 )
+STORE_POOL_TIMEOUTS = Counter(
+    "gateway_store_pool_timeouts_total",
+    "Store operations refused because no store place freed in time (a full pool, not a "
+    "store outage): 'request' = answered 503 store_unavailable before anything was claimed, "
+    "'background' = a reconciliation / notification / readiness call",
+    ["kind"], registry=REGISTRY,
+)
 CONNECTION_CLOSE_REASONS = ("header_timeout", "body_timeout", "keepalive_timeout", "evicted",
                             "refused")
 
@@ -186,6 +193,8 @@ def initialise(providers: list[str]) -> None:
         PROVIDER_MISMATCHES.labels(p)
     for reason in CONNECTION_CLOSE_REASONS:
         HTTP_CONNECTIONS_CLOSED.labels(reason)
+    for kind in ("request", "background"):
+        STORE_POOL_TIMEOUTS.labels(kind)
     for result in ("applied", "rejected", "unchanged"):
         CONFIG_RELOADS.labels(result)
     for result in ("new", "replayed", "conflict", "mismatch"):

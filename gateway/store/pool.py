@@ -63,6 +63,7 @@ from typing import Any
 
 from redis.asyncio import BlockingConnectionPool
 
+from gateway import metrics
 from gateway.store.base import StoreError
 
 #: Redis connections kept for work outside requests (reconciliation, notifications,
@@ -140,6 +141,7 @@ class RequestBudget:
         try:
             await asyncio.wait_for(self._sem.acquire(), self.wait_s)
         except TimeoutError:
+            metrics.STORE_POOL_TIMEOUTS.labels("request").inc()
             raise StoreError(
                 f"{self._name}: no store place free within {self.wait_s:g} s "
                 f"({self.size} requests are using the store; store_options.pool_size)"
@@ -179,6 +181,7 @@ class BudgetedPool(BlockingConnectionPool):
         try:
             await asyncio.wait_for(self._background.acquire(), LATER_WAIT_S)
         except TimeoutError:
+            metrics.STORE_POOL_TIMEOUTS.labels("background").inc()
             raise StoreError(f"redis: no background connection free within "
                              f"{LATER_WAIT_S:g} s") from None
         try:

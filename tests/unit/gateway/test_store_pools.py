@@ -24,6 +24,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from gateway import config as gateway_config
+from gateway import metrics
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS, STORE
 from gateway.config import ConfigError, load_config
@@ -114,6 +115,11 @@ async def test_a_request_waits_for_a_store_place_and_goes_through_when_one_frees
     await wait_for(idle, timeout=5)  # every place was given back
 
 
+def _pool_timeouts(kind: str) -> float:
+    return metrics.REGISTRY.get_sample_value("gateway_store_pool_timeouts_total",
+                                             {"kind": kind}) or 0.0
+
+
 async def test_past_the_wait_503_store_unavailable_nothing_claimed_and_the_key_retries(
         tmp_path: Path, store_url: str, aiohttp_client: Any,
         session: aiohttp.ClientSession) -> None:
@@ -123,10 +129,12 @@ async def test_past_the_wait_503_store_unavailable_nothing_claimed_and_the_key_r
     hold_ms = 2500
     held = await _hold(client, sim, budget, hold_ms, "pool-full")
     sent_before = (await sim.requests("stripe"))["total"]
+    timeouts_before = _pool_timeouts("request")
 
     status, body, hdrs, took = await _post(client, payment_body(reference="pool-refused"),
                                            "pool-refused")
     assert status == 503, body
+    assert _pool_timeouts("request") == timeouts_before + 1  # told apart from an outage
     assert body["error"]["code"] == "store_unavailable"
     assert int(hdrs["Retry-After"]) >= 1
     assert timeout_s <= took < hold_ms / 1000  # it waited, then gave up before a place freed
