@@ -92,8 +92,6 @@ class Authorization(OrchestratorBase):
         deadline = self._deadline()
         cands = self.candidates(doc)[: self.config.failover_budget]
         start = len(doc["attempts"])
-        #: the last decline cascaded to the next candidate: (provider name, its answer)
-        declined: tuple[str, ProviderResult] | None = None
         for offset, provider in enumerate(cands):
             if time.monotonic() >= deadline:
                 break
@@ -142,18 +140,14 @@ class Authorization(OrchestratorBase):
                 doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, code,
                                                  cascaded=result)
                 metrics.CASCADES.labels(provider.name, cands[offset + 1].name, code).inc()
-                declined = (provider.name, result)
                 continue
             doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result)
             self._count_payment(doc)
             return doc
-        if declined is not None:
-            # nobody after a cascaded decline answered: the payment is that decline
-            def final(d: dict[str, Any], last: tuple[str, ProviderResult] = declined) -> Events:
-                d["provider"] = last[0]  # the payment ends as that provider declined it
-                return self._apply_result(d, last[1], "provider_response")
-
-            doc = await self.writer.mutate(doc["id"], final)
+        earlier = doc.get("_cascaded")
+        if isinstance(earlier, dict) and int(earlier["attempt"]) >= start:
+            # nobody after a decline this run cascaded past answered: the payment is it
+            doc = await self._end_as_cascaded_decline(doc["id"], earlier, "provider_response")
             self._count_payment(doc)
             return doc
         doc = await self._finish_attempt_none(doc)
@@ -220,6 +214,23 @@ class Authorization(OrchestratorBase):
                                           fault.error_code, result)
         self._count_payment(done)
         return done
+
+    async def _end_as_cascaded_decline(self, payment_id: str, earlier: dict[str, Any],
+                                       source: str) -> dict[str, Any]:
+        """Nothing after a cascaded decline (``_cascaded``, :func:`cascaded_decline`) was
+        created: the payment ends as that decline, whether :meth:`authorize` finds that
+        out or :meth:`~gateway.resolution.Resolution.resolve` does after a crash."""
+        def fn(d: dict[str, Any]) -> Events:
+            ev = apply_status(d, StatusEvent(S.DECLINED), source,
+                              detail=earlier.get("raw_status"))
+            if ev["type"] == "status_changed":
+                d["provider"] = earlier["provider"]
+                if earlier.get("provider_reference"):
+                    d["provider_reference"] = earlier["provider_reference"]
+                d["failure"] = earlier.get("failure")
+            return [ev]
+
+        return await self.writer.mutate(payment_id, fn)
 
     async def _fail(self, payment_id: str, source: str, code: str, message: str, *,
                     detail: str | None = None) -> dict[str, Any]:

@@ -9,11 +9,10 @@ from typing import Any
 
 from gateway.authorize import Authorization, _sent_at
 from gateway.follow_ups import FollowUps
-from gateway.model import apply_status
 from gateway.operation_errors import ProviderUnavailable
 from gateway.payment_writer import Events
 from gateway.provider_calls import call_provider
-from gateway.state_machine import AUTHORIZATION_UNRESOLVED, PaymentStatus, StatusEvent
+from gateway.state_machine import AUTHORIZATION_UNRESOLVED, PaymentStatus
 from providers.base import NotCreated, Operation, Outcome, ProviderFault, ProviderMismatch
 
 S = PaymentStatus
@@ -82,19 +81,3 @@ class Resolution(Authorization, FollowUps):
             return self._apply_result(d, result, source)
 
         return await self.writer.mutate(doc["id"], fn)
-
-    async def _end_as_cascaded_decline(self, payment_id: str, earlier: dict[str, Any],
-                                       source: str) -> dict[str, Any]:
-        """Nothing after a cascaded decline was created: the payment is that decline, as
-        :meth:`~gateway.authorize.Authorization.authorize` ends it without a crash."""
-        def fn(d: dict[str, Any]) -> Events:
-            ev = apply_status(d, StatusEvent(S.DECLINED), source,
-                              detail=earlier.get("raw_status"))
-            if ev["type"] == "status_changed":
-                d["provider"] = earlier["provider"]
-                if earlier.get("provider_reference"):
-                    d["provider_reference"] = earlier["provider_reference"]
-                d["failure"] = earlier.get("failure")
-            return [ev]
-
-        return await self.writer.mutate(payment_id, fn)
