@@ -20,7 +20,7 @@ from aiohttp import web
 
 from gateway.api.admin import require_admin
 from gateway.api.errors import ApiError
-from gateway.api.validation import parse_json_body
+from gateway.api.validation import only_params, parse_json_body
 from gateway.appkeys import CONFIG, SANDBOX_PORTS, STORE
 from gateway.settlements import SettlementError, fetch_report, import_report, reconcile_day
 
@@ -38,18 +38,11 @@ def _date(body: dict[str, Any]) -> dt.date:
                        "date must be YYYY-MM-DD", param="date") from None
 
 
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
-    for key in body:
-        if key not in allowed:
-            raise ApiError(400, "invalid_request", "parameter_unknown",
-                           f"unknown parameter: {key}", param=key)
-
-
 @routes.post("/admin/settlements/import")
 async def import_settlement(request: web.Request) -> web.Response:
     require_admin(request)
     body = parse_json_body(await request.read())
-    _only(body, {"provider", "date"})
+    only_params(body, {"provider", "date"})
     day = _date(body)
     name = body.get("provider")
     config = request.app[CONFIG]
@@ -69,7 +62,7 @@ async def import_settlement(request: web.Request) -> web.Response:
 async def reconcile_settlement(request: web.Request) -> web.Response:
     require_admin(request)
     body = parse_json_body(await request.read())
-    _only(body, {"date", "providers"})
+    only_params(body, {"date", "providers"})
     day = _date(body)
     config = request.app[CONFIG]
     names = body.get("providers")

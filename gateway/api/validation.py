@@ -75,7 +75,8 @@ def _amount(body: dict[str, Any], param: str, required: bool) -> int | None:
     return v
 
 
-def _only(body: dict[str, Any], allowed: set[str], prefix: str = "") -> None:
+def only_params(body: dict[str, Any], allowed: set[str], prefix: str = "") -> None:
+    """400 parameter_unknown for the first key of ``body`` not in ``allowed``."""
     for k in body:
         if k not in allowed:
             raise _bad(prefix + str(k), f"unknown parameter {prefix}{k}", "parameter_unknown")
@@ -94,7 +95,7 @@ def _str_map(value: Any, param: str, max_items: int = 50) -> dict[str, str]:
 
 
 def validate_create(body: dict[str, Any]) -> dict[str, Any]:
-    _only(body, {"amount", "currency", "capture", "payment_method", "reference", "customer",
+    only_params(body, {"amount", "currency", "capture", "payment_method", "reference", "customer",
                  "metadata", "return_url"})
     _amount(body, "amount", required=True)
     cur = body.get("currency")
@@ -110,7 +111,7 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
     pm = body.get("payment_method")
     if not isinstance(pm, dict):
         raise _bad("payment_method", "payment_method is required", "parameter_missing")
-    _only(pm, {"type", "token", "brand", "provider_tokens", "three_d_secure"},
+    only_params(pm, {"type", "token", "brand", "provider_tokens", "three_d_secure"},
           "payment_method.")
     if pm.get("three_d_secure", "automatic") not in ("automatic", "required"):
         raise _bad("payment_method.three_d_secure",
@@ -143,7 +144,7 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
     if customer is not None:
         if not isinstance(customer, dict):
             raise _bad("customer", "customer must be an object")
-        _only(customer, {"country"}, "customer.")
+        only_params(customer, {"country"}, "customer.")
         country = customer.get("country")
         if country is not None and (not isinstance(country, str)
                                     or not re.fullmatch(r"[A-Z]{2}", country)):
@@ -153,25 +154,25 @@ def validate_create(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def validate_capture(body: dict[str, Any]) -> int | None:
-    _only(body, {"amount"})
+    only_params(body, {"amount"})
     return _amount(body, "amount", required=False)
 
 
 def validate_confirm(body: dict[str, Any]) -> None:
     """``POST /v1/payments/{id}/confirm`` takes no parameters (empty body or ``{}``): what
     the customer's return carried is already on the payment."""
-    _only(body, set())
+    only_params(body, set())
 
 
 def validate_void(body: dict[str, Any]) -> None:
-    _only(body, {"reason"})
+    only_params(body, {"reason"})
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
         raise _bad("reason", "reason must be a string of at most 255 characters")
 
 
 def validate_refund(body: dict[str, Any]) -> tuple[int | None, str | None]:
-    _only(body, {"amount", "reason"})
+    only_params(body, {"amount", "reason"})
     reason = body.get("reason")
     if reason is not None and (not isinstance(reason, str) or len(reason) > 255):
         raise _bad("reason", "reason must be a string of at most 255 characters")
