@@ -75,6 +75,8 @@ class ImportResult:
 
 async def _payment_of(store: Store, provider: str, line: SettlementLine
                       ) -> dict[str, Any] | None:
+    """The gateway payment a line settles: by the merchant reference (our payment id) when
+    it is that provider's, else by the provider's reference."""
     if line.merchant_reference:
         doc = await store.get_payment(line.merchant_reference)
         if doc is not None and doc.get("provider") == provider:
@@ -127,8 +129,14 @@ async def import_report(store: Store, config: GatewayConfig, name: str, raw: byt
     kept: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
     unknown = 0
+    found: dict[tuple[str | None, str | None], dict[str, Any] | None] = {}
     for line in lines:
-        doc = await _payment_of(store, name, line) if line.kind != "payout" else None
+        doc = None
+        if line.kind != "payout":  # a payment's capture, refunds, disputes: read it once
+            ref = (line.merchant_reference, line.payment_reference)
+            if ref not in found:
+                found[ref] = await _payment_of(store, name, line)
+            doc = found[ref]
         pid = None if doc is None else str(doc["id"])
         if doc is None and line.kind != "payout":
             unknown += 1
