@@ -376,8 +376,11 @@ async def test_worker_retries_until_endpoint_accepts(
         assert all(isinstance(a["duration_ms"], int) for a in doc["attempts"])
         assert doc["delivered_at"] == doc["attempts"][-1]["at"]
         gaps = [b["at"] - a["at"] for a, b in pairwise(doc["attempts"])]
-        assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4, gaps  # backoff grows
-        assert gaps[0] < gaps[1] < gaps[2], gaps
+        # Each wait is at least its backoff (0.1, 0.2, 0.4 s). Only these lower bounds
+        # hold on a loaded machine: a late poll can stretch any gap (CI once saw 0.70 s
+        # before 0.22 s); the schedule's growth itself is checked exactly on
+        # next_attempt_at above.
+        assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 0.4, gaps
     assert receiver.accepted == Counter(dict.fromkeys(ids, 1))
     assert receiver.counts == Counter(dict.fromkeys(ids, 4))
     for body, hdrs in receiver.requests:
