@@ -53,6 +53,15 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
 
 
+def _same_intent(pi: dict[str, Any], pi_id: str, call: str) -> dict[str, Any]:
+    """``pi`` when it is the PaymentIntent ``pi_id`` the call named; an answer about
+    another one proves nothing about ours (integration fault, never a status)."""
+    if pi.get("id") != pi_id:
+        raise Ambiguous("invalid_response", f"{call} of {pi_id}: Stripe answered about "
+                        f"{pi.get('id')!r}")
+    return pi
+
+
 class StripeProvider(Provider):
     type = "stripe"
 
@@ -198,7 +207,7 @@ class StripeProvider(Provider):
             pi_id, {"amount_to_capture": wire}, opts))
         if isinstance(got, Refusal):
             return self._follow_up_refusal(got)
-        pi = _as_dict(got)
+        pi = _same_intent(_as_dict(got), pi_id, "capture")
         await self._verify(pi, "amount_received", amount, ref.currency)
         return parse_payment_intent(pi)
 
@@ -210,7 +219,9 @@ class StripeProvider(Provider):
             pi_id, {"cancellation_reason": "requested_by_customer"}, opts))
         if isinstance(got, Refusal):
             return self._follow_up_refusal(got)
-        return parse_payment_intent(_as_dict(got))
+        pi = _same_intent(_as_dict(got), pi_id, "void")
+        await self._verify(pi, "amount", ref.amount, ref.currency)
+        return parse_payment_intent(pi)
 
     async def refund(
         self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
@@ -226,6 +237,9 @@ class StripeProvider(Provider):
         if isinstance(got, Refusal):
             return declined_refund(got)
         refund = _as_dict(got)
+        if refund.get("payment_intent") != pi_id:
+            raise Ambiguous("invalid_response", f"refunded {pi_id}, Stripe answered a refund "
+                            f"of {refund.get('payment_intent')!r}")
         await self._verify(refund, "amount", amount, ref.currency)
         return parse_refund(refund)
 
@@ -246,7 +260,7 @@ class StripeProvider(Provider):
             if got.not_found:
                 raise NotFound(got.failure.message)
             raise Ambiguous("lookup_refused", got.failure.message)
-        return parse_payment_intent(_as_dict(got))
+        return parse_payment_intent(_same_intent(_as_dict(got), pi_id, "retrieve"))
 
     async def lookup(
         self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
@@ -310,9 +324,7 @@ class StripeProvider(Provider):
                     raise Ambiguous("confirm_refused", got.failure.message)
                 return declined_payment(got)
             pi = _as_dict(got)
-        if pi.get("id") != pi_id:
-            raise Ambiguous("invalid_response", f"asked for {pi_id}, Stripe answered "
-                            f"{pi.get('id')!r}")
+        pi = _same_intent(pi, pi_id, "complete")
         await self._verify(pi, "amount", ref.amount, ref.currency)
         return parse_payment_intent(pi)
 
@@ -334,10 +346,7 @@ class StripeProvider(Provider):
             if got.not_found:
                 raise NotFound(got.failure.message)
             return await self._retrieve(pi_id)  # finished meanwhile: what it is now
-        pi = _as_dict(got)
-        if pi.get("id") != pi_id:
-            raise Ambiguous("invalid_response", f"asked to cancel {pi_id}, Stripe answered "
-                            f"{pi.get('id')!r}")
+        pi = _same_intent(_as_dict(got), pi_id, "cancel")
         await self._verify(pi, "amount", ref.amount, ref.currency)
         return parse_payment_intent(pi)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.base import (
@@ -265,3 +268,80 @@ async def test_refuse_after_traffic_is_still_rejected_safe(sim: SimulatorHost,
         await provider.authorize(auth_req("pay_w2"))
     assert info.value.error_code == "connection_refused"
     assert stripe_sim(sim).charges("pay_w2") == []
+
+
+class LyingProxy:
+    """Between the SDK and the simulator (real HTTP both sides): answers to paths ending
+    in ``suffix`` come back about another object -- ``key`` of the JSON answer rewritten
+    to ``pi_someone_else``."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.lie: tuple[str, str] | None = None  # (path suffix, key)
+        self.runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        fwd = {k: v for k, v in request.headers.items() if k.lower() not in ("host",
+                                                                            "content-length")}
+        async with aiohttp.ClientSession() as session, session.request(
+                request.method, self.upstream + request.path_qs, data=body,
+                headers=fwd) as resp:
+            status, text = resp.status, await resp.text()
+        if self.lie and request.path.endswith(self.lie[0]) and status == 200:
+            doc = json.loads(text)
+            doc[self.lie[1]] = "pi_someone_else"
+            text = json.dumps(doc)
+        return web.Response(status=status, text=text, content_type="application/json")
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+
+
+@pytest.mark.parametrize(("suffix", "key", "call"), [
+    ("/capture", "id", "capture"),
+    ("/cancel", "id", "void"),
+    ("/v1/refunds", "payment_intent", "refund"),
+    ("", "id", "lookup"),  # GET /v1/payment_intents/{id}
+])
+async def test_an_answer_about_another_payment_intent_is_an_integration_fault(
+    sim: SimulatorHost, suffix: str, key: str, call: str,
+) -> None:
+    """Stripe answering a follow-up or a retrieve about another PaymentIntent (a proxy's or
+    the SDK's mix-up) proves nothing about ours: Ambiguous ``invalid_response``, never a
+    status read off someone else's payment."""
+    proxy = LyingProxy(sim.base_url("stripe"))
+    await proxy.start()
+    provider = make_provider(sim, base_url=proxy.url)
+    await provider.start()
+    try:
+        manual = call != "refund"
+        auth = await provider.authorize(auth_req(f"pay_lie_{call}", manual=manual))
+        ref = ref_of(f"pay_lie_{call}", auth.provider_reference)
+        assert auth.provider_reference is not None
+        proxy.lie = (suffix or auth.provider_reference, key)
+        with pytest.raises(Ambiguous) as info:
+            if call == "capture":
+                await provider.capture(ref, 1250, "k-cap")
+            elif call == "void":
+                await provider.void(ref, "k-void")
+            elif call == "refund":
+                await provider.refund(ref, "ref_lie", 100, "k-ref")
+            else:
+                await provider.lookup(ref, None)
+        assert info.value.error_code == "invalid_response", info.value
+        assert auth.provider_reference in str(info.value)
+        proxy.lie = None  # the truth is still there, unchanged by the lie
+        now = await provider.lookup(ref, None)
+        assert now.provider_reference == auth.provider_reference
+    finally:
+        await provider.close()
+        if proxy.runner is not None:
+            await proxy.runner.cleanup()
