@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
+from urllib.parse import quote_plus
 
 import aiohttp
 import stripe
@@ -51,6 +52,12 @@ T = TypeVar("T")
 
 def _as_dict(obj: Any) -> dict[str, Any]:
     return obj.to_dict() if hasattr(obj, "to_dict") else dict(obj)
+
+
+def _path(*parts: str) -> str:
+    """``/v1/payment_intents/<id>/capture`` with each id quoted as the SDK's services do
+    (``stripe._util.sanitize_id``: ``quote_plus``)."""
+    return "/v1/" + "/".join(quote_plus(p) for p in parts)
 
 
 def _same_intent(pi: dict[str, Any], pi_id: str, call: str) -> dict[str, Any]:
@@ -103,6 +110,28 @@ class StripeProvider(Provider):
         assert self._client is not None
         return self._client
 
+    async def _request(self, method: str, path: str, params: dict[str, Any] | None = None,
+                       idempotency_key: str | None = None) -> dict[str, Any] | Refusal:
+        """One API call through the SDK's ``raw_request_async``: the same request (form
+        encoding, headers, authentication, idempotency key, transport) and the same
+        exceptions (``_interpret_response`` raises the error types :mod:`.errors`
+        translates) as the typed services, but the answer is the parsed JSON, not a
+        ``StripeObject`` tree that the adapter would convert straight back to a dict:
+        that conversion was ~6 % of the gateway's CPU per authorization (py-spy), and
+        ~0.5 ms of client CPU per create (1.49 -> 0.99 ms, bench in the commit)."""
+        client = await self._sdk()
+        kwargs: dict[str, Any] = dict(params or {})
+        if idempotency_key is not None:
+            kwargs["idempotency_key"] = idempotency_key
+        got = await self._call(lambda: client.raw_request_async(method, path, **kwargs))
+        if isinstance(got, Refusal):
+            return got
+        data = got.data
+        if not isinstance(data, dict):
+            raise Ambiguous("invalid_response", f"Stripe answered {type(data).__name__} "
+                            f"for {method.upper()} {path}")
+        return data
+
     @staticmethod
     async def _call(fn: Callable[[], Awaitable[T]]) -> T | Refusal:
         """Run one SDK call; faults are raised, definite refusals returned."""
@@ -134,12 +163,10 @@ class StripeProvider(Provider):
         released = False
         obj_id = obj.get("id") if isinstance(obj.get("id"), str) else None
         if cancel and obj_id:
-            client = await self._sdk()
             try:
-                done = await self._call(lambda: client.v1.payment_intents.cancel_async(
-                    obj_id, {"cancellation_reason": "abandoned"}))
-                released = not isinstance(done, Refusal) and _as_dict(done).get(
-                    "status") == "canceled"
+                done = await self._request("post", _path("payment_intents", obj_id, "cancel"),
+                                           {"cancellation_reason": "abandoned"})
+                released = not isinstance(done, Refusal) and done.get("status") == "canceled"
             except ProviderFault:
                 released = False
         raise ProviderMismatch(
@@ -174,16 +201,14 @@ class StripeProvider(Provider):
         }
 
     async def _create(self, req: AuthorizeRequest) -> ProviderResult:
-        client = await self._sdk()
-        params: Any = self._create_params(req)
-        opts: Any = {"idempotency_key": req.idempotency_key}
-        got = await self._call(lambda: client.v1.payment_intents.create_async(params, opts))
+        got = await self._request("post", "/v1/payment_intents", self._create_params(req),
+                                  req.idempotency_key)
         if isinstance(got, Refusal):
             failure = got.failure
             if failure.code != "card_declined":  # bad token, unsupported currency, ...
                 failure = replace(failure, code="invalid_request")
             return declined_payment(replace(got, failure=failure))
-        pi = _as_dict(got)
+        pi = got
         await self._verify(pi, "amount", req.amount, req.currency, cancel=True)
         return parse_payment_intent(pi)
 
@@ -200,26 +225,23 @@ class StripeProvider(Provider):
 
     async def capture(self, ref: PaymentRef, amount: int, idempotency_key: str) -> ProviderResult:
         pi_id = self._require_reference(ref)
-        client = await self._sdk()
-        opts: Any = {"idempotency_key": idempotency_key}
         wire = self._wire(amount, ref.currency)
-        got = await self._call(lambda: client.v1.payment_intents.capture_async(
-            pi_id, {"amount_to_capture": wire}, opts))
+        got = await self._request("post", _path("payment_intents", pi_id, "capture"),
+                                  {"amount_to_capture": wire}, idempotency_key)
         if isinstance(got, Refusal):
             return self._follow_up_refusal(got)
-        pi = _same_intent(_as_dict(got), pi_id, "capture")
+        pi = _same_intent(got, pi_id, "capture")
         await self._verify(pi, "amount_received", amount, ref.currency)
         return parse_payment_intent(pi)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
         pi_id = self._require_reference(ref)
-        client = await self._sdk()
-        opts: Any = {"idempotency_key": idempotency_key}
-        got = await self._call(lambda: client.v1.payment_intents.cancel_async(
-            pi_id, {"cancellation_reason": "requested_by_customer"}, opts))
+        got = await self._request("post", _path("payment_intents", pi_id, "cancel"),
+                                  {"cancellation_reason": "requested_by_customer"},
+                                  idempotency_key)
         if isinstance(got, Refusal):
             return self._follow_up_refusal(got)
-        pi = _same_intent(_as_dict(got), pi_id, "void")
+        pi = _same_intent(got, pi_id, "void")
         await self._verify(pi, "amount", ref.amount, ref.currency)
         return parse_payment_intent(pi)
 
@@ -227,16 +249,14 @@ class StripeProvider(Provider):
         self, ref: PaymentRef, refund_id: str, amount: int, idempotency_key: str
     ) -> RefundResult:
         pi_id = self._require_reference(ref)
-        client = await self._sdk()
-        params: Any = {
+        params: dict[str, Any] = {
             "payment_intent": pi_id, "amount": self._wire(amount, ref.currency),
             "metadata": {"gateway_refund_id": refund_id, "gateway_payment_id": ref.payment_id},
         }
-        opts: Any = {"idempotency_key": idempotency_key}
-        got = await self._call(lambda: client.v1.refunds.create_async(params, opts))
+        got = await self._request("post", "/v1/refunds", params, idempotency_key)
         if isinstance(got, Refusal):
             return declined_refund(got)
-        refund = _as_dict(got)
+        refund = got
         if refund.get("payment_intent") != pi_id:
             raise Ambiguous("invalid_response", f"refunded {pi_id}, Stripe answered a refund "
                             f"of {refund.get('payment_intent')!r}")
@@ -245,22 +265,20 @@ class StripeProvider(Provider):
 
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
         """Current state of a refund (reconciliation of pending refunds)."""
-        client = await self._sdk()
-        got = await self._call(lambda: client.v1.refunds.retrieve_async(refund_reference))
+        got = await self._request("get", _path("refunds", refund_reference))
         if isinstance(got, Refusal):
             if got.not_found:
                 raise NotFound(got.failure.message)
             raise Ambiguous("lookup_refused", got.failure.message)
-        return parse_refund(_as_dict(got))
+        return parse_refund(got)
 
     async def _retrieve(self, pi_id: str) -> ProviderResult:
-        client = await self._sdk()
-        got = await self._call(lambda: client.v1.payment_intents.retrieve_async(pi_id))
+        got = await self._request("get", _path("payment_intents", pi_id))
         if isinstance(got, Refusal):
             if got.not_found:
                 raise NotFound(got.failure.message)
             raise Ambiguous("lookup_refused", got.failure.message)
-        return parse_payment_intent(_same_intent(_as_dict(got), pi_id, "retrieve"))
+        return parse_payment_intent(_same_intent(got, pi_id, "retrieve"))
 
     async def lookup(
         self, ref: PaymentRef, authorize: AuthorizeRequest | None, *,
