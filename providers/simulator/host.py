@@ -12,8 +12,9 @@ while the control port stays up; leaving ``refuse`` binds the same port again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,8 @@ from providers.simulator.provider import SimulatedProvider
 
 SHUTDOWN_TIMEOUT_S = 2.0
 CLOSE_SETTLE_ITERATIONS = 5
+#: aiohttp's own: how long a provider port keeps an idle client connection open
+KEEPALIVE_TIMEOUT_S = 75.0
 
 
 def url_host(host: str) -> str:
@@ -43,6 +46,11 @@ class _Slot:
     runner: web.AppRunner | None = None
     site: web.TCPSite | None = None
     port: int = 0
+    #: client connections that carried a request (each transport counted once)
+    connections_seen: int = 0
+    transports: weakref.WeakSet[Any] = field(default_factory=weakref.WeakSet)
+    #: close the connection of the next request this many times, before processing it
+    drop_unprocessed: int = 0
 
 
 class SimulatorHost:
@@ -53,10 +61,14 @@ class SimulatorHost:
         host: str = "127.0.0.1",
         ports: Mapping[str, int] | None = None,
         control_port: int | None = 0,
+        keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
     ) -> None:
         """``ports`` maps provider name -> port (0 or missing: a free port);
-        ``control_port=None`` serves no control app (in-process use via methods)."""
+        ``control_port=None`` serves no control app (in-process use via methods);
+        ``keepalive_timeout_s``: a provider port closes a client connection idle that
+        long (as a real provider's load balancer does)."""
         self.host = host
+        self._keepalive_timeout_s = keepalive_timeout_s
         self._slots: dict[str, _Slot] = {}
         for sim in simulators:
             if sim.name in self._slots:
@@ -78,9 +90,12 @@ class SimulatorHost:
         try:
             for slot in self._slots.values():
                 slot.sim.prepare()
+                app = slot.sim.build_app()
+                app.middlewares.insert(0, _connection_counter(slot))
                 slot.runner = web.AppRunner(
-                    slot.sim.build_app(), access_log=None, handle_signals=False,
+                    app, access_log=None, handle_signals=False,
                     shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+                    keepalive_timeout=self._keepalive_timeout_s,
                 )
                 await slot.runner.setup()
                 slot.port = slot.requested_port
@@ -172,6 +187,24 @@ class SimulatorHost:
     def is_listening(self, name: str) -> bool:
         return self._slots[name].site is not None
 
+    def connections_seen(self, name: str) -> int:
+        """How many client connections have sent ``name`` a request since start: a client
+        that keeps its connections alive opens one per concurrent caller, not one per
+        call."""
+        return self._slots[name].connections_seen
+
+    def open_connections(self, name: str) -> int:
+        """Client connections ``name``'s port holds open now (idle ones included)."""
+        runner = self._slots[name].runner
+        server = runner.server if runner is not None else None
+        return len(server.connections) if server is not None else 0
+
+    def drop_unprocessed(self, name: str, times: int = 1) -> None:
+        """The next ``times`` requests to ``name`` find their connection closed by the
+        provider before it read them (a kept-alive connection the provider's side closed
+        just as the client reused it): no answer, nothing processed."""
+        self._slots[name].drop_unprocessed = times
+
     @property
     def control_port(self) -> int | None:
         return self._control_port
@@ -207,3 +240,25 @@ class SimulatorHost:
                 if name is None or name == slot.sim.name:
                     slot.sim.reset()
                     await self._sync_listening(slot)
+
+
+def _connection_counter(slot: _Slot) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Middleware: counts each client connection once, at its first request (a transport
+    lives as long as its connection; the weak set forgets closed ones), and carries out
+    :meth:`SimulatorHost.drop_unprocessed`."""
+
+    @web.middleware
+    async def count(request: web.Request,
+                    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                    ) -> web.StreamResponse:
+        transport = request.transport
+        if transport is not None and transport not in slot.transports:
+            slot.transports.add(transport)
+            slot.connections_seen += 1
+        if slot.drop_unprocessed > 0 and transport is not None:
+            slot.drop_unprocessed -= 1
+            transport.abort()  # RST, nothing read or processed: the response goes nowhere
+            return web.Response(status=503)
+        return await handler(request)
+
+    return count
