@@ -85,6 +85,15 @@ DEFAULT_MAX_WORKERS = 8
 SdkCall = Callable[[Adyen.Adyen], Any]
 
 
+
+def _same_payment(got: Mapping[str, Any], psp: str, call: str) -> None:
+    """A modification answer names the payment it modifies (``paymentPspReference``); one
+    about another payment proves nothing about ours (integration fault, never a status)."""
+    named = got.get("paymentPspReference")
+    if named is not None and named != psp:
+        raise Ambiguous("invalid_response", f"{call} of {psp}: Adyen answered about "
+                        f"{named!r}")
+
 class AdyenProvider(Provider):
     type = "adyen"
 
@@ -320,6 +329,7 @@ class AdyenProvider(Provider):
         if isinstance(got, Refusal):
             return declined_refund(got)
         self._verify(got, amount, ref.currency, Operation.REFUND, psp)
+        _same_payment(got, psp, "refund")
         if "status" not in got:
             raise Ambiguous("invalid_response", "Adyen refund answer without status")
         return parse_refund(got)
@@ -329,6 +339,7 @@ class AdyenProvider(Provider):
                              psp: str) -> ProviderResult:
         if "status" not in got:
             raise Ambiguous("invalid_response", f"Adyen {kind} answer without status")
+        _same_payment(got, psp, str(kind))
         result = parse_payment_modification(kind, got, payment_psp=psp)
         if result.status is PaymentStatus.UNKNOWN:
             # unmapped (counted via status.on_unmapped): never success; the gateway

@@ -74,6 +74,15 @@ VOIDABLE = frozenset({"authorized", "authorizing", "submitted_for_settlement"})
 DEFAULT_LOOKUP_PROOF_AFTER_S = 300.0
 
 
+
+def _same_transaction(txn: Any, txn_id: str, call: str) -> Any:
+    """``txn`` when it is the transaction ``txn_id`` the call named; an answer about
+    another one proves nothing about ours (integration fault, never a status)."""
+    if txn is not None and getattr(txn, "id", None) != txn_id:
+        raise Ambiguous("invalid_response", f"{call} of {txn_id}: Braintree answered about "
+                        f"{getattr(txn, 'id', None)!r}")
+    return txn
+
 class _Environment(braintree.Environment):
     """A custom environment whose protocol follows the URL scheme, not the port."""
 
@@ -237,13 +246,17 @@ class BraintreeProvider(Provider):
             self._gateway.transaction.submit_for_settlement, txn_id,
             self._amount(amount, ref.currency), {"api_request_key": idempotency_key})
         if getattr(result, "is_success", False):
-            await self._verify(getattr(result, "transaction", None), amount, ref.currency)
+            txn = _same_transaction(getattr(result, "transaction", None), txn_id, "capture")
+            await self._verify(txn, amount, ref.currency)
         return parse_payment_result(result, authorize=False, currency=ref.currency)
 
     async def void(self, ref: PaymentRef, idempotency_key: str) -> ProviderResult:
         txn_id = self._require_reference(ref)
         result = await self._run(self._gateway.transaction.void, txn_id,
                                  {"api_request_key": idempotency_key})
+        if getattr(result, "is_success", False):
+            txn = _same_transaction(getattr(result, "transaction", None), txn_id, "void")
+            await self._verify(txn, None, ref.currency)
         return parse_payment_result(result, authorize=False, currency=ref.currency)
 
     async def refund(
@@ -254,7 +267,12 @@ class BraintreeProvider(Provider):
                    "api_request_key": idempotency_key}
         result = await self._run(self._gateway.transaction.refund, txn_id, options)
         if getattr(result, "is_success", False):
-            await self._verify(getattr(result, "transaction", None), amount, ref.currency)
+            credit = getattr(result, "transaction", None)
+            refunded = getattr(credit, "refunded_transaction_id", None)
+            if credit is not None and refunded != txn_id:
+                raise Ambiguous("invalid_response", f"refund of {txn_id}: Braintree answered "
+                                f"a refund of {refunded!r}")
+            await self._verify(credit, amount, ref.currency)
         return parse_refund_result(result)
 
     async def retrieve_refund(self, refund_reference: str) -> RefundResult:
@@ -284,6 +302,7 @@ class BraintreeProvider(Provider):
         ``sent_at``; earlier (or with ``sent_at`` unknown) it proves nothing."""
         if ref.provider_reference:
             txn = await self._run(self._gateway.transaction.find, ref.provider_reference)
+            txn = _same_transaction(txn, ref.provider_reference, "find")
             await self._verify(txn, None, ref.currency)
             return parse_transaction(txn, ref.currency)
         found = await self._run(self._search_order, ref.payment_id)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from providers.base import (
     RejectedSafe,
 )
 from providers.simulator import SimulatorHost
+from tests.lying_proxy import LyingProxy
 
 API_KEY = "AQE_adapter_key"
 MERCHANT = "AcmeECOM"
@@ -315,3 +317,39 @@ async def test_the_sdk_keeps_one_connection_for_many_calls(sim: SimulatorHost) -
     assert opened == [1], opened
     assert transport.user_agent.startswith("adyen-python-api-library/")
     transport.close()
+
+
+@pytest.mark.parametrize(("call", "suffix"), [
+    ("capture", "/captures"), ("void", "/cancels"), ("refund", "/refunds")])
+async def test_a_modification_answered_about_another_payment_is_an_integration_fault(
+    sim: SimulatorHost, call: str, suffix: str,
+) -> None:
+    """Adyen's modification answer names the payment it modifies
+    (``paymentPspReference``); one about another payment (a proxy's or the SDK's mix-up)
+    proves nothing about ours: Ambiguous ``invalid_response``, never ``*_pending``."""
+    proxy = LyingProxy(sim.base_url("adyen"))
+    await proxy.start()
+    liar = AdyenProvider("adyen_eu", api_key=API_KEY, merchant_account=MERCHANT,
+                         base_url=f"{proxy.url}/checkout/v71", currencies=frozenset({"EUR"}),
+                         timeout_s=5.0, connect_timeout_s=1.0)
+    await liar.start()
+    try:
+        auth = await liar.authorize(auth_req(f"pay_lie_{call}", manual=call != "refund"))
+        psp = auth.provider_reference
+        assert psp
+        proxy.lie = (lambda path: path.endswith(suffix),
+                     lambda text: json.dumps({**json.loads(text),
+                                              "paymentPspReference": "SOMEONEELSE"}))
+        ref = ref_of(f"pay_lie_{call}", psp)
+        with pytest.raises(Ambiguous) as info:
+            if call == "capture":
+                await liar.capture(ref, 1000, "k-cap")
+            elif call == "void":
+                await liar.void(ref, "k-void")
+            else:
+                await liar.refund(ref, "ref_lie", 100, "k-ref")
+        assert info.value.error_code == "invalid_response", info.value
+        assert psp in str(info.value) and proxy.lies_told == 1
+    finally:
+        await liar.close()
+        await proxy.stop()

@@ -25,6 +25,7 @@ from providers.base import (
 from providers.braintree.adapter import BraintreeProvider
 from providers.braintree.simulator import BraintreeSimulator
 from providers.simulator.host import SimulatorHost
+from tests.lying_proxy import LyingProxy
 
 MERCHANT, PUBLIC, PRIVATE = "merch1", "pub1", "priv1"
 ACCOUNTS = {"USD": "acme_usd", "EUR": "acme_eur", "JPY": "acme_jpy", "KWD": "acme_kwd"}
@@ -367,3 +368,52 @@ async def test_own_executor_is_created_and_shut_down(env: Env) -> None:
     assert p._pool._own is None
     with pytest.raises(RuntimeError):
         pool.submit(lambda: None)
+
+
+@pytest.mark.parametrize(("call", "suffix", "tag"), [
+    ("capture", "/submit_for_settlement", "id"),
+    ("void", "/void", "id"),
+    ("refund", "/refund", "refunded-transaction-id"),
+    ("lookup", "", "id"),  # GET /merchants/{m}/transactions/{id}
+])
+async def test_an_answer_about_another_transaction_is_an_integration_fault(
+    env: Env, call: str, suffix: str, tag: str,
+) -> None:
+    """Braintree answering about another transaction than the one named (a proxy's or
+    the SDK's mix-up) proves nothing about ours: Ambiguous ``invalid_response``, never a
+    status read off someone else's payment."""
+    proxy = LyingProxy(env.host.base_url("braintree"))
+    await proxy.start()
+    liar = BraintreeProvider(
+        "braintree_test", merchant_id=MERCHANT, public_key=PUBLIC, private_key=PRIVATE,
+        base_url=proxy.url, currencies=frozenset(ACCOUNTS), timeout_s=5.0,
+        connect_timeout_s=2.0, merchant_account_ids=ACCOUNTS)
+    await liar.start()
+    try:
+        r = req(f"pay-lie-{call}")
+        auth = await liar.authorize(r)
+        txn_id = auth.provider_reference
+        assert txn_id is not None
+        ref = ref_of(r, txn_id)
+        if call == "refund":
+            await liar.capture(ref, r.amount, "k-cap0")
+        tail = suffix or txn_id
+        proxy.lie = (lambda path: path.endswith(tail),
+                     lambda text: text.replace(f"<{tag}>{txn_id}</{tag}>",
+                                               f"<{tag}>someoneelse</{tag}>"))
+        with pytest.raises(Ambiguous) as info:
+            if call == "capture":
+                await liar.capture(ref, r.amount, "k-cap")
+            elif call == "void":
+                await liar.void(ref, "k-void")
+            elif call == "refund":
+                await liar.refund(ref, "ref_lie", 100, "k-ref")
+            else:
+                await liar.lookup(ref, None)
+        assert info.value.error_code == "invalid_response", info.value
+        assert txn_id in str(info.value) and proxy.lies_told == 1
+        proxy.lie = None
+        assert (await liar.lookup(ref, None)).provider_reference == txn_id
+    finally:
+        await liar.close()
+        await proxy.stop()

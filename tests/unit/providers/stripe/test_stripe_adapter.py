@@ -7,9 +7,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 
 from gateway.state_machine import PaymentStatus, RefundStatus
 from providers.base import (
@@ -22,6 +20,7 @@ from providers.base import (
 from providers.simulator import SimulatorHost
 from providers.stripe.adapter import StripeProvider
 from providers.stripe.simulator import StripeSimulator
+from tests.lying_proxy import LyingProxy
 
 
 @pytest.fixture
@@ -270,40 +269,6 @@ async def test_refuse_after_traffic_is_still_rejected_safe(sim: SimulatorHost,
     assert stripe_sim(sim).charges("pay_w2") == []
 
 
-class LyingProxy:
-    """Between the SDK and the simulator (real HTTP both sides): answers to paths ending
-    in ``suffix`` come back about another object -- ``key`` of the JSON answer rewritten
-    to ``pi_someone_else``."""
-
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
-        self.lie: tuple[str, str] | None = None  # (path suffix, key)
-        self.runner: web.AppRunner | None = None
-        self.url = ""
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        fwd = {k: v for k, v in request.headers.items() if k.lower() not in ("host",
-                                                                            "content-length")}
-        async with aiohttp.ClientSession() as session, session.request(
-                request.method, self.upstream + request.path_qs, data=body,
-                headers=fwd) as resp:
-            status, text = resp.status, await resp.text()
-        if self.lie and request.path.endswith(self.lie[0]) and status == 200:
-            doc = json.loads(text)
-            doc[self.lie[1]] = "pi_someone_else"
-            text = json.dumps(doc)
-        return web.Response(status=status, text=text, content_type="application/json")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-
 
 @pytest.mark.parametrize(("suffix", "key", "call"), [
     ("/capture", "id", "capture"),
@@ -326,7 +291,12 @@ async def test_an_answer_about_another_payment_intent_is_an_integration_fault(
         auth = await provider.authorize(auth_req(f"pay_lie_{call}", manual=manual))
         ref = ref_of(f"pay_lie_{call}", auth.provider_reference)
         assert auth.provider_reference is not None
-        proxy.lie = (suffix or auth.provider_reference, key)
+        tail = suffix or auth.provider_reference
+
+        def other(text: str) -> str:
+            return json.dumps({**json.loads(text), key: "pi_someone_else"})
+
+        proxy.lie = (lambda path: path.endswith(tail), other)
         with pytest.raises(Ambiguous) as info:
             if call == "capture":
                 await provider.capture(ref, 1250, "k-cap")
@@ -337,11 +307,10 @@ async def test_an_answer_about_another_payment_intent_is_an_integration_fault(
             else:
                 await provider.lookup(ref, None)
         assert info.value.error_code == "invalid_response", info.value
-        assert auth.provider_reference in str(info.value)
+        assert auth.provider_reference in str(info.value) and proxy.lies_told == 1
         proxy.lie = None  # the truth is still there, unchanged by the lie
         now = await provider.lookup(ref, None)
         assert now.provider_reference == auth.provider_reference
     finally:
         await provider.close()
-        if proxy.runner is not None:
-            await proxy.runner.cleanup()
+        await proxy.stop()
