@@ -17,6 +17,7 @@ from gateway.orchestrator_base import OrchestratorBase, _count_mismatch
 from gateway.payment_writer import Events
 from gateway.provider_calls import CallRecord, call_provider
 from gateway.state_machine import PaymentStatus, StatusEvent
+from gateway.store.base import Completion
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
@@ -61,7 +62,8 @@ class Authorization(OrchestratorBase):
     async def _finish_attempt(
         self, doc_id: str, index: int, outcome: str, rec: CallRecord, error_code: str | None,
         result: ProviderResult | None = None, status: PaymentStatus | None = None,
-        failure: dict[str, Any] | None = None, cascaded: ProviderResult | None = None,
+        failure: dict[str, Any] | None = None, cascaded: ProviderResult | None = None, *,
+        current: dict[str, Any] | None = None, completion: Completion | None = None,
     ) -> dict[str, Any]:
         """Record how attempt ``index`` ended. ``cascaded``: its decline moves the payment
         on to the next candidate; the decline is kept (``_cascaded``) so that a payment
@@ -85,29 +87,48 @@ class Authorization(OrchestratorBase):
                     d["failure"] = failure
             return events
 
-        return await self.writer.mutate(doc_id, fn)
+        return await self.writer.mutate(doc_id, fn, current=current, completion=completion)
 
-    async def authorize(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Run the candidate list for a freshly recorded (``pending``) payment."""
+    def _begin(self, d: dict[str, Any], p: Provider, index: int) -> Events:
+        """Append attempt ``index`` at provider ``p`` (written before it is sent)."""
+        sent_at = now()
+        key = f"{d['id']}:{index + 1}:{Operation.AUTHORIZE}"
+        d["attempts"].append({"provider": p.name, "outcome": "in_flight",
+                              "started_at": iso(sent_at), "duration_ms": 0, "_key": key,
+                              "_sent_at": sent_at,
+                              "_live_until": sent_at + self._live_s(p.name)})
+        d["provider"] = p.name
+        return [audit("attempt_started", "gateway", provider=p.name)]
+
+    def begin_first_attempt(self, doc: dict[str, Any]) -> Events:
+        """Give a new (not yet stored) payment its first candidate's attempt, so that the
+        write that first stores it is also the attempt's write-ahead record; the audit
+        events to store with it ([] when no candidate can take it). Then
+        :meth:`authorize` it with ``begun=True``."""
+        cands = self.candidates(doc)[: self.config.failover_budget]
+        return self._begin(doc, cands[0], len(doc["attempts"])) if cands else []
+
+    async def authorize(self, doc: dict[str, Any], *, begun: bool = False,
+                        completion: Completion | None = None) -> dict[str, Any]:
+        """Run the candidate list for a freshly recorded (``pending``) payment.
+
+        ``doc`` is the payment as stored (each write here compare-and-swaps against what
+        the previous one stored, without reading it back). ``begun``: its last attempt
+        is the first candidate's, written with the payment
+        (:meth:`begin_first_attempt`) and not sent yet. ``completion``: the request's
+        idempotency completion, written with the write that ends the authorization."""
         deadline = self._deadline()
         cands = self.candidates(doc)[: self.config.failover_budget]
-        start = len(doc["attempts"])
+        start = len(doc["attempts"]) - (1 if begun and cands else 0)
         for offset, provider in enumerate(cands):
             if time.monotonic() >= deadline:
                 break
             index = start + offset
-            key = f"{doc['id']}:{index + 1}:{Operation.AUTHORIZE}"
-
-            def begin(d: dict[str, Any], p: Provider = provider, k: str = key) -> Events:
-                sent_at = now()
-                d["attempts"].append({"provider": p.name, "outcome": "in_flight",
-                                      "started_at": iso(sent_at), "duration_ms": 0, "_key": k,
-                                      "_sent_at": sent_at,
-                                      "_live_until": sent_at + self._live_s(p.name)})
-                d["provider"] = p.name
-                return [audit("attempt_started", "gateway", provider=p.name)]
-
-            doc = await self.writer.mutate(doc["id"], begin)
+            if not (begun and offset == 0):
+                doc = await self.writer.mutate(
+                    doc["id"], functools.partial(self._begin, p=provider, index=index),
+                    current=doc)
+            key = str(doc["attempts"][index]["_key"])
             req = self._auth_request(doc, provider.name, key)
             rec = CallRecord()
             try:
@@ -117,45 +138,49 @@ class Authorization(OrchestratorBase):
                 )
             except RejectedSafe as fault:
                 doc = await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE,
-                                                 rec, fault.error_code)
+                                                 rec, fault.error_code, current=doc)
                 self._count_failover(provider, cands, offset, fault.error_code)
                 continue
             except ProviderMismatch as wrong:
-                doc = await self._mismatched(doc["id"], index, provider, rec, wrong)
+                doc = await self._mismatched(doc["id"], index, provider, rec, wrong,
+                                             current=doc, completion=completion)
                 self._count_payment(doc)
                 return doc
             except Ambiguous as fault:
-                resolved = await self._lookup_after_ambiguity(doc, index, provider, req, rec,
-                                                              fault, deadline)
-                if resolved is None:  # proven: nothing created -> failover is safe
+                doc, resolved = await self._lookup_after_ambiguity(
+                    doc, index, provider, req, rec, fault, deadline, completion)
+                if not resolved:  # proven: nothing created -> failover is safe
                     self._count_failover(provider, cands, offset, NotCreated.CODE)
-                    doc = await self.store.get_payment(doc["id"]) or doc
                     continue
-                return resolved
+                return doc
             code = self._cascade_code(doc, result)
             if code is not None and offset + 1 < len(cands) and time.monotonic() < deadline:
                 # A soft decline the rule cascades: a definite answer (nothing was
                 # charged), so the next candidate is tried as a new attempt; the payment
                 # stays pending instead of taking the final "declined".
                 doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, code,
-                                                 cascaded=result)
+                                                 cascaded=result, current=doc)
                 metrics.CASCADES.labels(provider.name, cands[offset + 1].name, code).inc()
                 continue
-            doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result)
+            doc = await self._finish_attempt(doc["id"], index, result.outcome, rec, None, result,
+                                             current=doc, completion=completion)
             self._count_payment(doc)
             return doc
         earlier = doc.get("_cascaded")
         if isinstance(earlier, dict) and int(earlier["attempt"]) >= start:
             # nobody after a decline this run cascaded past answered: the payment is it
-            doc = await self._end_as_cascaded_decline(doc["id"], earlier, "provider_response")
+            doc = await self._end_as_cascaded_decline(doc["id"], earlier, "provider_response",
+                                                      current=doc, completion=completion)
             self._count_payment(doc)
             return doc
-        doc = await self._finish_attempt_none(doc)
+        doc = await self._finish_attempt_none(doc, completion)
         self._count_payment(doc)
         return doc
 
     async def _mismatched(self, payment_id: str, index: int, provider: Provider,
-                          rec: CallRecord, wrong: ProviderMismatch) -> dict[str, Any]:
+                          rec: CallRecord, wrong: ProviderMismatch, *,
+                          current: dict[str, Any] | None = None,
+                          completion: Completion | None = None) -> dict[str, Any]:
         """The provider charged another amount/currency: never a success, no failover.
         ``failed`` when the adapter provably released it, else ``unknown``."""
         _count_mismatch(provider, wrong)
@@ -177,12 +202,14 @@ class Authorization(OrchestratorBase):
                                            "than requested; it was voided, no money moved"}
             return events
 
-        return await self.writer.mutate(payment_id, fn)
+        return await self.writer.mutate(payment_id, fn, current=current, completion=completion)
 
-    async def _finish_attempt_none(self, doc: dict[str, Any]) -> dict[str, Any]:
+    async def _finish_attempt_none(self, doc: dict[str, Any],
+                                   completion: Completion | None = None) -> dict[str, Any]:
         return await self._fail(doc["id"], "gateway", "no_provider_available",
                                 "no provider could process the payment; no money moved",
-                                detail="no provider available")
+                                detail="no provider available", current=doc,
+                                completion=completion)
 
     def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
         if i + 1 < len(cands):
@@ -191,9 +218,11 @@ class Authorization(OrchestratorBase):
     async def _lookup_after_ambiguity(
         self, doc: dict[str, Any], index: int, provider: Provider, req: AuthorizeRequest,
         rec: CallRecord, fault: Ambiguous, deadline: float,
-    ) -> dict[str, Any] | None:
-        """Resolve an ambiguous authorization; None means "proven not created" (only a
-        :class:`NotCreated` from the provider's lookup; SPEC 5.1)."""
+        completion: Completion | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Resolve an ambiguous authorization: the payment as stored, and False for
+        "proven not created" (only a :class:`NotCreated` from the provider's lookup; SPEC
+        5.1; the authorization goes on), True when it ended."""
         sent_at = _sent_at(doc["attempts"][index])
         try:
             result = await call_provider(
@@ -202,21 +231,25 @@ class Authorization(OrchestratorBase):
                 self.config.retry, max(deadline, time.monotonic() + 1.0),
             )
         except NotCreated:
-            await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
-                                       NotCreated.CODE)
-            return None
+            done = await self._finish_attempt(doc["id"], index, Outcome.REJECTED_SAFE, rec,
+                                              NotCreated.CODE, current=doc)
+            return done, False
         except ProviderFault:
             done = await self._finish_attempt(doc["id"], index, Outcome.AMBIGUOUS, rec,
-                                              fault.error_code, status=S.UNKNOWN)
+                                              fault.error_code, status=S.UNKNOWN, current=doc,
+                                              completion=completion)
             self._count_payment(done)
-            return done
+            return done, True
         done = await self._finish_attempt(doc["id"], index, result.outcome, rec,
-                                          fault.error_code, result)
+                                          fault.error_code, result, current=doc,
+                                          completion=completion)
         self._count_payment(done)
-        return done
+        return done, True
 
-    async def _end_as_cascaded_decline(self, payment_id: str, earlier: dict[str, Any],
-                                       source: str) -> dict[str, Any]:
+    async def _end_as_cascaded_decline(
+        self, payment_id: str, earlier: dict[str, Any], source: str, *,
+        current: dict[str, Any] | None = None, completion: Completion | None = None,
+    ) -> dict[str, Any]:
         """Nothing after a cascaded decline (``_cascaded``, :func:`cascaded_decline`) was
         created: the payment ends as that decline, whether :meth:`authorize` finds that
         out or :meth:`~gateway.resolution.Resolution.resolve` does after a crash."""
@@ -230,10 +263,11 @@ class Authorization(OrchestratorBase):
                 d["failure"] = earlier.get("failure")
             return [ev]
 
-        return await self.writer.mutate(payment_id, fn)
+        return await self.writer.mutate(payment_id, fn, current=current, completion=completion)
 
     async def _fail(self, payment_id: str, source: str, code: str, message: str, *,
-                    detail: str | None = None) -> dict[str, Any]:
+                    detail: str | None = None, current: dict[str, Any] | None = None,
+                    completion: Completion | None = None) -> dict[str, Any]:
         """Fail the payment with ``failure = {code, message}``; the audit event's detail is
         ``detail`` (default: the message)."""
         def fn(d: dict[str, Any]) -> Events:
@@ -242,7 +276,7 @@ class Authorization(OrchestratorBase):
                 d["failure"] = {"code": code, "message": message}
             return [ev]
 
-        return await self.writer.mutate(payment_id, fn)
+        return await self.writer.mutate(payment_id, fn, current=current, completion=completion)
 
 
 def cascaded_decline(provider: str, index: int, result: ProviderResult) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from gateway import metrics
 from gateway.api.errors import ApiError
 from gateway.logs import contains_card_number
 from gateway.store import ClaimOutcome, Store
+from gateway.store.base import Completion, PaymentInsert
 
 _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 #: 409 codes that say "not now", not "no": never stored as the key's answer.
@@ -62,6 +63,11 @@ class Execution:
     key: str
     fingerprint: str
     recovered: bool  # the claim was taken over from a crashed/expired owner
+    #: the claim also wrote the request's new payment (``prepare`` of run_idempotent)
+    created: bool = False
+    #: the request's answer, for its last payment write to store with it (a success not
+    #: written that way is completed by run_idempotent after ``execute``)
+    completion: Completion | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -80,10 +86,18 @@ async def run_idempotent(
     ttl_s: float,
     execute: Callable[[Execution], Awaitable[Outcome]],
     replay: Callable[[dict[str, Any]], Awaitable[tuple[int, dict[str, Any]]]],
+    prepare: Callable[[], PaymentInsert | None] | None = None,
+    answer: tuple[int, str] | None = None,
 ) -> tuple[int, dict[str, Any] | Outcome, bool]:
-    """Claim, then execute or replay. Returns (status, body-or-outcome, replayed)."""
+    """Claim, then execute or replay. Returns (status, body-or-outcome, replayed).
+
+    ``prepare``: the new payment the request creates, written with the claim when the
+    claim is the caller's (``Execution.created``); None from it: nothing is written with
+    the claim. ``answer``: (status, payment id) of a success known before ``execute``
+    runs; its last write may store it (``Execution.completion``)."""
     merchant_id, key, fp = execution_key
-    claim = await store.claim_idempotency(merchant_id, key, fp, lease_s, ttl_s)
+    insert = prepare() if prepare is not None else None
+    claim = await store.claim_idempotency(merchant_id, key, fp, lease_s, ttl_s, insert)
     if claim.outcome == ClaimOutcome.MISMATCH:
         metrics.IDEMPOTENCY.labels("mismatch").inc()
         raise ApiError(422, "idempotency_conflict", "idempotency_key_reused",
@@ -101,7 +115,10 @@ async def run_idempotent(
         status, body = await replay(claim.record.response)
         return status, body, True
     metrics.IDEMPOTENCY.labels("new").inc()
-    ex = Execution(merchant_id, key, fp, recovered=claim.outcome == ClaimOutcome.TAKEN_OVER)
+    completion = None if answer is None else Completion(
+        merchant_id, key, {"status": answer[0], "payment_id": answer[1]}, ttl_s)
+    ex = Execution(merchant_id, key, fp, recovered=claim.outcome == ClaimOutcome.TAKEN_OVER,
+                   created=claim.created, completion=completion)
     try:
         outcome = await execute(ex)
     except ApiError as err:
@@ -116,6 +133,7 @@ async def run_idempotent(
         # Unexpected failure (or cancellation): keep the claim; its lease lapses and a
         # retry resumes from the write-ahead payment record.
         raise
-    await store.complete_idempotency(
-        merchant_id, key, {"status": outcome.status, "payment_id": outcome.payment_id}, ttl_s)
+    response = {"status": outcome.status, "payment_id": outcome.payment_id}
+    if completion is None or not completion.written or completion.response != response:
+        await store.complete_idempotency(merchant_id, key, response, ttl_s)
     return outcome.status, outcome, ex.recovered

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +18,7 @@ from gateway.model import audit, derived_id, new_payment, public_view
 from gateway.orchestrator import OperationError
 from gateway.payment_writer import PaymentMissing
 from gateway.store import AlreadyExists, PaymentSearch
-from gateway.store.base import search_fields
+from gateway.store.base import PaymentInsert, search_fields
 from routing.select import ExclusionKind
 
 routes = web.RouteTableDef()
@@ -43,11 +44,20 @@ def _operation_error(exc: OperationError) -> ApiError:
 
 
 async def _idempotent_post(
-    request: web.Request, merchant_id: str, body: dict[str, Any], execute
+    request: web.Request, merchant_id: str, body: dict[str, Any], execute,
+    create: Callable[[str, str], tuple[PaymentInsert | None, str]] | None = None,
 ) -> web.Response:
+    """``create(key, fingerprint)``: the new payment this request creates, written with
+    the idempotency claim (None: nothing is), and its id; its answer (201) is stored
+    with the request's last write (:func:`gateway.idempotency.run_idempotent`)."""
     config, store = request.app[CONFIG], request.app[STORE]
     key = require_key(request.headers.get("Idempotency-Key"))
     fp = fingerprint(request.method, request.path, body)
+    prepare: Callable[[], PaymentInsert | None] | None = None
+    answer: tuple[int, str] | None = None
+    if create is not None:
+        insert, payment_id = create(key, fp)
+        prepare, answer = (lambda: insert), (201, payment_id)
 
     async def replay(response: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if "error" in response:
@@ -67,7 +77,7 @@ async def _idempotent_post(
 
     status, result, replayed = await run_idempotent(
         store, (merchant_id, key, fp), config.request_deadline_s, config.idempotency_ttl_s,
-        guarded, replay,
+        guarded, replay, prepare, answer,
     )
     if isinstance(result, Outcome):
         doc = result.payment or await store.get_payment(result.payment_id)
@@ -115,31 +125,55 @@ async def create_payment(request: web.Request) -> web.Response:
     merchant_id = authenticate_merchant(request, config)
     body = validation.parse_json_body(await request.read())
     body = validation.validate_create(body)
+    new: dict[str, Any] = {}
 
-    async def execute(ex: Execution) -> Outcome:
-        payment_id = derived_id("pay_", ex.merchant_id, ex.key)
-        logs.payment_id_var.set(payment_id)
-        doc = new_payment(payment_id, ex.merchant_id, body, ex.fingerprint)
+    def create(key: str, fp: str) -> tuple[PaymentInsert | None, str]:
+        """The payment and its first attempt (the write-ahead record), built before the
+        claim so that the claim writes them (one store write before the provider call)."""
+        payment_id = derived_id("pay_", merchant_id, key)
+        doc = new_payment(payment_id, merchant_id, body, fp)
         three_ds.prepare(doc, body, _public_base(request),
                          config.reconciliation.action_window_s)
         orch.route(doc, body)
-        _refuse_unchargeable(doc)
+        new["doc"] = doc
         try:
-            await store.insert_payment(doc, [audit("payment_created", "merchant",
-                                                   amount=doc["amount"], currency=doc["currency"])])
-        except AlreadyExists:
-            existing = await store.get_payment(payment_id)
-            assert existing is not None
-            if existing["_fingerprint"] != ex.fingerprint:
-                raise ApiError(422, "idempotency_conflict", "idempotency_key_reused",
-                               "this Idempotency-Key was used with a different request",
-                               param="Idempotency-Key") from None
-            # An earlier request with this key crashed (or its record expired): never
-            # start a second authorization; bring the recorded payment up to date.
-            return Outcome(201, payment_id, await orch.resolve(existing))
-        return Outcome(201, payment_id, await orch.authorize(doc))
+            _refuse_unchargeable(doc)
+        except ApiError as refusal:  # answered after the claim, as a 400 (nothing stored)
+            new["refusal"] = refusal
+            return None, payment_id
+        events = [audit("payment_created", "merchant", amount=doc["amount"],
+                        currency=doc["currency"]), *orch.begin_first_attempt(doc)]
+        new["insert"] = orch.writer.new_payment(doc, events)
+        return new["insert"], payment_id
 
-    return await _idempotent_post(request, merchant_id, body, execute)
+    async def execute(ex: Execution) -> Outcome:
+        doc = new["doc"]
+        payment_id = doc["id"]
+        logs.payment_id_var.set(payment_id)
+        if "refusal" in new:
+            raise new["refusal"]
+        if ex.created:  # written with the claim: the first attempt is begun
+            return Outcome(201, payment_id, await orch.authorize(
+                doc, begun=True, completion=ex.completion))
+        existing = await store.get_payment(payment_id)
+        if existing is None:  # pragma: no cover - the claim inserts unless it exists
+            try:
+                await store.insert_payment(doc, new["insert"].events)
+            except AlreadyExists:
+                existing = await store.get_payment(payment_id)
+            else:
+                return Outcome(201, payment_id, await orch.authorize(
+                    doc, begun=True, completion=ex.completion))
+        assert existing is not None
+        if existing["_fingerprint"] != ex.fingerprint:
+            raise ApiError(422, "idempotency_conflict", "idempotency_key_reused",
+                           "this Idempotency-Key was used with a different request",
+                           param="Idempotency-Key") from None
+        # An earlier request with this key crashed (or its record expired): never
+        # start a second authorization; bring the recorded payment up to date.
+        return Outcome(201, payment_id, await orch.resolve(existing))
+
+    return await _idempotent_post(request, merchant_id, body, execute, create)
 
 
 @routes.get("/v1/payments")

@@ -49,6 +49,13 @@ Idempotency (``claim_idempotency(scope, key, fingerprint, lease_s, ttl_s)``)
     the record ``ttl_s`` from now; on an absent/expired record it does nothing (there is
     no fingerprint to keep; the next claim is ``NEW``).
   * ``release_idempotency`` deletes the record (the next claim is ``NEW``).
+  * ``claim_idempotency(..., insert=PaymentInsert(doc, events))`` also inserts the payment
+    in the same atomic step when the caller gets the claim (``NEW`` / ``TAKEN_OVER``) and
+    no payment with that id exists (``claim.created``); ``update_payment(...,
+    completion=Completion(scope, key, response, ttl_s))`` completes the record in the
+    same atomic step as a successful CAS (``completion.written``). A new payment is thus
+    two writes: the claim with the payment and its first attempt (before the provider
+    call) and the update with the provider's answer and the stored response.
   * There is no owner token: completing or releasing does not check who holds the lease.
 
 Leases

@@ -63,6 +63,31 @@ class Claim:
     outcome: ClaimOutcome
     record: IdempotencyRecord | None = None
     retry_after: float = 0.0  # seconds, for IN_PROGRESS
+    #: the claim's :class:`PaymentInsert` was written with it (see claim_idempotency)
+    created: bool = False
+
+
+@dataclass
+class PaymentInsert:
+    """A new payment to write in the same atomic step as the idempotency claim that
+    starts its request (:meth:`Store.claim_idempotency`): the write-ahead record (the
+    payment and its first attempt) costs no write of its own."""
+
+    doc: dict[str, Any]
+    events: list[dict[str, Any]]
+
+
+@dataclass
+class Completion:
+    """An idempotency completion (:meth:`Store.complete_idempotency`) to write in the same
+    atomic step as a payment write (:meth:`Store.update_payment`): the request's last
+    write also stores its answer. ``written`` turns True once it is stored."""
+
+    scope: str
+    key: str
+    response: dict[str, Any]
+    ttl_s: float
+    written: bool = False
 
 
 @dataclass
@@ -163,6 +188,7 @@ class Store(abc.ABC):
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
         ledger: Sequence[dict[str, Any]] = (),
+        completion: Completion | None = None,
     ) -> bool:
         """Replace the payment if its stored version is ``expected_version``.
 
@@ -170,8 +196,10 @@ class Store(abc.ABC):
         on ``doc``), ``events`` are appended to its audit trail, ``notifications``
         (records as :meth:`enqueue_notification` takes them; one already queued is kept)
         join the notification outbox and ``ledger`` entries (:mod:`gateway.ledger`; one
-        already recorded is kept) join the ledger, all in one atomic change. Returns False
-        (and writes nothing) on a version mismatch or a missing payment.
+        already recorded is kept) join the ledger and ``completion`` (if given) completes
+        its idempotency record as :meth:`complete_idempotency` would (then
+        ``completion.written`` is set), all in one atomic change. Returns False (and
+        writes nothing) on a version mismatch or a missing payment.
         """
 
     # ledger ------------------------------------------------------------------
@@ -239,9 +267,16 @@ class Store(abc.ABC):
     # idempotency -------------------------------------------------------------
     @abc.abstractmethod
     async def claim_idempotency(
-        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float,
+        insert: PaymentInsert | None = None,
     ) -> Claim:
-        """Atomically claim (scope, key); see :class:`ClaimOutcome`."""
+        """Atomically claim (scope, key); see :class:`ClaimOutcome`.
+
+        ``insert``: when the caller gets the claim (``NEW`` or ``TAKEN_OVER``) and no
+        payment with ``insert.doc["id"]`` exists, the payment and its events are written
+        in the same atomic step, as :meth:`insert_payment` would (``version`` 1, also set
+        on the doc), and ``claim.created`` is True. Otherwise nothing but the claim is
+        written (an existing payment is left as it is: the caller resumes it)."""
 
     @abc.abstractmethod
     async def complete_idempotency(

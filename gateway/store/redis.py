@@ -16,20 +16,22 @@ Cluster too):
   payment ids scored by ``created_at``; see "Search indexes" below.
 
 Atomic steps are Lua scripts: insert (fail if exists), update (CAS on ``v`` + RPUSH of
-the events), the idempotency claim / completion, lease renew / release.
+the events), the idempotency claim / completion, lease renew / release. A new payment's
+hot path is two of them, one round trip each: the claim with the payment's insert
+(``claim_insert``: the write-ahead record) and the update that records the provider's
+answer with the idempotency completion (issue #15).
 
-The two derived indexes are written with separate commands (cross-slot atomicity is not
-needed) in an order that never loses an entry, at worst leaves a stale one:
+The two derived indexes are written by the same insert / update script as the doc (one
+round trip; they were separate commands before and after it), so they change only when
+the write succeeds:
 
-* before a write whose new doc belongs in the reconciliation index: ``ZADD GT`` (and
-  the provider reference pointer is set before every write that has one);
-* after a successful write whose doc does not belong there: remove the member only if
-  its score is not newer than this doc's ``updated_at`` (a concurrent newer writer's
-  entry survives).
+* a doc that belongs in the reconciliation index: ``ZADD GT`` (and the provider
+  reference pointer is set by every write that has one);
+* a doc that does not belong there: the member is removed only if its score is not newer
+  than this doc's ``updated_at``.
 
-Readers re-check every candidate against the current doc, so stale entries (a failed
-CAS, a crash between steps, an old reference) are filtered out. Ordering relies on
-``updated_at`` growing with each version of a payment.
+Readers still re-check every candidate against the current doc, so stale entries (an old
+reference, entries written by an older version of this backend) are filtered out.
 
 Search indexes (SPEC 3.1) are NOT derived that way: they change inside the insert and
 update scripts, in the same atomic step as the doc (the update script reads the old doc
@@ -48,9 +50,9 @@ it already would the update script that writes ``{ntf}`` keys with the payment. 
 keys of the old status etc. and of the docs are also built inside the scripts from
 prefix arguments (like the outbox claim does), which Cluster does not allow either.
 This backend therefore needs one Redis primary (with replicas / Sentinel), where each
-script is atomic. Running on Cluster would mean tagging a payment's keys with its
-merchant (one slot per merchant) so that all of a merchant's keys share a slot, which
-this layout does not do.
+script is atomic (the derived indexes, written inside the scripts too, rely on that).
+Running on Cluster would mean tagging a payment's keys with its merchant (one slot per
+merchant) so that all of a merchant's keys share a slot, which this layout does not do.
 
 Connections: a blocking pool of ``pool_size`` + a background reserve, and a per-request
 budget taken at a request's first store operation (:mod:`gateway.store.pool`): a request
@@ -88,8 +90,10 @@ from gateway.store.base import (
     AlreadyExists,
     Claim,
     ClaimOutcome,
+    Completion,
     EventSearch,
     IdempotencyRecord,
+    PaymentInsert,
     PaymentQuery,
     PaymentSearch,
     Store,
@@ -137,14 +141,40 @@ local function ix_drop_old(p, id, old, st, pv, ref)
 end
 """
 
-# KEYS: doc, events. ARGV: doc, id, ix prefix, score, status, provider, reference, events...
-_INSERT = _IX_LUA + """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'v', '1', 'doc', ARGV[1])
-redis.call('DEL', KEYS[2])
-for i = 8, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-ix_put(ARGV[3], ARGV[2], ARGV[4], ARGV[5], ARGV[6], ARGV[7])
-return 1
+# The derived indexes (module docstring), kept in the same script as the write: the
+# provider reference pointer (``pk`` '' = none) and the reconciliation index ``uk``
+# (``indexed`` '1': the doc belongs there; else its entry is removed unless newer).
+_DERIVED_LUA = """
+local function derived(uk, pk, id, updated, indexed)
+  if pk ~= '' then redis.call('SET', pk, id) end
+  if indexed == '1' then
+    redis.call('ZADD', uk, 'GT', updated, id)
+  else
+    local s = redis.call('ZSCORE', uk, id)
+    if s and tonumber(s) <= tonumber(updated) then redis.call('ZREM', uk, id) end
+  end
+end
+"""
+
+# An insert, as a function of the scripts that create payments. k: doc, events, the
+# reconciliation index keys; a: the ARGV index of the first of: doc, id, ix prefix,
+# score, status, provider, reference, updated_at, indexed, provider reference key ('' =
+# none), number of events, events...
+_INSERT_LUA = _IX_LUA + _DERIVED_LUA + """
+local function insert(dk, ek, uk, a)
+  if redis.call('EXISTS', dk) == 1 then return 0 end
+  redis.call('HSET', dk, 'v', '1', 'doc', ARGV[a])
+  redis.call('DEL', ek)
+  for i = a + 11, a + 10 + tonumber(ARGV[a + 10]) do redis.call('RPUSH', ek, ARGV[i]) end
+  ix_put(ARGV[a + 2], ARGV[a + 1], ARGV[a + 3], ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+  derived(uk, ARGV[a + 9], ARGV[a + 1], ARGV[a + 7], ARGV[a + 8])
+  return 1
+end
+"""
+
+# KEYS: doc, events, reconciliation index. ARGV: as _INSERT_LUA from 1.
+_INSERT = _INSERT_LUA + """
+return insert(KEYS[1], KEYS[2], KEYS[3], 1)
 """
 
 # Ledger (SPEC 16). (The provider's time index ``gw:ledger:by:<provider>`` is built
@@ -180,25 +210,41 @@ end
 return n
 """
 
-# KEYS: doc, events, then per ledger entry its 3 keys (_LEDGER_LUA), then per
+# The idempotency completion (see _CLAIM_LUA), as a function of the scripts.
+_COMPLETE_LUA = """
+local function complete(ik, response, ttl)
+  if redis.call('EXISTS', ik) == 0 then return 0 end
+  redis.call('HSET', ik, 'state', 'completed', 'response', response)
+  redis.call('PEXPIRE', ik, ttl)
+  return 1
+end
+"""
+
+# KEYS: doc, events, reconciliation index, idempotency record (the doc key when there is
+#       no completion), then per ledger entry its 3 keys (_LEDGER_LUA), then per
 #       notification: its key, the due zset, the payment's list, the merchant's three
 #       listing zsets and the sequence counter (see _NTF_ENQUEUE).
 # ARGV: expected version, new version, doc, id, ix prefix, score, status, provider,
-#       reference (search index, see _IX_LUA), number of events, events..., number of
-#       ledger entries, per entry its 6 args, then per notification: id, stored doc, due
-#       at. One atomic change (SPEC 3.2: the notification a change owes is written with
-#       it; SPEC 3.1: so is the search index; SPEC 16: so are the ledger entries).
-_UPDATE = _IX_LUA + _LEDGER_LUA + """
+#       reference (search index, see _IX_LUA), updated_at, indexed, provider reference
+#       key (derived indexes, see _DERIVED_LUA), completion response ('' = none), its
+#       ttl ms, number of events, events..., number of ledger entries, per entry its 6
+#       args, then per notification: id, stored doc, due at. One atomic change (SPEC 3.2:
+#       the notification a change owes is written with it; SPEC 3.1: so is the search
+#       index; SPEC 16: so are the ledger entries; SPEC 4: so is the request's stored
+#       answer when this is its last write).
+_UPDATE = _IX_LUA + _LEDGER_LUA + _DERIVED_LUA + _COMPLETE_LUA + """
 local v = redis.call('HGET', KEYS[1], 'v')
 if v ~= ARGV[1] then return 0 end
 local old = redis.call('HGET', KEYS[1], 'doc')
 redis.call('HSET', KEYS[1], 'v', ARGV[2], 'doc', ARGV[3])
 ix_drop_old(ARGV[5], ARGV[4], old, ARGV[7], ARGV[8], ARGV[9])
 ix_put(ARGV[5], ARGV[4], ARGV[6], ARGV[7], ARGV[8], ARGV[9])
-local n = tonumber(ARGV[10])
-for i = 11, 10 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-local a, k = 12 + n, 3
-for _ = 1, tonumber(ARGV[11 + n]) do
+derived(KEYS[3], ARGV[12], ARGV[4], ARGV[10], ARGV[11])
+if ARGV[13] ~= '' then complete(KEYS[4], ARGV[13], ARGV[14]) end
+local n = tonumber(ARGV[15])
+for i = 16, 15 + n do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+local a, k = 17 + n, 5
+for _ = 1, tonumber(ARGV[16 + n]) do
   ledger_put(KEYS[k], KEYS[k + 1], KEYS[k + 2], ARGV[a], ARGV[a + 1], ARGV[a + 2],
              ARGV[a + 3], ARGV[a + 4], ARGV[a + 5])
   a, k = a + 6, k + 3
@@ -216,44 +262,63 @@ end
 return 1
 """
 
-# ARGV: fingerprint, lease ms, ttl ms.
-# Returns {outcome, fp, state, lease_until ms, created_at ms, response or '', now ms}.
-_CLAIM = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[2])
-local keep = math.max(tonumber(ARGV[3]), lease)
-local r = redis.call('HMGET', KEYS[1], 'fp', 'state', 'lease_until', 'created_at', 'response')
-if not r[1] then
+# The claim, as a function of the scripts: ik the record, fp the fingerprint, lease /
+# ttl in ms. Returns {outcome, fp, state, lease_until ms, created_at ms, response or '',
+# now ms}.
+_CLAIM_LUA = """
+local function claim(ik, fp, lease_ms, ttl_ms)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local lease = tonumber(lease_ms)
+  local keep = math.max(tonumber(ttl_ms), lease)
+  local r = redis.call('HMGET', ik, 'fp', 'state', 'lease_until', 'created_at', 'response')
+  if not r[1] then
+    local lu = now + lease
+    redis.call('DEL', ik)
+    redis.call('HSET', ik, 'fp', fp, 'state', 'in_progress',
+               'lease_until', tostring(lu), 'created_at', tostring(now))
+    redis.call('PEXPIRE', ik, keep)
+    return {'new', fp, 'in_progress', tostring(lu), tostring(now), '', tostring(now)}
+  end
+  local resp = r[5] or ''
+  if r[1] ~= fp then
+    return {'mismatch', r[1], r[2], r[3], r[4], resp, tostring(now)}
+  end
+  if r[2] == 'completed' then
+    return {'completed', r[1], r[2], r[3], r[4], resp, tostring(now)}
+  end
+  if tonumber(r[3]) > now then
+    return {'in_progress', r[1], r[2], r[3], r[4], resp, tostring(now)}
+  end
   local lu = now + lease
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'in_progress',
-             'lease_until', tostring(lu), 'created_at', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], keep)
-  return {'new', ARGV[1], 'in_progress', tostring(lu), tostring(now), '', tostring(now)}
+  redis.call('HSET', ik, 'lease_until', tostring(lu))
+  if redis.call('PTTL', ik) < keep then redis.call('PEXPIRE', ik, keep) end
+  return {'taken_over', r[1], r[2], tostring(lu), r[4], resp, tostring(now)}
 end
-local resp = r[5] or ''
-if r[1] ~= ARGV[1] then
-  return {'mismatch', r[1], r[2], r[3], r[4], resp, tostring(now)}
-end
-if r[2] == 'completed' then
-  return {'completed', r[1], r[2], r[3], r[4], resp, tostring(now)}
-end
-if tonumber(r[3]) > now then
-  return {'in_progress', r[1], r[2], r[3], r[4], resp, tostring(now)}
-end
-local lu = now + lease
-redis.call('HSET', KEYS[1], 'lease_until', tostring(lu))
-if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
-return {'taken_over', r[1], r[2], tostring(lu), r[4], resp, tostring(now)}
 """
 
-# ARGV: response JSON, ttl ms
-_COMPLETE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'state', 'completed', 'response', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-return 1
+# KEYS: the record. ARGV: fingerprint, lease ms, ttl ms. Returns claim()'s list.
+_CLAIM = _CLAIM_LUA + """
+return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+"""
+
+# The claim and, when the caller gets it, the payment's insert (the write-ahead record
+# costs no round trip of its own). KEYS: the record, then the insert's doc, events,
+# reconciliation index. ARGV: fingerprint, lease ms, ttl ms, then the insert's
+# (_INSERT_LUA from 4). Returns claim()'s list plus '1' if the payment was inserted.
+_CLAIM_INSERT = _CLAIM_LUA + _INSERT_LUA + """
+local res = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+local made = '0'
+if res[1] == 'new' or res[1] == 'taken_over' then
+  if insert(KEYS[2], KEYS[3], KEYS[4], 4) == 1 then made = '1' end
+end
+table.insert(res, made)
+return res
+"""
+
+# KEYS: the record. ARGV: response JSON, ttl ms
+_COMPLETE = _COMPLETE_LUA + """
+return complete(KEYS[1], ARGV[1], ARGV[2])
 """
 
 _LEASE_RENEW = """
@@ -424,6 +489,7 @@ _SCRIPTS = {
     "update": _UPDATE,
     "ledger_append": _LEDGER_APPEND,
     "claim": _CLAIM,
+    "claim_insert": _CLAIM_INSERT,
     "complete": _COMPLETE,
     "lease_renew": _LEASE_RENEW,
     "lease_release": _LEASE_RELEASE,
@@ -578,6 +644,24 @@ def _payment_fields(doc: dict[str, Any]) -> tuple[str, float]:
     return pid, float(updated_at)
 
 
+def _derived_args(pid: str, doc: dict[str, Any], updated_at: float) -> list[str]:
+    """updated_at, indexed, provider reference key as _DERIVED_LUA takes them."""
+    provider, reference = doc.get("provider"), doc.get("provider_reference")
+    has_ref = isinstance(provider, str) and isinstance(reference, str) and reference != ""
+    return [repr(updated_at), "1" if in_reconcile_index(doc) else "0",
+            pref_key(str(provider), str(reference)) if has_ref else ""]
+
+
+def _insert_args(doc: dict[str, Any], events: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The payment id and _INSERT_LUA's arguments (the doc stored at version 1)."""
+    pid, updated_at = _payment_fields(doc)
+    stored = {**doc, "version": 1}
+    args = [_dumps(stored), pid, *search_index_args(stored),
+            *_derived_args(pid, stored, updated_at), str(len(events))]
+    args.extend(_dumps(e) for e in events)
+    return pid, args
+
+
 def _query_match(doc: dict[str, Any], query: PaymentQuery) -> bool:
     updated_at = doc.get("updated_at")
     if not isinstance(updated_at, int | float) or updated_at >= query.updated_before:
@@ -711,40 +795,14 @@ class RedisStore(Store):
             return "rdb"
         return "none"
 
-    # derived indexes -----------------------------------------------------------
-    async def _index_before_write(self, pid: str, doc: dict[str, Any], updated_at: float) -> None:
-        provider, reference = doc.get("provider"), doc.get("provider_reference")
-        has_ref = isinstance(provider, str) and isinstance(reference, str) and reference != ""
-        indexed = in_reconcile_index(doc)
-        if not has_ref and not indexed:
-            return
-        async with self._r.pipeline(transaction=False) as pipe:
-            if has_ref:
-                pipe.set(pref_key(str(provider), str(reference)), pid)
-            if indexed:
-                pipe.zadd(UNRESOLVED_KEY, {pid: updated_at}, gt=True)
-            await pipe.execute()
-
-    async def _index_after_write(self, pid: str, doc: dict[str, Any], updated_at: float) -> None:
-        """Best effort: the write already happened, a failure only leaves a stale entry."""
-        if in_reconcile_index(doc):
-            return
-        try:
-            await self._eval("zrem_if_not_newer", [UNRESOLVED_KEY], [pid, repr(updated_at)])
-        except (RedisError, OSError, StoreError) as exc:
-            log.warning("redis store: reconciliation index not updated for %s: %s", pid, exc)
-
     # payments ------------------------------------------------------------------
     async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
-        pid, updated_at = _payment_fields(doc)
-        stored = {**doc, "version": 1}
-        args = [_dumps(stored), pid, *search_index_args(stored), *(_dumps(e) for e in events)]
+        pid, args = _insert_args(doc, events)
         with _errors():
-            await self._index_before_write(pid, stored, updated_at)
-            ok = await self._eval("insert", [doc_key(pid), events_key(pid)], args)
-            if not ok:
-                raise AlreadyExists(f"payment {pid} already exists")
-            await self._index_after_write(pid, stored, updated_at)
+            ok = await self._eval("insert", [doc_key(pid), events_key(pid), UNRESOLVED_KEY],
+                                  args)
+        if not ok:
+            raise AlreadyExists(f"payment {pid} already exists")
         doc["version"] = 1
 
     async def get_payment(self, payment_id: str) -> dict[str, Any] | None:
@@ -756,14 +814,22 @@ class RedisStore(Store):
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
         ledger: Sequence[dict[str, Any]] = (),
+        completion: Completion | None = None,
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
         stored = {**doc, "version": new_version}
         args = [str(int(expected_version)), str(new_version), _dumps(stored), pid,
-                *search_index_args(stored), str(len(events))]
+                *search_index_args(stored), *_derived_args(pid, stored, updated_at)]
+        keys = [doc_key(pid), events_key(pid), UNRESOLVED_KEY]
+        if completion is None:
+            keys.append(doc_key(pid))  # not written
+            args += ["", "0"]
+        else:
+            keys.append(idem_key(completion.scope, completion.key))
+            args += [_dumps(completion.response), str(_ms(completion.ttl_s))]
+        args.append(str(len(events)))
         args.extend(_dumps(e) for e in events)
-        keys = [doc_key(pid), events_key(pid)]
         args.append(str(len(ledger)))
         for entry in ledger:
             entry_keys, entry_args = _ledger_parts(entry)
@@ -777,12 +843,12 @@ class RedisStore(Store):
                      *notification_listing_keys(ntf)]
             args += [eid, self._ntf_stored(ntf), repr(float(ntf["next_attempt_at"]))]
         with _errors():
-            await self._index_before_write(pid, stored, updated_at)
             ok = await self._eval("update", keys, args)
-            if not ok:
-                return False
-            doc["version"] = new_version
-            await self._index_after_write(pid, stored, updated_at)
+        if not ok:
+            return False
+        doc["version"] = new_version
+        if completion is not None:
+            completion.written = True
         return True
 
     async def list_events(self, payment_id: str) -> list[dict[str, Any]]:
@@ -906,13 +972,22 @@ class RedisStore(Store):
 
     # idempotency ---------------------------------------------------------------
     async def claim_idempotency(
-        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float,
+        insert: PaymentInsert | None = None,
     ) -> Claim:
+        keys = [idem_key(scope, key)]
+        args: list[Any] = [fingerprint, _ms(lease_s), _ms(ttl_s)]
+        if insert is not None:
+            pid, insert_args = _insert_args(insert.doc, insert.events)
+            keys += [doc_key(pid), events_key(pid), UNRESOLVED_KEY]
+            args += insert_args
         with _errors():
-            res = await self._eval(
-                "claim", [idem_key(scope, key)], [fingerprint, _ms(lease_s), _ms(ttl_s)]
-            )
-        outcome, fp, state, lease_until_ms, created_ms, response, now_ms = (str(x) for x in res)
+            res = await self._eval("claim" if insert is None else "claim_insert", keys, args)
+        created = insert is not None and str(res[7]) == "1"
+        if created and insert is not None:
+            insert.doc["version"] = 1
+        outcome, fp, state, lease_until_ms, created_ms, response, now_ms = (
+            str(x) for x in res[:7])
         record = IdempotencyRecord(
             fingerprint=fp,
             state=state,
@@ -920,7 +995,7 @@ class RedisStore(Store):
             created_at=float(created_ms) / 1000,
             response=json.loads(response) if response else None,
         )
-        claim = Claim(ClaimOutcome(outcome), record)
+        claim = Claim(ClaimOutcome(outcome), record, created=created)
         if claim.outcome is ClaimOutcome.IN_PROGRESS:
             remaining = (float(lease_until_ms) - float(now_ms)) / 1000
             claim.retry_after = float(max(1, math.ceil(remaining)))

@@ -39,8 +39,10 @@ from gateway.store.base import (
     AlreadyExists,
     Claim,
     ClaimOutcome,
+    Completion,
     EventSearch,
     IdempotencyRecord,
+    PaymentInsert,
     PaymentQuery,
     PaymentSearch,
     Store,
@@ -253,29 +255,36 @@ class SQLiteStore(Store):
         self, pid: str, stored: dict[str, Any], updated_at: float, events: list[str]
     ) -> bool:
         with self._tx() as conn:
-            if conn.execute("SELECT 1 FROM payments WHERE id = ?", (pid,)).fetchone():
-                return False
-            conn.execute(
-                "INSERT INTO payments (id, merchant_id, status, provider, provider_reference,"
-                " updated_at, version, reconcile, doc, created_at, reference)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    pid,
-                    stored.get("merchant_id"),
-                    stored["status"],
-                    stored.get("provider"),
-                    stored.get("provider_reference"),
-                    updated_at,
-                    1,
-                    int(in_reconcile_index(stored)),
-                    _dumps(stored),
-                    *_search_columns(stored),
-                ),
-            )
-            conn.executemany(
-                "INSERT INTO events (payment_id, event) VALUES (?, ?)", [(pid, e) for e in events]
-            )
-            return True
+            return self._insert_in(conn, pid, stored, updated_at, events)
+
+    @staticmethod
+    def _insert_in(
+        conn: sqlite3.Connection, pid: str, stored: dict[str, Any], updated_at: float,
+        events: list[str],
+    ) -> bool:
+        cur = conn.execute(
+            "INSERT INTO payments (id, merchant_id, status, provider, provider_reference,"
+            " updated_at, version, reconcile, doc, created_at, reference)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            (
+                pid,
+                stored.get("merchant_id"),
+                stored["status"],
+                stored.get("provider"),
+                stored.get("provider_reference"),
+                updated_at,
+                1,
+                int(in_reconcile_index(stored)),
+                _dumps(stored),
+                *_search_columns(stored),
+            ),
+        )
+        if cur.rowcount != 1:
+            return False
+        conn.executemany(
+            "INSERT INTO events (payment_id, event) VALUES (?, ?)", [(pid, e) for e in events]
+        )
+        return True
 
     async def get_payment(self, payment_id: str) -> dict[str, Any] | None:
         raw = await self._run(self._get_sync, payment_id)
@@ -289,6 +298,7 @@ class SQLiteStore(Store):
         self, doc: dict[str, Any], expected_version: int, events: list[dict[str, Any]],
         notifications: Sequence[dict[str, Any]] = (),
         ledger: Sequence[dict[str, Any]] = (),
+        completion: Completion | None = None,
     ) -> bool:
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
@@ -304,9 +314,14 @@ class SQLiteStore(Store):
             [_dumps(e) for e in events],
             [new_notification(n) for n in notifications],
             list(ledger),
+            None if completion is None else (completion.scope, completion.key,
+                                             _dumps(completion.response),
+                                             float(completion.ttl_s)),
         )
         if ok:
             doc["version"] = new_version
+            if completion is not None:
+                completion.written = True
         return ok
 
     def _update_sync(
@@ -318,6 +333,7 @@ class SQLiteStore(Store):
         events: list[str],
         notifications: Sequence[dict[str, Any]] = (),
         ledger: Sequence[dict[str, Any]] = (),
+        completion: tuple[str, str, str, float] | None = None,
     ) -> bool:
         with self._tx() as conn:
             cur = conn.execute(
@@ -347,6 +363,8 @@ class SQLiteStore(Store):
                 self._insert_ntf(conn, ntf)
             for entry in ledger:
                 self._insert_ledger(conn, entry)
+            if completion is not None:
+                self._complete_in(conn, *completion)
             return True
 
     # ledger ----------------------------------------------------------------------
@@ -505,11 +523,20 @@ class SQLiteStore(Store):
 
     # idempotency ---------------------------------------------------------------
     async def claim_idempotency(
-        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float,
+        insert: PaymentInsert | None = None,
     ) -> Claim:
-        return await self._run(
-            self._claim_sync, scope, key, fingerprint, float(lease_s), float(ttl_s)
+        new: tuple[str, dict[str, Any], float, list[str]] | None = None
+        if insert is not None:
+            pid, updated_at = _payment_fields(insert.doc)
+            new = (pid, {**insert.doc, "version": 1}, updated_at,
+                   [_dumps(e) for e in insert.events])
+        claim = await self._run(
+            self._claim_sync, scope, key, fingerprint, float(lease_s), float(ttl_s), new
         )
+        if claim.created and insert is not None:
+            insert.doc["version"] = 1
+        return claim
 
     def _purge(self, now: float) -> None:
         """Delete expired idempotency records and leases (they already behave as absent)."""
@@ -519,51 +546,64 @@ class SQLiteStore(Store):
             conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
 
     def _claim_sync(
-        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float
+        self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float,
+        new: tuple[str, dict[str, Any], float, list[str]] | None = None,
     ) -> Claim:
         now = time.time()
         if now - self._last_purge >= _PURGE_EVERY_S:
             self._purge(now)
-        keep_s = max(ttl_s, lease_s)
         with self._tx() as conn:
-            row = conn.execute(
-                "SELECT fingerprint, state, lease_until, created_at, expires_at, response"
-                " FROM idempotency WHERE scope = ? AND key = ?",
-                (scope, key),
-            ).fetchone()
-            if row is not None and row["expires_at"] <= now:
-                conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
-                row = None
-            if row is None:
-                lease_until = now + lease_s
-                conn.execute(
-                    "INSERT INTO idempotency (scope, key, fingerprint, state, lease_until,"
-                    " created_at, expires_at, response) VALUES (?, ?, ?, 'in_progress', ?, ?, ?,"
-                    " NULL)",
-                    (scope, key, fingerprint, lease_until, now, now + keep_s),
-                )
-                rec = IdempotencyRecord(fingerprint, "in_progress", lease_until, now)
-                return Claim(ClaimOutcome.NEW, rec)
-            rec = IdempotencyRecord(
-                fingerprint=str(row["fingerprint"]),
-                state=str(row["state"]),
-                lease_until=float(row["lease_until"]),
-                created_at=float(row["created_at"]),
-                response=None if row["response"] is None else json.loads(row["response"]),
-            )
-            if rec.fingerprint != fingerprint:
-                return Claim(ClaimOutcome.MISMATCH, rec)
-            if rec.state == "completed":
-                return Claim(ClaimOutcome.COMPLETED, rec)
-            if rec.lease_until > now:
-                return Claim(ClaimOutcome.IN_PROGRESS, rec, _retry_after(rec.lease_until, now))
-            rec.lease_until = now + lease_s
+            claim = self._claim_in(conn, now, scope, key, fingerprint, lease_s, ttl_s)
+            if new is not None and claim.outcome in (ClaimOutcome.NEW,
+                                                     ClaimOutcome.TAKEN_OVER):
+                claim.created = self._insert_in(conn, *new)
+            return claim
+
+    @staticmethod
+    def _claim_in(
+        conn: sqlite3.Connection, now: float, scope: str, key: str, fingerprint: str,
+        lease_s: float, ttl_s: float,
+    ) -> Claim:
+        """The claim's statements, inside the caller's transaction."""
+        keep_s = max(ttl_s, lease_s)
+        row = conn.execute(
+            "SELECT fingerprint, state, lease_until, created_at, expires_at, response"
+            " FROM idempotency WHERE scope = ? AND key = ?",
+            (scope, key),
+        ).fetchone()
+        if row is not None and row["expires_at"] <= now:
+            conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?", (scope, key))
+            row = None
+        if row is None:
+            lease_until = now + lease_s
             conn.execute(
-                "UPDATE idempotency SET lease_until = ?, expires_at = MAX(expires_at, ?)"
-                " WHERE scope = ? AND key = ?",
-                (rec.lease_until, now + keep_s, scope, key),
+                "INSERT INTO idempotency (scope, key, fingerprint, state, lease_until,"
+                " created_at, expires_at, response) VALUES (?, ?, ?, 'in_progress', ?, ?, ?,"
+                " NULL)",
+                (scope, key, fingerprint, lease_until, now, now + keep_s),
             )
-            return Claim(ClaimOutcome.TAKEN_OVER, rec)
+            rec = IdempotencyRecord(fingerprint, "in_progress", lease_until, now)
+            return Claim(ClaimOutcome.NEW, rec)
+        rec = IdempotencyRecord(
+            fingerprint=str(row["fingerprint"]),
+            state=str(row["state"]),
+            lease_until=float(row["lease_until"]),
+            created_at=float(row["created_at"]),
+            response=None if row["response"] is None else json.loads(row["response"]),
+        )
+        if rec.fingerprint != fingerprint:
+            return Claim(ClaimOutcome.MISMATCH, rec)
+        if rec.state == "completed":
+            return Claim(ClaimOutcome.COMPLETED, rec)
+        if rec.lease_until > now:
+            return Claim(ClaimOutcome.IN_PROGRESS, rec, _retry_after(rec.lease_until, now))
+        rec.lease_until = now + lease_s
+        conn.execute(
+            "UPDATE idempotency SET lease_until = ?, expires_at = MAX(expires_at, ?)"
+            " WHERE scope = ? AND key = ?",
+            (rec.lease_until, now + keep_s, scope, key),
+        )
+        return Claim(ClaimOutcome.TAKEN_OVER, rec)
 
     async def complete_idempotency(
         self, scope: str, key: str, response: dict[str, Any], ttl_s: float
@@ -571,13 +611,18 @@ class SQLiteStore(Store):
         await self._run(self._complete_sync, scope, key, _dumps(response), float(ttl_s))
 
     def _complete_sync(self, scope: str, key: str, response: str, ttl_s: float) -> None:
-        now = time.time()
         with self._tx() as conn:
-            conn.execute(
-                "UPDATE idempotency SET state = 'completed', response = ?, expires_at = ?"
-                " WHERE scope = ? AND key = ? AND expires_at > ?",
-                (response, now + ttl_s, scope, key, now),
-            )
+            self._complete_in(conn, scope, key, response, ttl_s)
+
+    @staticmethod
+    def _complete_in(conn: sqlite3.Connection, scope: str, key: str, response: str,
+                     ttl_s: float) -> None:
+        now = time.time()
+        conn.execute(
+            "UPDATE idempotency SET state = 'completed', response = ?, expires_at = ?"
+            " WHERE scope = ? AND key = ? AND expires_at > ?",
+            (response, now + ttl_s, scope, key, now),
+        )
 
     async def release_idempotency(self, scope: str, key: str) -> None:
         await self._run(self._release_idem_sync, scope, key)
