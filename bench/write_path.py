@@ -9,6 +9,11 @@ own transaction); on Redis every ``send_packed_command`` of the client is one ro
 and ``INFO commandstats`` gives the commands. Background loops (notification worker,
 breaker sharing) are measured over an idle period of the same length and subtracted.
 
+Then one more new payment, traced: what each SQLite transaction and each Redis round trip
+of it was (the statements of each transaction; the script or command of each trip).
+The "before" column is the figure measured at commit 629685a (before issue #15 item 1),
+printed for comparison: counts do not vary between runs.
+
     .venv/bin/python bench/write_path.py
 """
 
@@ -47,15 +52,29 @@ BODY = json.dumps({"amount": 1000, "currency": "EUR", "capture": "manual",
                    "payment_method": {"type": "card", "token": "tok_visa"}})
 
 
+#: measured at 629685a (before the two-write hot path): txns, statements, trips, commands
+BEFORE = {"new approved payment": (5.0, 24.0, 11.2, 51.3),
+          "idempotent replay": (1.0, 4.0, 2.0, 4.0),
+          "GET payment": (0.0, 1.0, 1.0, 1.0),
+          "capture, merchant notified": (4.0, 22.0, 10.0, 49.0)}
+
+
 class SqliteCounter:
     def __init__(self) -> None:
         self.statements = 0
         self.transactions = 0
         self._in_tx = False
+        #: when tracing: the statements of each transaction, and the reads outside one
+        self.trace: list[list[str]] | None = None
 
     def __call__(self, sql: str) -> None:
         head = sql.lstrip().split(None, 1)[0].upper() if sql.strip() else ""
         self.statements += 1
+        if self.trace is not None:
+            words = " ".join(sql.split()[:4])
+            if head == "BEGIN" or not self._in_tx:
+                self.trace.append([])
+            self.trace[-1].append(words)
         if head == "BEGIN":
             self._in_tx = True
         elif head in ("COMMIT", "ROLLBACK"):
@@ -68,9 +87,31 @@ class SqliteCounter:
         return self.transactions, self.statements
 
 
+def _describe(command: Any, scripts: dict[str, str]) -> str:
+    """A packed Redis command (or pipeline) as ``NAME [script]`` per command."""
+    raw = b"".join(command) if isinstance(command, list | tuple) else command
+    raw = raw.encode() if isinstance(raw, str) else raw
+    parts: list[str] = []
+    for chunk in raw.split(b"\r\n*")[:8]:
+        fields = [f for f in chunk.split(b"\r\n") if f and not f.startswith((b"$", b"*"))]
+        if not fields:
+            continue
+        name = fields[0].decode(errors="replace").upper()
+        if name == "EVALSHA" and len(fields) > 1:
+            name += f" {scripts.get(fields[1].decode(errors='replace'), '?')}"
+        parts.append(name)
+    return " + ".join(parts)
+
+
 class RedisCounter:
     def __init__(self) -> None:
         self.round_trips = 0
+        self.trace: list[str] | None = None
+        #: script sha -> name (gateway.store.redis._SCRIPTS)
+        from gateway.store.redis import _SCRIPTS
+
+        self.scripts = {hashlib.sha1(lua.encode()).hexdigest(): name
+                        for name, lua in _SCRIPTS.items()}
         import redis.asyncio.connection as conn
 
         original = conn.AbstractConnection.send_packed_command
@@ -78,6 +119,8 @@ class RedisCounter:
 
         async def counted(self: Any, command: Any, check_health: bool = True) -> None:
             counter.round_trips += 1
+            if counter.trace is not None:
+                counter.trace.append(_describe(command, counter.scripts))
             await original(self, command, check_health)
 
         conn.AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
@@ -87,7 +130,10 @@ class RedisCounter:
 
 
 async def _measure(base: str, snapshot: Callable[[], tuple[int, int]],
-                   extra: Callable[[], int] | None) -> dict[str, tuple[float, float]]:
+                   extra: Callable[[], int] | None,
+                   trace: tuple[Callable[[], None], Callable[[], None]] | None = None,
+                   ) -> dict[str, tuple[float, float]]:
+    start, stop = trace if trace is not None else (lambda: None, lambda: None)
     out: dict[str, tuple[float, float]] = {}
     async with aiohttp.ClientSession() as s:
         async def run(label: str, calls: Callable[[int], Any]) -> None:
@@ -136,6 +182,10 @@ async def _measure(base: str, snapshot: Callable[[], tuple[int, int]],
         await run("idempotent replay", replay)
         await run("GET payment", get)
         await run("capture, merchant notified", capture)
+        if trace is not None:  # one more new payment, each write of it
+            start()
+            await create(N)
+            stop()
     return out
 
 
@@ -149,22 +199,38 @@ async def _serve(config: Path) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def sqlite_figures(tmp: Path) -> dict[str, tuple[float, float]]:
+async def sqlite_figures(tmp: Path, traced: list[list[str]]
+                        ) -> dict[str, tuple[float, float]]:
     config = write_config(tmp, f"sqlite:///{tmp / 'wp.db'}", PROVIDERS, **NOTIFIED)
     runner, base = await _serve(config)
     try:
         store: Any = runner.app[STORE]
         counter = SqliteCounter()
         await store._run(lambda: store._db().set_trace_callback(counter))
-        return await _measure(base, counter.snapshot, None)
+
+        def start() -> None:
+            counter.trace = traced
+
+        def stop() -> None:
+            counter.trace = None
+
+        return await _measure(base, counter.snapshot, None, (start, stop))
     finally:
         await runner.cleanup()
 
 
-async def redis_figures(tmp: Path, url: str) -> dict[str, tuple[float, float]]:
+async def redis_figures(tmp: Path, url: str, traced: list[str]
+                        ) -> dict[str, tuple[float, float]]:
     import redis
 
     counter = RedisCounter()
+
+    def start() -> None:
+        counter.trace = traced
+
+    def stop() -> None:
+        counter.trace = None
+
     info = redis.Redis.from_url(url)
 
     def commands() -> int:
@@ -173,7 +239,7 @@ async def redis_figures(tmp: Path, url: str) -> dict[str, tuple[float, float]]:
 
     runner, base = await _serve(write_config(tmp, url, PROVIDERS, **NOTIFIED))
     try:
-        return await _measure(base, counter.snapshot, commands)
+        return await _measure(base, counter.snapshot, commands, (start, stop))
     finally:
         await runner.cleanup()
         info.close()
@@ -183,16 +249,30 @@ def main() -> None:
     tmp = tempdir()
     for sub in ("sqlite", "redis"):
         (tmp / sub).mkdir()
-    lite = asyncio.run(sqlite_figures(tmp / "sqlite"))
+    lite_trace: list[list[str]] = []
+    redis_trace: list[str] = []
+    lite = asyncio.run(sqlite_figures(tmp / "sqlite", lite_trace))
     with private_redis() as url:
-        red = asyncio.run(redis_figures(tmp / "redis", url))
-    print(f"store work per request (mean over {N}, background loops subtracted)")
-    print(f"{'':24} {'SQLite txns':>12} {'statements':>11} {'Redis trips':>12} "
-          f"{'commands':>9}")
+        red = asyncio.run(redis_figures(tmp / "redis", url, redis_trace))
+    print(f"store work per request (mean over {N}, background loops subtracted; "
+          "before = measured at 629685a)")
+    print(f"{'':28} {'SQLite txns':>17} {'statements':>17} {'Redis trips':>17} "
+          f"{'commands':>17}")
+    print(f"{'':28} {'before -> now':>17} {'before -> now':>17} {'before -> now':>17} "
+          f"{'before -> now':>17}")
     for label in lite:
         t, st = lite[label]
         rt, cmd = red[label]
-        print(f"{label:24} {t:12.1f} {st:11.1f} {rt:12.1f} {cmd:9.1f}")
+        b = BEFORE.get(label, (float("nan"),) * 4)
+        cells = [f"{x:.1f} -> {y:.1f}" for x, y in zip(b, (t, st, rt, cmd), strict=True)]
+        print(f"{label:28} " + " ".join(f"{c:>17}" for c in cells))
+    print("\none new approved payment, SQLite: each transaction (or read) and its statements")
+    for i, statements in enumerate(lite_trace, 1):
+        kind = "txn " if statements and statements[0].upper().startswith("BEGIN") else "read"
+        print(f"  {kind} {i}: " + "; ".join(statements))
+    print("one new approved payment, Redis: each round trip")
+    for i, trip in enumerate(redis_trace, 1):
+        print(f"  trip {i}: {trip}")
 
 
 if __name__ == "__main__":

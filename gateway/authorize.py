@@ -112,14 +112,16 @@ class Authorization(OrchestratorBase):
                         completion: Completion | None = None) -> dict[str, Any]:
         """Run the candidate list for a freshly recorded (``pending``) payment.
 
-        ``doc`` is the payment as stored (each write here compare-and-swaps against what
-        the previous one stored, without reading it back). ``begun``: its last attempt
-        is the first candidate's, written with the payment
-        (:meth:`begin_first_attempt`) and not sent yet. ``completion``: the request's
+        Each write here compare-and-swaps against what the previous one stored, without
+        reading it back. ``begun``: ``doc`` is exactly what the write that created it
+        stored, its last attempt the first candidate's (:meth:`begin_first_attempt`),
+        not sent yet; otherwise ``doc`` (the caller's copy) is only used for routing and
+        the first write reads the payment. ``completion``: the request's
         idempotency completion, written with the write that ends the authorization."""
         deadline = self._deadline()
         cands = self.candidates(doc)[: self.config.failover_budget]
         start = len(doc["attempts"]) - (1 if begun and cands else 0)
+        own = begun  # doc is what the last write stored (else the first write reads)
         for offset, provider in enumerate(cands):
             if time.monotonic() >= deadline:
                 break
@@ -127,7 +129,8 @@ class Authorization(OrchestratorBase):
             if not (begun and offset == 0):
                 doc = await self.writer.mutate(
                     doc["id"], functools.partial(self._begin, p=provider, index=index),
-                    current=doc)
+                    current=doc if own else None)
+                own = True
             key = str(doc["attempts"][index]["_key"])
             req = self._auth_request(doc, provider.name, key)
             rec = CallRecord()
@@ -173,7 +176,7 @@ class Authorization(OrchestratorBase):
                                                       current=doc, completion=completion)
             self._count_payment(doc)
             return doc
-        doc = await self._finish_attempt_none(doc, completion)
+        doc = await self._finish_attempt_none(doc, completion, own)
         self._count_payment(doc)
         return doc
 
@@ -205,11 +208,12 @@ class Authorization(OrchestratorBase):
         return await self.writer.mutate(payment_id, fn, current=current, completion=completion)
 
     async def _finish_attempt_none(self, doc: dict[str, Any],
-                                   completion: Completion | None = None) -> dict[str, Any]:
+                                   completion: Completion | None = None,
+                                   own: bool = False) -> dict[str, Any]:
         return await self._fail(doc["id"], "gateway", "no_provider_available",
                                 "no provider could process the payment; no money moved",
-                                detail="no provider available", current=doc,
-                                completion=completion)
+                                detail="no provider available",
+                                current=doc if own else None, completion=completion)
 
     def _count_failover(self, provider: Provider, cands: Sequence[Provider], i: int, reason: str):
         if i + 1 < len(cands):
