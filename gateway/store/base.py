@@ -65,6 +65,9 @@ class Claim:
     retry_after: float = 0.0  # seconds, for IN_PROGRESS
     #: the claim's :class:`PaymentInsert` was written with it (see claim_idempotency)
     created: bool = False
+    #: COMPLETED with an insert given: the payment its response names, read in the same
+    #: step (a replay needs no second read); None when the response names another
+    payment: dict[str, Any] | None = None
 
 
 @dataclass
@@ -276,7 +279,10 @@ class Store(abc.ABC):
         payment with ``insert.doc["id"]`` exists, the payment and its events are written
         in the same atomic step, as :meth:`insert_payment` would (``version`` 1, also set
         on the doc), and ``claim.created`` is True. Otherwise nothing but the claim is
-        written (an existing payment is left as it is: the caller resumes it)."""
+        written (an existing payment is left as it is: the caller resumes it). A
+        ``COMPLETED`` claim with ``insert`` given also returns the payment with that id
+        as ``claim.payment`` when the stored response names it (``payment_id``), read
+        in the same step, so that a replay costs one store operation."""
 
     @abc.abstractmethod
     async def complete_idempotency(

@@ -305,14 +305,18 @@ return claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
 # The claim and, when the caller gets it, the payment's insert (the write-ahead record
 # costs no round trip of its own). KEYS: the record, then the insert's doc, events,
 # reconciliation index. ARGV: fingerprint, lease ms, ttl ms, then the insert's
-# (_INSERT_LUA from 4). Returns claim()'s list plus '1' if the payment was inserted.
+# (_INSERT_LUA from 4). Returns claim()'s list plus '1' if the payment was inserted, and
+# when the claim is completed the payment's doc ('' if none: a replay reads it here).
 _CLAIM_INSERT = _CLAIM_LUA + _INSERT_LUA + """
 local res = claim(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
-local made = '0'
+local made, doc = '0', ''
 if res[1] == 'new' or res[1] == 'taken_over' then
   if insert(KEYS[2], KEYS[3], KEYS[4], 4) == 1 then made = '1' end
+elseif res[1] == 'completed' then
+  doc = redis.call('HGET', KEYS[2], 'doc') or ''
 end
 table.insert(res, made)
+table.insert(res, doc)
 return res
 """
 
@@ -984,6 +988,7 @@ class RedisStore(Store):
         with _errors():
             res = await self._eval("claim" if insert is None else "claim_insert", keys, args)
         created = insert is not None and str(res[7]) == "1"
+        stored_doc = str(res[8]) if insert is not None else ""
         if created and insert is not None:
             insert.doc["version"] = 1
         outcome, fp, state, lease_until_ms, created_ms, response, now_ms = (
@@ -996,6 +1001,10 @@ class RedisStore(Store):
             response=json.loads(response) if response else None,
         )
         claim = Claim(ClaimOutcome(outcome), record, created=created)
+        if (stored_doc and claim.outcome is ClaimOutcome.COMPLETED and record.response
+                and insert is not None
+                and record.response.get("payment_id") == insert.doc.get("id")):
+            claim.payment = json.loads(stored_doc)
         if claim.outcome is ClaimOutcome.IN_PROGRESS:
             remaining = (float(lease_until_ms) - float(now_ms)) / 1000
             claim.retry_after = float(max(1, math.ceil(remaining)))

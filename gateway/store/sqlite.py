@@ -557,6 +557,12 @@ class SQLiteStore(Store):
             if new is not None and claim.outcome in (ClaimOutcome.NEW,
                                                      ClaimOutcome.TAKEN_OVER):
                 claim.created = self._insert_in(conn, *new)
+            elif (new is not None and claim.outcome is ClaimOutcome.COMPLETED
+                  and claim.record is not None and claim.record.response is not None
+                  and claim.record.response.get("payment_id") == new[0]):
+                row = conn.execute("SELECT doc FROM payments WHERE id = ?",
+                                   (new[0],)).fetchone()
+                claim.payment = None if row is None else json.loads(row["doc"])
             return claim
 
     @staticmethod

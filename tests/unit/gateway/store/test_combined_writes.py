@@ -114,3 +114,22 @@ async def test_update_with_completion_completes_in_the_same_change(store: Store)
     assert await store.find_by_provider_reference("stripe_main", "pi_7") == "pay_c7"
     stored = await store.get_payment("pay_c7")
     assert stored is not None and stored["version"] == 2 and stored["status"] == "authorized"
+
+
+async def test_completed_claim_with_insert_returns_the_payment_it_names(store: Store) -> None:
+    ins = insert_of("pay_c8")
+    await store.claim_idempotency(SCOPE, "k8", "fp", 30, 3600, ins)
+    doc = dict(ins.doc, status="authorized", updated_at=102.0)
+    assert await store.update_payment(doc, 1, [], completion=Completion(
+        SCOPE, "k8", {"status": 201, "payment_id": "pay_c8"}, 3600))
+    replay = await store.claim_idempotency(SCOPE, "k8", "fp", 30, 3600, insert_of("pay_c8"))
+    assert replay.outcome is ClaimOutcome.COMPLETED
+    assert replay.payment is not None and replay.payment["status"] == "authorized"
+    assert replay.payment["version"] == 2
+    # without an insert, or when the answer names another resource: no payment read
+    plain = await store.claim_idempotency(SCOPE, "k8", "fp", 30, 3600)
+    assert plain.outcome is ClaimOutcome.COMPLETED and plain.payment is None
+    await store.claim_idempotency(SCOPE, "k9", "fp", 30, 3600)
+    await store.complete_idempotency(SCOPE, "k9", {"status": 200, "payment_id": "evt_1"}, 60)
+    other = await store.claim_idempotency(SCOPE, "k9", "fp", 30, 3600, insert_of("pay_c8"))
+    assert other.outcome is ClaimOutcome.COMPLETED and other.payment is None
