@@ -66,6 +66,10 @@ T = TypeVar("T")
 UNMATCHED_WEBHOOKS_MAX = 10_000
 
 _PURGE_EVERY_S = 60.0
+#: Expired idempotency records deleted per purge step: a purge rides in a claim's own
+#: transaction, a bounded batch at a time (a backlog is worked off over the next claims,
+#: never in one long transaction that stalls a request).
+PURGE_BATCH = 200
 
 
 def _dumps(obj: Any) -> str:
@@ -539,20 +543,32 @@ class SQLiteStore(Store):
         return claim
 
     def _purge(self, now: float) -> None:
-        """Delete expired idempotency records and leases (they already behave as absent)."""
+        """Delete every expired idempotency record and lease (they already behave as
+        absent), in their own transaction (at open, before any request)."""
         self._last_purge = now
         with self._tx() as conn:
             conn.execute("DELETE FROM idempotency WHERE expires_at <= ?", (now,))
             conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+
+    def _purge_in(self, conn: sqlite3.Connection, now: float) -> None:
+        """One purge step inside the caller's transaction: at most :data:`PURGE_BATCH`
+        expired idempotency records (oldest expiry first); a full batch leaves the next
+        claim to go on."""
+        done = conn.execute(
+            "DELETE FROM idempotency WHERE rowid IN (SELECT rowid FROM idempotency"
+            " WHERE expires_at <= ? ORDER BY expires_at LIMIT ?)", (now, PURGE_BATCH),
+        ).rowcount
+        conn.execute("DELETE FROM leases WHERE expires_at <= ?", (now,))
+        self._last_purge = 0.0 if done >= PURGE_BATCH else now
 
     def _claim_sync(
         self, scope: str, key: str, fingerprint: str, lease_s: float, ttl_s: float,
         new: tuple[str, dict[str, Any], float, list[str]] | None = None,
     ) -> Claim:
         now = time.time()
-        if now - self._last_purge >= _PURGE_EVERY_S:
-            self._purge(now)
         with self._tx() as conn:
+            if now - self._last_purge >= _PURGE_EVERY_S:
+                self._purge_in(conn, now)
             claim = self._claim_in(conn, now, scope, key, fingerprint, lease_s, ttl_s)
             if new is not None and claim.outcome in (ClaimOutcome.NEW,
                                                      ClaimOutcome.TAKEN_OVER):
