@@ -201,6 +201,7 @@ class Sample:
     latency: float
     status: int
     body: dict[str, Any] | None = None
+    late: float = 0.0  # open loop: how late this process started the request (its own lag)
 
 
 @dataclass
@@ -239,11 +240,12 @@ async def open_loop(call: Call, rate: float, duration: float) -> Run:
     tasks: list[asyncio.Task[None]] = []
 
     async def one(i: int, at: float) -> None:
+        late = time.monotonic() - at
         try:
             status, body = await call(i)
         except (aiohttp.ClientError, TimeoutError, OSError):
             status, body = -1, None
-        run.samples.append(Sample(at - t0, time.monotonic() - at, status, body))
+        run.samples.append(Sample(at - t0, time.monotonic() - at, status, body, late))
 
     for i in range(total):
         at = t0 + i / rate
