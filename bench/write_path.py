@@ -9,8 +9,9 @@ own transaction); on Redis every ``send_packed_command`` of the client is one ro
 and ``INFO commandstats`` gives the commands. Background loops (notification worker,
 breaker sharing) are measured over an idle period of the same length and subtracted.
 
-Then one more new payment, traced: what each SQLite transaction and each Redis round trip
-of it was (the statements of each transaction; the script or command of each trip).
+Then one more new payment and its capture, traced: what each SQLite transaction and each
+Redis round trip of them was (the statements of each transaction; the script or command
+of each trip).
 The "before" column is the figure measured at commit 629685a (before issue #15 item 1),
 printed for comparison: counts do not vary between runs.
 
@@ -182,9 +183,12 @@ async def _measure(base: str, snapshot: Callable[[], tuple[int, int]],
         await run("idempotent replay", replay)
         await run("GET payment", get)
         await run("capture, merchant notified", capture)
-        if trace is not None:  # one more new payment, each write of it
+        if trace is not None:  # one more new payment and its capture, each write of them
             start()
             await create(N)
+            stop()
+            start()
+            await capture(N)
             stop()
     return out
 
@@ -199,7 +203,7 @@ async def _serve(config: Path) -> tuple[web.AppRunner, str]:
     return runner, f"http://127.0.0.1:{port}"
 
 
-async def sqlite_figures(tmp: Path, traced: list[list[str]]
+async def sqlite_figures(tmp: Path, traced: list[list[list[str]]]
                         ) -> dict[str, tuple[float, float]]:
     config = write_config(tmp, f"sqlite:///{tmp / 'wp.db'}", PROVIDERS, **NOTIFIED)
     runner, base = await _serve(config)
@@ -209,7 +213,8 @@ async def sqlite_figures(tmp: Path, traced: list[list[str]]
         await store._run(lambda: store._db().set_trace_callback(counter))
 
         def start() -> None:
-            counter.trace = traced
+            traced.append([])
+            counter.trace = traced[-1]
 
         def stop() -> None:
             counter.trace = None
@@ -219,14 +224,15 @@ async def sqlite_figures(tmp: Path, traced: list[list[str]]
         await runner.cleanup()
 
 
-async def redis_figures(tmp: Path, url: str, traced: list[str]
+async def redis_figures(tmp: Path, url: str, traced: list[list[str]]
                         ) -> dict[str, tuple[float, float]]:
     import redis
 
     counter = RedisCounter()
 
     def start() -> None:
-        counter.trace = traced
+        traced.append([])
+        counter.trace = traced[-1]
 
     def stop() -> None:
         counter.trace = None
@@ -249,8 +255,8 @@ def main() -> None:
     tmp = tempdir()
     for sub in ("sqlite", "redis"):
         (tmp / sub).mkdir()
-    lite_trace: list[list[str]] = []
-    redis_trace: list[str] = []
+    lite_trace: list[list[list[str]]] = []
+    redis_trace: list[list[str]] = []
     lite = asyncio.run(sqlite_figures(tmp / "sqlite", lite_trace))
     with private_redis() as url:
         red = asyncio.run(redis_figures(tmp / "redis", url, redis_trace))
@@ -266,13 +272,17 @@ def main() -> None:
         b = BEFORE.get(label, (float("nan"),) * 4)
         cells = [f"{x:.1f} -> {y:.1f}" for x, y in zip(b, (t, st, rt, cmd), strict=True)]
         print(f"{label:28} " + " ".join(f"{c:>17}" for c in cells))
-    print("\none new approved payment, SQLite: each transaction (or read) and its statements")
-    for i, statements in enumerate(lite_trace, 1):
-        kind = "txn " if statements and statements[0].upper().startswith("BEGIN") else "read"
-        print(f"  {kind} {i}: " + "; ".join(statements))
-    print("one new approved payment, Redis: each round trip")
-    for i, trip in enumerate(redis_trace, 1):
-        print(f"  trip {i}: {trip}")
+    for label, lite_part, redis_part in (("one new approved payment", lite_trace[0],
+                                          redis_trace[0]),
+                                         ("its capture", lite_trace[1], redis_trace[1])):
+        print(f"\n{label}, SQLite: each transaction (or read) and its statements")
+        for i, statements in enumerate(lite_part, 1):
+            kind = ("txn " if statements and statements[0].upper().startswith("BEGIN")
+                    else "read")
+            print(f"  {kind} {i}: " + "; ".join(statements))
+        print(f"{label}, Redis: each round trip")
+        for i, trip in enumerate(redis_part, 1):
+            print(f"  trip {i}: {trip}")
 
 
 if __name__ == "__main__":

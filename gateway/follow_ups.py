@@ -24,6 +24,7 @@ from gateway.state_machine import (
     StatusEvent,
     check_capture,
 )
+from gateway.store.base import Completion
 from providers.base import (
     Ambiguous,
     Operation,
@@ -62,14 +63,24 @@ def _op_key(payment_id: str, operation: Operation, merchant_key: str) -> str:
 class FollowUps(OrchestratorBase):
     """Capture and void of :class:`~gateway.orchestrator.Orchestrator`."""
 
-    async def capture(self, payment_id: str, amount: int | None, merchant_key: str):
-        return await self._modify(payment_id, Operation.CAPTURE, amount, merchant_key)
+    async def capture(self, payment_id: str, amount: int | None, merchant_key: str, *,
+                      current: dict[str, Any] | None = None,
+                      completion: Completion | None = None) -> dict[str, Any]:
+        """``current``: the payment as the caller read it (the reservation CASes against
+        it, a miss reads again; it is handed over); ``completion``: the request's
+        idempotency answer, written with the provider's result when that is the answer."""
+        return await self._modify(payment_id, Operation.CAPTURE, amount, merchant_key,
+                                  current, completion)
 
-    async def void(self, payment_id: str, merchant_key: str) -> dict[str, Any]:
-        return await self._modify(payment_id, Operation.VOID, None, merchant_key)
+    async def void(self, payment_id: str, merchant_key: str, *,
+                   current: dict[str, Any] | None = None,
+                   completion: Completion | None = None) -> dict[str, Any]:
+        return await self._modify(payment_id, Operation.VOID, None, merchant_key,
+                                  current, completion)
 
     async def _modify(
-        self, payment_id: str, op: Operation, amount: int | None, merchant_key: str
+        self, payment_id: str, op: Operation, amount: int | None, merchant_key: str,
+        current: dict[str, Any] | None = None, completion: Completion | None = None,
     ) -> dict[str, Any]:
         key = _op_key(payment_id, op, merchant_key)
         while True:
@@ -77,7 +88,8 @@ class FollowUps(OrchestratorBase):
             created: list[bool] = []
             reserve = functools.partial(self._reserve_operation, op=op, amount=amount,
                                         key=key, stale=stale, created=created)
-            doc = await self.writer.mutate(payment_id, reserve)
+            doc = await self.writer.mutate(payment_id, reserve, current=current)
+            current = None  # handed over
             if stale:
                 # Another request's operation outlived its lease (its owner crashed): we
                 # took it over; finish it with its own provider key, then try ours again.
@@ -92,7 +104,8 @@ class FollowUps(OrchestratorBase):
                     raise OperationError("provider_refused",
                                          f"{doc.get('provider')} refused the {op}")
                 return doc  # a retry of a finished operation: its real outcome
-            return await self._resume_operation(doc, fresh=bool(created))
+            return await self._resume_operation(doc, fresh=bool(created), own=True,
+                                                completion=completion)
 
     def _reserve_operation(
         self, d: dict[str, Any], *, op: Operation, amount: int | None, key: str,
@@ -138,12 +151,15 @@ class FollowUps(OrchestratorBase):
         return [audit(f"{op}_requested", "merchant", amount=amt or None)]
 
     async def _resume_operation(self, doc: dict[str, Any], *, fresh: bool = False,
-                                source: str = "provider_response") -> dict[str, Any]:
+                                source: str = "provider_response", own: bool = False,
+                                completion: Completion | None = None) -> dict[str, Any]:
         """Send the recorded operation (again) with its own key. ``fresh``: this request
         has just recorded it, so no earlier send can exist; only then may a safe failure
         drop it. Otherwise an earlier send (a crashed request, an ambiguous try) may have
         been processed: the operation stays recorded, its lease cut short, for the next
-        retry or reconciliation."""
+        retry or reconciliation. ``own``: ``doc`` is what this request's last write
+        stored (the next write CASes against it without reading); ``completion``: the
+        request's idempotency answer, written with a result that is answered as such."""
         op = doc.get("_operation")
         if op is None:
             return doc
@@ -173,7 +189,7 @@ class FollowUps(OrchestratorBase):
                 return [audit(f"{name}_failed_safe", source,
                               error_code=fault.error_code)]
 
-            await self.writer.mutate(doc["id"], release)
+            await self.writer.mutate(doc["id"], release, current=doc if own else None)
             raise ProviderUnavailable.of(provider.name, fault) from None
         except (Ambiguous, ProviderMismatch) as exc:
             _count_mismatch(provider, exc)
@@ -184,7 +200,8 @@ class FollowUps(OrchestratorBase):
                 return [apply_status(d, StatusEvent(pending), "gateway",
                                      detail=f"outcome unknown: {park_code}")]
 
-            return await self.writer.mutate(doc["id"], park)
+            return await self.writer.mutate(doc["id"], park, current=doc if own else None,
+                                            completion=completion)
 
         def finish(d: dict[str, Any]) -> Events:
             finish_operation(d, "refused" if result.outcome == Outcome.DECLINED else "succeeded")
@@ -197,7 +214,9 @@ class FollowUps(OrchestratorBase):
             captured = op["amount"] if name == Operation.CAPTURE else None
             return self._apply_result(d, result, source, amount_captured=captured)
 
-        doc = await self.writer.mutate(doc["id"], finish)
+        refused = result.outcome == Outcome.DECLINED  # answered as an error: not stored here
+        doc = await self.writer.mutate(doc["id"], finish, current=doc if own else None,
+                                       completion=None if refused else completion)
         if result.outcome == Outcome.DECLINED:
             failure = result.failure
             raise OperationError(

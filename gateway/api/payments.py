@@ -46,15 +46,16 @@ def _operation_error(exc: OperationError) -> ApiError:
 async def _idempotent_post(
     request: web.Request, merchant_id: str, body: dict[str, Any], execute,
     create: Callable[[str, str], tuple[PaymentInsert | None, str]] | None = None,
+    answer: tuple[int, str] | None = None,
 ) -> web.Response:
     """``create(key, fingerprint)``: the new payment this request creates, written with
     the idempotency claim (None: nothing is), and its id; its answer (201) is stored
-    with the request's last write (:func:`gateway.idempotency.run_idempotent`)."""
+    with the request's last write (:func:`gateway.idempotency.run_idempotent`).
+    ``answer``: (status, payment id) of a follow-up's success, likewise."""
     config, store = request.app[CONFIG], request.app[STORE]
     key = require_key(request.headers.get("Idempotency-Key"))
     fp = fingerprint(request.method, request.path, body)
     prepare: Callable[[], PaymentInsert | None] | None = None
-    answer: tuple[int, str] | None = None
     if create is not None:
         insert, payment_id = create(key, fp)
         prepare, answer = (lambda: insert), (201, payment_id)
@@ -231,10 +232,12 @@ async def capture_payment(request: web.Request) -> web.Response:
     doc = await _owned_payment(request, merchant_id)
 
     async def execute(ex: Execution) -> Outcome:
-        done = await request.app[ORCHESTRATOR].capture(doc["id"], amount, ex.key)
+        done = await request.app[ORCHESTRATOR].capture(
+            doc["id"], amount, ex.key, current=doc, completion=ex.completion)
         return Outcome(200, doc["id"], done)
 
-    return await _idempotent_post(request, merchant_id, body, execute)
+    return await _idempotent_post(request, merchant_id, body, execute,
+                                  answer=(200, doc["id"]))
 
 
 @routes.post("/v1/payments/{payment_id}/void")
@@ -245,10 +248,12 @@ async def void_payment(request: web.Request) -> web.Response:
     doc = await _owned_payment(request, merchant_id)
 
     async def execute(ex: Execution) -> Outcome:
-        done = await request.app[ORCHESTRATOR].void(doc["id"], ex.key)
+        done = await request.app[ORCHESTRATOR].void(
+            doc["id"], ex.key, current=doc, completion=ex.completion)
         return Outcome(200, doc["id"], done)
 
-    return await _idempotent_post(request, merchant_id, body, execute)
+    return await _idempotent_post(request, merchant_id, body, execute,
+                                  answer=(200, doc["id"]))
 
 
 @routes.post("/v1/payments/{payment_id}/refunds")
