@@ -110,8 +110,8 @@ async def request_context(request: web.Request, handler) -> web.StreamResponse:
         if guard is not None:
             guard.request_finished(request.transport)
         elapsed = time.perf_counter() - t0
-        metrics.HTTP_REQUESTS.labels(request.method, route, str(status)).inc()
-        metrics.HTTP_DURATION.labels(route).observe(elapsed)
-        if route not in ("/metrics", "/healthz", "/readyz"):
+        metrics.child(metrics.HTTP_REQUESTS, request.method, route, str(status)).inc()
+        metrics.child(metrics.HTTP_DURATION, route).observe(elapsed)
+        if route not in ("/metrics", "/healthz", "/readyz") and log.isEnabledFor(logging.INFO):
             log.info("request", extra={"method": request.method, "route": route,
                                        "status": status, "duration_ms": round(elapsed * 1000, 1)})
