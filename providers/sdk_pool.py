@@ -2,17 +2,45 @@
 
 An adapter either gets an executor from outside (never shut down here) or owns one,
 created on first use and shut down by :meth:`SdkPool.close`.
+
+Its size is the provider option ``sdk_threads`` (gateway.yaml, per Braintree / Adyen
+provider; :data:`DEFAULT_THREADS` when absent): each call holds a thread for the
+provider's whole answer time, so the pool caps that provider's calls in flight at
+``sdk_threads`` -- by Little's law a process reaches at most ``sdk_threads / latency``
+calls per second (8 threads at a 300 ms provider: ~27/s), whatever admission control
+lets in. Sizing figures: README "Benchmarks" (bench/saturation.py --sdk-threads).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: The provider option naming the pool's size.
+THREADS_OPTION = "sdk_threads"
+DEFAULT_THREADS = 8
+MAX_THREADS = 512
+
+
+def threads_errors(options: Mapping[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """What is wrong with ``sdk_threads`` in a provider's options (nothing when absent)."""
+    value = options.get(THREADS_OPTION)
+    if value is None:
+        return []
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_THREADS:
+        return [((THREADS_OPTION,), f"must be an integer from 1 to {MAX_THREADS}")]
+    return []
+
+
+def threads(options: Mapping[str, Any]) -> int:
+    """The pool size the options ask for (checked by :func:`threads_errors`)."""
+    value = options.get(THREADS_OPTION)
+    return DEFAULT_THREADS if value is None else int(value)
 
 
 class SdkPool:

@@ -6,6 +6,7 @@ import asyncio
 import re
 from collections.abc import Mapping
 
+from providers import sdk_pool
 from providers.adyen import doctor, settlement, webhook
 from providers.adyen.adapter import AdyenProvider
 from providers.adyen.amounts import ADYEN_DECIMALS, to_wire
@@ -39,6 +40,7 @@ def check_options(cfg: ProviderSettings) -> list[OptionError]:
         out.append((("merchant_account",), "must be a non-empty string"))
     elif account is None and not cfg.sandbox:
         out.append((("merchant_account",), "required unless sandbox: true"))
+    out += sdk_pool.threads_errors(cfg.options)
     return out
 
 
@@ -48,7 +50,7 @@ def build(cfg: ProviderSettings) -> AdyenProvider:
         cfg.name, api_key=cfg.credentials["api_key"],
         merchant_account=str(cfg.options.get("merchant_account", SANDBOX_MERCHANT_ACCOUNT)),
         base_url=cfg.base_url, currencies=cfg.currencies, timeout_s=cfg.timeout_s,
-        connect_timeout_s=cfg.connect_timeout_s)
+        connect_timeout_s=cfg.connect_timeout_s, max_workers=sdk_pool.threads(cfg.options))
 
 
 def verify_webhook(cfg: ProviderSettings, raw: bytes, headers: Mapping[str, str],
@@ -77,7 +79,7 @@ DECLARATION = ProviderDeclaration(
     type="adyen",
     secret_keys=("api_key", "hmac_key"),
     required_secrets=("api_key",),
-    option_keys={"merchant_account": None},
+    option_keys={"merchant_account": None, sdk_pool.THREADS_OPTION: None},
     check_options=check_options,
     build=build,
     decline_codes=frozenset(REFUSAL_DECLINE_CODES.values()) | {"generic_decline"},

@@ -120,7 +120,7 @@ class BraintreeProvider(Provider):
         connect_timeout_s: float = 3.0, executor: concurrent.futures.Executor | None = None,
         merchant_account_ids: dict[str, str] | None = None,
         lookup_proof_after_s: float = DEFAULT_LOOKUP_PROOF_AFTER_S,
-        default_currency: str | None = None,
+        default_currency: str | None = None, max_workers: int = DEFAULT_WORKERS,
     ) -> None:
         self.name = name
         self.default_currency = default_currency.upper() if default_currency else None
@@ -128,7 +128,7 @@ class BraintreeProvider(Provider):
         self.currencies = frozenset(c.upper() for c in currencies)
         self._base_url = base_url.rstrip("/")
         self._merchant_accounts = {k.upper(): v for k, v in (merchant_account_ids or {}).items()}
-        self._pool = SdkPool(f"braintree-{name}", DEFAULT_WORKERS, executor)
+        self._pool = SdkPool(f"braintree-{name}", max_workers, executor)
         self._config = braintree.Configuration(
             environment=make_environment(self._base_url), merchant_id=merchant_id,
             public_key=public_key, private_key=private_key,

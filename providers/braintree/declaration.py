@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from providers import sdk_pool
 from providers.braintree import doctor, settlement, webhook
 from providers.braintree.adapter import DEFAULT_LOOKUP_PROOF_AFTER_S, BraintreeProvider
 from providers.braintree.amounts import to_decimal_string
@@ -48,6 +49,7 @@ def check_options(cfg: ProviderSettings) -> list[OptionError]:
                               or proof <= cfg.timeout_s):
         out.append((("lookup_proof_after_s",),
                     f"must be a number above timeout_s ({cfg.timeout_s:g})"))
+    out += sdk_pool.threads_errors(cfg.options)
     return out
 
 
@@ -64,6 +66,7 @@ def build(cfg: ProviderSettings) -> BraintreeProvider:
         lookup_proof_after_s=float(cfg.options.get("lookup_proof_after_s",
                                                    DEFAULT_LOOKUP_PROOF_AFTER_S)),
         default_currency=cfg.options.get("default_currency"),
+        max_workers=sdk_pool.threads(cfg.options),
     )
 
 
@@ -99,7 +102,7 @@ DECLARATION = ProviderDeclaration(
     secret_keys=("merchant_id", "public_key", "private_key"),
     required_secrets=("merchant_id", "public_key", "private_key"),
     option_keys={"merchant_account_ids": "free", "default_currency": None,
-                 "lookup_proof_after_s": None},
+                 "lookup_proof_after_s": None, sdk_pool.THREADS_OPTION: None},
     check_options=check_options,
     build=build,
     decline_codes=frozenset(DECLINE_CODES.values()),
