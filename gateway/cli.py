@@ -58,16 +58,14 @@ def _serve(args: argparse.Namespace) -> int:
         for issue in exc.errors:
             print(f"gateway: {issue}", file=sys.stderr)
         return 2
-    import asyncio
-
-    from gateway.http_server import serve
+    from gateway.http_server import event_loop_choice, run, serve
     from gateway.store import StoreError
 
     log.info("gateway starting", extra={"host": args.host, "port": args.port,
-                                        "config": str(config.path)})
+                                        "config": str(config.path),
+                                        "event_loop": event_loop_choice()})
     try:
-        asyncio.run(serve(app, args.host, args.port, config.server,
-                          reuse_port=args.reuse_port))
+        run(serve(app, args.host, args.port, config.server, reuse_port=args.reuse_port))
     except StoreError as exc:  # e.g. an unwritable SQLite path: one clear line, no traceback
         print(f"gateway: the store cannot be opened: {exc}", file=sys.stderr)
         return 1

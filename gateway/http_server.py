@@ -29,12 +29,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import resource
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar, cast
 
 from aiohttp import web
 
@@ -43,6 +45,33 @@ from gateway.appkeys import CONNECTION_GUARD
 from gateway.config import ServerSettings
 
 log = logging.getLogger("gateway.server")
+T = TypeVar("T")
+
+#: ``asyncio`` runs ``gateway serve`` on the standard library's event loop instead of
+#: uvloop's (for measuring one beside the other: bench/saturation.py --loops).
+EVENT_LOOP_ENV = "GATEWAY_EVENT_LOOP"
+
+
+def event_loop_choice() -> str:
+    """``uvloop`` (the default, when it is installed) or ``asyncio``."""
+    if os.environ.get(EVENT_LOOP_ENV, "uvloop").strip().lower() == "asyncio":
+        return "asyncio"
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run(main)`` on the event loop :func:`event_loop_choice` names. uvloop
+    (libuv) does the loop's own work -- selecting, scheduling callbacks, socket reads and
+    writes -- in C: measured with bench/saturation.py, see README "Benchmarks"."""
+    if event_loop_choice() == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 #: File descriptors kept free of connections: the store, provider connection pools, the
 #: in-process simulators, log files; plus twice the listen backlog, because asyncio accepts
@@ -98,8 +127,9 @@ class _GuardedProtocol(asyncio.Protocol):
         self._conn: _Connection | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._conn = self._guard.opened(transport)
+        # a stream transport (uvloop's TCPTransport has the methods without subclassing
+        # asyncio.Transport)
+        self._conn = self._guard.opened(cast(asyncio.Transport, transport))
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
