@@ -8,7 +8,11 @@ provider; :data:`DEFAULT_THREADS` when absent): each call holds a thread for the
 provider's whole answer time, so the pool caps that provider's calls in flight at
 ``sdk_threads`` -- by Little's law a process reaches at most ``sdk_threads / latency``
 calls per second (8 threads at a 300 ms provider: ~27/s), whatever admission control
-lets in. Sizing figures: README "Benchmarks" (bench/saturation.py --sdk-threads).
+lets in. Measured (bench/saturation.py --sdk-threads 8,32 --provider-latency-ms 300,
+SQLite, 64 clients): Braintree 14 -> 56 payments/s, Adyen 15 -> 70/s from 8 to 32
+threads, with less CPU per payment (queueing); at 100 ms 32 threads was still the best
+of 8/32/64 (64 adds GIL contention: Adyen 7.8 -> 9.6 ms CPU per payment from 8 to 64).
+Hence 32: one process's CPU ceiling (~85 Braintree payments/s) at a ~350 ms provider.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ T = TypeVar("T")
 
 #: The provider option naming the pool's size.
 THREADS_OPTION = "sdk_threads"
-DEFAULT_THREADS = 8
+DEFAULT_THREADS = 32
 MAX_THREADS = 512
 
 

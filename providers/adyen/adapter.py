@@ -50,6 +50,7 @@ from typing import Any
 
 import Adyen
 
+from providers import sdk_pool
 from providers.adyen import keepalive
 from providers.adyen.amounts import to_wire
 from providers.adyen.errors import Refusal, translate
@@ -80,7 +81,7 @@ from providers.sdk_pool import SdkPool
 from providers.statuses import PaymentStatus
 
 DEFAULT_RETURN_URL = "https://gateway.invalid/adyen/return"
-DEFAULT_MAX_WORKERS = 8
+DEFAULT_MAX_WORKERS = sdk_pool.DEFAULT_THREADS
 
 SdkCall = Callable[[Adyen.Adyen], Any]
 

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import braintree
 
+from providers import sdk_pool
 from providers.base import (
     Ambiguous,
     AuthorizeRequest,
@@ -65,7 +66,7 @@ from providers.braintree.parse import (
 from providers.sdk_pool import SdkPool
 
 T = TypeVar("T")
-DEFAULT_WORKERS = 8
+DEFAULT_WORKERS = sdk_pool.DEFAULT_THREADS
 #: Most transactions a search by order_id may return before we stop reading.
 SEARCH_LIMIT = 10
 #: Transaction statuses a void releases (an authorization not yet settled).
