@@ -163,3 +163,48 @@ def test_the_limit_is_configurable_and_validated(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load_config(write_config(tmp_path / "c", "sqlite:///x.db", admission=bad))
         assert any(message in e for e in info.value.errors), info.value.errors
+
+
+async def test_a_concurrent_burst_is_admitted_up_to_the_limit_and_the_rest_shed_whole(
+        tmp_path: Path, store_url: str, aiohttp_client: Any,
+        session: aiohttp.ClientSession) -> None:
+    """BURST new payments at once while the simulator holds each admitted one: LIMIT are
+    authorized, every other one is answered 503 gateway_overloaded with Retry-After and
+    counted once, none of those is stored or sent to the provider, and each of them, sent
+    again with its key once there is room, is charged exactly once."""
+    burst = 12
+    client, sim, admission = await _gateway(tmp_path, store_url, aiohttp_client, session)
+    await sim.faults("stripe", latency_ms=HOLD_MS)
+    before = (await sim.requests("stripe"))["total"]
+    shed_before = shed("authorize")
+    answers = await asyncio.gather(*[
+        _post(client, "/v1/payments", payment_body(reference=f"adm-burst-{i}"),
+              f"adm-burst-{i}") for i in range(burst)])
+    await sim.faults("stripe", latency_ms=0)
+
+    admitted = [i for i, (status, _, _, _) in enumerate(answers) if status == 201]
+    refused = [i for i, (status, _, _, _) in enumerate(answers) if status != 201]
+    assert len(admitted) == LIMIT, [a[:2] for a in answers]
+    for i in admitted:
+        assert answers[i][1]["status"] == "authorized", answers[i][1]
+    for i in refused:
+        status, body, hdrs, _ = answers[i]
+        assert status == 503, body
+        assert body["error"]["code"] == "gateway_overloaded", body
+        assert body["error"]["type"] == "internal", body
+        assert hdrs["Retry-After"] == "1"
+    assert shed("authorize") == shed_before + burst - LIMIT
+    assert (await sim.requests("stripe"))["total"] - before == LIMIT  # only the admitted
+    assert admission.in_flight == 0
+    for i in refused:
+        r = await client.get("/v1/payments", params={"reference": f"adm-burst-{i}"},
+                             headers=headers())
+        assert (await r.json())["data"] == []
+    # the merchant's retries with the same keys: each authorized, once
+    for i in refused:
+        status, pay, hdrs, _ = await _post(client, "/v1/payments",
+                                           payment_body(reference=f"adm-burst-{i}"),
+                                           f"adm-burst-{i}")
+        assert status == 201 and pay["status"] == "authorized", pay
+        assert "Idempotent-Replayed" not in hdrs
+        assert len(await sim.charges("stripe", pay["id"])) == 1
