@@ -19,7 +19,7 @@ later (a real provider's answer time; the pool holds a thread for all of it).
 
     .venv/bin/python bench/saturation.py [--stores sqlite,redis]
         [--providers stripe,braintree,adyen] [--workers 1,2] [--clients 64]
-        [--duration 10] [--rounds 3] [--loops uvloop] [--sdk-threads 8]
+        [--duration 10] [--rounds 3] [--loops asyncio] [--sdk-threads 8]
         [--provider-latency-ms 0]
 """
 
@@ -195,7 +195,7 @@ def main() -> None:
                    help="Braintree/Adyen SDK pool sizes to compare, e.g. 8,64 (default: "
                         "the gateway's)")
     p.add_argument("--provider-latency-ms", type=int, default=0)
-    p.add_argument("--loops", default="uvloop",
+    p.add_argument("--loops", default="asyncio",
                    help="event loops of gateway serve, comma-separated: uvloop,asyncio")
     asyncio.run(main_async(p.parse_args()))
 
