@@ -2,8 +2,8 @@
 
 A payment is stored as one JSON document. Fields starting with ``_`` are internal
 (fingerprint, payment-method token, in-flight operation, provider keys) and never
-leave the gateway: :func:`public_view` lists the public fields
-(:mod:`gateway.public_schema`) instead of dropping the internal ones.
+leave the gateway. The typed models (:mod:`gateway.payment_types`) declare every field
+and which ones are public; :func:`public_view` is their projection of a stored document.
 """
 
 from __future__ import annotations
@@ -11,16 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from gateway.public_schema import (
-    ATTEMPT_FIELDS,
-    DISPUTE_FIELDS,
-    PAYMENT_FIELDS,
-    REFUND_FIELDS,
-)
+from gateway.payment_types import Dispute, Payment, iso
 from gateway.state_machine import (
     OPEN_REFUND_STATUSES,
     Applied,
@@ -35,10 +28,6 @@ from providers.base import Operation
 
 def now() -> float:
     return time.time()
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def derived_id(prefix: str, *parts: str) -> str:
@@ -109,31 +98,17 @@ def busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
     return max(leases)
 
 
-def _listed(item: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
-    return {k: item[k] for k in fields if k in item}
-
-
 def public_view(doc: dict[str, Any]) -> dict[str, Any]:
-    """The payment object: exactly the fields of :data:`PAYMENT_FIELDS` (listed, never
-    "everything but the internal ones"), timestamps as ISO 8601."""
-    out = _listed(doc, PAYMENT_FIELDS)
-    out["created_at"] = iso(doc["created_at"])
-    out["updated_at"] = iso(doc["updated_at"])
-    out["attempts"] = [_listed(a, ATTEMPT_FIELDS) for a in doc["attempts"]]
-    out["refunds"] = [_listed(r, REFUND_FIELDS) for r in doc["refunds"]]
-    out["disputes"] = [dispute_view(d) for d in doc.get("disputes") or []]
-    out["amount_capture_pending"] = (
-        int(doc.get("_capture_pending") or 0)
-        if doc["status"] == PaymentStatus.CAPTURE_PENDING.value else 0)
-    return out
+    """The payment object of a stored document: :meth:`Payment.public_of
+    <gateway.payment_types.Payment.public_of>` (exactly the fields declared public,
+    checked; a malformed document raises :class:`~gateway.payment_types.MalformedDocument`)."""
+    return Payment.public_of(doc)
 
 
 def dispute_view(dispute: dict[str, Any]) -> dict[str, Any]:
-    """One dispute as the merchant sees it (:data:`DISPUTE_FIELDS`)."""
-    out = _listed(dispute, DISPUTE_FIELDS)
-    due = dispute.get("evidence_due_by")
-    out["evidence_due_by"] = iso(float(due)) if due is not None else None
-    return out
+    """One dispute as the merchant sees it (:meth:`Dispute.public_of
+    <gateway.payment_types.Dispute.public_of>`)."""
+    return Dispute.public_of(dispute)
 
 
 def snapshot(doc: dict[str, Any]) -> Snapshot:

@@ -54,13 +54,14 @@ import aiohttp
 
 from gateway.config import GatewayConfig, MerchantConfig, NotificationSettings
 from gateway.disputes import merchant_event
-from gateway.model import derived_id, dispute_view, iso, needs_reconcile, public_view
+from gateway.model import derived_id, iso, needs_reconcile
 from gateway.notification_signing import (
     EVENT_ID_HEADER,
     SIGNATURE_HEADER,
     sign,
     verify_signature,
 )
+from gateway.payment_types import Dispute, Payment
 from gateway.store import Store, StoreError
 
 log = logging.getLogger("gateway.notifications")
@@ -97,11 +98,11 @@ def build_event(
     ``data.dispute`` is that dispute (``events``: the write's audit events)."""
     status = str(doc_after["status"])
     kind = f"payment.{status}" if status != from_status else "payment.updated"
-    data: dict[str, Any] = {"object": public_view(doc_after)}
+    data: dict[str, Any] = {"object": Payment.public_of(doc_after)}
     dispute = merchant_event(list(events)) if status == from_status else None
     if dispute is not None:
         kind, changed_id = dispute
-        data["dispute"] = next((dispute_view(d) for d in doc_after.get("disputes") or []
+        data["dispute"] = next((Dispute.public_of(d) for d in doc_after.get("disputes") or []
                                 if d.get("id") == changed_id), None)
     sequence = int(doc_after.get("version") or 0)
     previous = doc_after.get("_notified_sequence")

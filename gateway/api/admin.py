@@ -18,7 +18,7 @@ from gateway.api.auth import authenticate_merchant, bearer_token
 from gateway.api.errors import ApiError
 from gateway.api.validation import parse_json_body
 from gateway.appkeys import CONFIG, ORCHESTRATOR, ROUTING, STORE
-from gateway.model import public_view
+from gateway.payment_types import Payment
 from gateway.reconcile import Reconciler
 
 routes = web.RouteTableDef()
@@ -94,7 +94,7 @@ async def sync_payment(request: web.Request) -> web.Response:
         synced = await operator.sync(reconciler, request.match_info["payment_id"])
     except operator.OperatorRefused as exc:
         raise _refusal(exc) from None
-    return web.json_response(public_view(synced.payment),
+    return web.json_response(Payment.public_of(synced.payment),
                              headers={"Gateway-Sync-Result": synced.result})
 
 
@@ -114,4 +114,4 @@ async def resolve_payment(request: web.Request) -> web.Response:
                                      request.match_info["payment_id"], resolution)
     except operator.OperatorRefused as exc:
         raise _refusal(exc) from None
-    return web.json_response(public_view(doc))
+    return web.json_response(Payment.public_of(doc))
