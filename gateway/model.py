@@ -82,19 +82,19 @@ def needs_reconcile(doc: dict[str, Any]) -> bool:
         r["status"] in OPEN_REFUND_STATUSES for r in doc.get("refunds") or [])
 
 
-def busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
+def busy_until(doc: dict[str, Any] | Payment, request_deadline_s: float) -> float:
     """Until when (unix s) a request of the gateway may still be working on ``doc``: the
     last attempt's lease, a follow-up operation's lease, a refund in flight, or -- for a
     payment recorded before any attempt -- the creating request's deadline. Reconciliation
-    leaves the payment alone until then (SPEC 9.1)."""
-    leases = [float(doc["created_at"]) + request_deadline_s]
-    if doc.get("attempts"):
-        leases.append(float(doc["attempts"][-1].get("_live_until") or 0))
-    op = doc.get("_operation")
-    if isinstance(op, dict):
-        leases.append(float(op.get("lease_until") or 0))
-    leases += [float(r.get("_live_until") or 0) for r in doc.get("refunds") or []
-               if r.get("_in_flight")]
+    leaves the payment alone until then (SPEC 9.1). Read through the types (a malformed
+    document raises :class:`~gateway.payment_types.MalformedDocument`)."""
+    p = doc if isinstance(doc, Payment) else Payment.from_doc(doc)
+    leases = [float(p.created_at) + request_deadline_s]
+    if p.attempts:
+        leases.append(float(p.attempts[-1].live_until or 0))
+    if p.operation is not None:
+        leases.append(float(p.operation.lease_until or 0))
+    leases += [float(r.live_until or 0) for r in p.refunds if r.in_flight]
     return max(leases)
 
 

@@ -302,3 +302,24 @@ def test_round_trip_property(doc: dict[str, Any]) -> None:
                  st.floats(min_value=-1e9, max_value=2.5e11, allow_nan=False)))
 def test_iso_is_the_datetime_formatting(ts: float) -> None:
     assert iso(ts) == _old_iso(ts)
+
+
+def _old_busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
+    """gateway.model.busy_until on dicts, as it was."""
+    leases = [float(doc["created_at"]) + request_deadline_s]
+    if doc.get("attempts"):
+        leases.append(float(doc["attempts"][-1].get("_live_until") or 0))
+    op = doc.get("_operation")
+    if isinstance(op, dict):
+        leases.append(float(op.get("lease_until") or 0))
+    leases += [float(r.get("_live_until") or 0) for r in doc.get("refunds") or []
+               if r.get("_in_flight")]
+    return max(leases)
+
+
+@pytest.mark.parametrize("deadline", [0.0, 20.0, 1e6])
+def test_busy_until_read_through_the_types_is_unchanged(deadline: float) -> None:
+    from gateway.model import busy_until
+    for doc in DOCS:
+        assert busy_until(doc, deadline) == _old_busy_until(doc, deadline), doc["id"]
+        assert busy_until(Payment.from_doc(doc), deadline) == _old_busy_until(doc, deadline)
