@@ -160,7 +160,7 @@ async def _payments_sync(app: web.Application, payment_id: str) -> int:
 
     from gateway import operator
     from gateway.appkeys import CONFIG, ORCHESTRATOR, STORE
-    from gateway.model import public_view
+    from gateway.payment_types import Payment
     from gateway.reconcile import Reconciler
 
     runner = web.AppRunner(app)  # opens the store and providers; serves nothing
@@ -170,7 +170,7 @@ async def _payments_sync(app: web.Application, payment_id: str) -> int:
         synced = await operator.sync(reconciler, payment_id)
     finally:
         await runner.cleanup()
-    _print_json(public_view(synced.payment))
+    _print_json(Payment.public_of(synced.payment))
     print(synced.summary, file=sys.stderr)
     return 0
 
@@ -178,9 +178,10 @@ async def _payments_sync(app: web.Application, payment_id: str) -> int:
 async def _payments_store(config: GatewayConfig, args: argparse.Namespace) -> int:
     """show and resolve need the store only (no provider is called)."""
     from gateway import operator
-    from gateway.model import busy_until, iso, public_view
+    from gateway.model import busy_until, iso
+    from gateway.payment_types import Payment
     from gateway.payment_writer import PaymentWriter
-    from gateway.state_machine import UNRESOLVED, PaymentStatus
+    from gateway.state_machine import UNRESOLVED
     from gateway.store import make_store
 
     store = make_store(config.store_url)
@@ -193,20 +194,21 @@ async def _payments_store(config: GatewayConfig, args: argparse.Namespace) -> in
                    if args.provider_reference is not None else {})})
             doc = await operator.resolve(store, PaymentWriter(store, config), config,
                                          args.payment_id, resolution)
-            _print_json(public_view(doc))
+            _print_json(Payment.public_of(doc))
             print(f"resolved {doc['id']}: {doc['status']}", file=sys.stderr)
             return 0
         found = await store.get_payment(args.payment_id)
         if found is None:
             raise operator.OperatorRefused(404, "not_found", "resource_missing",
                                            f"no such payment {args.payment_id}")
-        live_until = busy_until(found, config.request_deadline_s)
-        _print_json({"payment": public_view(found),
-                     "merchant_id": found.get("merchant_id"),
-                     "unresolved": PaymentStatus(found["status"]) in UNRESOLVED,
+        payment = Payment.from_doc(found)  # the whole document, checked
+        live_until = busy_until(payment, config.request_deadline_s)
+        _print_json({"payment": payment.public(),
+                     "merchant_id": payment.merchant_id,
+                     "unresolved": payment.status in UNRESOLVED,
                      "live_until": iso(live_until) if live_until > time.time() else None,
-                     "flagged": found.get("_flagged"),
-                     "events": await store.list_events(found["id"])})
+                     "flagged": payment.flagged,
+                     "events": await store.list_events(payment.id)})
         return 0
     finally:
         await store.close()

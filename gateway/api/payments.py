@@ -14,8 +14,9 @@ from gateway.api.auth import authenticate_merchant
 from gateway.api.errors import ApiError, not_found
 from gateway.appkeys import CONFIG, ORCHESTRATOR, PUBLIC_URL, STORE
 from gateway.idempotency import Execution, Outcome, fingerprint, require_key, run_idempotent
-from gateway.model import audit, derived_id, new_payment, public_view
+from gateway.model import audit, derived_id, new_payment
 from gateway.orchestrator import OperationError
+from gateway.payment_types import Payment
 from gateway.payment_writer import PaymentMissing
 from gateway.store import AlreadyExists, PaymentSearch
 from gateway.store.base import PaymentInsert, search_fields
@@ -34,7 +35,7 @@ async def _owned_payment(request: web.Request, merchant_id: str) -> dict[str, An
 
 def _payment_response(status: int, doc: dict[str, Any], replayed: bool) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if replayed else {}
-    return web.json_response(public_view(doc), status=status, headers=headers)
+    return web.json_response(Payment.public_of(doc), status=status, headers=headers)
 
 
 def _operation_error(exc: OperationError) -> ApiError:
@@ -66,7 +67,7 @@ async def _idempotent_post(
         doc = await store.get_payment(response["payment_id"])
         if doc is None:  # pragma: no cover - payments are never deleted
             raise not_found()
-        return response["status"], public_view(doc)
+        return response["status"], Payment.public_of(doc)
 
     async def guarded(ex: Execution) -> Outcome:
         try:
@@ -205,7 +206,7 @@ async def list_payments(request: web.Request) -> web.Response:
         status=params.get("status"), provider=params.get("provider"),
         created_gte=params.get("created_gte"), created_lt=params.get("created_lt"),
         starting_after=after))
-    return web.json_response({"object": "list", "data": [public_view(d) for d in docs],
+    return web.json_response({"object": "list", "data": [Payment.public_of(d) for d in docs],
                               "has_more": has_more})
 
 
@@ -213,7 +214,7 @@ async def list_payments(request: web.Request) -> web.Response:
 async def get_payment(request: web.Request) -> web.Response:
     merchant_id = authenticate_merchant(request, request.app[CONFIG])
     doc = await _owned_payment(request, merchant_id)
-    return web.json_response(public_view(doc))
+    return web.json_response(Payment.public_of(doc))
 
 
 @routes.get("/v1/payments/{payment_id}/events")
