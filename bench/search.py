@@ -44,9 +44,10 @@ from gateway.store import PaymentSearch, RedisStore, SQLiteStore, Store, in_reco
 from gateway.store.redis import (
     _INSERT,
     SEARCH_READY_KEY,
+    UNRESOLVED_KEY,
+    _insert_args,
     doc_key,
     events_key,
-    search_index_args,
 )
 
 MERCHANT = "bench"
@@ -126,9 +127,10 @@ def fill(n: int, sqlite_path: Path, redis_url: str) -> dict[str, float]:
         took["sqlite"] += time.perf_counter() - t
         t = time.perf_counter()
         pipe = client.pipeline(transaction=False)
-        for d, raw in zip(batch, raws, strict=True):
-            insert(keys=[doc_key(d["id"]), events_key(d["id"])],
-                   args=[raw, d["id"], *search_index_args(d)], client=pipe)
+        for d in batch:  # the store's own script and arguments (RedisStore.insert_payment)
+            pid, args = _insert_args(d, [])
+            insert(keys=[doc_key(pid), events_key(pid), UNRESOLVED_KEY], args=args,
+                   client=pipe)
         pipe.execute()
         took["redis"] += time.perf_counter() - t
         done += len(batch)
