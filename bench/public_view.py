@@ -22,58 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from gateway.payment_types import Payment
+from tests.legacy_public_view import old_public_view
 
 DOCS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "payment_documents.json"
-
-# ------------------------------------------------------------------ the old projection
-# (gateway/model.py and gateway/public_schema.py before the typed models, verbatim)
-
-_ATTEMPT = ["provider", "outcome", "error_code", "started_at", "duration_ms"]
-_REFUND = ["id", "amount", "status", "provider_reference", "reason", "created_at", "failure"]
-_DISPUTE = ["id", "amount", "currency", "reason", "status", "evidence_due_by",
-            "provider_reference"]
-_PAYMENT = ["id", "object", "status", "amount", "currency", "capture", "amount_authorized",
-            "amount_captured", "amount_capture_pending", "amount_refunded", "provider",
-            "provider_reference", "reference", "routing", "attempts", "refunds", "disputes",
-            "failure", "next_action", "metadata", "payment_method", "created_at",
-            "updated_at"]
-
-
-def _legacy_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def _listed(item: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
-    return {k: item[k] for k in fields if k in item}
-
-
-def legacy_public_view(doc: dict[str, Any]) -> dict[str, Any]:
-    out = _listed(doc, _PAYMENT)
-    out["created_at"] = _legacy_iso(doc["created_at"])
-    out["updated_at"] = _legacy_iso(doc["updated_at"])
-    out["attempts"] = [_listed(a, _ATTEMPT) for a in doc["attempts"]]
-    out["refunds"] = [_listed(r, _REFUND) for r in doc["refunds"]]
-    out["disputes"] = [legacy_dispute_view(d) for d in doc.get("disputes") or []]
-    out["amount_capture_pending"] = (
-        int(doc.get("_capture_pending") or 0)
-        if doc["status"] == "capture_pending" else 0)
-    return out
-
-
-def legacy_dispute_view(dispute: dict[str, Any]) -> dict[str, Any]:
-    out = _listed(dispute, _DISPUTE)
-    due = dispute.get("evidence_due_by")
-    out["evidence_due_by"] = _legacy_iso(float(due)) if due is not None else None
-    return out
-
 
 # ------------------------------------------------------------------ the run
 
@@ -96,10 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     docs = json.loads(DOCS.read_text())
     typed = [Payment.from_doc(d) for d in docs]
     for doc, payment in zip(docs, typed, strict=True):  # same answer, or no figures
-        assert payment.public() == Payment.public_of(doc) == legacy_public_view(doc), doc["id"]
+        assert payment.public() == Payment.public_of(doc) == old_public_view(doc), doc["id"]
     by_id = {d["id"]: p for d, p in zip(docs, typed, strict=True)}
     variants: dict[str, Callable[[dict[str, Any]], Any]] = {
-        "legacy public_view(doc)": legacy_public_view,
+        "legacy public_view(doc)": old_public_view,
         "typed Payment.public_of(doc)": Payment.public_of,
         "typed Payment.from_doc(doc).public()": lambda d: Payment.from_doc(d).public(),
         "  of which Payment.from_doc(doc)": Payment.from_doc,

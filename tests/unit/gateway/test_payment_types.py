@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -32,53 +30,14 @@ from gateway.payment_types import (
 )
 from providers.base import Operation
 from providers.statuses import DisputeStatus, PaymentStatus, RefundStatus
+from tests.legacy_public_view import ATTEMPT as _ATTEMPT
+from tests.legacy_public_view import DISPUTE as _DISPUTE
+from tests.legacy_public_view import PAYMENT as _PAYMENT
+from tests.legacy_public_view import REFUND as _REFUND
+from tests.legacy_public_view import old_dispute_view, old_iso, old_public_view
 from tests.paths import FIXTURES_DIR
 
 DOCS: list[dict[str, Any]] = json.loads((FIXTURES_DIR / "payment_documents.json").read_text())
-
-# ------------------------------------------------------------------ the old projection
-# gateway/model.py public_view / dispute_view and public_schema's lists as they were
-# before the typed models, verbatim: the oracle the new projection must equal.
-
-_ATTEMPT = ["provider", "outcome", "error_code", "started_at", "duration_ms"]
-_REFUND = ["id", "amount", "status", "provider_reference", "reason", "created_at", "failure"]
-_DISPUTE = ["id", "amount", "currency", "reason", "status", "evidence_due_by",
-            "provider_reference"]
-_PAYMENT = ["id", "object", "status", "amount", "currency", "capture", "amount_authorized",
-            "amount_captured", "amount_capture_pending", "amount_refunded", "provider",
-            "provider_reference", "reference", "routing", "attempts", "refunds", "disputes",
-            "failure", "next_action", "metadata", "payment_method", "created_at",
-            "updated_at"]
-
-
-def _old_iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
-def _listed(item: dict[str, Any], fields: Iterable[str]) -> dict[str, Any]:
-    return {k: item[k] for k in fields if k in item}
-
-
-def old_dispute_view(dispute: dict[str, Any]) -> dict[str, Any]:
-    out = _listed(dispute, _DISPUTE)
-    due = dispute.get("evidence_due_by")
-    out["evidence_due_by"] = _old_iso(float(due)) if due is not None else None
-    return out
-
-
-def old_public_view(doc: dict[str, Any]) -> dict[str, Any]:
-    out = _listed(doc, _PAYMENT)
-    out["created_at"] = _old_iso(doc["created_at"])
-    out["updated_at"] = _old_iso(doc["updated_at"])
-    out["attempts"] = [_listed(a, _ATTEMPT) for a in doc["attempts"]]
-    out["refunds"] = [_listed(r, _REFUND) for r in doc["refunds"]]
-    out["disputes"] = [old_dispute_view(d) for d in doc.get("disputes") or []]
-    out["amount_capture_pending"] = (
-        int(doc.get("_capture_pending") or 0)
-        if doc["status"] == PaymentStatus.CAPTURE_PENDING.value else 0)
-    return out
-
 
 def _same(a: dict[str, Any], b: dict[str, Any]) -> None:
     """Equal values, the same keys in the same order, the same JSON text."""
@@ -301,7 +260,7 @@ def test_round_trip_property(doc: dict[str, Any]) -> None:
 @given(st.one_of(_ts, st.integers(0, 4_000_000_000),
                  st.floats(min_value=-1e9, max_value=2.5e11, allow_nan=False)))
 def test_iso_is_the_datetime_formatting(ts: float) -> None:
-    assert iso(ts) == _old_iso(ts)
+    assert iso(ts) == old_iso(ts)
 
 
 def _old_busy_until(doc: dict[str, Any], request_deadline_s: float) -> float:
