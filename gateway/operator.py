@@ -12,7 +12,10 @@
 ``resolve``
   An operator's verdict, for a payment the provider cannot settle (past the replay
   window, no lookup): allowed only from an unresolved status
-  (:data:`~gateway.state_machine.UNRESOLVED`), only to a resolved status
+  (:data:`~gateway.state_machine.UNRESOLVED`, or ``requires_action`` once the customer's
+  3-D Secure window, ``reconciliation.action_window_s``, has passed: a challenge nobody
+  finished whose provider gives no proof that nothing can be charged -- Adyen -- is
+  flagged for an operator and nothing else ends it), only to a resolved status
   (:data:`RESOLUTIONS`) along an edge of the state machine
   (:func:`~gateway.state_machine.can_transition`), only when no live request owns the
   payment (9.1) and no reconciliation is working on it (its store lease is held
@@ -35,7 +38,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import metrics
+from gateway import metrics, three_ds
 from gateway.config import GatewayConfig
 from gateway.logs import contains_card_number
 from gateway.model import apply_status, busy_until
@@ -190,11 +193,19 @@ def parse_resolution(body: Any) -> Resolution:
 def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: float) -> Events:
     """The one write's function (raises :class:`OperatorRefused` to write nothing)."""
     current, target = PaymentStatus(d["status"]), res.status
-    if current not in UNRESOLVED:
+    if current == S.REQUIRES_ACTION:
+        left = three_ds.window_end(d) - time.time()
+        if left > 0:  # the customer may still finish the challenge: not abandoned yet
+            raise OperatorRefused(409, "invalid_state", "payment_busy",
+                                  f"the customer may still complete 3-D Secure for "
+                                  f"{math.ceil(left)} s (reconciliation.action_window_s)",
+                                  retry_after=left)
+    elif current not in UNRESOLVED:
         names = ", ".join(sorted(s.value for s in UNRESOLVED))
         raise OperatorRefused(409, "invalid_state", "payment_not_unresolved",
                               f"the payment is {current.value}: an operator resolves only an "
-                              f"unresolved payment ({names})")
+                              f"unresolved payment ({names}, or requires_action after its "
+                              "3-D Secure window)")
     left = busy_until(d, request_deadline_s) - time.time()
     if left > 0:
         raise OperatorRefused(409, "invalid_state", "payment_busy",

@@ -18,7 +18,8 @@ condition with a deadline. Each charge is counted at the simulator.
 * Adyen, the customer never returned: Adyen has no answer that proves nothing can be
   charged, so the payment stays ``requires_action``, flagged for an operator, never
   ``failed``/``expired`` -- and the shopper finishing later (AUTHORISATION webhook)
-  authorizes it, one charge.
+  authorizes it, one charge. The operator the flag calls for can resolve it (``failed``,
+  along requires_action's edges only); a late AUTHORISATION still corrects that.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import pytest
 
 from gateway.appkeys import STORE
 from gateway.config import ConfigError, load_config
+from gateway.metrics import REGISTRY
 from tests.gateway_harness import wait_for, write_config
 from tests.unit.gateway.test_three_ds import Env, _env
 
@@ -159,6 +161,60 @@ async def test_an_adyen_challenge_never_returned_is_flagged_never_ended_on_a_gue
     done = await wait_for(lambda: _status(env, pay["id"], "authorized"), timeout=20)
     assert done["amount_authorized"] == 1000
     assert len(await env.charges("adyen_b", pay["id"])) == 1
+
+
+ADMIN = {"Authorization": "Bearer test-admin-token", "Content-Type": "application/json"}
+
+
+def _resolved(action: str, result: str) -> float:
+    return REGISTRY.get_sample_value("gateway_operator_actions_total",
+                                     {"action": action, "result": result}) or 0.0
+
+
+async def test_an_operator_resolves_a_flagged_adyen_challenge_and_a_late_authorisation_wins(
+        tmp_path: Path, store_url: str, aiohttp_client, session: aiohttp.ClientSession) -> None:
+    """The flag asks an operator to end the abandoned challenge: POST
+    /admin/payments/{id}/resolve takes requires_action after its window (SPEC 9.2, along
+    requires_action's edges only), audited with source operator and counted. ``failed``
+    says no money moved, so the shopper finishing after all (Adyen's AUTHORISATION) still
+    corrects it to authorized: one charge, never hidden."""
+    env = await _env(tmp_path, store_url, aiohttp_client, session, "adyen_b",
+                     webhooks=True, **FAST)
+    pay = await env.pay("3ds-adyen-resolved", "adyen_b", capture="manual")
+    await wait_for(lambda: _trail(env, pay["id"], "flagged"), timeout=20)
+
+    async def resolve(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        r = await env.client.post(f"/admin/payments/{pay['id']}/resolve", json=body,
+                                  headers=ADMIN)
+        return r.status, await r.json()
+
+    before = await env.client.app[STORE].get_payment(pay["id"])
+    for target in ("expired", "voided", "processing"):  # not along requires_action's edges
+        status, body = await resolve({"status": target, "reason": "OPS-7"})
+        assert (status, body["error"]["code"]) == (409, "transition_not_allowed"), body
+        assert "requires_action -> " in body["error"]["message"]
+    assert await env.client.app[STORE].get_payment(pay["id"]) == before  # nothing written
+
+    applied = _resolved("resolve", "applied")
+    status, done = await resolve({"status": "failed",
+                                  "reason": "OPS-7: no authorisation in the Adyen CA"})
+    assert status == 200, done
+    assert done["status"] == "failed" and done["next_action"] is None
+    assert done["failure"]["code"] == "resolved_by_operator"
+    assert _resolved("resolve", "applied") == applied + 1
+    (ev,) = [e for e in await env.events(pay["id"])
+             if e["type"] == "status_changed" and e["to_status"] == "failed"]
+    assert (ev["source"], ev["from_status"], ev["reason"]) == (
+        "operator", "requires_action", "OPS-7: no authorisation in the Adyen CA")
+    status, again = await resolve({"status": "failed", "reason": "twice"})
+    assert (status, again["error"]["code"]) == (409, "payment_not_unresolved")
+
+    await env.browse(pay)  # the shopper finishes after all: AUTHORISATION corrects it
+    late = await wait_for(lambda: _status(env, pay["id"], "authorized"), timeout=20)
+    assert late["amount_authorized"] == 1000
+    assert len(await env.charges("adyen_b", pay["id"])) == 1
+    ops = (await env.sim.requests("adyen"))["by_operation"]
+    assert ops.get("payments") == 1 and not ops.get("payments_details")
 
 
 @pytest.mark.parametrize("value", [0, -5, "soon"])

@@ -424,3 +424,20 @@ async def test_resolve_refused_when_no_provider_was_ever_called(env: Env) -> Non
     assert r.status == 200 and body["status"] == "failed", body
     assert body["failure"]["code"] == "resolved_by_operator"
     assert {sim: await env.sent(sim) for sim in sent} == sent  # nothing was asked or charged
+
+
+async def test_resolve_refused_while_the_customer_may_still_complete_3ds(env: Env) -> None:
+    """requires_action is resolvable only after its 3-D Secure window (the customer may
+    still finish the challenge): 409 payment_busy with Retry-After until then, even once
+    every request lease has lapsed; nothing written."""
+    pay = await env.pay("op-3ds-open", "adyen_main", token="tok_3ds")
+    assert pay["status"] == "requires_action", pay
+    await env.age(pay["id"])  # leases lapsed; the customer's window (900 s) has not
+    stored = await env.store.get_payment(pay["id"])
+    before = _actions("resolve", "refused")
+    r = await env.resolve(pay["id"], {"status": "failed", "reason": "customer gave up?"})
+    err = await _error(r, 409)
+    assert err["code"] == "payment_busy" and "3-D Secure" in err["message"], err
+    assert 800 < float(r.headers["Retry-After"]) <= 900
+    assert await env.store.get_payment(pay["id"]) == stored
+    assert _actions("resolve", "refused") == before + 1
