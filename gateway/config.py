@@ -318,6 +318,9 @@ def _provider(c: _Checks, name: str, raw: Any, path: Path_) -> ProviderConfig | 
     fee_bps = c.get(raw, "fee_bps", int, path, None)
     if fee_bps is not None and not 0 <= fee_bps <= 10_000:
         c.error((*path, "fee_bps"), "must be basis points from 0 to 10000")
+    elif fee_bps is not None and not decl.settlement_fees:
+        c.error((*path, "fee_bps"), f"{ptype} reports no per-transaction fee in its "
+                "settlement data, so there is no fee to check: remove fee_bps")
     return ProviderConfig(
         name=name,
         type=ptype,

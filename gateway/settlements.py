@@ -344,11 +344,30 @@ async def reconcile_day(store: Store, config: GatewayConfig, day: dt.date,
     buckets: list[Bucket] = []
     for name in names:
         buckets += await _reconcile_provider(store, _provider(config, name), day)
-    for b in buckets:
+    # the gauge is what this reconciliation found: a provider's currency with no line and
+    # no entry that day goes back to 0 (else an earlier day's drift would stay, and its
+    # alert fire, after a clean day)
+    sums: dict[tuple[str, str], Bucket] = {(b.provider, b.currency): b for b in buckets}
+    for name in names:
+        for currency in sorted(set(_provider(config, name).currencies)
+                               | _drift_series_currencies(name)):
+            sums.setdefault((name, currency), Bucket(name, currency))
+    for (provider, currency), b in sorted(sums.items()):
         for kind in DRIFT_KINDS:
-            metrics.SETTLEMENT_DRIFT.labels(b.provider, b.currency, kind).set(
+            metrics.SETTLEMENT_DRIFT.labels(provider, currency, kind).set(
                 b.tallies[kind].sum)
     return Report(day.isoformat(), buckets)
+
+
+def _drift_series_currencies(provider: str) -> set[str]:
+    """Currencies of ``provider`` the drift gauge has a series for (set by an earlier
+    reconciliation, e.g. a currency no longer configured)."""
+    out: set[str] = set()
+    for family in metrics.SETTLEMENT_DRIFT.collect():
+        for sample in family.samples:
+            if sample.labels.get("provider") == provider:
+                out.add(sample.labels["currency"])
+    return out
 
 
 __all__ = ["DRIFT_KINDS", "KINDS", "Bucket", "ImportResult", "Report", "SettlementError",

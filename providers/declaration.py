@@ -103,6 +103,11 @@ class ProviderDeclaration:
     #: Settlement: the provider's report (fetched, or a file) -> provider-neutral lines
     #: (raises ``providers.settlement.MalformedSettlement``).
     parse_settlement: Callable[[bytes], list[SettlementLine]] | None = None
+    #: Settlement: the provider's report carries a fee per transaction, so the gateway can
+    #: check it against the provider entry's ``fee_bps`` (``fee_drift``). False (Braintree's
+    #: settlement data has no per-transaction fee): ``fee_bps`` is a configuration error,
+    #: as every capture would show a fee of 0 against it.
+    settlement_fees: bool = True
 
     def credentials_of(self, settings: ProviderSettings) -> dict[str, str]:
         """The entry's credentials, over the simulator's under ``sandbox: true``."""

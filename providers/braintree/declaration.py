@@ -116,6 +116,7 @@ DECLARATION = ProviderDeclaration(
     test_notification=test_notification,
     fetch_settlement=settlement.fetch_settlement,
     parse_settlement=settlement.parse_braintree,
+    settlement_fees=False,  # no per-transaction fee in Braintree's settlement data
     webhook_challenge=("bt_challenge", challenge),
     # No server-side 3-D Secure challenge: Braintree authenticates on the CLIENT
     # (braintree-web / mobile SDK ``threeDSecure.verifyCard`` runs the lookup and the

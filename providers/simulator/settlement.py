@@ -47,6 +47,8 @@ Refusals (the control API renders them as ``{"error": {...}}``):
 409    not_captured        unsettled_capture / fee_changed / wrong_payout on a payment
                            with no capture
 409    not_refunded        double_refund on a payment with no refund
+409    fees_not_reported   fee_changed at a provider whose settlement data has no
+                           per-transaction fee (Braintree), for any payment
 =====  ==================  ============================================================
 """
 

@@ -22,7 +22,7 @@ from gateway import metrics
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS, STORE
 from gateway.cli import main
-from gateway.config import load_config
+from gateway.config import ConfigError, load_config
 from gateway.store import StoreError
 from tests.gateway_harness import SimControl, headers, payment_body, wait_for, write_config
 from tests.processes import free_port
@@ -243,6 +243,38 @@ async def test_every_injected_fault_is_found(env: Env, provider: str,
                                           str(env.config), "--date", TODAY])
     out = capsys.readouterr().out
     assert code == 1 and "DRIFT FOUND" in out and "missing_at_provider" in out
+    # the gauge is what the last reconciliation found: the next day (nothing settled,
+    # nothing recorded) brings every series of the provider back to 0, so the alert stops
+    tomorrow = (dt.date.fromisoformat(TODAY) + dt.timedelta(days=1)).isoformat()
+    status, clean = await env.admin("/admin/settlements/reconcile",
+                                    {"date": tomorrow, "providers": [provider]})
+    assert status == 200 and clean["drift"] is False and clean["providers"] == [], clean
+    for currency in ("EUR", "JPY", "KWD"):
+        for kind in ("missing_at_provider", "missing_in_gateway", "amount_drift",
+                     "fee_drift", "payout_mismatch"):
+            assert metrics.REGISTRY.get_sample_value(
+                "gateway_settlement_drift_minor_units",
+                {"provider": provider, "currency": currency, "kind": kind}) == 0, (
+                currency, kind)
+
+
+@pytest.mark.parametrize("provider", list(PROVIDERS))
+def test_fee_bps_is_refused_where_the_report_has_no_fee(tmp_path: Path, provider: str
+                                                        ) -> None:
+    """Braintree's settlement data has no per-transaction fee (the simulator refuses a
+    fee_changed fault, 409 fees_not_reported): a fee_bps on a Braintree entry would make
+    every capture a fee_drift of its whole fee, so the configuration refuses it; Stripe and
+    Adyen take it."""
+    entry = {**PROVIDERS[provider], "fee_bps": 290}
+    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'g.db'}",
+                          providers={provider: entry})
+    if provider != "braintree_main":
+        assert load_config(config).providers[provider].fee_bps == 290
+        return
+    with pytest.raises(ConfigError) as exc:
+        load_config(config)
+    assert f"providers.{provider}.fee_bps" in str(exc.value), exc.value
+    assert "no per-transaction fee" in str(exc.value), exc.value
 
 
 async def test_import_refusals(env: Env, tmp_path: Path) -> None:
