@@ -6,7 +6,8 @@ store and round (``--repeat``): first the capacity of one process (closed loop,
 ``--clients`` clients, Stripe, without admission control), then an open-loop burst of
 ``--factor`` x that rate (new payments at fixed times whatever the answers) for
 ``--duration`` seconds, once per admission limit of ``--limits`` (``none``: raised out of
-reach; ``default``: the gateway's default; ``N``: ``max_in_flight`` N). Printed per run:
+reach; ``default``: the gateway's defaults; ``N``: ``max_in_flight`` and ``max_busy`` N;
+``N/B``: ``max_in_flight`` N, ``max_busy`` B). Printed per run:
 the offered rate, 201s per second, the share shed (503 ``gateway_overloaded`` with Retry-
 After), p50 / p99 of the admitted (201) payments and of the shed answers, the p99 of this
 process's own lateness in sending (``client late``: the load generator shares the box; its
@@ -23,7 +24,7 @@ and the same burst rate: every other payment is shed, so the gateway does nothin
 printed: shed p50 / p99 / max and the gateway's CPU-ms per shed answer (/proc/<pid>/stat).
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
-        [--duration 10] [--limits none,default,16,8] [--clients 64] [--repeat 1]
+        [--duration 10] [--limits none,default,64/64,8] [--clients 64] [--repeat 1]
         [--no-shed-only]
         [--pool-sizes default,64,256]  (store_options.pool_size per run)
         [--provider-latency-ms 0]  (the Stripe simulator answers this much later: a
@@ -151,8 +152,9 @@ def admission_of(limit: str) -> dict[str, Any]:
     if limit == "default":
         return {}
     if limit == "none":
-        return {"max_in_flight": 100_000}
-    return {"max_in_flight": int(limit)}
+        return {"max_in_flight": 100_000, "max_busy": 100_000}
+    in_flight, _, busy = limit.partition("/")
+    return {"max_in_flight": int(in_flight), "max_busy": int(busy or in_flight)}
 
 
 SHED_ONLY_S = 5.0  # the shed-only burst; the held payment is answered 2 s after it
@@ -243,8 +245,9 @@ async def main_async(ns: argparse.Namespace) -> None:
                     d = tmp / f"run{n}"
                     url = store_url(d, n)
                     admission = admission_of(limit)
-                    max_in_flight = admission.get("max_in_flight",
-                                                  AdmissionSettings().max_in_flight)
+                    d_adm = AdmissionSettings()
+                    bounds = (f"{admission.get('max_in_flight', d_adm.max_in_flight)}/"
+                              f"{admission.get('max_busy', d_adm.max_busy)}")
                     extra: dict[str, Any] = {}
                     if pool_size != "default":  # store_options.pool_size (gateway.store.pool)
                         extra["store_options"] = {"pool_size": int(pool_size)}
@@ -254,7 +257,7 @@ async def main_async(ns: argparse.Namespace) -> None:
                                        admission=admission, **extra) as gw, \
                             http_session(limit=0) as s:
                         label = f"{store} limit={limit}" + (
-                            f"({max_in_flight})" if limit == "default" else "") + (
+                            f"({bounds})" if limit == "default" else "") + (
                             f" pool={pool_size}" if pool_size != "default" else "")
                         line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
                         if store != "sqlite":  # the pool keeps what it opened: its peak
@@ -289,7 +292,7 @@ def main() -> None:
     p.add_argument("--stores", default="sqlite,redis")
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--limits", default="none,default,16,8")
+    p.add_argument("--limits", default="none,default,64/64,8")
     p.add_argument("--no-shed-only", dest="shed_only", action="store_false",
                    help="skip the shed-only run")
     p.add_argument("--repeat", type=int, default=1,

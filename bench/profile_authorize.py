@@ -106,6 +106,8 @@ async def main_async(ns: argparse.Namespace) -> None:
     print(f"Stripe authorizations, {ns.store}, {ns.clients} clients: "
           f"{run.count(201) / run.elapsed:.0f} payments/s while sampled")
     print(summarise(raw, ns.top))
+    if ns.raw:
+        shutil.copyfile(raw, ns.raw)
 
 
 def main() -> None:
@@ -115,6 +117,7 @@ def main() -> None:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--top", type=int, default=10)
     p.add_argument("--flame", default=None, help="also write a flame graph SVG here")
+    p.add_argument("--raw", default=None, help="also keep py-spy's raw stacks here")
     asyncio.run(main_async(p.parse_args()))
 
 

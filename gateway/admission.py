@@ -13,14 +13,36 @@ remembered). Every shed request counts in ``gateway_requests_shed_total{operatio
 Reads, webhooks, health and admin endpoints are never shed (they are cheap, and a
 provider's webhook must not be refused for the merchants' load).
 
-The check is one integer comparison on the event loop (no lock: the loop is one thread),
-so a shed answer costs little more than reading the request. Sizing: in-flight =
-throughput x latency (Little's law); see ``AdmissionSettings`` in :mod:`gateway.config`.
+Two bounds, both checked when an operation arrives:
+
+* ``admission.max_in_flight``: operations in progress at all (memory, store places,
+  provider connections);
+* ``admission.max_busy``: operations in progress that are *not* waiting on a provider,
+  i.e. that want the event loop (parsing, the store, building and reading provider calls).
+  An operation counts as waiting from the moment its provider call is awaited
+  (:func:`waiting_on_provider`, used by :mod:`gateway.provider_calls`) until it returns.
+
+Past its CPU capacity every admitted operation waits for all the others on the loop, so
+latency grows with the number busy, not with the number waiting on a provider: a fixed
+``max_in_flight`` low enough to keep latency down with a fast provider (8 at 2x capacity,
+bench/overload.py) capped a slow provider's throughput (35 vs 118 payments/s with the
+simulator 200 ms slower), and one high enough for the slow provider let the fast one's
+latency run to 0.4-0.9 s. Counting the busy ones apart bounds the loop's queue in both
+cases: with a slow provider most operations in flight are waiting and new ones are
+admitted up to ``max_in_flight``.
+
+An operation already admitted is never stopped or queued by these bounds (its provider
+answer is processed at once); only new arrivals are shed. The check is two integer
+comparisons on the event loop (no lock: the loop is one thread), so a shed answer costs
+little more than reading the request. Sizing: see ``AdmissionSettings`` in
+:mod:`gateway.config`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Final
 
 from aiohttp import web
@@ -50,17 +72,36 @@ def operation_of(method: str, route: str) -> Operation | None:
     return _ROUTES.get((method, route))
 
 
-class Admission:
-    """Counts the payment operations in progress in this process against ``limit``."""
+class Ticket:
+    """One admitted operation's place: how many of its provider calls are awaited now
+    (more than one only if an operation ever ran provider calls side by side)."""
 
-    def __init__(self, limit: int, retry_after_s: int = 1) -> None:
+    __slots__ = ("admission", "done", "waiting")
+
+    def __init__(self, admission: Admission) -> None:
+        self.admission = admission
+        self.waiting = 0
+        self.done = False
+
+
+class Admission:
+    """Counts the payment operations in progress in this process against ``limit``
+    (all of them) and ``busy_limit`` (those not waiting on a provider)."""
+
+    def __init__(self, limit: int, retry_after_s: int = 1, busy_limit: int | None = None
+                 ) -> None:
+        busy = limit if busy_limit is None else busy_limit
         if limit < 1:
             raise ValueError("limit must be >= 1")
+        if busy < 1 or busy > limit:
+            raise ValueError("busy_limit must be >= 1 and <= limit")
         if retry_after_s < 1:
             raise ValueError("retry_after_s must be >= 1")
         self.limit = limit
+        self.busy_limit = busy
         self.retry_after_s = retry_after_s
         self._in_flight = 0
+        self._waiting = 0
         # every operation's series exists from the start, at 0 (the alert's increase())
         self._shed = {op: metrics.REQUESTS_SHED.labels(op) for op in OPERATIONS}
 
@@ -68,27 +109,65 @@ class Admission:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def try_enter(self, operation: Operation) -> bool:
-        """Take a place for ``operation``; False (and counted as shed) when none is left.
-        Every True must be followed by one :meth:`leave`."""
-        if self._in_flight >= self.limit:
-            self._shed[operation].inc()
-            return False
-        self._in_flight += 1
-        return True
+    @property
+    def waiting(self) -> int:
+        """Admitted operations awaiting a provider's answer now."""
+        return self._waiting
 
-    def leave(self) -> None:
+    @property
+    def busy(self) -> int:
+        """Admitted operations not waiting on a provider."""
+        return self._in_flight - self._waiting
+
+    def try_enter(self, operation: Operation) -> Ticket | None:
+        """Take a place for ``operation``; None (and counted as shed) when none is left.
+        Every ticket must be given back by one :meth:`leave`."""
+        if (self._in_flight >= self.limit
+                or self._in_flight - self._waiting >= self.busy_limit):
+            self._shed[operation].inc()
+            return None
+        self._in_flight += 1
+        return Ticket(self)
+
+    def leave(self, ticket: Ticket) -> None:
+        if ticket.done:
+            return
+        ticket.done = True
         self._in_flight -= 1
+        self._waiting -= ticket.waiting  # a provider call it left behind stops counting
+        ticket.waiting = 0
 
     def refusal(self) -> ApiError:
         return ApiError(
             503, "internal", "gateway_overloaded",
-            f"the gateway has {self.limit} payment operations in progress, its limit; "
+            "the gateway is at its limit of payment operations in progress; "
             "nothing was done: retry after Retry-After seconds with the same "
             "Idempotency-Key", headers={"Retry-After": str(self.retry_after_s)})
 
 
 ADMISSION: Final = web.AppKey("admission", Admission)
+
+#: The admitted operation the current task runs for (set by the middleware; tasks the
+#: handler starts inherit it, and stop counting once the operation has left).
+_TICKET: ContextVar[Ticket | None] = ContextVar("admission_ticket", default=None)
+
+
+@contextmanager
+def waiting_on_provider() -> Iterator[None]:
+    """Count the current operation as waiting on a provider for the ``with`` block (a
+    no-op outside an admitted operation: reconciliation, webhooks, the CLI)."""
+    ticket = _TICKET.get()
+    if ticket is None or ticket.done:
+        yield
+        return
+    ticket.waiting += 1
+    ticket.admission._waiting += 1
+    try:
+        yield
+    finally:
+        if not ticket.done:
+            ticket.waiting -= 1
+            ticket.admission._waiting -= 1
 
 
 def _route(request: web.Request) -> str | None:
@@ -108,17 +187,21 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
     admission = request.app.get(ADMISSION)
     if operation is None or admission is None:
         return await handler(request)
-    if not admission.try_enter(operation):
+    ticket = admission.try_enter(operation)
+    if ticket is None:
         raise admission.refusal()
+    token = _TICKET.set(ticket)
     try:
         return await handler(request)
     finally:
-        admission.leave()
+        _TICKET.reset(token)
+        admission.leave(ticket)
 
 
-def install(app: web.Application, limit: int, retry_after_s: int = 1) -> Admission:
+def install(app: web.Application, limit: int, retry_after_s: int = 1,
+            busy_limit: int | None = None) -> Admission:
     """Create the app's admission control (call before the app is frozen) and return it;
     ``admission_middleware`` must be among the app's middlewares."""
-    admission = Admission(limit, retry_after_s)
+    admission = Admission(limit, retry_after_s, busy_limit)
     app[ADMISSION] = admission
     return admission

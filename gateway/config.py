@@ -111,16 +111,22 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class AdmissionSettings:
-    """Admission control (``admission:``; see gateway.admission): payment operations in
-    progress in one process past which new ones are answered 503 + Retry-After.
-    In flight = throughput x latency: the default holds ~180 payments/s (one process's
-    measured capacity, bench/saturation.py) at a provider latency of up to ~0.25 s plus
-    the gateway's own ~0.1 s; with faster providers a lower limit keeps latency lower
-    under overload (bench/overload.py), with slower ones raise it."""
+    """Admission control (``admission:``; see gateway.admission): past either bound, new
+    payment operations are answered 503 + Retry-After.
+
+    ``max_in_flight``: operations in progress in one process at all. In flight =
+    throughput x latency: 64 holds ~180 payments/s at a provider latency of up to ~0.25 s
+    plus the gateway's own ~0.1 s; raise it for slower providers.
+
+    ``max_busy``: operations in progress that are not awaiting a provider's answer (they
+    want the event loop). Past the CPU's capacity each busy one waits for the others, so
+    this bounds the admitted latency under overload whatever the providers' latency: 8
+    kept the admitted p99 under 100 ms at 2x capacity (bench/overload.py; README). By
+    default the smaller of 8 and ``max_in_flight``; at most ``max_in_flight``."""
 
     max_in_flight: int = 64
     retry_after_s: int = 1
-
+    max_busy: int = 8
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -398,9 +404,12 @@ def _server(c: _Checks, raw: dict[str, Any], path: Path_) -> ServerSettings:
 
 def _admission(c: _Checks, raw: dict[str, Any], path: Path_) -> AdmissionSettings:
     d = AdmissionSettings()
+    max_in_flight = c.integer(raw, "max_in_flight", path, d.max_in_flight, at_most=100_000)
     return AdmissionSettings(
-        max_in_flight=c.integer(raw, "max_in_flight", path, d.max_in_flight, at_most=100_000),
+        max_in_flight=max_in_flight,
         retry_after_s=c.integer(raw, "retry_after_s", path, d.retry_after_s, at_most=3600),
+        max_busy=c.integer(raw, "max_busy", path, min(d.max_busy, max_in_flight),
+                           at_most=max_in_flight),
     )
 
 

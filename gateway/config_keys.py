@@ -49,7 +49,7 @@ SCHEMA: Schema = {
     "store_options": {"allow_volatile": None, "pool_size": None, "pool_timeout_s": None},
     "server": {"header_timeout_s": None, "body_timeout_s": None, "keepalive_timeout_s": None,
                "max_connections": None, "backlog": None},
-    "admission": {"max_in_flight": None, "retry_after_s": None},
+    "admission": {"max_in_flight": None, "retry_after_s": None, "max_busy": None},
 }
 
 

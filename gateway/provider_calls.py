@@ -29,6 +29,7 @@ from tenacity import (
 )
 
 from gateway import metrics
+from gateway.admission import waiting_on_provider
 from gateway.config import RetrySettings
 from providers.base import (
     Ambiguous,
@@ -61,7 +62,8 @@ async def _one_try(provider: str, operation: Operation, factory: Callable[[], Aw
     t0 = time.perf_counter()
     outcome = "ambiguous"
     try:
-        result = await factory()
+        with waiting_on_provider():
+            result = await factory()
         outcome = _outcome_of(result)
         return result
     except ProviderFault as fault:

@@ -137,17 +137,20 @@ class RequestBudget:
             return False
         if self in scope.held:
             return True
-        self._waiting += 1
-        try:
-            await asyncio.wait_for(self._sem.acquire(), self.wait_s)
-        except TimeoutError:
-            metrics.STORE_POOL_TIMEOUTS.labels("request").inc()
-            raise StoreError(
-                f"{self._name}: no store place free within {self.wait_s:g} s "
-                f"({self.size} requests are using the store; store_options.pool_size)"
-            ) from None
-        finally:
-            self._waiting -= 1
+        if self._sem.locked():  # no place free: wait for one, within wait_s
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._sem.acquire(), self.wait_s)
+            except TimeoutError:
+                metrics.STORE_POOL_TIMEOUTS.labels("request").inc()
+                raise StoreError(
+                    f"{self._name}: no store place free within {self.wait_s:g} s "
+                    f"({self.size} requests are using the store; store_options.pool_size)"
+                ) from None
+            finally:
+                self._waiting -= 1
+        else:  # a place is free and nobody waits: taken at once (no wait_for task)
+            await self._sem.acquire()
         self._in_use += 1
         if scope.closed:  # the request ended while this (spawned) call waited
             self.give_back()

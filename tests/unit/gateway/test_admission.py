@@ -20,7 +20,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admission import ADMISSION, Admission, operation_of
+from gateway.admission import _TICKET, ADMISSION, Admission, operation_of, waiting_on_provider
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS
 from gateway.config import ConfigError, load_config
@@ -137,18 +137,92 @@ def test_the_operations_that_are_counted() -> None:
 def test_admission_counts_and_releases_places() -> None:
     adm = Admission(2)
     before = shed("void")
-    assert adm.try_enter("void") and adm.try_enter("void")
-    assert not adm.try_enter("void")
+    first, second = adm.try_enter("void"), adm.try_enter("void")
+    assert first is not None and second is not None
+    assert adm.try_enter("void") is None
     assert shed("void") == before + 1
-    adm.leave()
-    assert adm.try_enter("void")
+    adm.leave(first)
+    adm.leave(first)  # given back once only
+    assert adm.in_flight == 1
+    assert adm.try_enter("void") is not None
     with pytest.raises(ValueError):
         Admission(0)
+    with pytest.raises(ValueError):
+        Admission(4, busy_limit=5)
+    with pytest.raises(ValueError):
+        Admission(4, busy_limit=0)
+
+
+def test_operations_waiting_on_a_provider_do_not_count_as_busy() -> None:
+    """busy = in flight - waiting on a provider; new operations are shed at either bound."""
+    adm = Admission(3, busy_limit=1)
+    a = adm.try_enter("authorize")
+    assert a is not None and adm.busy == 1
+    assert adm.try_enter("authorize") is None  # a is busy: the loop is taken
+    token = _TICKET.set(a)
+    try:
+        with waiting_on_provider():
+            assert (adm.waiting, adm.busy) == (1, 0)
+            b = adm.try_enter("authorize")  # a awaits its provider: room for one busy
+            assert b is not None and adm.busy == 1
+            assert adm.try_enter("capture") is None
+        assert (adm.waiting, adm.busy) == (0, 2)  # a's answer is processed, not stopped
+        assert adm.try_enter("authorize") is None
+        with waiting_on_provider():
+            adm.leave(a)  # left while its call was awaited (a task it started lives on)
+            assert (adm.in_flight, adm.waiting, adm.busy) == (1, 0, 1)
+        assert (adm.in_flight, adm.waiting) == (1, 0)  # the late exit changes nothing
+    finally:
+        _TICKET.reset(token)
+    with waiting_on_provider():  # outside an operation (reconciliation): not counted
+        assert adm.waiting == 0
+    adm.leave(b)
+    assert (adm.in_flight, adm.waiting, adm.busy) == (0, 0, 0)
+    c = adm.try_enter("authorize")
+    assert c is not None
+
+
+async def test_payments_held_at_the_provider_leave_room_for_new_ones(
+        tmp_path: Path, store_url: str, aiohttp_client: Any,
+        session: aiohttp.ClientSession) -> None:
+    """max_busy 1: payments awaiting the provider are not busy, so new ones are admitted
+    up to max_in_flight (4), each counted as waiting while the simulator holds it; the
+    fifth is shed by max_in_flight; all four end authorized, each charged once."""
+    config = write_config(tmp_path, store_url, admission={"max_in_flight": 4, "max_busy": 1})
+    app = create_app(load_config(config))
+    client = await aiohttp_client(app)
+    sim = SimControl(f"http://127.0.0.1:{app[SANDBOX_PORTS]['control']}", session)
+    admission = app[ADMISSION]
+    assert (admission.limit, admission.busy_limit) == (4, 1)
+    await sim.faults("stripe", latency_ms=HOLD_MS)
+    held = []
+    for i in range(4):
+        held.append(asyncio.create_task(_post(client, "/v1/payments",
+                                              payment_body(reference=f"adm-wait-{i}"),
+                                              f"adm-wait-{i}")))
+
+        async def waiting(n: int = i + 1) -> bool:
+            return admission.waiting == n
+
+        await wait_for(waiting, timeout=HOLD_MS / 1000 - 0.3, interval=0.005)
+    assert (admission.in_flight, admission.busy) == (4, 0)
+    status, body, _, _ = await _post(client, "/v1/payments",
+                                     payment_body(reference="adm-wait-shed"), "adm-wait-shed")
+    assert status == 503 and body["error"]["code"] == "gateway_overloaded", body
+    for task in held:
+        status, pay, _, _ = await task
+        assert status == 201 and pay["status"] == "authorized", pay
+        assert len(await sim.charges("stripe", pay["id"])) == 1
+    assert (admission.in_flight, admission.waiting) == (0, 0)
 
 
 def test_the_limit_is_configurable_and_validated(tmp_path: Path) -> None:
     default = load_config(write_config(tmp_path / "a", "sqlite:///x.db"))
     assert default.admission.max_in_flight == 64 and default.admission.retry_after_s == 1
+    assert default.admission.max_busy == 8
+    small = load_config(write_config(tmp_path / "d", "sqlite:///x.db",
+                                     admission={"max_in_flight": 3}))
+    assert small.admission.max_busy == 3  # never above max_in_flight
     cfg = load_config(write_config(tmp_path / "b", "sqlite:///x.db",
                                    admission={"max_in_flight": 7, "retry_after_s": 3}))
     assert (cfg.admission.max_in_flight, cfg.admission.retry_after_s) == (7, 3)
@@ -159,6 +233,9 @@ def test_the_limit_is_configurable_and_validated(tmp_path: Path) -> None:
         ({"max_in_flight": "many"}, "admission.max_in_flight: expected"),
         ({"retry_after_s": 0}, "admission.retry_after_s: must be between 1 and 3600 (got 0)"),
         ({"max_inflight": 5}, "unknown key 'max_inflight'"),
+        ({"max_in_flight": 4, "max_busy": 5},
+         "admission.max_busy: must be between 1 and 4 (got 5)"),
+        ({"max_busy": 0}, "admission.max_busy: must be between 1 and 64 (got 0)"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_config(write_config(tmp_path / "c", "sqlite:///x.db", admission=bad))
