@@ -20,7 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import private_redis, tempdir
-from bench.procs import closed_loop, cpu_seconds, gateway, payment_call, providers_at, sandbox, tag
+from bench.procs import (
+    OPEN_ADMISSION,
+    closed_loop,
+    cpu_seconds,
+    gateway,
+    payment_call,
+    providers_at,
+    sandbox,
+    tag,
+)
 from bench.procs import session as http_session
 from gateway.http_server import EVENT_LOOP_ENV
 
@@ -63,7 +72,7 @@ class _both:
             os.environ[EVENT_LOOP_ENV] = lp
             url = (f"sqlite:///{d / lp / 'gw.db'}" if store == "sqlite"
                    else f"{redis_db}{n}")
-            cm = gateway(d / lp, url, providers_at(urls, "stripe"))
+            cm = gateway(d / lp, url, providers_at(urls, "stripe"), admission=OPEN_ADMISSION)
             gws[lp] = await cm.__aenter__()
             self.cms.append(cm)
         return gws

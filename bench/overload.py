@@ -48,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import headers, private_redis, tempdir
 from bench.procs import (
     BODY,
+    OPEN_ADMISSION,
     Gateway,
     closed_loop,
     gateway,
@@ -152,7 +153,7 @@ def admission_of(limit: str) -> dict[str, Any]:
     if limit == "default":
         return {}
     if limit == "none":
-        return {"max_in_flight": 100_000, "max_busy": 100_000}
+        return OPEN_ADMISSION
     in_flight, _, busy = limit.partition("/")
     return {"max_in_flight": int(in_flight), "max_busy": int(busy or in_flight)}
 

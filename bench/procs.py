@@ -158,6 +158,12 @@ def _spawn(directory: Path, store: str, providers: dict[str, Any], workers: int,
     return proc, f"http://127.0.0.1:{port}", config, log
 
 
+#: admission: for closed-loop runs that measure capacity: raised out of reach. A closed-loop
+#: client that is shed (503) sends its next payment at once instead of after Retry-After,
+#: so with the default bounds such a run would measure the shedding, not the capacity.
+OPEN_ADMISSION: dict[str, int] = {"max_in_flight": 100_000, "max_busy": 100_000}
+
+
 @contextlib.asynccontextmanager
 async def gateway(directory: Path, store: str, providers: dict[str, Any], workers: int = 1,
                   **extra: Any) -> AsyncIterator[Gateway]:

@@ -25,7 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import private_redis, tempdir
-from bench.procs import closed_loop, gateway, payment_call, providers_at, sandbox, tag
+from bench.procs import (
+    OPEN_ADMISSION,
+    closed_loop,
+    gateway,
+    payment_call,
+    providers_at,
+    sandbox,
+    tag,
+)
 from bench.procs import session as http_session
 
 
@@ -85,7 +93,8 @@ async def main_async(ns: argparse.Namespace) -> None:
     raw = tmp / "profile.txt"
     with sandbox(tmp / "sandbox.log") as ready, private_redis() as redis_url:
         store = f"sqlite:///{tmp / 'gw.db'}" if ns.store == "sqlite" else redis_url
-        async with gateway(tmp / "gw", store, providers_at(ready["base_urls"], "stripe")) as gw, \
+        async with gateway(tmp / "gw", store, providers_at(ready["base_urls"], "stripe"),
+                           admission=OPEN_ADMISSION) as gw, \
                 http_session() as s:
             call = payment_call(s, gw.base, f"prof-{tag()}")
             load = asyncio.create_task(closed_loop(call, ns.clients, ns.duration + 3, 1.0))

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import headers, private_redis, tempdir
 from bench.procs import (
+    OPEN_ADMISSION,
     Call,
     Run,
     closed_loop,
@@ -142,7 +143,7 @@ async def one_store(store: str, url: str, urls: dict[str, str], control: str, d:
     def add(kind: str, key: str, value: float) -> None:
         figures[kind].setdefault(key, []).append(value)
 
-    async with gateway(d, url, providers_at(urls, "stripe")) as gw, \
+    async with gateway(d, url, providers_at(urls, "stripe"), admission=OPEN_ADMISSION) as gw, \
             http_session(limit=0) as s:
         run_tag = tag()
         created = await create(s, gw.base, ns.payments, f"rg-{run_tag}")

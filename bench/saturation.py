@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import private_redis, tempdir
 from bench.procs import (
+    OPEN_ADMISSION,
     Run,
     closed_loop,
     cpu_seconds,
@@ -77,7 +78,7 @@ async def one_gateway(store: str, urls: dict[str, str], d: Path, kind: str, work
     if sdk_threads is not None:
         for entry in providers.values():
             entry["sdk_threads"] = sdk_threads
-    async with gateway(d, store, providers, workers=workers) as gw, \
+    async with gateway(d, store, providers, workers=workers, admission=OPEN_ADMISSION) as gw, \
             http_session() as s:
         # new connections per client so that the kernel spreads them over the workers
         call = payment_call(s, gw.base, f"sat-{kind}-{workers}-{tag()}")
