@@ -110,7 +110,9 @@ SETTLEMENT_DRIFT = Gauge(
     "gateway_settlement_drift_minor_units",
     "Settlement drift found by the last reconciliation of a day, per kind (SPEC 16; minor "
     "units of the currency)", ["provider", "currency", "kind"], registry=REGISTRY,
-    multiprocess_mode="livemax",
+    # the last reconciliation's value, whichever worker ran it (livemax kept an earlier
+    # day's drift of another worker after a clean day)
+    multiprocess_mode="livemostrecent",
 )
 RECONCILIATION_CORRECTIONS = Counter(
     "gateway_reconciliation_corrections_total", "Corrections made by reconciliation",

@@ -2,9 +2,15 @@
 
 One report per UTC day: a header line with Adyen's 30 standard columns (Company Account
 ... Batch Number, Reserved4..Reserved10) in Adyen's documented order ("Settlement detail
-report structure", docs.adyen.com/developers/reporting/settlement-detail-report/
-settlement-detail-report-structure; the header of tests/fixtures/adyen/
-settlement_detail_report_documented.csv, which a test holds this one to), then one line per
+report structure",
+https://docs.adyen.com/developers/reporting/settlement-detail-report/settlement-detail-report-structure;
+Adyen's example lines on
+https://docs.adyen.com/reporting/settlement-reconciliation/transaction-level/settlement-details-report
+have those 30 fields; a real report, with the columns Adyen appended since 2023 after them:
+wikimedia/wikimedia-fundraising-SmashPig
+PaymentProviders/Adyen/Tests/Data/settlement_detail_report_payment_cost.csv @ ecf7e662; the
+header of tests/fixtures/adyen/settlement_detail_report_documented.csv, which a test holds
+this one to), then one line per
 movement of the day and one ``MerchantPayout`` line per (merchant account, currency) -- the
 payout of the day's batch, its amount in Net Debit (NC) as in Adyen's reports (a negative
 payout, money the merchant owes, in Net Credit (NC): the simulator's choice, undocumented):
