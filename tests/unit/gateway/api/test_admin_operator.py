@@ -186,6 +186,36 @@ async def test_sync_whose_lookup_answer_is_lost_is_503_and_stays_unknown(env: En
     assert (await env.get(pay["id"]))["status"] == "unknown"
 
 
+async def test_sync_of_a_sale_braintree_cannot_see_yet_is_unresolved_not_unavailable(
+        env: Env) -> None:
+    """Braintree's search not showing the sale yet (inside lookup_proof_after_s) is an
+    answer that proves nothing (SPEC 5.1), not an outage: 200 with Gateway-Sync-Result
+    unresolved and the reason, the payment unchanged -- never 503 provider_unavailable
+    (Braintree is up). Once the search sees the one sale, sync authorizes it."""
+    await env.sim.faults("braintree", mode="drop_after_process", search_lag_ms=600_000)
+    pay = await env.pay("op-sync-bt-lag", "bt_main")
+    assert pay["status"] == "unknown", pay
+    await env.sim.faults("braintree", mode="normal")  # search still lags
+    await env.age(pay["id"], 60.0)  # leases lapsed, well inside the 300 s proof window
+    stored = await env.store.get_payment(pay["id"])
+    before = _actions("sync", "unresolved")
+    r = await env.sync(pay["id"])
+    body = await r.json()
+    assert (r.status, r.headers.get("Gateway-Sync-Result")) == (200, "unresolved"), body
+    assert body["status"] == "unknown"
+    assert _actions("sync", "unresolved") == before + 1
+    assert (await env.store.get_payment(pay["id"]))["status"] == stored["status"]
+    assert not [e for e in await env.events(pay["id"]) if e["type"] == "status_changed"
+                and e["to_status"] in ("failed", "authorized")]
+
+    await env.sim.faults("braintree", search_lag_ms=0)  # now the search sees the sale
+    r = await env.sync(pay["id"])
+    body = await r.json()
+    assert (r.status, r.headers.get("Gateway-Sync-Result")) == (200, "corrected"), body
+    assert body["status"] == "authorized" and body["provider_reference"]
+    assert len(await env.sim.charges("braintree", pay["id"])) == 1
+
+
 async def test_sync_refused_while_a_request_may_still_own_the_payment(env: Env) -> None:
     pay = await env.unknown("op-sync-live")  # its attempt's lease is still live
     sent = await env.sent("stripe")
