@@ -11,7 +11,8 @@ Import (:func:`import_report`)
   entry (a reversal when the line takes money out: a refund, a dispute). Per line, not
   per payout, so a payout whose lines come in several days' reports is booked in full.
   The lines and the entries are two store writes: an import cut short between them is
-  completed by importing the same report again.
+  completed by importing the same report again (until then reconciliation reports each
+  line's missing entry as ``missing_in_gateway``).
 
 Reconciliation (:func:`reconcile_day`), per provider and currency, of the lines settled
 on a day against the gateway's ledger:
@@ -20,7 +21,8 @@ on a day against the gateway's ledger:
   the same payment, kind and amount;
 * ``amount_drift`` -- the same payment and kind, another amount (sum: the differences);
 * ``missing_in_gateway`` -- a line the gateway has no entry for (a refund settled twice,
-  a payment it does not know);
+  a payment it does not know), or a line's fee / payout entry the import never wrote (an
+  import cut short between its two writes: import the report again);
 * ``missing_at_provider`` -- a gateway entry recorded that day that no imported line of
   that day settles (a capture the provider never settled; with a provider that settles
   days later, reconcile the day its report covers);
@@ -116,6 +118,31 @@ async def fetch_report(config: GatewayConfig, name: str, day: dt.date,
         raise SettlementError(f"{name}: fetching the {day} report failed: {exc}") from exc
 
 
+def line_entries(name: str, line: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ledger entries a kept line of a known payment books (ids from its line id, so
+    writing them again changes nothing): its fee, and what it adds to (a capture) or takes
+    from (a refund, a dispute) the payout that carries it -- one entry per line, so a
+    payout whose lines arrive in several reports is booked in full, each line once."""
+    out: list[dict[str, Any]] = []
+    pid, merchant = line.get("payment_id"), line.get("merchant_id")
+    if pid is None or merchant is None or line["kind"] == "payout":
+        return out
+    fee, net, payout = int(line["fee"]), int(line["net"]), line.get("payout_id")
+    if fee > 0:
+        out.append(new_entry(
+            "fee", entry_id=derived_id("led_", name, line["line_id"], "fee"),
+            merchant_id=str(merchant), provider=name, currency=line["currency"],
+            amount=fee, source=f"settlement:{name}", payment_id=str(pid),
+            settlement_line=line["line_id"]))
+    if payout and net != 0:
+        out.append(new_entry(
+            "payout", entry_id=derived_id("led_", name, line["line_id"], "payout"),
+            merchant_id=str(merchant), provider=name, currency=line["currency"],
+            amount=abs(net), reversal=net < 0, source=f"settlement:{name}",
+            payment_id=str(pid), payout_id=payout, settlement_line=line["line_id"]))
+    return out
+
+
 async def import_report(store: Store, config: GatewayConfig, name: str, raw: bytes
                         ) -> ImportResult:
     cfg = _provider(config, name)
@@ -144,22 +171,7 @@ async def import_report(store: Store, config: GatewayConfig, name: str, raw: byt
                      "merchant_id": None if doc is None else doc.get("merchant_id")})
         if doc is None:
             continue
-        merchant = str(doc["merchant_id"])
-        if line.fee > 0:
-            entries.append(new_entry(
-                "fee", entry_id=derived_id("led_", name, line.line_id, "fee"),
-                merchant_id=merchant, provider=name, currency=line.currency,
-                amount=line.fee, source=f"settlement:{name}", payment_id=pid,
-                settlement_line=line.line_id))
-        if line.payout_id and line.net != 0:
-            # what this line adds to (a capture) or takes from (a refund, a dispute) the
-            # payout that carries it: one entry per line, so a payout whose lines arrive in
-            # several reports is booked in full, each line once
-            entries.append(new_entry(
-                "payout", entry_id=derived_id("led_", name, line.line_id, "payout"),
-                merchant_id=merchant, provider=name, currency=line.currency,
-                amount=abs(line.net), reversal=line.net < 0, source=f"settlement:{name}",
-                payment_id=pid, payout_id=line.payout_id, settlement_line=line.line_id))
+        entries += line_entries(name, kept[-1])
     new_lines = await store.save_settlement_lines(name, kept)
     new_entries = await store.append_ledger(entries)
     return ImportResult(name, len(lines), new_lines, new_entries, unknown)
@@ -320,10 +332,23 @@ async def _reconcile_provider(store: Store, cfg: ProviderConfig, day: dt.date
     # line of the day settles
     expected: dict[tuple[str, str], list[int]] = defaultdict(list)
     seen: set[str] = set()
-    pids = {k[0] for k in settled}
+    pids = {k[0] for k in settled} | {str(x["payment_id"]) for x in lines
+                                      if x.get("payment_id")}
     entries = list(recorded)
     for pid in sorted(pids):
         entries += await store.list_ledger(pid)
+    # the fee and payout entries the import books for each line: missing when an import
+    # was cut short between its two writes (the lines kept, the entries not): the money
+    # the line says the provider kept or paid out is not in the ledger
+    booked = {e["id"] for e in entries}
+    for line in lines:
+        for due in line_entries(name, line):
+            if due["id"] not in booked:
+                bucket(line["currency"]).add(
+                    "missing_in_gateway", due["amount"], line_id=line["line_id"],
+                    payment_id=line["payment_id"], line_kind=due["entry_type"],
+                    why="the line's ledger entry was never written (an import cut short): "
+                        "import the report again")
     for e in entries:
         if e["id"] in seen or e["entry_type"] not in MONEY_KINDS or e.get("reversal"):
             continue

@@ -136,8 +136,8 @@ def unpaid_somewhere(lines: list[dict[str, Any]]) -> bool:
 
 
 @pytest.mark.parametrize("provider", list(PROVIDERS))
-async def test_a_clean_day_reconciles_to_the_cent_and_imports_once(env: Env, provider: str
-                                                                   ) -> None:
+async def test_a_clean_day_reconciles_to_the_cent_and_imports_once(
+        env: Env, provider: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     roles = await _day(env, provider)
     status, first = await env.admin("/admin/settlements/import",
                                     {"provider": provider, "date": TODAY})
@@ -148,6 +148,19 @@ async def test_a_clean_day_reconciles_to_the_cent_and_imports_once(env: Env, pro
                                     {"provider": provider, "date": TODAY})
     assert status == 200 and again["lines"] == first["lines"]
     assert (again["new_lines"], again["new_ledger_entries"]) == (0, 0)  # idempotent
+    # the same report as a file (the simulator's control API serves what its provider's API
+    # gives), imported by the CLI on the same store: the same lines, nothing new
+    async with env.sim.session.get(f"{env.sim.base}/_sim/{SIM[provider]}/settlement",
+                                   params={"date": TODAY}) as r:
+        assert r.status == 200
+        (tmp_path / "report").write_bytes(await r.read())
+    capsys.readouterr()
+    code = await asyncio.to_thread(main, [
+        "settlements", "import", "--config", str(env.config), "--provider", provider,
+        "--file", str(tmp_path / "report")])
+    from_file = json.loads(capsys.readouterr().out)
+    assert code == 0 and from_file["lines"] == first["lines"], from_file
+    assert (from_file["new_lines"], from_file["new_ledger_entries"]) == (0, 0), from_file
 
     status, report = await env.admin("/admin/settlements/reconcile",
                                      {"date": TODAY, "providers": [provider]})
@@ -321,6 +334,20 @@ async def test_an_import_cut_short_after_its_lines_were_kept_completes_when_run_
     assert lines, "the lines were kept before the failure"
     ledger = await store.list_ledger(roles["captured"][0])
     assert [e["entry_type"] for e in ledger].count("fee") == 0  # ... and no fee entry
+    # until the import is run again, reconciliation says what the ledger lacks: each kept
+    # line's fee and payout entry, missing in the gateway
+    status, short = await env.admin("/admin/settlements/reconcile",
+                                    {"date": TODAY, "providers": [provider]})
+    assert status == 200 and short["drift"] is True, short
+    unbooked = [d for b in short["providers"] for d in b["details"]]
+    assert unbooked and {d["kind"] for d in unbooked} == {"missing_in_gateway"}, unbooked
+    assert {d["line_kind"] for d in unbooked} == {"fee", "payout"}, unbooked
+    assert all("import the report again" in d["why"] for d in unbooked), unbooked
+    due = sum(1 for x in lines if x["payment_id"] and x["kind"] != "payout" and x["fee"] > 0)
+    due += sum(1 for x in lines if x["payment_id"] and x["kind"] != "payout"
+               and x["payout_id"] and x["net"] != 0)
+    assert len(unbooked) == due, (len(unbooked), due)
+    assert _tally(short, provider)["matched"]["count"] == 8  # the money itself is there
     monkeypatch.setattr(store, "append_ledger", kept)
 
     status, again = await env.admin("/admin/settlements/import",
