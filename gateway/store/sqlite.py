@@ -9,6 +9,16 @@ Design:
   ``pool_timeout_s`` for a place, then StoreError (503) before anything is claimed.
 * ``journal_mode=WAL`` and ``synchronous=FULL``: a commit is on disk when the call
   returns.
+* Group commit for the payment hot path's writes (:meth:`SQLiteStore._write`: claim with
+  insert, payment update, idempotency completion/release, notification attempts): the
+  writes that arrive while the store thread is busy wait in a list, and the thread then
+  runs them all in ONE ``BEGIN IMMEDIATE`` transaction, each inside its own ``SAVEPOINT``
+  (one write that fails is rolled back alone and raises to its caller only), with one
+  ``COMMIT`` (one fsync) for all, and hands every caller its result in one event-loop
+  callback, after that commit: no caller sees its write done before it is on disk, and
+  when the commit fails every write of the group fails with StoreError. A write arriving
+  at an idle store runs at once, alone. Fewer fsyncs and fewer executor round trips per
+  payment; the loop never waits on the disk.
 * Every read-then-write runs in a ``BEGIN IMMEDIATE`` transaction, which takes the
   database write lock up front; several processes (or several store instances) on one
   file therefore stay atomic too (``busy_timeout`` makes the others wait).
@@ -22,10 +32,12 @@ The semantics both backends share are written down in :mod:`gateway.store`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +73,20 @@ from gateway.store.sqlite_schema import SCHEMA_VERSION, SEARCH_INDEXES, apply_sc
 __all__ = ["SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
+
+#: one write waiting for the next group commit: the function, its arguments, its future
+_Job = tuple[Callable[..., Any], tuple[Any, ...], "asyncio.Future[Any]"]
+
+
+def _deliver(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    """On the event loop: hand each write of a committed (or failed) group its answer."""
+    for future, value, exc in results:
+        if future.done():  # its caller was cancelled; the write itself stands
+            continue
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
 
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
 UNMATCHED_WEBHOOKS_MAX = 10_000
@@ -150,6 +176,12 @@ class SQLiteStore(Store):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._last_purge = 0.0
+        # group commit (see _write): the writes waiting for the store thread, whether a
+        # group is already submitted to it, and whether the thread is inside a group
+        self._group: list[_Job] = []
+        self._group_lock = threading.Lock()
+        self._group_submitted = False
+        self._in_group = False
 
     @property
     def path(self) -> Path:
@@ -166,6 +198,59 @@ class SQLiteStore(Store):
         except sqlite3.Error as exc:
             raise StoreError(f"sqlite: {self._path}: {exc}") from exc
 
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run the write ``fn(*args)`` (it must make its changes inside ``self._tx()``)
+        with the next group commit (module docstring); its result once committed."""
+        if self._executor is None:
+            raise StoreError("SQLite store is not open")
+        await self.budget.admit()  # a request's first call waits here, or StoreError
+        executor = self._executor
+        if executor is None:  # closed while this call waited for a place
+            raise StoreError("SQLite store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        with self._group_lock:
+            self._group.append((fn, args, future))
+            submit = not self._group_submitted
+            self._group_submitted = True
+        if submit:
+            executor.submit(self._commit_group_sync, loop)
+        try:
+            return await future
+        except sqlite3.Error as exc:
+            raise StoreError(f"sqlite: {self._path}: {exc}") from exc
+
+    def _commit_group_sync(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On the store thread: run every waiting write in one transaction and commit."""
+        with self._group_lock:
+            jobs, self._group = self._group, []
+            self._group_submitted = False
+        results: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            conn = self._db()
+            conn.execute("BEGIN IMMEDIATE")
+            self._in_group = True
+            try:
+                for fn, args, future in jobs:
+                    try:
+                        results.append((future, fn(*args), None))
+                    except Exception as exc:  # rolled back to its savepoint by _tx
+                        results.append((future, None, exc))
+                    if not conn.in_transaction:
+                        # SQLite itself rolled the whole transaction back (an I/O error,
+                        # a full disk): nothing of the group is kept
+                        raise sqlite3.OperationalError(
+                            "the group's transaction was rolled back by SQLite")
+            finally:
+                self._in_group = False
+            conn.execute("COMMIT")
+        except Exception as exc:  # not begun, rolled back, or the commit failed
+            with contextlib.suppress(Exception):
+                if self._conn is not None and self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
+            results = [(future, None, exc) for _, _, future in jobs]
+        loop.call_soon_threadsafe(_deliver, results)
+
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise StoreError("SQLite store is not open")
@@ -173,8 +258,21 @@ class SQLiteStore(Store):
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        """A ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error.
+        Inside a group commit (:meth:`_write`), a savepoint of the group's transaction:
+        released on success, rolled back (alone) on error."""
         conn = self._db()
+        if self._in_group:
+            conn.execute("SAVEPOINT write")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK TO write")
+                    conn.execute("RELEASE write")
+                raise
+            conn.execute("RELEASE write")
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
@@ -248,7 +346,7 @@ class SQLiteStore(Store):
     async def insert_payment(self, doc: dict[str, Any], events: list[dict[str, Any]]) -> None:
         pid, updated_at = _payment_fields(doc)
         stored = {**doc, "version": 1}
-        ok = await self._run(
+        ok = await self._write(
             self._insert_sync, pid, stored, updated_at, [_dumps(e) for e in events]
         )
         if not ok:
@@ -309,7 +407,7 @@ class SQLiteStore(Store):
         stored = {**doc, "version": new_version}
         for entry in ledger:
             check_ledger_entry(entry)
-        ok = await self._run(
+        ok = await self._write(
             self._update_sync,
             pid,
             int(expected_version),
@@ -535,7 +633,7 @@ class SQLiteStore(Store):
             pid, updated_at = _payment_fields(insert.doc)
             new = (pid, {**insert.doc, "version": 1}, updated_at,
                    [_dumps(e) for e in insert.events])
-        claim = await self._run(
+        claim = await self._write(
             self._claim_sync, scope, key, fingerprint, float(lease_s), float(ttl_s), new
         )
         if claim.created and insert is not None:
@@ -630,7 +728,7 @@ class SQLiteStore(Store):
     async def complete_idempotency(
         self, scope: str, key: str, response: dict[str, Any], ttl_s: float
     ) -> None:
-        await self._run(self._complete_sync, scope, key, _dumps(response), float(ttl_s))
+        await self._write(self._complete_sync, scope, key, _dumps(response), float(ttl_s))
 
     def _complete_sync(self, scope: str, key: str, response: str, ttl_s: float) -> None:
         with self._tx() as conn:
@@ -647,7 +745,7 @@ class SQLiteStore(Store):
         )
 
     async def release_idempotency(self, scope: str, key: str) -> None:
-        await self._run(self._release_idem_sync, scope, key)
+        await self._write(self._release_idem_sync, scope, key)
 
     def _release_idem_sync(self, scope: str, key: str) -> None:
         with self._tx() as conn:
@@ -815,7 +913,7 @@ class SQLiteStore(Store):
         self, event_id: str, attempt: dict[str, Any], delivered: bool,
         next_attempt_at: float | None, owner: str | None = None,
     ) -> dict[str, Any] | None:
-        return await self._run(
+        return await self._write(
             self._record_ntf_sync, event_id, dict(attempt), bool(delivered), next_attempt_at,
             owner,
         )
