@@ -137,3 +137,93 @@ async def test_unreadable_events_are_skipped(redis_url: str, raw: str) -> None:
         assert await r.get(MARKER_KEY)
     finally:
         await r.aclose()
+
+
+async def _claimed_old_event(r: aredis.Redis, store: RedisStore, eid: str) -> None:
+    """An old-format event (no listing), claimed by worker ``w`` (the backfill marker
+    removed, so the backfill runs again)."""
+    await store.listing_backfill()
+    await _write_old(r, outbox_event(eid, pid=f"pay_{eid}", created=time.time() - 50))
+    claimed = await store.claim_due_notifications(time.time(), 100, 30, "w")
+    assert eid in [e["id"] for e in claimed]
+    await r.delete(MARKER_KEY)
+
+
+async def _listed_under(r: aredis.Redis, eid: str) -> list[str]:
+    return [state for state in ("pending", "delivered", "failed")
+            if await r.zscore(notification_merchant_key("acme", "state", state), eid)
+            is not None]
+
+
+async def test_a_delivery_between_the_backfills_read_and_write_is_listed_as_delivered(
+        redis_url: str) -> None:
+    """The event is delivered after the backfill read it (pending) and before its MULTI:
+    the WATCH on the event makes the backfill read it again, so it is listed as
+    delivered, once -- never left listed as pending."""
+    r = aredis.from_url(redis_url, decode_responses=True)
+    store = await _open(redis_url)
+    try:
+        await _claimed_old_event(r, store, "evt_race1")
+        seen: list[str] = []
+
+        class Meddling:  # the client the backfill uses; delivers once after its first read
+            def __getattr__(self, name: str) -> Any:
+                return getattr(r, name)
+
+            def pipeline(self, transaction: bool = True) -> Any:
+                pipe = r.pipeline(transaction=transaction)
+                if not transaction and not seen:
+                    execute = pipe.execute
+
+                    async def read_then_deliver(*a: Any, **kw: Any) -> Any:
+                        got = await execute(*a, **kw)
+                        if not seen:
+                            seen.append(json.loads(got[0])["state"])
+                            await store.record_notification_attempt(
+                                "evt_race1", {"at": time.time(), "status": 200}, True, None,
+                                owner="w")
+                        return got
+
+                    pipe.execute = read_then_deliver  # type: ignore[method-assign]
+                return pipe
+
+        assert await backfill_listings(Meddling()) == 1  # type: ignore[arg-type]
+        assert seen == ["pending"]  # it had read the event before the delivery
+        assert await _listed_under(r, "evt_race1") == ["delivered"]
+        assert await _ids(store, state="delivered") == ["evt_race1"]
+        assert await _ids(store) == ["evt_race1"]
+    finally:
+        await store.close()
+        await r.aclose()
+
+
+async def test_a_backfill_between_a_deliverys_read_and_write_moves_the_listing(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backfill lists the event (pending) after a delivery read it unlisted and before
+    the delivery's MULTI: the backfill's mark on the event makes the delivery read it again
+    and move the listing to delivered."""
+    r = aredis.from_url(redis_url, decode_responses=True)
+    store = await _open(redis_url)
+    try:
+        await _claimed_old_event(r, store, "evt_race2")
+        read_score = store._listing_score
+        scores: list[Any] = []
+
+        async def read_then_backfill(pipe: Any, doc: dict[str, Any]) -> Any:
+            score = await read_score(pipe, doc)
+            scores.append(score)
+            if len(scores) == 1:
+                assert await backfill_listings(r) == 1
+                assert await _listed_under(r, "evt_race2") == ["pending"]
+            return score
+
+        monkeypatch.setattr(store, "_listing_score", read_then_backfill)
+        await store.record_notification_attempt(
+            "evt_race2", {"at": time.time(), "status": 200}, True, None, owner="w")
+        assert scores[0] is None and len(scores) == 2 and scores[1] is not None  # re-read
+        assert await _listed_under(r, "evt_race2") == ["delivered"]
+        assert await _ids(store, state="pending") == []
+        assert await _ids(store, state="delivered") == ["evt_race2"]
+    finally:
+        await store.close()
+        await r.aclose()
