@@ -471,3 +471,36 @@ async def test_resolve_refused_while_the_customer_may_still_complete_3ds(env: En
     assert 800 < float(r.headers["Retry-After"]) <= 900
     assert await env.store.get_payment(pay["id"]) == stored
     assert _actions("resolve", "refused") == before + 1
+
+
+@pytest.mark.parametrize(("operation", "pending", "refused", "allowed"), [
+    ("capture", "capture_pending", ["voided", "declined", "failed", "expired"],
+     ["authorized", "captured"]),
+    ("void", "void_pending", ["captured", "declined", "failed", "expired"],
+     ["authorized", "voided"]),
+])
+async def test_resolve_of_a_pending_follow_up_only_along_its_edges(
+        env: Env, operation: str, pending: str, refused: list[str], allowed: list[str]
+) -> None:
+    """capture_pending / void_pending resolve only to their two edges (SPEC 4): every
+    other target is 409 transition_not_allowed naming the allowed ones, nothing written,
+    each refusal counted; an allowed one is then applied."""
+    pay = await env.pay(f"op-edges-{operation}", "stripe_main")
+    await env.sim.faults("stripe", mode="drop_after_process")
+    r = await env.client.post(f"/v1/payments/{pay['id']}/{operation}", data="{}",
+                              headers=headers(idem=f"oe-{operation}"))
+    await env.sim.faults("stripe", mode="normal")
+    assert (await r.json())["status"] == pending
+    await env.age(pay["id"])
+    stored = await env.store.get_payment(pay["id"])
+    before = _actions("resolve", "refused")
+    for target in refused:
+        err = await _error(await env.resolve(pay["id"], {"status": target, "reason": "x"}),
+                           409)
+        assert (err["code"], err["param"]) == ("transition_not_allowed", "status"), err
+        assert f"{pending} -> {target} is not allowed" in err["message"]
+        assert err["message"].endswith(", ".join(allowed)), err["message"]
+    assert await env.store.get_payment(pay["id"]) == stored
+    assert _actions("resolve", "refused") == before + len(refused)
+    r = await env.resolve(pay["id"], {"status": allowed[1], "reason": "seen at Stripe"})
+    assert r.status == 200 and (await r.json())["status"] == allowed[1]
