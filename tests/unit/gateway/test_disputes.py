@@ -210,9 +210,10 @@ async def receiver() -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def env(tmp_path: Path, aiohttp_client, receiver: Receiver
+async def env(tmp_path: Path, store_url: str, aiohttp_client, receiver: Receiver
               ) -> AsyncIterator[tuple[TestClient, SimControl]]:
-    config = write_config(tmp_path, f"sqlite:///{tmp_path / 'g.db'}", providers=PROVIDERS,
+    # both stores (store_url is parametrized sqlite / redis in tests/conftest.py)
+    config = write_config(tmp_path, store_url, providers=PROVIDERS,
                           merchants=merchants(receiver.url), notifications=FAST)
     port = free_port()  # the simulators deliver their signed notifications here
     app = create_app(load_config(config), public_url=f"http://127.0.0.1:{port}")
@@ -324,5 +325,21 @@ async def test_a_dispute_from_the_simulator_lands_on_the_payment_and_the_merchan
         assert (status, answer["error"]["code"]) == (409, "amount_exceeds_refundable"), answer
         assert "lost dispute" in answer["error"]["message"]
     assert len(await sim.charges(kind, pid)) == 1  # one charge at the provider
+    # the ledger: the chargeback took the money back, a won dispute returned it (and the
+    # refund after it is booked once it settles -- Adyen confirms it by webhook)
+    want = ["capture", "dispute", "dispute_reversal", "refund"] if final == "won" else [
+        "capture", "dispute"]
+
+    async def booked() -> list[dict[str, Any]] | None:
+        r = await client.get(f"/v1/payments/{pid}/ledger", headers=headers())
+        entries: list[dict[str, Any]] = (await r.json())["data"]
+        return entries if sorted(e["entry_type"] for e in entries) == want else None
+
+    entries = await wait_for(booked, 15)
+    assert all(e["amount"] == 1500 and e["currency"] == "EUR" for e in entries), entries
+    account = f"provider:{provider}"
+    held = (sum(e["amount"] for e in entries if e["debit"] == account)
+            - sum(e["amount"] for e in entries if e["credit"] == account))
+    assert held == 0, entries  # captured - refunded - what the dispute holds
     assert _disputes_counted(provider, "needs_response") >= before[0] + 1
     assert _disputes_counted(provider, final) >= before[1] + 1
