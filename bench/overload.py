@@ -24,7 +24,7 @@ and the same burst rate: every other payment is shed, so the gateway does nothin
 printed: shed p50 / p99 / max and the gateway's CPU-ms per shed answer (/proc/<pid>/stat).
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
-        [--duration 10] [--limits none,default,64/64,8] [--clients 64] [--repeat 1]
+        [--duration 10] [--limits none,default,64/8,8] [--clients 64] [--repeat 1]
         [--no-shed-only]
         [--pool-sizes default,64,256]  (store_options.pool_size per run)
         [--provider-latency-ms 0]  (the Stripe simulator answers this much later: a
@@ -247,8 +247,8 @@ async def main_async(ns: argparse.Namespace) -> None:
                     url = store_url(d, n)
                     admission = admission_of(limit)
                     d_adm = AdmissionSettings()
-                    bounds = (f"{admission.get('max_in_flight', d_adm.max_in_flight)}/"
-                              f"{admission.get('max_busy', d_adm.max_busy)}")
+                    in_flight = admission.get("max_in_flight", d_adm.max_in_flight)
+                    bounds = f"{in_flight}/{admission.get('max_busy', d_adm.max_busy or in_flight)}"
                     extra: dict[str, Any] = {}
                     if pool_size != "default":  # store_options.pool_size (gateway.store.pool)
                         extra["store_options"] = {"pool_size": int(pool_size)}
@@ -293,7 +293,7 @@ def main() -> None:
     p.add_argument("--stores", default="sqlite,redis")
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--limits", default="none,default,64/64,8")
+    p.add_argument("--limits", default="none,default,64/8,8")
     p.add_argument("--no-shed-only", dest="shed_only", action="store_false",
                    help="skip the shed-only run")
     p.add_argument("--repeat", type=int, default=1,

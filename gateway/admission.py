@@ -13,7 +13,7 @@ remembered). Every shed request counts in ``gateway_requests_shed_total{operatio
 Reads, webhooks, health and admin endpoints are never shed (they are cheap, and a
 provider's webhook must not be refused for the merchants' load).
 
-Two bounds, both checked when an operation arrives:
+Two bounds, both checked when an operation arrives (the second off unless configured):
 
 * ``admission.max_in_flight``: operations in progress at all (memory, store places,
   provider connections);

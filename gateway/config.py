@@ -120,13 +120,15 @@ class AdmissionSettings:
 
     ``max_busy``: operations in progress that are not awaiting a provider's answer (they
     want the event loop). Past the CPU's capacity each busy one waits for the others, so
-    this bounds the admitted latency under overload whatever the providers' latency: 8
-    kept the admitted p99 under 100 ms at 2x capacity (bench/overload.py; README). By
-    default the smaller of 8 and ``max_in_flight``; at most ``max_in_flight``."""
+    this bounds the admitted latency under overload whatever the providers' latency: 64/8
+    kept the admitted p99 near 100 ms at 2x capacity (bench/overload.py; README). It also
+    sheds a burst of more than ``max_busy`` payments arriving at once on an idle process
+    (they are all busy until they reach their provider), so by default it equals
+    ``max_in_flight`` (off); at most ``max_in_flight``. 0 in the dataclass: not given."""
 
     max_in_flight: int = 64
     retry_after_s: int = 1
-    max_busy: int = 8
+    max_busy: int = 0
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -408,7 +410,7 @@ def _admission(c: _Checks, raw: dict[str, Any], path: Path_) -> AdmissionSetting
     return AdmissionSettings(
         max_in_flight=max_in_flight,
         retry_after_s=c.integer(raw, "retry_after_s", path, d.retry_after_s, at_most=3600),
-        max_busy=c.integer(raw, "max_busy", path, min(d.max_busy, max_in_flight),
+        max_busy=c.integer(raw, "max_busy", path, d.max_busy or max_in_flight,
                            at_most=max_in_flight),
     )
 

@@ -66,7 +66,10 @@ def contains_card_number(text: str) -> bool:
     card-like (``order-1006503816-106``) are not a card: a merchant's order id must not be
     refused because its digits happen to pass the Luhn check."""
     for m in _GROUP_RUN.finditer(text):
-        groups = _SEPARATOR_RUN.split(m.group(0))
+        run = m.group(0)
+        if len(run) < 13 or len(run) - sum(map(len, _SEPARATOR_RUN.findall(run))) < 13:
+            continue  # fewer than 13 digits in the whole run: no card in it
+        groups = _SEPARATOR_RUN.split(run)
         for i in range(len(groups)):
             for j in range(i + 1, len(groups) + 1):
                 digits = "".join(groups[i:j])

@@ -219,10 +219,14 @@ async def test_payments_held_at_the_provider_leave_room_for_new_ones(
 def test_the_limit_is_configurable_and_validated(tmp_path: Path) -> None:
     default = load_config(write_config(tmp_path / "a", "sqlite:///x.db"))
     assert default.admission.max_in_flight == 64 and default.admission.retry_after_s == 1
-    assert default.admission.max_busy == 8
+    assert default.admission.max_busy == 64  # off unless given: max_in_flight
     small = load_config(write_config(tmp_path / "d", "sqlite:///x.db",
                                      admission={"max_in_flight": 3}))
-    assert small.admission.max_busy == 3  # never above max_in_flight
+    assert small.admission.max_busy == 3
+    busy = load_config(write_config(tmp_path / "e", "sqlite:///x.db",
+                                    admission={"max_busy": 8}))
+    assert (busy.admission.max_in_flight, busy.admission.max_busy) == (64, 8)
+    assert create_app(busy)[ADMISSION].busy_limit == 8
     cfg = load_config(write_config(tmp_path / "b", "sqlite:///x.db",
                                    admission={"max_in_flight": 7, "retry_after_s": 3}))
     assert (cfg.admission.max_in_flight, cfg.admission.retry_after_s) == (7, 3)
