@@ -12,9 +12,14 @@ own API, twice: the second import must change nothing), the day is reconciled
 (``POST /admin/settlements/reconcile``), and ``gateway settlements reconcile`` prints the
 report finance reads, from the same store.
 
-Printed: the report, then every injected fault beside what reconciliation found for it,
-and anything found that was not injected. Exit 0 only when every fault was found and
-nothing else was (``--clean``: no faults, and no drift).
+Printed: the report, then every injected fault beside what reconciliation found for it
+(a fault counts as found only by exactly one finding of its kind on its payment; a wrong
+payout by its payout short by exactly the moved nets), a count per provider and kind, and
+anything found that was not injected. Exit 0 only when every fault was found and nothing
+else was, both imports agree (the second adds nothing), and Braintree's simulator refuses
+a fee change (409 fees_not_reported: its report has no fee) (``--clean``: no faults, and no
+drift). Payments shed by the gateway's admission (503 gateway_overloaded) are retried with
+the same Idempotency-Key after Retry-After, as a merchant would, and counted.
 
     .venv/bin/python bench/settlement_day.py [--payments N] [--store sqlite|redis]
         [--seed S] [--clean] [--json]
