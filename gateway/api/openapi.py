@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.public_schema import STATUSES, payment_schema
+from gateway.public_schema import DISPUTE_FIELDS, STATUSES, payment_schema
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -42,6 +42,54 @@ def _post(summary: str, body: str | None, ok: int, *errors: int) -> dict[str, An
 def _query(name: str, description: str, **schema: Any) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": {"type": "string", **schema}}
+
+
+_NULLABLE_TIME = {"type": "string", "format": "date-time", "nullable": True}
+
+#: A merchant notification: the POSTed body (SPEC 3.2), as gateway/notifications.py builds it.
+_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "object", "type", "created", "sequence", "previous_sequence", "data",
+                 "previous_status", "source"],
+    "properties": {
+        "id": {"type": "string"},
+        "object": {"type": "string", "enum": ["event"]},
+        "type": {"type": "string", "description": "payment.<status>, payment.updated (the "
+                 "status did not change) or dispute.created|updated|won|lost"},
+        "created": {"type": "integer", "description": "unix seconds"},
+        "sequence": {"type": "integer", "minimum": 0,
+                     "description": "the payment's version after the change; per payment, "
+                                    "events are delivered in sequence order"},
+        "previous_sequence": {"type": "integer", "nullable": True,
+                              "description": "the sequence of the payment's previous event; "
+                                             "null for its first"},
+        "data": {"type": "object", "required": ["object"], "properties": {
+            "object": _ref("Payment"),
+            "dispute": {"type": "object", "nullable": True, "properties": DISPUTE_FIELDS,
+                        "description": "dispute.* events: that dispute"}}},
+        "previous_status": {"type": "string", "nullable": True},
+        "source": {"type": "string", "description": "what made the change, e.g. "
+                   "webhook:<provider>, reconciliation, operator"},
+    },
+}
+
+#: An event as GET /v1/events answers it: the body plus its delivery.
+_EVENT_WITH_DELIVERY: dict[str, Any] = {"allOf": [_ref("Event"), {
+    "type": "object", "required": ["delivery"], "properties": {"delivery": {
+        "type": "object", "required": ["state", "attempts", "next_attempt_at", "delivered_at"],
+        "properties": {
+            "state": {"type": "string", "enum": ["pending", "delivered", "failed"]},
+            "attempts": {"type": "array", "items": {
+                "type": "object", "required": ["at"], "properties": {
+                    "at": _NULLABLE_TIME, "status": {"type": "integer"},
+                    "error": {"type": "string"}, "duration_ms": {"type": "number"}}}},
+            "next_attempt_at": _NULLABLE_TIME,
+            "delivered_at": _NULLABLE_TIME}}}}]}
+
+
+def _event_answer(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ref("EventWithDelivery")}}}
 
 
 #: GET /v1/payments (SPEC 3.1).
@@ -133,6 +181,14 @@ OPENAPI: dict[str, Any] = {
                 "properties": {"object": {"type": "string", "enum": ["list"]},
                                "data": {"type": "array", "items": _ref("Payment")},
                                "has_more": {"type": "boolean"}}},
+            "Event": _EVENT,
+            "EventWithDelivery": _EVENT_WITH_DELIVERY,
+            "EventList": {
+                "type": "object", "required": ["object", "data", "has_more"],
+                "properties": {"object": {"type": "string", "enum": ["list"]},
+                               "payment_id": {"type": "string"},
+                               "data": {"type": "array", "items": _ref("EventWithDelivery")},
+                               "has_more": {"type": "boolean"}}},
         },
     },
     "security": [{"bearer": []}],
@@ -157,14 +213,14 @@ OPENAPI: dict[str, Any] = {
             "summary": "A merchant notification event with its delivery attempts",
             "parameters": [{"name": "event_id", "in": "path", "required": True,
                             "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "The event"}, **_error_responses(401, 404)}}},
+            "responses": {"200": _event_answer("The event"), **_error_responses(401, 404)}}},
         "/v1/events/{event_id}/redeliver": {"post": {
             "summary": "Queue an event for delivery again, in its payment's order (SPEC 3.2)",
             "parameters": [{"name": "event_id", "in": "path", "required": True,
                             "schema": {"type": "string"}},
                            {"name": "Idempotency-Key", "in": "header", "required": True,
                             "schema": {"type": "string", "minLength": 1, "maxLength": 255}}],
-            "responses": {"200": {"description": "The event"},
+            "responses": {"200": _event_answer("The event, queued (delivery.state pending)"),
                           **_error_responses(400, 401, 404, 409, 422)}}},
         "/v1/events": {"get": {
             "summary": "Notification events: one payment's (oldest first, all) or the "
@@ -180,7 +236,8 @@ OPENAPI: dict[str, Any] = {
                 {"name": "starting_after", "in": "query", "description":
                  "the last event id of the previous page (without payment_id only)",
                  "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "Events ({object: list, data, has_more})"},
+            "responses": {"200": {"description": "Events", "content": {"application/json": {
+                "schema": _ref("EventList")}}},
                           **_error_responses(400, 401, 404)}}},
         "/v1/payments/{payment_id}/ledger": {"get": {
             "summary": "The payment's double-entry ledger entries, oldest first (SPEC 16)",

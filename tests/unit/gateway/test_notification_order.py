@@ -355,3 +355,44 @@ async def test_an_sqlite_outbox_without_listing_columns_is_upgraded_on_open(
         assert "notifications_merchant_state" in plan, plan
     finally:
         conn.close()
+
+
+async def test_openapi_describes_the_events_as_they_are_sent_and_listed(
+        gw: tuple[TestClient, web.Application], flaky: Receiver) -> None:
+    """/openapi.json's Event (the POSTed body, with sequence / previous_sequence),
+    EventWithDelivery (GET /v1/events/{id}, redeliver) and EventList (GET /v1/events)
+    validate what the gateway really sends and answers."""
+    from jsonschema import Draft202012Validator
+
+    from tests.fixtures.provider_specs.schemas import to_json_schema
+
+    client, app = gw
+    pid, ids = await _four_changes(client, app)
+    await wait_for(lambda: delivered(app[STORE], *ids), WAIT_S)
+    spec = await (await client.get("/openapi.json")).json()
+    components = to_json_schema(spec["components"])
+
+    def errors(name: str, value: Any) -> list[str]:
+        schema = {"components": components, "$ref": f"#/components/schemas/{name}"}
+        return [e.message for e in Draft202012Validator(schema).iter_errors(value)]
+
+    sent = [json.loads(b) for b, _ in flaky.requests]
+    assert {b["id"] for b in sent} >= set(ids)
+    for body in sent:
+        assert errors("Event", body) == [], body
+    assert errors("Event", {**sent[0], "sequence": None}) != []  # the schema can fail
+    assert errors("Event", {k: v for k, v in sent[0].items() if k != "sequence"}) != []
+    one = await (await client.get(f"/v1/events/{ids[0]}", headers=headers())).json()
+    assert errors("EventWithDelivery", one) == [] and one["delivery"]["state"] == "delivered"
+    assert errors("EventWithDelivery", {**one, "delivery": {"state": "lost"}}) != []
+    for params in ({"payment_id": pid}, {"limit": "2"}):
+        page = await (await client.get("/v1/events", params=params, headers=headers())).json()
+        assert errors("EventList", page) == [] and page["data"], page
+    r = await client.post(f"/v1/events/{ids[0]}/redeliver", headers=headers(idem="oa-rd"))
+    assert r.status == 200 and errors("EventWithDelivery", await r.json()) == []
+    paths = spec["paths"]
+    for path, method, name in (("/v1/events/{event_id}", "get", "EventWithDelivery"),
+                               ("/v1/events/{event_id}/redeliver", "post", "EventWithDelivery"),
+                               ("/v1/events", "get", "EventList")):
+        content = paths[path][method]["responses"]["200"]["content"]["application/json"]
+        assert content["schema"] == {"$ref": f"#/components/schemas/{name}"}
