@@ -36,8 +36,12 @@ _KEY = re.compile(r"^[\x20-\x7e]{1,255}$")
 TRANSIENT_CONFLICTS = frozenset({"operation_in_progress", "idempotency_request_in_progress"})
 
 
+#: canonical JSON of a body (one encoder, not one built per request)
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def fingerprint(method: str, path: str, body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = _CANONICAL.encode(body)
     return hashlib.sha256(f"{method.upper()}\n{path}\n{canonical}".encode()).hexdigest()
 
 

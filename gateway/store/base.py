@@ -19,6 +19,7 @@ Atomicity (where money is concerned):
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -146,6 +147,14 @@ def search_fields(doc: dict[str, Any]) -> tuple[str, float] | None:
     if not isinstance(created, int | float):
         return None
     return merchant, float(created)
+
+
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps(obj: Any) -> str:
+    """The stores' JSON: compact, UTF-8 kept (one encoder, not one built per call)."""
+    return _COMPACT.encode(obj)
 
 
 def search_reference(doc: dict[str, Any]) -> str | None:

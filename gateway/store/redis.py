@@ -106,6 +106,9 @@ from gateway.store.base import (
     search_reference,
     settle_notification,
 )
+from gateway.store.base import (
+    dumps as _dumps,
+)
 from gateway.store.pool import BudgetedPool, RequestBudget
 
 log = logging.getLogger(__name__)
@@ -626,10 +629,6 @@ def notification_payment_key(payment_id: str) -> str:
 UNMATCHED_WEBHOOKS_KEY = "gw:webhooks:unmatched"
 #: Unmatched webhooks kept (the oldest beyond this are dropped).
 UNMATCHED_WEBHOOKS_MAX = 10_000
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def _ms(seconds: float) -> int:

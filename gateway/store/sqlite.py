@@ -67,6 +67,9 @@ from gateway.store.base import (
     search_reference,
     settle_notification,
 )
+from gateway.store.base import (
+    dumps as _dumps,
+)
 from gateway.store.pool import RequestBudget
 from gateway.store.sqlite_schema import SCHEMA_VERSION, SEARCH_INDEXES, apply_schema
 
@@ -96,10 +99,6 @@ _PURGE_EVERY_S = 60.0
 #: transaction, a bounded batch at a time (a backlog is worked off over the next claims,
 #: never in one long transaction that stalls a request).
 PURGE_BATCH = 200
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def _payment_fields(doc: dict[str, Any]) -> tuple[str, float]:
