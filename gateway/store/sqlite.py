@@ -213,7 +213,14 @@ class SQLiteStore(Store):
             submit = not self._group_submitted
             self._group_submitted = True
         if submit:
-            executor.submit(self._commit_group_sync, loop)
+            try:
+                executor.submit(self._commit_group_sync, loop)
+            except RuntimeError:  # the executor was shut down (closed meanwhile)
+                with self._group_lock:
+                    stranded, self._group = self._group, []
+                    self._group_submitted = False
+                _deliver([(f, None, StoreError("SQLite store is not open"))
+                          for _, _, f in stranded])
         try:
             return await future
         except sqlite3.Error as exc:
@@ -285,6 +292,8 @@ class SQLiteStore(Store):
         if self._executor is not None:
             return
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        with self._group_lock:  # nothing of an earlier open is left waiting
+            self._group, self._group_submitted = [], False
         try:
             await self._run(self._open_sync)
         except OSError as exc:  # a missing, unwritable or full directory

@@ -198,3 +198,28 @@ async def test_a_cancelled_callers_write_still_stands(store: SQLiteStore) -> Non
     while await store.get_payment("pay_cancelled") is None:
         assert time.monotonic() < deadline, "the cancelled caller's write never landed"
         await asyncio.sleep(0.01)
+
+
+async def test_writes_racing_a_close_end_committed_or_refused_and_a_reopen_works(
+        tmp_path: Path) -> None:
+    """Writes in flight while the store closes: each is either committed or answered
+    StoreError, none is left waiting; after a reopen the store takes writes again."""
+    s = SQLiteStore(tmp_path / "r.db")
+    await s.open()
+    writes = [asyncio.ensure_future(s.insert_payment(doc(f"pay_r{i}"), [])) for i in range(30)]
+    closing = asyncio.ensure_future(s.close())
+    late = [asyncio.ensure_future(s.insert_payment(doc(f"pay_l{i}"), [])) for i in range(5)]
+    done = await asyncio.wait_for(asyncio.gather(*writes, *late, return_exceptions=True),
+                                  HOLD_S)
+    await asyncio.wait_for(closing, HOLD_S)
+    assert all(r is None or isinstance(r, StoreError) for r in done), done
+    committed = {r[0] for r in rows(tmp_path / "r.db", "SELECT id FROM payments")}
+    answered = {f"pay_r{i}" for i in range(30) if done[i] is None} | {
+        f"pay_l{i}" for i in range(5) if done[30 + i] is None}
+    assert answered <= committed  # an answer of success is never a lie
+    await s.open()
+    try:
+        await s.insert_payment(doc("pay_after_reopen"), [])
+        assert await s.get_payment("pay_after_reopen") is not None
+    finally:
+        await s.close()
