@@ -206,6 +206,7 @@ async def _payments_store(config: GatewayConfig, args: argparse.Namespace) -> in
         _print_json({"payment": payment.public(),
                      "merchant_id": payment.merchant_id,
                      "unresolved": payment.status in UNRESOLVED,
+                     "resolvable": operator.resolvable(found),
                      "live_until": iso(live_until) if live_until > time.time() else None,
                      "flagged": payment.flagged,
                      "events": await store.list_events(payment.id)})

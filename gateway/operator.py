@@ -190,9 +190,18 @@ def parse_resolution(body: Any) -> Resolution:
     return Resolution(PaymentStatus(status), reason, ref)
 
 
-def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: float) -> Events:
-    """The one write's function (raises :class:`OperatorRefused` to write nothing)."""
-    current, target = PaymentStatus(d["status"]), res.status
+def resolvable(d: dict[str, Any]) -> bool:
+    """Whether the payment's status lets an operator resolve it now (an unresolved
+    status, or requires_action past its 3-D Secure window); leases are checked apart."""
+    try:
+        _check_status(d)
+    except OperatorRefused:
+        return False
+    return True
+
+
+def _check_status(d: dict[str, Any]) -> None:
+    current = PaymentStatus(d["status"])
     if current == S.REQUIRES_ACTION:
         left = three_ds.window_end(d) - time.time()
         if left > 0:  # the customer may still finish the challenge: not abandoned yet
@@ -206,6 +215,12 @@ def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: fl
                               f"the payment is {current.value}: an operator resolves only an "
                               f"unresolved payment ({names}, or requires_action after its "
                               "3-D Secure window)")
+
+
+def _resolve_in_place(d: dict[str, Any], res: Resolution, request_deadline_s: float) -> Events:
+    """The one write's function (raises :class:`OperatorRefused` to write nothing)."""
+    current, target = PaymentStatus(d["status"]), res.status
+    _check_status(d)
     left = busy_until(d, request_deadline_s) - time.time()
     if left > 0:
         raise OperatorRefused(409, "invalid_state", "payment_busy",
@@ -290,4 +305,4 @@ async def _resolve(store: Store, writer: PaymentWriter, config: GatewayConfig,
 
 
 __all__ = ["MONEY_MOVED", "RESOLUTIONS", "OperatorRefused", "Resolution", "Synced",
-           "parse_resolution", "resolve", "sync"]
+           "parse_resolution", "resolvable", "resolve", "sync"]

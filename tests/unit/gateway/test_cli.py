@@ -98,6 +98,7 @@ def test_payments_show_sync_resolve_on_the_store(
     assert main(["payments", "show", "--config", cfg, "pay_cli_sync"]) == 0
     shown, _ = _json_out(capsys)
     assert shown["payment"]["status"] == "unknown" and shown["unresolved"] is True
+    assert shown["resolvable"] is True
     assert shown["live_until"] is None and shown["merchant_id"] == "acme"
     assert [e["type"] for e in shown["events"]] == ["payment_created"]
 

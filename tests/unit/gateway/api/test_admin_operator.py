@@ -504,3 +504,26 @@ async def test_resolve_of_a_pending_follow_up_only_along_its_edges(
     assert _actions("resolve", "refused") == before + len(refused)
     r = await env.resolve(pay["id"], {"status": allowed[1], "reason": "seen at Stripe"})
     assert r.status == 200 and (await r.json())["status"] == allowed[1]
+
+
+def test_resolvable_says_what_resolve_would_take() -> None:
+    """operator.resolvable (shown by gateway payments show): the unresolved statuses, and
+    requires_action only once its 3-D Secure window has passed."""
+    import time
+
+    from gateway.operator import resolvable
+
+    now = time.time()
+
+    def doc(status: str, since: float = now) -> dict[str, Any]:
+        return {"status": status, "created_at": since, "_action": {"since": since},
+                "_action_window_s": 900.0}
+
+    for status in ("pending", "unknown", "processing", "capture_pending", "void_pending"):
+        assert resolvable(doc(status)), status
+    for status in ("authorized", "captured", "declined", "failed", "voided", "expired",
+                   "refunded", "partially_refunded"):
+        assert not resolvable(doc(status)), status
+    assert not resolvable(doc("requires_action"))  # the customer may still finish
+    assert not resolvable(doc("requires_action", since=now - 899))
+    assert resolvable(doc("requires_action", since=now - 901))
