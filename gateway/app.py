@@ -223,7 +223,7 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
                           client_max_size=webhooks.MAX_BODY_BYTES)
     app[CONFIG] = config
     admission.install(app, config.admission.max_in_flight, config.admission.retry_after_s,
-                      config.admission.max_busy or None)
+                      config.admission.max_busy)
     if public_url:
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up

@@ -124,11 +124,12 @@ class AdmissionSettings:
     kept the admitted p99 near 100 ms at 2x capacity (bench/overload.py; README). It also
     sheds a burst of more than ``max_busy`` payments arriving at once on an idle process
     (they are all busy until they reach their provider), so by default it equals
-    ``max_in_flight`` (off); at most ``max_in_flight``. 0 in the dataclass: not given."""
+    ``max_in_flight`` (off); at most ``max_in_flight``. None: not given (the loader puts
+    ``max_in_flight`` there)."""
 
     max_in_flight: int = 64
     retry_after_s: int = 1
-    max_busy: int = 0
+    max_busy: int | None = None
 
 @dataclass(frozen=True)
 class GatewayConfig:
@@ -410,8 +411,7 @@ def _admission(c: _Checks, raw: dict[str, Any], path: Path_) -> AdmissionSetting
     return AdmissionSettings(
         max_in_flight=max_in_flight,
         retry_after_s=c.integer(raw, "retry_after_s", path, d.retry_after_s, at_most=3600),
-        max_busy=c.integer(raw, "max_busy", path, d.max_busy or max_in_flight,
-                           at_most=max_in_flight),
+        max_busy=c.integer(raw, "max_busy", path, max_in_flight, at_most=max_in_flight),
     )
 
 
