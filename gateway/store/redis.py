@@ -99,15 +99,13 @@ from gateway.store.base import (
     Store,
     StoreError,
     check_ledger_entry,
+    dumps,
     in_reconcile_index,
     new_notification,
     requeue,
     search_fields,
     search_reference,
     settle_notification,
-)
-from gateway.store.base import (
-    dumps as _dumps,
 )
 from gateway.store.pool import BudgetedPool, RequestBudget
 
@@ -541,7 +539,7 @@ def _ledger_parts(entry: dict[str, Any]) -> tuple[list[str], list[str]]:
     keys = [ledger_entry_key(entry["id"]),
             ledger_key(str(pid)) if listed else ledger_entry_key(entry["id"]),
             ledger_balance_key(entry["merchant_id"], entry["currency"])]
-    args = [entry["id"], _dumps(entry), str(int(entry["amount"])), entry["debit"],
+    args = [entry["id"], dumps(entry), str(int(entry["amount"])), entry["debit"],
             entry["credit"], "1" if listed else "0"]
     return keys, args
 
@@ -659,9 +657,9 @@ def _insert_args(doc: dict[str, Any], events: list[dict[str, Any]]) -> tuple[str
     """The payment id and _INSERT_LUA's arguments (the doc stored at version 1)."""
     pid, updated_at = _payment_fields(doc)
     stored = {**doc, "version": 1}
-    args = [_dumps(stored), pid, *search_index_args(stored),
+    args = [dumps(stored), pid, *search_index_args(stored),
             *_derived_args(pid, stored, updated_at), str(len(events))]
-    args.extend(_dumps(e) for e in events)
+    args.extend(dumps(e) for e in events)
     return pid, args
 
 
@@ -822,7 +820,7 @@ class RedisStore(Store):
         pid, updated_at = _payment_fields(doc)
         new_version = int(expected_version) + 1
         stored = {**doc, "version": new_version}
-        args = [str(int(expected_version)), str(new_version), _dumps(stored), pid,
+        args = [str(int(expected_version)), str(new_version), dumps(stored), pid,
                 *search_index_args(stored), *_derived_args(pid, stored, updated_at)]
         keys = [doc_key(pid), events_key(pid), UNRESOLVED_KEY]
         if completion is None:
@@ -830,9 +828,9 @@ class RedisStore(Store):
             args += ["", "0"]
         else:
             keys.append(idem_key(completion.scope, completion.key))
-            args += [_dumps(completion.response), str(_ms(completion.ttl_s))]
+            args += [dumps(completion.response), str(_ms(completion.ttl_s))]
         args.append(str(len(events)))
-        args.extend(_dumps(e) for e in events)
+        args.extend(dumps(e) for e in events)
         args.append(str(len(ledger)))
         for entry in ledger:
             entry_keys, entry_args = _ledger_parts(entry)
@@ -1013,7 +1011,7 @@ class RedisStore(Store):
         self, scope: str, key: str, response: dict[str, Any], ttl_s: float
     ) -> None:
         with _errors():
-            await self._eval("complete", [idem_key(scope, key)], [_dumps(response), _ms(ttl_s)])
+            await self._eval("complete", [idem_key(scope, key)], [dumps(response), _ms(ttl_s)])
 
     async def release_idempotency(self, scope: str, key: str) -> None:
         with _errors():
@@ -1049,7 +1047,7 @@ class RedisStore(Store):
         entry = {**event, "provider": provider, "received_at": time.time()}
         with _errors():
             async with self._r.pipeline(transaction=True) as pipe:
-                pipe.rpush(UNMATCHED_WEBHOOKS_KEY, _dumps(entry))
+                pipe.rpush(UNMATCHED_WEBHOOKS_KEY, dumps(entry))
                 pipe.ltrim(UNMATCHED_WEBHOOKS_KEY, -UNMATCHED_WEBHOOKS_MAX, -1)
                 await pipe.execute()
 
@@ -1070,7 +1068,7 @@ class RedisStore(Store):
 
     @staticmethod
     def _ntf_stored(doc: dict[str, Any]) -> str:
-        return _dumps({k: v for k, v in doc.items() if k not in ("lease_owner", "lease_until")})
+        return dumps({k: v for k, v in doc.items() if k not in ("lease_owner", "lease_until")})
 
     async def enqueue_notification(self, event: dict[str, Any]) -> bool:
         doc = new_notification(event)
@@ -1241,7 +1239,7 @@ class RedisStore(Store):
             async with self._r.pipeline(transaction=True) as pipe:
                 for line in lines:
                     pipe.hsetnx(settlement_key(provider, str(line["settled_on"])),
-                                str(line["line_id"]), _dumps(line))
+                                str(line["line_id"]), dumps(line))
                 results = await pipe.execute()
         return sum(1 for r in results if r)
 

@@ -60,15 +60,13 @@ from gateway.store.base import (
     Store,
     StoreError,
     check_ledger_entry,
+    dumps,
     in_reconcile_index,
     new_notification,
     requeue,
     search_fields,
     search_reference,
     settle_notification,
-)
-from gateway.store.base import (
-    dumps as _dumps,
 )
 from gateway.store.pool import RequestBudget
 from gateway.store.sqlite_schema import SCHEMA_VERSION, SEARCH_INDEXES, apply_schema
@@ -355,7 +353,7 @@ class SQLiteStore(Store):
         pid, updated_at = _payment_fields(doc)
         stored = {**doc, "version": 1}
         ok = await self._write(
-            self._insert_sync, pid, stored, updated_at, [_dumps(e) for e in events]
+            self._insert_sync, pid, stored, updated_at, [dumps(e) for e in events]
         )
         if not ok:
             raise AlreadyExists(f"payment {pid} already exists")
@@ -385,7 +383,7 @@ class SQLiteStore(Store):
                 updated_at,
                 1,
                 int(in_reconcile_index(stored)),
-                _dumps(stored),
+                dumps(stored),
                 *_search_columns(stored),
             ),
         )
@@ -421,11 +419,11 @@ class SQLiteStore(Store):
             int(expected_version),
             stored,
             updated_at,
-            [_dumps(e) for e in events],
+            [dumps(e) for e in events],
             [new_notification(n) for n in notifications],
             list(ledger),
             None if completion is None else (completion.scope, completion.key,
-                                             _dumps(completion.response),
+                                             dumps(completion.response),
                                              float(completion.ttl_s)),
         )
         if ok:
@@ -458,7 +456,7 @@ class SQLiteStore(Store):
                     updated_at,
                     stored["version"],
                     int(in_reconcile_index(stored)),
-                    _dumps(stored),
+                    dumps(stored),
                     *_search_columns(stored),
                     pid,
                     expected_version,
@@ -484,7 +482,7 @@ class SQLiteStore(Store):
             "INSERT OR IGNORE INTO ledger (id, payment_id, merchant_id, currency, provider,"
             " created_at, entry) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (entry["id"], entry.get("payment_id"), entry["merchant_id"], entry["currency"],
-             entry.get("provider"), entry.get("created_at"), _dumps(entry)),
+             entry.get("provider"), entry.get("created_at"), dumps(entry)),
         )
         if cur.rowcount != 1:
             return False
@@ -529,7 +527,7 @@ class SQLiteStore(Store):
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO settlement_lines (provider, line_id, settled_on,"
                     " line) VALUES (?, ?, ?, ?)",
-                    (provider, str(line["line_id"]), str(line["settled_on"]), _dumps(line)))
+                    (provider, str(line["line_id"]), str(line["settled_on"]), dumps(line)))
                 new += cur.rowcount
             return new
 
@@ -640,7 +638,7 @@ class SQLiteStore(Store):
         if insert is not None:
             pid, updated_at = _payment_fields(insert.doc)
             new = (pid, {**insert.doc, "version": 1}, updated_at,
-                   [_dumps(e) for e in insert.events])
+                   [dumps(e) for e in insert.events])
         claim = await self._write(
             self._claim_sync, scope, key, fingerprint, float(lease_s), float(ttl_s), new
         )
@@ -736,7 +734,7 @@ class SQLiteStore(Store):
     async def complete_idempotency(
         self, scope: str, key: str, response: dict[str, Any], ttl_s: float
     ) -> None:
-        await self._write(self._complete_sync, scope, key, _dumps(response), float(ttl_s))
+        await self._write(self._complete_sync, scope, key, dumps(response), float(ttl_s))
 
     def _complete_sync(self, scope: str, key: str, response: str, ttl_s: float) -> None:
         with self._tx() as conn:
@@ -828,7 +826,7 @@ class SQLiteStore(Store):
             )
 
     async def save_unmatched_webhook(self, provider: str, event: dict[str, Any]) -> None:
-        await self._run(self._save_unmatched_sync, provider, _dumps(event))
+        await self._run(self._save_unmatched_sync, provider, dumps(event))
 
     def _save_unmatched_sync(self, provider: str, event: str) -> None:
         with self._tx() as conn:
@@ -877,7 +875,7 @@ class SQLiteStore(Store):
             " VALUES (?, ?, ?, ?, 'pending', ?, NULL, NULL, ?)",
             (doc["id"], doc.get("payment_id"), doc.get("merchant_id"),
              doc.get("type") if isinstance(doc.get("type"), str) else None,
-             doc["next_attempt_at"], _dumps(doc)),
+             doc["next_attempt_at"], dumps(doc)),
         )
         return cur.rowcount == 1
 
@@ -912,7 +910,7 @@ class SQLiteStore(Store):
                 conn.execute(
                     "UPDATE notifications SET lease_owner = ?, lease_until = ?, doc = ?"
                     " WHERE id = ?",
-                    (owner, doc["lease_until"], _dumps(doc), row["id"]),
+                    (owner, doc["lease_until"], dumps(doc), row["id"]),
                 )
                 out.append(doc)
         return out
@@ -949,7 +947,7 @@ class SQLiteStore(Store):
                     "UPDATE notifications SET state = ?, next_attempt_at = ?, lease_owner = ?,"
                     " lease_until = ?, doc = ? WHERE id = ?",
                     (doc["state"], doc["next_attempt_at"], doc["lease_owner"],
-                     doc["lease_until"], _dumps(doc), event_id),
+                     doc["lease_until"], dumps(doc), event_id),
                 )
             return doc
 
