@@ -13,11 +13,14 @@ from gateway.operation_errors import OperationError, ProviderUnavailable
 from gateway.payment_writer import Events
 from gateway.provider_calls import call_provider
 from gateway.state_machine import AUTHORIZATION_UNRESOLVED, PaymentStatus
-from providers.base import NotCreated, Operation, Outcome, ProviderFault, ProviderMismatch
-
-#: A lookup's answer "not found yet" (a search that is eventually consistent, inside the
-#: window where it proves nothing): the providers' Ambiguous error code for it.
-NOT_VISIBLE_YET = "not_visible_yet"
+from providers.base import (
+    Ambiguous,
+    NotCreated,
+    Operation,
+    Outcome,
+    ProviderFault,
+    ProviderMismatch,
+)
 
 S = PaymentStatus
 
@@ -75,11 +78,11 @@ class Resolution(Authorization, FollowUps):
             return await self._fail(doc["id"], source, NotCreated.CODE,
                                     "the provider never created the payment; no money moved")
         except ProviderFault as fault:
-            if strict and fault.error_code == NOT_VISIBLE_YET:
+            if strict and fault.error_code == Ambiguous.NOT_VISIBLE_YET:
                 # the provider answered: nothing found yet, which proves nothing (SPEC 5.1);
                 # the operator's sync reports it unresolved, saying why, not "unavailable"
-                raise OperationError(NOT_VISIBLE_YET, f"{provider.name}: {fault.message}"
-                                     ) from None
+                raise OperationError(Ambiguous.NOT_VISIBLE_YET,
+                                     f"{provider.name}: {fault.message}") from None
             if strict and not isinstance(fault, ProviderMismatch):
                 raise ProviderUnavailable.of(provider.name, fault) from None
             return doc

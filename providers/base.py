@@ -108,6 +108,11 @@ class Ambiguous(ProviderFault):
 
     outcome = Outcome.AMBIGUOUS
 
+    #: The ``error_code`` of a lookup that found nothing yet where finding nothing proves
+    #: nothing (an eventually consistent search, SPEC 5.1): the provider answered, so the
+    #: operator's sync reports the payment unresolved rather than the provider unavailable.
+    NOT_VISIBLE_YET = "not_visible_yet"
+
 
 class ProviderMismatch(ProviderFault):
     """The provider's answer is about another amount or currency than the gateway sent

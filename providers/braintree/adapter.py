@@ -317,6 +317,6 @@ class BraintreeProvider(Provider):
         if sent_at is not None and time.time() >= sent_at + self.lookup_proof_after_s:
             raise NotCreated(f"no Braintree transaction with order_id {ref.payment_id} "
                              f"{self.lookup_proof_after_s:g} s after the sale was sent")
-        raise Ambiguous("not_visible_yet",
+        raise Ambiguous(Ambiguous.NOT_VISIBLE_YET,
                         f"no Braintree transaction with order_id {ref.payment_id} yet; the "
                         "sale may still be processed or not yet searchable")

@@ -379,6 +379,7 @@ class StripeProvider(Provider):
             raise Ambiguous("multiple_payment_intents",
                             f"{len(found)} PaymentIntents for {payment_id}")
         if not found:
-            raise Ambiguous("not_visible_yet", f"no PaymentIntent for {payment_id} found by "
-                            "search (eventually consistent: this proves nothing)")
+            raise Ambiguous(Ambiguous.NOT_VISIBLE_YET,
+                            f"no PaymentIntent for {payment_id} found by search (eventually "
+                            "consistent: this proves nothing)")
         return parse_payment_intent(found[0])
