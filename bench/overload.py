@@ -6,8 +6,10 @@ store and round (``--repeat``): first the capacity of one process (closed loop,
 ``--clients`` clients, Stripe, without admission control), then an open-loop burst of
 ``--factor`` x that rate (new payments at fixed times whatever the answers) for
 ``--duration`` seconds, once per admission limit of ``--limits`` (``none``: raised out of
-reach; ``default``: the gateway's defaults; ``N``: ``max_in_flight`` and ``max_busy`` N;
-``N/B``: ``max_in_flight`` N, ``max_busy`` B). Printed per run:
+reach; ``default``: the gateway's defaults, the limit following the loop's lag;
+``N``: a fixed ``max_in_flight`` and ``max_busy`` N; ``N/B``: fixed ``max_in_flight`` N,
+``max_busy`` B; ``...@T``: the limit following the loop's lag, ``loop_lag_target_ms`` T,
+between the default ``min_in_flight`` and N). Printed per run:
 the offered rate, 201s per second, the share shed (503 ``gateway_overloaded`` with Retry-
 After), p50 / p99 of the admitted (201) payments and of the shed answers, the p99 of this
 process's own lateness in sending (``client late``: the load generator shares the box; its
@@ -24,7 +26,7 @@ and the same burst rate: every other payment is shed, so the gateway does nothin
 printed: shed p50 / p99 / max and the gateway's CPU-ms per shed answer (/proc/<pid>/stat).
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
-        [--duration 10] [--limits none,default,64/8,8] [--clients 64] [--repeat 1]
+        [--duration 10] [--limits none,default,64,8] [--clients 64] [--repeat 1]
         [--no-shed-only]
         [--pool-sizes default,64,256]  (store_options.pool_size per run)
         [--provider-latency-ms 0]  (the Stripe simulator answers this much later: a
@@ -99,6 +101,16 @@ async def stored(s: aiohttp.ClientSession, base: str, references: list[str]) -> 
     return n
 
 
+async def admission_limit(s: aiohttp.ClientSession, base: str) -> int:
+    """gateway_admission_limit from /metrics: the limit in force."""
+    async with s.get(f"{base}/metrics") as r:
+        text = await r.text()
+    for line in text.splitlines():
+        if line.startswith("gateway_admission_limit "):
+            return int(float(line.split()[1]))
+    raise AssertionError("gateway_admission_limit not in /metrics")
+
+
 async def redis_clients(url: str) -> int:
     """Clients connected to the (private) Redis now, this one included."""
     import redis.asyncio as aredis
@@ -154,8 +166,10 @@ def admission_of(limit: str) -> dict[str, Any]:
         return {}
     if limit == "none":
         return OPEN_ADMISSION
-    in_flight, _, busy = limit.partition("/")
-    return {"max_in_flight": int(in_flight), "max_busy": int(busy or in_flight)}
+    bounds, _, lag = limit.partition("@")
+    in_flight, _, busy = bounds.partition("/")
+    return {"max_in_flight": int(in_flight), "max_busy": int(busy or in_flight),
+            "loop_lag_target_ms": float(lag or 0)}
 
 
 SHED_ONLY_S = 5.0  # the shed-only burst; the held payment is answered 2 s after it
@@ -248,7 +262,9 @@ async def main_async(ns: argparse.Namespace) -> None:
                     admission = admission_of(limit)
                     d_adm = AdmissionSettings()
                     in_flight = admission.get("max_in_flight", d_adm.max_in_flight)
-                    bounds = f"{in_flight}/{admission.get('max_busy', d_adm.max_busy or in_flight)}"
+                    busy = admission.get("max_busy", d_adm.max_busy or in_flight)
+                    lag = admission.get("loop_lag_target_ms", d_adm.loop_lag_target_ms)
+                    bounds = f"{in_flight}/{busy}" + (f"@{lag:g}" if lag else "")
                     extra: dict[str, Any] = {}
                     if pool_size != "default":  # store_options.pool_size (gateway.store.pool)
                         extra["store_options"] = {"pool_size": int(pool_size)}
@@ -261,6 +277,8 @@ async def main_async(ns: argparse.Namespace) -> None:
                             f"({bounds})" if limit == "default" else "") + (
                             f" pool={pool_size}" if pool_size != "default" else "")
                         line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
+                        # where the lag control left the limit (it rises only when reached)
+                        line += f"  lim {await admission_limit(s, gw.base):3d}"
                         if store != "sqlite":  # the pool keeps what it opened: its peak
                             line += f"  conns {await redis_clients(redis_url) - 1:4d}"
                     lines.append(f"{line}   cap {cap:.0f}/s")
@@ -293,7 +311,7 @@ def main() -> None:
     p.add_argument("--stores", default="sqlite,redis")
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--limits", default="none,default,64/8,8")
+    p.add_argument("--limits", default="none,default,64,8")
     p.add_argument("--no-shed-only", dest="shed_only", action="store_false",
                    help="skip the shed-only run")
     p.add_argument("--repeat", type=int, default=1,

@@ -31,16 +31,43 @@ latency run to 0.4-0.9 s. Counting the busy ones apart bounds the loop's queue i
 cases: with a slow provider most operations in flight are waiting and new ones are
 admitted up to ``max_in_flight``.
 
+``max_busy`` still let the fast provider's admitted p99 reach 130-180 ms at 2x capacity:
+an operation whose provider has answered counts as waiting until the loop gets to read
+the answer, so under overload the waiting ones are busy too. What every admitted
+operation does wait for is the event loop's queue, so by default the bound follows it
+(:class:`LoopLagControl`, off with ``admission.loop_lag_target_ms: 0``): a timer measures
+how late the loop runs it (its lag: the time a ready callback waits for the loop) every
+10 ms, and once per 50 ms window the in-flight limit in force, :attr:`Admission.limit`,
+is
+
+* cut when the window's mean lag is above ``loop_lag_target_ms`` for the second window in
+  a row (one window over it is a burst, not an overload): to the most operations that
+  were in flight in the window, scaled by target / lag (at most halved per window), not
+  below ``admission.min_in_flight``; the loop is saturated, more work in flight only adds
+  latency;
+* raised by an eighth (at least 1, not above ``max_in_flight``) when the window's mean
+  lag is under half the target and the limit was reached in the window (an operation was
+  shed, or the limit is full): there is CPU left and it is wanted, as with a slow
+  provider where the operations in flight are waiting, not running;
+* else left alone (it starts at ``max_in_flight``).
+
+So a fast provider's overload settles at the few operations the CPU can serve without
+queueing, and a slow one's at as many as its latency needs, up to ``max_in_flight``.
+Measured in bench/overload.py (README). The lag of the last window is the gauge
+``gateway_event_loop_lag_seconds``, the limit in force ``gateway_admission_limit``.
+
 An operation already admitted is never stopped or queued by these bounds (its provider
-answer is processed at once); only new arrivals are shed. The check is two integer
-comparisons on the event loop (no lock: the loop is one thread), so a shed answer costs
-little more than reading the request. Sizing: see ``AdmissionSettings`` in
-:mod:`gateway.config`.
+answer is processed at once); only new arrivals are shed, and a lowered limit sheds new
+ones until enough admitted ones have finished. The check is two integer comparisons on
+the event loop (no lock: the loop is one thread), so a shed answer costs little more than
+reading the request. Sizing: see ``AdmissionSettings`` in :mod:`gateway.config`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
@@ -86,24 +113,42 @@ class Ticket:
 
 class Admission:
     """Counts the payment operations in progress in this process against ``limit``
-    (all of them) and ``busy_limit`` (those not waiting on a provider)."""
+    (all of them) and ``busy_limit`` (those not waiting on a provider). ``limit`` is the
+    bound in force: ``ceiling`` (``max_in_flight``) unless a :class:`LoopLagControl`
+    moves it, between ``floor`` and ``ceiling``."""
 
-    def __init__(self, limit: int, retry_after_s: int = 1, busy_limit: int | None = None
-                 ) -> None:
+    def __init__(self, limit: int, retry_after_s: int = 1, busy_limit: int | None = None,
+                 floor: int | None = None) -> None:
         busy = limit if busy_limit is None else busy_limit
+        lowest = limit if floor is None else floor
         if limit < 1:
             raise ValueError("limit must be >= 1")
         if busy < 1 or busy > limit:
             raise ValueError("busy_limit must be >= 1 and <= limit")
+        if lowest < 1 or lowest > limit:
+            raise ValueError("floor must be >= 1 and <= limit")
         if retry_after_s < 1:
             raise ValueError("retry_after_s must be >= 1")
+        self.ceiling = limit
+        self.floor = lowest
         self.limit = limit
         self.busy_limit = busy
         self.retry_after_s = retry_after_s
         self._in_flight = 0
         self._waiting = 0
+        #: since the controller last looked: the limit was reached (it may rise), and the
+        #: most operations in flight at once
+        self.reached = False
+        self.peak = 0
         # every operation's series exists from the start, at 0 (the alert's increase())
         self._shed = {op: metrics.REQUESTS_SHED.labels(op) for op in OPERATIONS}
+        self._limit_gauge = metrics.ADMISSION_LIMIT
+        self._limit_gauge.set(limit)
+
+    def set_limit(self, limit: int) -> None:
+        """Put the bound in force at ``limit``, kept within ``floor`` .. ``ceiling``."""
+        self.limit = max(self.floor, min(self.ceiling, limit))
+        self._limit_gauge.set(self.limit)
 
     @property
     def in_flight(self) -> int:
@@ -124,9 +169,14 @@ class Admission:
         Every ticket must be given back by one :meth:`leave`."""
         if (self._in_flight >= self.limit
                 or self._in_flight - self._waiting >= self.busy_limit):
+            self.reached = True
             self._shed[operation].inc()
             return None
         self._in_flight += 1
+        if self._in_flight > self.peak:
+            self.peak = self._in_flight
+            if self._in_flight >= self.limit:
+                self.reached = True
         return Ticket(self)
 
     def leave(self, ticket: Ticket) -> None:
@@ -143,6 +193,60 @@ class Admission:
             "the gateway is at its limit of payment operations in progress; "
             "nothing was done: retry after Retry-After seconds with the same "
             "Idempotency-Key", headers={"Retry-After": str(self.retry_after_s)})
+
+
+class LoopLagControl:
+    """Moves an :class:`Admission`'s limit by the event loop's lag (see the module
+    docstring): :meth:`run` samples the lag, :meth:`adjust` decides once per window."""
+
+    INTERVAL_S: Final = 0.01  # one lag sample per 10 ms (about 5 us of CPU each)
+    WINDOW_S: Final = 0.05  # one decision per 50 ms of samples
+    MAX_DECREASE: Final = 0.5  # a window cuts the limit to no less than half
+    INCREASE: Final = 0.125
+    SUSTAINED: Final = 2  # windows in a row over the target before a cut (not a burst)
+
+    def __init__(self, admission: Admission, target_s: float) -> None:
+        if not target_s > 0:
+            raise ValueError("target_s must be > 0")
+        self.admission = admission
+        self.target_s = target_s
+        self._over = 0  # windows in a row over the target
+        self._lag_gauge = metrics.EVENT_LOOP_LAG
+
+    def adjust(self, mean_lag_s: float) -> int:
+        """One window's decision from its mean lag; returns the limit now in force."""
+        a = self.admission
+        self._lag_gauge.set(mean_lag_s)
+        if mean_lag_s > self.target_s:
+            self._over += 1
+            if self._over >= self.SUSTAINED:
+                # the loop's queue grows with the operations in it: scale what was in
+                # flight to the target (lag 4x the target: a quarter), at most halving
+                scale = max(self.MAX_DECREASE, self.target_s / mean_lag_s)
+                a.set_limit(int(min(a.limit, max(a.peak, 1)) * scale))
+        else:
+            self._over = 0
+            full = a.reached or a.in_flight >= a.limit
+            if full and mean_lag_s < self.target_s / 2:
+                a.set_limit(a.limit + max(1, int(a.limit * self.INCREASE)))
+        a.reached = False
+        a.peak = a.in_flight
+        return a.limit
+
+    async def run(self) -> None:
+        """Sample the lag and adjust, until cancelled."""
+        loop = asyncio.get_running_loop()
+        total, samples = 0.0, 0
+        window_start = loop.time()
+        while True:
+            due = loop.time() + self.INTERVAL_S
+            await asyncio.sleep(self.INTERVAL_S)
+            now = loop.time()
+            total += max(0.0, now - due)
+            samples += 1
+            if now - window_start >= self.WINDOW_S:
+                self.adjust(total / samples)
+                total, samples, window_start = 0.0, 0, now
 
 
 ADMISSION: Final = web.AppKey("admission", Admission)
@@ -199,9 +303,26 @@ async def admission_middleware(request: web.Request, handler: Handler) -> web.St
 
 
 def install(app: web.Application, limit: int, retry_after_s: int = 1,
-            busy_limit: int | None = None) -> Admission:
+            busy_limit: int | None = None, *, floor: int | None = None,
+            lag_target_s: float = 0.0) -> Admission:
     """Create the app's admission control (call before the app is frozen) and return it;
-    ``admission_middleware`` must be among the app's middlewares."""
-    admission = Admission(limit, retry_after_s, busy_limit)
+    ``admission_middleware`` must be among the app's middlewares. With ``lag_target_s``
+    > 0 a :class:`LoopLagControl` moves its limit between ``floor`` and ``limit`` while
+    the app runs (a cleanup_ctx task)."""
+    admission = Admission(limit, retry_after_s, busy_limit, floor)
     app[ADMISSION] = admission
+    if lag_target_s > 0 and admission.floor < admission.ceiling:
+        control = LoopLagControl(admission, lag_target_s)
+
+        async def lag_control_ctx(_app: web.Application) -> AsyncIterator[None]:
+            task = asyncio.create_task(control.run(), name="admission-lag-control")
+            try:
+                yield
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                admission.set_limit(admission.ceiling)
+
+        app.cleanup_ctx.append(lag_control_ctx)
     return admission

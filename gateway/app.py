@@ -222,8 +222,10 @@ def create_app(config: GatewayConfig, *, public_url: str | None = None) -> web.A
     app = web.Application(middlewares=[request_context, admission.admission_middleware],
                           client_max_size=webhooks.MAX_BODY_BYTES)
     app[CONFIG] = config
-    admission.install(app, config.admission.max_in_flight, config.admission.retry_after_s,
-                      config.admission.max_busy)
+    settings = config.admission
+    admission.install(app, settings.max_in_flight, settings.retry_after_s, settings.max_busy,
+                      floor=settings.min_in_flight,
+                      lag_target_s=settings.loop_lag_target_ms / 1000)
     if public_url:
         app[PUBLIC_URL] = public_url
     app[ROUTING] = RoutingRuntime(config)  # validates routing.yaml: a bad file fails start-up

@@ -49,7 +49,8 @@ SCHEMA: Schema = {
     "store_options": {"allow_volatile": None, "pool_size": None, "pool_timeout_s": None},
     "server": {"header_timeout_s": None, "body_timeout_s": None, "keepalive_timeout_s": None,
                "max_connections": None, "backlog": None},
-    "admission": {"max_in_flight": None, "retry_after_s": None, "max_busy": None},
+    "admission": {"max_in_flight": None, "retry_after_s": None, "max_busy": None,
+                  "loop_lag_target_ms": None, "min_in_flight": None},
 }
 
 

@@ -160,6 +160,18 @@ REQUESTS_SHED = Counter(
     "Payment operations answered 503 gateway_overloaded by admission control (nothing done)",
     ["operation"], registry=REGISTRY,
 )
+ADMISSION_LIMIT = Gauge(
+    "gateway_admission_limit",
+    "Payment operations admission control lets be in progress now (max_in_flight, or "
+    "lower while the event loop lags: gateway.admission)", registry=REGISTRY,
+    multiprocess_mode="livesum",
+)
+EVENT_LOOP_LAG = Gauge(
+    "gateway_event_loop_lag_seconds",
+    "Mean lag of the event loop over the last 100 ms window (how long a ready callback "
+    "waits to run), as admission control measured it", registry=REGISTRY,
+    multiprocess_mode="livemax",
+)
 STORE_POOL_TIMEOUTS = Counter(
     "gateway_store_pool_timeouts_total",
     "Store operations refused because no store place freed in time (a full pool, not a "

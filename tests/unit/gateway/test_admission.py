@@ -10,6 +10,7 @@ with a deadline (tests.gateway_harness.wait_for)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,14 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admission import _TICKET, ADMISSION, Admission, operation_of, waiting_on_provider
+from gateway.admission import (
+    _TICKET,
+    ADMISSION,
+    Admission,
+    LoopLagControl,
+    operation_of,
+    waiting_on_provider,
+)
 from gateway.app import create_app
 from gateway.appkeys import SANDBOX_PORTS
 from gateway.config import ConfigError, load_config
@@ -240,6 +248,11 @@ def test_the_limit_is_configurable_and_validated(tmp_path: Path) -> None:
         ({"max_in_flight": 4, "max_busy": 5},
          "admission.max_busy: must be between 1 and 4 (got 5)"),
         ({"max_busy": 0}, "admission.max_busy: must be between 1 and 64 (got 0)"),
+        ({"loop_lag_target_ms": -1}, "admission.loop_lag_target_ms: must be >= 0 (got -1)"),
+        ({"loop_lag_target_ms": "fast"}, "admission.loop_lag_target_ms: expected"),
+        ({"max_in_flight": 4, "min_in_flight": 5},
+         "admission.min_in_flight: must be between 1 and 4 (got 5)"),
+        ({"min_in_flight": 0}, "admission.min_in_flight: must be between 1 and 64 (got 0)"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_config(write_config(tmp_path / "c", "sqlite:///x.db", admission=bad))
@@ -289,3 +302,160 @@ async def test_a_concurrent_burst_is_admitted_up_to_the_limit_and_the_rest_shed_
         assert status == 201 and pay["status"] == "authorized", pay
         assert "Idempotent-Replayed" not in hdrs
         assert len(await sim.charges("stripe", pay["id"])) == 1
+
+
+def gauge(name: str) -> float | None:
+    return REGISTRY.get_sample_value(name)
+
+
+def test_the_lag_control_is_configured_with_the_limit(tmp_path: Path) -> None:
+    """By default the limit follows the loop's lag (5 ms target) between 8 and 64; a
+    smaller max_in_flight lowers the floor with it; 0 turns the control off."""
+    default = load_config(write_config(tmp_path / "a", "sqlite:///x.db")).admission
+    assert (default.loop_lag_target_ms, default.min_in_flight) == (5.0, 8)
+    small = load_config(write_config(tmp_path / "b", "sqlite:///x.db",
+                                     admission={"max_in_flight": 3})).admission
+    assert small.min_in_flight == 3  # a fixed limit of 3: nothing to move
+    cfg = load_config(write_config(tmp_path / "c", "sqlite:///x.db", admission={
+        "max_in_flight": 32, "min_in_flight": 4, "loop_lag_target_ms": 2.5}))
+    adm = create_app(cfg)[ADMISSION]
+    assert (adm.ceiling, adm.floor, adm.limit) == (32, 4, 32)
+    off = load_config(write_config(tmp_path / "d", "sqlite:///x.db",
+                                   admission={"loop_lag_target_ms": 0})).admission
+    assert off.loop_lag_target_ms == 0.0
+
+
+def test_sustained_lag_cuts_the_limit_to_what_was_in_flight_scaled_to_the_target() -> None:
+    adm = Admission(64, floor=8)
+    ctl = LoopLagControl(adm, target_s=0.005)
+    tickets = [adm.try_enter("authorize") for _ in range(40)]
+    assert all(t is not None for t in tickets) and adm.peak == 40
+    assert ctl.adjust(0.020) == 64  # one window over the target: a burst, not a cut
+    assert gauge("gateway_event_loop_lag_seconds") == pytest.approx(0.020)
+    # the second in a row: 40 in flight x 5/20 = 10, but no less than half: 20
+    assert ctl.adjust(0.020) == 20
+    assert gauge("gateway_admission_limit") == 20
+    before = shed("authorize")
+    assert adm.try_enter("authorize") is None  # 40 in flight >= 20: new ones are shed
+    assert shed("authorize") == before + 1
+    for t in tickets[:30]:
+        assert t is not None
+        adm.leave(t)
+    assert ctl.adjust(0.010) == 10  # 20 x 5/10 (the peak of the window was 40)
+    assert ctl.adjust(0.008) == 8  # 10 x 5/8 = 6, not under the floor
+    assert ctl.adjust(0.100) == 8
+    assert ctl.adjust(0.004) == 8  # under the target: no cut, and not low enough to rise
+    for t in tickets[30:35]:
+        assert t is not None
+        adm.leave(t)
+    assert adm.in_flight == 5
+    assert ctl.adjust(0.001) == 8  # low lag, but the limit was not reached: unchanged
+    assert ctl.adjust(0.001) == 8
+    with pytest.raises(ValueError):
+        LoopLagControl(adm, target_s=0)
+    for bad in (0, 65):
+        with pytest.raises(ValueError):
+            Admission(64, floor=bad)
+
+
+def test_the_limit_rises_only_when_reached_with_the_loop_idle_up_to_the_ceiling() -> None:
+    adm = Admission(16, floor=4)
+    ctl = LoopLagControl(adm, target_s=0.005)
+    adm.set_limit(4)
+    held = [adm.try_enter("capture") for _ in range(4)]
+    assert adm.reached  # the fourth filled the limit
+    assert ctl.adjust(0.003) == 4  # under the target but not under half of it
+    assert not adm.reached  # each window looks afresh
+    assert adm.try_enter("capture") is None and adm.reached  # shed: wanted more
+    assert ctl.adjust(0.001) == 5  # + max(1, 4/8)
+    limits = []
+    for _ in range(20):  # reached every window (shed arrivals), loop idle
+        assert adm.try_enter("capture") is not None or adm.reached
+        while adm.try_enter("capture") is not None:
+            pass
+        limits.append(ctl.adjust(0.0005))
+    assert limits == sorted(limits) and limits[-1] == 16  # up to the ceiling, not past
+    assert gauge("gateway_admission_limit") == 16
+    for t in held:
+        assert t is not None
+        adm.leave(t)
+
+
+async def test_a_saturated_event_loop_lowers_the_limit_sheds_and_recovers(
+        tmp_path: Path, store_url: str, aiohttp_client: Any,
+        session: aiohttp.ClientSession) -> None:
+    """The real control task of a real gateway: while something keeps the event loop
+    busy (20 ms at a time), the limit falls to min_in_flight (2); two payments held at
+    the simulator fill it and a third is shed 503 gateway_overloaded, stored nowhere;
+    once the loop is free the limit rises again (the shed arrival showed it was wanted),
+    and the shed payment, retried with its key, is charged once."""
+    config = write_config(tmp_path, store_url, admission={
+        "max_in_flight": 16, "min_in_flight": 2, "loop_lag_target_ms": 5})
+    app = create_app(load_config(config))
+    client = await aiohttp_client(app)
+    assert any(t.get_name() == "admission-lag-control" for t in asyncio.all_tasks())
+    sim = SimControl(f"http://127.0.0.1:{app[SANDBOX_PORTS]['control']}", session)
+    admission = app[ADMISSION]
+    assert admission.limit == 16
+
+    stop = asyncio.Event()
+
+    async def hog() -> None:  # CPU work that holds the loop 20 ms at a time
+        while not stop.is_set():
+            end = time.monotonic() + 0.02
+            while time.monotonic() < end:
+                pass
+            await asyncio.sleep(0)
+
+    hogging = asyncio.create_task(hog())
+    try:
+        async def lowered() -> bool:
+            return admission.limit == 2
+
+        await wait_for(lowered, timeout=10)
+        lag = gauge("gateway_event_loop_lag_seconds")
+        assert lag is not None and lag > 0.005, lag
+        await sim.faults("stripe", latency_ms=HOLD_MS * 2)
+        held = [asyncio.create_task(_post(client, "/v1/payments",
+                                          payment_body(reference=f"adm-lag-{i}"),
+                                          f"adm-lag-{i}")) for i in range(2)]
+
+        async def full() -> bool:
+            return admission.in_flight == 2
+
+        await wait_for(full, timeout=10, interval=0.005)
+        status, body, hdrs, _ = await _post(client, "/v1/payments",
+                                            payment_body(reference="adm-lag-shed"),
+                                            "adm-lag-shed")
+        assert status == 503 and body["error"]["code"] == "gateway_overloaded", body
+        assert hdrs["Retry-After"] == "1"
+    finally:
+        stop.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await hogging
+
+    async def raised() -> bool:
+        return admission.limit > 2
+
+    await wait_for(raised, timeout=10)
+    await sim.faults("stripe", latency_ms=0)
+    for task in held:
+        status, pay, _, _ = await task
+        assert status == 201 and pay["status"] == "authorized", pay
+    r = await client.get("/v1/payments", params={"reference": "adm-lag-shed"},
+                         headers=headers())
+    assert (await r.json())["data"] == []  # the shed one was stored nowhere
+    status, pay, _, _ = await _post(client, "/v1/payments",
+                                    payment_body(reference="adm-lag-shed"), "adm-lag-shed")
+    assert status == 201 and pay["status"] == "authorized", pay
+    assert len(await sim.charges("stripe", pay["id"])) == 1
+
+
+async def test_without_a_lag_target_no_control_runs_and_the_limit_is_fixed(
+        tmp_path: Path, store_url: str, aiohttp_client: Any) -> None:
+    config = write_config(tmp_path, store_url, admission={
+        "max_in_flight": 16, "min_in_flight": 2, "loop_lag_target_ms": 0})
+    app = create_app(load_config(config))
+    await aiohttp_client(app)
+    assert not any(t.get_name() == "admission-lag-control" for t in asyncio.all_tasks())
+    assert app[ADMISSION].limit == 16
