@@ -111,6 +111,13 @@ async def admission_limit(s: aiohttp.ClientSession, base: str) -> int:
     raise AssertionError("gateway_admission_limit not in /metrics")
 
 
+async def sample_limit(s: aiohttp.ClientSession, base: str, into: list[int]) -> None:
+    """Append gateway_admission_limit every 0.25 s until cancelled."""
+    while True:
+        into.append(await admission_limit(s, base))
+        await asyncio.sleep(0.25)
+
+
 async def redis_clients(url: str) -> int:
     """Clients connected to the (private) Redis now, this one included."""
     import redis.asyncio as aredis
@@ -276,9 +283,15 @@ async def main_async(ns: argparse.Namespace) -> None:
                         label = f"{store} limit={limit}" + (
                             f"({bounds})" if limit == "default" else "") + (
                             f" pool={pool_size}" if pool_size != "default" else "")
+                        limits: list[int] = []
+                        sampler = asyncio.create_task(sample_limit(s, gw.base, limits))
                         line = await one_run(s, gw.base, cap * ns.factor, ns.duration, label)
-                        # where the lag control left the limit (it rises only when reached)
-                        line += f"  lim {await admission_limit(s, gw.base):3d}"
+                        sampler.cancel()
+                        # the limit in force during the burst, sampled every 0.25 s
+                        line += (f"  lim {min(limits):3d}/{median(limits):3.0f}/"
+                                 f"{max(limits):3d}" if limits else "  lim   -")
+                        if ns.trace_limit:
+                            print(f"{label} limit every 0.25 s: {limits}", file=sys.stderr)
                         if store != "sqlite":  # the pool keeps what it opened: its peak
                             line += f"  conns {await redis_clients(redis_url) - 1:4d}"
                     lines.append(f"{line}   cap {cap:.0f}/s")
@@ -312,6 +325,8 @@ def main() -> None:
     p.add_argument("--factor", type=float, default=2.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--limits", default="none,default,64,8")
+    p.add_argument("--trace-limit", action="store_true",
+                   help="print the admission limit's samples of each run (stderr)")
     p.add_argument("--no-shed-only", dest="shed_only", action="store_false",
                    help="skip the shed-only run")
     p.add_argument("--repeat", type=int, default=1,
