@@ -14,7 +14,12 @@ the offered rate, 201s per second, the share shed (503 ``gateway_overloaded`` wi
 After), p50 / p99 of the admitted (201) payments and of the shed answers, the p99 of this
 process's own lateness in sending (``client late``: the load generator shares the box; its
 lateness is inside every latency above), every other answer (other statuses, connection
-errors), on Redis the connections the gateway's pool opened (``conns``: it keeps them, so
+errors), the mean provider authorization call as the gateway timed it (``prov``) and the
+gateway's mean time serving a payment request over the admitted ones (``served``: its
+shed answers are in that sum too, so a slight overstatement; ``served`` near ``ok p50``
+says the latency is the gateway's, not the client's), the admission limit in force
+sampled every 0.25 s (``lim`` min/median/max; ``--trace-limit`` prints the samples),
+on Redis the connections the gateway's pool opened (``conns``: it keeps them, so
 the count when idle is its peak), and, once the gateway is idle again, the payments left
 ``pending`` / ``processing`` / ``unknown`` (listed through ``GET /v1/payments?status=``)
 and how many of a sample of the shed requests were stored (none should be: looked up by
@@ -27,7 +32,7 @@ printed: shed p50 / p99 / max and the gateway's CPU-ms per shed answer (/proc/<p
 
     .venv/bin/python bench/overload.py [--stores sqlite,redis] [--factor 2]
         [--duration 10] [--limits none,default,64,8] [--clients 64] [--repeat 1]
-        [--no-shed-only]
+        [--no-shed-only] [--trace-limit]
         [--pool-sizes default,64,256]  (store_options.pool_size per run)
         [--provider-latency-ms 0]  (the Stripe simulator answers this much later: a
                                     slow provider, where a low fixed limit caps throughput)
@@ -101,14 +106,37 @@ async def stored(s: aiohttp.ClientSession, base: str, references: list[str]) -> 
     return n
 
 
-async def admission_limit(s: aiohttp.ClientSession, base: str) -> int:
-    """gateway_admission_limit from /metrics: the limit in force."""
+async def scrape(s: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The gateway's /metrics as {series with its labels: value}."""
     async with s.get(f"{base}/metrics") as r:
         text = await r.text()
+    out = {}
     for line in text.splitlines():
-        if line.startswith("gateway_admission_limit "):
-            return int(float(line.split()[1]))
-    raise AssertionError("gateway_admission_limit not in /metrics")
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
+    return out
+
+
+async def admission_limit(s: aiohttp.ClientSession, base: str) -> int:
+    """gateway_admission_limit from /metrics: the limit in force."""
+    limit = (await scrape(s, base)).get("gateway_admission_limit")
+    if limit is None:
+        raise AssertionError("gateway_admission_limit not in /metrics")
+    return int(limit)
+
+
+def provider_mean_ms(before: dict[str, float], after: dict[str, float]) -> float:
+    """The mean provider authorization call between two scrapes, as the gateway timed it
+    (gateway_provider_call_duration_seconds)."""
+    def total(m: dict[str, float], kind: str) -> float:
+        prefix = f"gateway_provider_call_duration_seconds_{kind}{{"
+        return sum(v for k, v in m.items()
+                   if k.startswith(prefix) and 'operation="authorize"' in k)
+
+    def delta(kind: str) -> float:
+        return total(after, kind) - total(before, kind)
+    return delta("sum") / delta("count") * 1000 if delta("count") else float("nan")
 
 
 async def sample_limit(s: aiohttp.ClientSession, base: str, into: list[int]) -> None:
@@ -148,7 +176,12 @@ async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: fl
                     return 1503, None  # shed, as admission control answers
             return r.status, None
 
+    before = await scrape(s, base)
     run = await open_loop(call, rate, duration)
+    after = await scrape(s, base)
+    prov = provider_mean_ms(before, after)
+    key = 'gateway_http_request_duration_seconds_sum{route="/v1/payments"}'
+    served = after.get(key, 0.0) - before.get(key, 0.0)
     ok, shed = run.latencies(201), run.latencies(1503)
     late = [x.late for x in run.samples]
     others = Counter("error" if x.status == -1 else x.status for x in run.samples
@@ -164,7 +197,8 @@ async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: fl
             f"{len(shed) / max(1, len(run.samples)) * 100:6.1f}% "
             f"{median(ok) * 1000:8.1f} {pct(ok, 0.99) * 1000:8.1f} "
             f"{median(shed) * 1000:8.1f} {pct(shed, 0.99) * 1000:8.1f}  {other:>10}  {left:>8}"
-            f"  {stored_shed:>4}/{len(sample):<4}  {pct(late, 0.99) * 1000:8.1f}")
+            f"  {stored_shed:>4}/{len(sample):<4}  {pct(late, 0.99) * 1000:8.1f}"
+            f"  prov {prov:5.1f} served {served / max(1, len(ok)) * 1000:5.1f}")
 
 
 def admission_of(limit: str) -> dict[str, Any]:
