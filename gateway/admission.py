@@ -40,13 +40,14 @@ how late the loop runs it (its lag: the time a ready callback waits for the loop
 10 ms, and once per 50 ms window the in-flight limit in force, :attr:`Admission.limit`,
 is
 
-* cut when the window's mean lag is above ``loop_lag_target_ms``: to the most operations
-  that were in flight in the window, scaled by target / lag, not below
-  ``admission.min_in_flight``; the loop is saturated, more work in flight only adds
-  latency. The cut is immediate and whole: waiting a second window, or cutting at most
-  by half, let the queue built meanwhile dominate the admitted p99 (bench/overload.py);
-  a burst cut by mistake costs a few sheds and the limit climbs back by an eighth per
-  quiet window;
+* cut when most of the window's samples are later than ``loop_lag_target_ms``: to the
+  most operations that were in flight in the window, scaled by target / the window's
+  median lag, not below ``admission.min_in_flight``; the loop is saturated, more work in
+  flight only adds latency. The cut is immediate and whole (waiting a second window, or
+  cutting at most by half, let the queue built meanwhile dominate the admitted p99), but
+  one late sample is a stall, not saturation (a GC pass, one long callback: with a
+  provider 200 ms slow, cutting on the window's mean lag cost a quarter of the
+  throughput, bench/overload.py);
 * raised by an eighth (at least 1, not above ``max_in_flight``) when the window's mean
   lag is under half the target and the limit was reached in the window (an operation was
   shed, or the limit is full): there is CPU left and it is wanted, as with a slow
@@ -69,7 +70,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import statistics
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Final
@@ -212,14 +214,18 @@ class LoopLagControl:
         self.target_s = target_s
         self._lag_gauge = metrics.EVENT_LOOP_LAG
 
-    def adjust(self, mean_lag_s: float) -> int:
-        """One window's decision from its mean lag; returns the limit now in force."""
+    def adjust(self, lags_s: Sequence[float]) -> int:
+        """One window's decision from its lag samples; returns the limit now in force."""
         a = self.admission
+        if not lags_s:
+            return a.limit
+        mean_lag_s = sum(lags_s) / len(lags_s)
         self._lag_gauge.set(mean_lag_s)
-        if mean_lag_s > self.target_s:
-            # the loop's queue grows with the operations in it: scale what was in flight
-            # to the target (lag 4x the target: a quarter)
-            scale = self.target_s / mean_lag_s
+        if 2 * sum(1 for lag in lags_s if lag > self.target_s) > len(lags_s):
+            # most samples late: the loop is saturated, not stalled once (a GC pass, one
+            # long callback). Its queue grows with the operations in it: scale what was in
+            # flight to the target by the median lag (4x the target: a quarter)
+            scale = self.target_s / statistics.median(lags_s)
             a.set_limit(int(min(a.limit, max(a.peak, 1)) * scale))
         else:
             full = a.reached or a.in_flight >= a.limit
@@ -232,17 +238,16 @@ class LoopLagControl:
     async def run(self) -> None:
         """Sample the lag and adjust, until cancelled."""
         loop = asyncio.get_running_loop()
-        total, samples = 0.0, 0
+        lags: list[float] = []
         window_start = loop.time()
         while True:
             due = loop.time() + self.INTERVAL_S
             await asyncio.sleep(self.INTERVAL_S)
             now = loop.time()
-            total += max(0.0, now - due)
-            samples += 1
+            lags.append(max(0.0, now - due))
             if now - window_start >= self.WINDOW_S:
-                self.adjust(total / samples)
-                total, samples, window_start = 0.0, 0, now
+                self.adjust(lags)
+                lags, window_start = [], now
 
 
 ADMISSION: Final = web.AppKey("admission", Admission)

@@ -39,6 +39,11 @@ LIMIT = 2
 HOLD_MS = 1500  # how long the simulator holds each admitted request
 
 
+def window(lag_s: float, samples: int = 5) -> list[float]:
+    """One decision window whose every lag sample is ``lag_s``."""
+    return [lag_s] * samples
+
+
 def shed(operation: str) -> float:
     return REGISTRY.get_sample_value("gateway_requests_shed_total",
                                      {"operation": operation}) or 0.0
@@ -330,9 +335,9 @@ def test_lag_over_the_target_cuts_the_limit_to_what_was_in_flight_scaled_to_it()
     ctl = LoopLagControl(adm, target_s=0.005)
     tickets = [adm.try_enter("authorize") for _ in range(40)]
     assert all(t is not None for t in tickets) and adm.peak == 40
-    assert ctl.adjust(0.004) == 64  # under the target: no cut
+    assert ctl.adjust(window(0.004)) == 64  # under the target: no cut
     # over it: 40 in flight x 5/10 = 20 at once (the loop is saturated now)
-    assert ctl.adjust(0.010) == 20
+    assert ctl.adjust(window(0.010)) == 20
     assert gauge("gateway_event_loop_lag_seconds") == pytest.approx(0.010)
     assert gauge("gateway_admission_limit") == 20
     before = shed("authorize")
@@ -341,21 +346,38 @@ def test_lag_over_the_target_cuts_the_limit_to_what_was_in_flight_scaled_to_it()
     for t in tickets[:30]:
         assert t is not None
         adm.leave(t)
-    assert ctl.adjust(0.010) == 10  # 20 x 5/10 (the peak of the window was 40)
-    assert ctl.adjust(0.008) == 8  # 10 x 5/8 = 6, not under the floor
-    assert ctl.adjust(0.100) == 8
-    assert ctl.adjust(0.004) == 8  # under the target: no cut, and not low enough to rise
+    assert ctl.adjust(window(0.010)) == 10  # 20 x 5/10 (the peak of the window was 40)
+    assert ctl.adjust(window(0.008)) == 8  # 10 x 5/8 = 6, not under the floor
+    assert ctl.adjust(window(0.100)) == 8
+    assert ctl.adjust(window(0.004)) == 8  # under the target: no cut, and not low enough to rise
     for t in tickets[30:35]:
         assert t is not None
         adm.leave(t)
     assert adm.in_flight == 5
-    assert ctl.adjust(0.001) == 8  # low lag, but the limit was not reached: unchanged
-    assert ctl.adjust(0.001) == 8
+    assert ctl.adjust(window(0.001)) == 8  # low lag, but the limit was not reached: unchanged
+    assert ctl.adjust(window(0.001)) == 8
     with pytest.raises(ValueError):
         LoopLagControl(adm, target_s=0)
     for bad in (0, 65):
         with pytest.raises(ValueError):
             Admission(64, floor=bad)
+
+
+def test_one_late_sample_is_a_stall_most_late_samples_saturation() -> None:
+    adm = Admission(64, floor=8)
+    ctl = LoopLagControl(adm, target_s=0.005)
+    tickets = [adm.try_enter("authorize") for _ in range(40)]
+    # one GC pass or long callback: the window's mean (9 ms) is over the target, but only
+    # one sample of five was late: no cut
+    assert ctl.adjust([0.0, 0.045, 0.0, 0.0, 0.0]) == 64
+    assert gauge("gateway_event_loop_lag_seconds") == pytest.approx(0.009)
+    assert ctl.adjust([0.0, 0.045]) == 64  # a window the stall cut short: half is not most
+    # three of five late: saturated; the median lag (10 ms) scales, not the stall
+    assert ctl.adjust([0.010, 0.0, 0.045, 0.010, 0.001]) == 20  # 40 x 5/10
+    assert ctl.adjust([]) == 20  # no sample (cannot happen in run()): nothing decided
+    for t in tickets:
+        assert t is not None
+        adm.leave(t)
 
 
 def test_the_limit_rises_only_when_reached_with_the_loop_idle_up_to_the_ceiling() -> None:
@@ -364,16 +386,16 @@ def test_the_limit_rises_only_when_reached_with_the_loop_idle_up_to_the_ceiling(
     adm.set_limit(4)
     held = [adm.try_enter("capture") for _ in range(4)]
     assert adm.reached  # the fourth filled the limit
-    assert ctl.adjust(0.003) == 4  # under the target but not under half of it
+    assert ctl.adjust(window(0.003)) == 4  # under the target but not under half of it
     assert not adm.reached  # each window looks afresh
     assert adm.try_enter("capture") is None and adm.reached  # shed: wanted more
-    assert ctl.adjust(0.001) == 5  # + max(1, 4/8)
+    assert ctl.adjust(window(0.001)) == 5  # + max(1, 4/8)
     limits = []
     for _ in range(20):  # reached every window (shed arrivals), loop idle
         assert adm.try_enter("capture") is not None or adm.reached
         while adm.try_enter("capture") is not None:
             pass
-        limits.append(ctl.adjust(0.0005))
+        limits.append(ctl.adjust(window(0.0005)))
     assert limits == sorted(limits) and limits[-1] == 16  # up to the ceiling, not past
     assert gauge("gateway_admission_limit") == 16
     for t in held:
