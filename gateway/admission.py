@@ -41,13 +41,15 @@ how late the loop runs it (its lag: the time a ready callback waits for the loop
 is
 
 * cut when most of the window's samples are later than ``loop_lag_target_ms``: to the
-  most operations that were in flight in the window, scaled by target / the window's
-  median lag, not below ``admission.min_in_flight``; the loop is saturated, more work in
-  flight only adds latency. The cut is immediate and whole (waiting a second window, or
-  cutting at most by half, let the queue built meanwhile dominate the admitted p99), but
-  one late sample is a stall, not saturation (a GC pass, one long callback: with a
-  provider 200 ms slow, cutting on the window's mean lag cost a quarter of the
-  throughput, bench/overload.py);
+  operations awaiting a provider now plus the busy rest of the most that were in flight
+  in the window scaled by target / the window's median lag, not below
+  ``admission.min_in_flight``; the loop is saturated, more work on it only adds latency,
+  while an operation awaiting its provider is not on it (with a slow provider most are:
+  scaling all of them cut its throughput by up to 40 %). The cut is immediate and whole
+  (waiting a second window, or cutting at most by half, let the queue built meanwhile
+  dominate the admitted p99), but one late sample is a stall, not saturation (a GC pass,
+  one long callback: with a provider 200 ms slow, cutting on the window's mean lag cost
+  a quarter of the throughput, bench/overload.py);
 * raised by an eighth (at least 1, not above ``max_in_flight``) when the window's mean
   lag is under half the target and the limit was reached in the window (an operation was
   shed, or the limit is full): there is CPU left and it is wanted, as with a slow
@@ -226,7 +228,9 @@ class LoopLagControl:
             # long callback). Its queue grows with the operations in it: scale what was in
             # flight to the target by the median lag (4x the target: a quarter)
             scale = self.target_s / statistics.median(lags_s)
-            a.set_limit(int(min(a.limit, max(a.peak, 1)) * scale))
+            waiting = a.waiting
+            busy = max(min(a.limit, a.peak) - waiting, 1)
+            a.set_limit(waiting + int(busy * scale))
         else:
             full = a.reached or a.in_flight >= a.limit
             if full and mean_lag_s < self.target_s / 2:

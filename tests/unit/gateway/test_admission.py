@@ -380,6 +380,28 @@ def test_one_late_sample_is_a_stall_most_late_samples_saturation() -> None:
         adm.leave(t)
 
 
+def test_a_cut_keeps_the_places_of_operations_waiting_on_a_provider() -> None:
+    """A slow provider: most operations in flight await it and do not load the loop; a
+    cut scales only the busy ones (those the loop's lag comes from)."""
+    adm = Admission(64, floor=8)
+    ctl = LoopLagControl(adm, target_s=0.005)
+    tickets = [adm.try_enter("authorize") for _ in range(60)]
+    with contextlib.ExitStack() as stack:
+        for t in tickets[:50]:  # 50 await their provider, 10 are busy
+            assert t is not None
+            token = _TICKET.set(t)
+            stack.enter_context(waiting_on_provider())
+            _TICKET.reset(token)
+        assert (adm.waiting, adm.busy) == (50, 10)
+        assert ctl.adjust(window(0.010)) == 55  # 50 waiting + 10 busy x 5/10
+        assert ctl.adjust(window(0.050)) == 50  # 50 + int((55 - 50) x 5/50)
+    assert adm.waiting == 0  # their answers arrived: all 60 are busy now
+    assert ctl.adjust(window(0.020)) == 12  # 0 + min(50, 60) x 5/20
+    for t in tickets:
+        assert t is not None
+        adm.leave(t)
+
+
 def test_the_limit_rises_only_when_reached_with_the_loop_idle_up_to_the_ceiling() -> None:
     adm = Admission(16, floor=4)
     ctl = LoopLagControl(adm, target_s=0.005)
