@@ -610,14 +610,26 @@ async def _run(seed: int, rng: random.Random, base: str, session: aiohttp.Client
     # Every Idempotency-Key replays its remembered answer (no 409: the leases lapsed).
     key_problems: list[str] = []
 
+    shed_replays = 0
+
     async def replay(c: Call) -> None:
+        # A replay shed by admission control (503 gateway_overloaded: nothing was done) is
+        # sent again after its Retry-After, as a merchant does; any other answer counts.
+        nonlocal shed_replays
         assert c.final is not None
-        async with run.sem, session.post(f"{base}{c.path}", data=json.dumps(c.body),
-                                         headers=headers(idem=c.key)) as r:
-            data = await r.json(content_type=None)
-            replayed = r.headers.get("Idempotent-Replayed")
-            status = r.status
-        code = (data.get("error") or {}).get("code") if status >= 400 else None
+        deadline = time.monotonic() + 60
+        while True:
+            async with run.sem, session.post(f"{base}{c.path}", data=json.dumps(c.body),
+                                             headers=headers(idem=c.key)) as r:
+                data = await r.json(content_type=None)
+                replayed = r.headers.get("Idempotent-Replayed")
+                status = r.status
+                retry_after = float(r.headers.get("Retry-After", "1"))
+            code = (data.get("error") or {}).get("code") if status >= 400 else None
+            if (status, code) != (503, "gateway_overloaded") or time.monotonic() > deadline:
+                break
+            shed_replays += 1
+            await asyncio.sleep(retry_after)
         what = f"{c.kind} key {c.key}: replay {status} {code or data.get('status')}"
         if status == 409 and code in TRANSIENT_409:
             key_problems.append(f"{what}: 409 after the leases lapsed (answers {c.answers})")
@@ -629,6 +641,7 @@ async def _run(seed: int, rng: random.Random, base: str, session: aiohttp.Client
                                 f"{c.final[1].get('id')}")
 
     await asyncio.gather(*[replay(c) for c in run.calls])
+    print(f"replays shed by admission control and sent again: {shed_replays}")
 
     # The verdict, per payment (with its audit trail and the answers the merchant got).
     answers: dict[int, list[str]] = {}
