@@ -167,16 +167,17 @@ class Merchants:
             call.answers.append("conn")
             call.first_answer_at = call.first_answer_at or time.time()
             return False
-        call.answers.append(str(status))
         call.first_answer_at = call.first_answer_at or time.time()
         try:
             body = json.loads(text)
         except ValueError:
             body = {}
+        code = (body.get("error") or {}).get("code") if isinstance(body, dict) else None
+        # shed by admission control (nothing done) is told apart from the store's 503
+        call.answers.append("503 shed" if code == "gateway_overloaded" else str(status))
         if status in (200, 201):
             call.final = body
             return True
-        code = (body.get("error") or {}).get("code")
         if status == 503 and retry_after and retry_after.isdigit():
             return False
         if status == 409 and code in TRANSIENT_409 and retry_after:
@@ -486,7 +487,9 @@ async def _redis_outage(m: Merchants, sim: SimControl, redis: RedisProcess) -> N
     assert by_phase["down"]["503"] > 0, by_phase
     # Once /readyz is 200 again every request started after is answered (no connection
     # pooled before the restart is handed out dead).
-    assert set(by_phase["after"]) <= {"201", "capture 200"}, by_phase
+    # (or shed by admission control: nothing done, the merchant retries)
+    assert set(by_phase["after"]) <= {"201", "capture 200", "503 shed",
+                                      "capture 503 shed"}, by_phase
 
     rec = await recover(m, sim)
     for cap in captures:
