@@ -251,11 +251,16 @@ class Run:
             c.answers.append(f"{status} {code or data.get('status')}")
             if status >= 500 or (status == 409 and code in TRANSIENT_409):
                 self.stats[f"retried:{status}{':' + code if status == 409 else ''}"] += 1
-                wait = min(float(retry_after or 1.0), 1.5)
-                await asyncio.sleep(wait * self.jitter.uniform(0.4, 1.0))
+                await self.retry_pause(retry_after)
                 continue
             c.final = (status, data)
             return status, data
+
+    async def retry_pause(self, retry_after: str | None) -> None:
+        """Wait out a Retry-After as a merchant does: capped, jittered (retries that come
+        back at the same instant would be answered alike)."""
+        wait = min(float(retry_after or 1.0), 1.5)
+        await asyncio.sleep(wait * self.jitter.uniform(0.4, 1.0))
 
     async def get(self, pid: str, what: str = "") -> dict[str, Any]:
         while True:
@@ -623,13 +628,12 @@ async def _run(seed: int, rng: random.Random, base: str, session: aiohttp.Client
                                              headers=headers(idem=c.key)) as r:
                 data = await r.json(content_type=None)
                 replayed = r.headers.get("Idempotent-Replayed")
-                status = r.status
-                retry_after = float(r.headers.get("Retry-After", "1"))
+                status, retry_after = r.status, r.headers.get("Retry-After")
             code = (data.get("error") or {}).get("code") if status >= 400 else None
             if (status, code) != (503, "gateway_overloaded") or time.monotonic() > deadline:
                 break
             shed_replays += 1
-            await asyncio.sleep(retry_after)
+            await run.retry_pause(retry_after)
         what = f"{c.kind} key {c.key}: replay {status} {code or data.get('status')}"
         if status == 409 and code in TRANSIENT_409:
             key_problems.append(f"{what}: 409 after the leases lapsed (answers {c.answers})")
