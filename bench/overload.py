@@ -126,17 +126,23 @@ async def admission_limit(s: aiohttp.ClientSession, base: str) -> int:
     return int(limit)
 
 
+def delta(before: dict[str, float], after: dict[str, float], name: str,
+          label: str = "") -> float:
+    """How much the series of ``name`` (those with ``label``, e.g. ``route="/x"``) grew
+    between two scrapes, summed over their other labels (in any order: with --workers the
+    multiprocess exposition sorts them)."""
+    def total(m: dict[str, float]) -> float:
+        return sum(v for k, v in m.items()
+                   if k.startswith(name + "{") and label in k)
+    return total(after) - total(before)
+
+
 def provider_mean_ms(before: dict[str, float], after: dict[str, float]) -> float:
     """The mean provider authorization call between two scrapes, as the gateway timed it
     (gateway_provider_call_duration_seconds)."""
-    def total(m: dict[str, float], kind: str) -> float:
-        prefix = f"gateway_provider_call_duration_seconds_{kind}{{"
-        return sum(v for k, v in m.items()
-                   if k.startswith(prefix) and 'operation="authorize"' in k)
-
-    def delta(kind: str) -> float:
-        return total(after, kind) - total(before, kind)
-    return delta("sum") / delta("count") * 1000 if delta("count") else float("nan")
+    name, op = "gateway_provider_call_duration_seconds", 'operation="authorize"'
+    calls = delta(before, after, f"{name}_count", op)
+    return delta(before, after, f"{name}_sum", op) / calls * 1000 if calls else float("nan")
 
 
 async def sample_limit(s: aiohttp.ClientSession, base: str, into: list[int]) -> None:
@@ -180,8 +186,8 @@ async def one_run(s: aiohttp.ClientSession, base: str, rate: float, duration: fl
     run = await open_loop(call, rate, duration)
     after = await scrape(s, base)
     prov = provider_mean_ms(before, after)
-    key = 'gateway_http_request_duration_seconds_sum{route="/v1/payments"}'
-    served = after.get(key, 0.0) - before.get(key, 0.0)
+    served = delta(before, after, "gateway_http_request_duration_seconds_sum",
+                   'route="/v1/payments"')
     ok, shed = run.latencies(201), run.latencies(1503)
     late = [x.late for x in run.samples]
     others = Counter("error" if x.status == -1 else x.status for x in run.samples
